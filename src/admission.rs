@@ -1,0 +1,127 @@
+//! One admission review, from request to response: read the annotations, check
+//! the access rule, fetch the secrets, write the backing Secrets, patch the pod.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+
+use crate::metrics::Metrics;
+use crate::namespaces::Namespaces;
+use crate::source::CachedSource;
+use crate::sync::Syncer;
+use crate::{annotations, patch, plan};
+
+/// Settings of the admission path.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The shortest `refresh-interval` a pod may ask for.
+    pub min_refresh: Duration,
+    /// How long Secrets Manager may take before it counts as unreachable.
+    pub aws_deadline: Duration,
+}
+
+pub struct Webhook {
+    pub source: CachedSource,
+    pub syncer: Syncer,
+    pub namespaces: Namespaces,
+    pub metrics: Metrics,
+    pub settings: Settings,
+}
+
+/// The outcome of one review, for the response and the metrics.
+pub struct Answer {
+    pub response: AdmissionResponse,
+    pub outcome: &'static str,
+}
+
+fn deny(req: &AdmissionRequest<Pod>, reasons: Vec<String>) -> Answer {
+    Answer {
+        response: AdmissionResponse::from(req).deny(format!("sm-injector: {}", reasons.join("; "))),
+        outcome: "denied",
+    }
+}
+
+fn unchanged(req: &AdmissionRequest<Pod>) -> Answer {
+    Answer {
+        response: AdmissionResponse::from(req),
+        outcome: "unchanged",
+    }
+}
+
+impl Webhook {
+    pub async fn review(&self, req: &AdmissionRequest<Pod>) -> Answer {
+        let start = Instant::now();
+        let answer = self.decide(req).await;
+        self.metrics
+            .admission(answer.outcome, start.elapsed().as_secs_f64());
+        answer
+    }
+
+    async fn decide(&self, req: &AdmissionRequest<Pod>) -> Answer {
+        if req.operation != Operation::Create
+            || req.kind.kind != "Pod"
+            || req.sub_resource.is_some()
+        {
+            return unchanged(req);
+        }
+        let Some(pod) = &req.object else {
+            return unchanged(req);
+        };
+        let Some(namespace) = req
+            .namespace
+            .as_deref()
+            .or(pod.metadata.namespace.as_deref())
+        else {
+            return deny(req, vec!["the request names no namespace".into()]);
+        };
+        let empty = Default::default();
+        let anns = pod.metadata.annotations.as_ref().unwrap_or(&empty);
+        let inj = match annotations::parse(anns, self.settings.min_refresh) {
+            Ok(None) => return unchanged(req),
+            Ok(Some(i)) => i,
+            Err(errors) => return deny(req, errors.iter().map(ToString::to_string).collect()),
+        };
+        let targets = match patch::select(pod, inj.containers.as_deref()) {
+            Ok(t) => t,
+            Err(e) => return deny(req, vec![e]),
+        };
+        let rule = match self.namespaces.rule(namespace).await {
+            Ok(r) => r,
+            Err(e) => return deny(req, vec![e]),
+        };
+        let denials = plan::precheck(&inj, &rule);
+        if !denials.is_empty() {
+            return deny(req, denials);
+        }
+        let keys = plan::fetch_keys(&inj);
+        let results = self
+            .source
+            .get_many(&keys, self.settings.aws_deadline)
+            .await;
+        let plan = match plan::resolve(&inj, &rule, &results) {
+            Ok(p) => p,
+            Err(e) => return deny(req, e),
+        };
+        let mut warnings = match self.syncer.ensure(namespace, &plan, req.dry_run).await {
+            Ok(w) => w,
+            Err(e) => return deny(req, e),
+        };
+        let (patch, patch_warnings) = patch::build(pod, &plan, &targets);
+        warnings.extend(patch_warnings);
+        let mut response = match AdmissionResponse::from(req).with_patch(patch) {
+            Ok(r) => r,
+            Err(e) => return deny(req, vec![format!("internal error: {e}")]),
+        };
+        if !warnings.is_empty() {
+            for w in &warnings {
+                tracing::info!(namespace, warning = %w, "admission warning");
+            }
+            response.warnings = Some(warnings);
+        }
+        Answer {
+            response,
+            outcome: "mutated",
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Backing Secrets (SPEC section 5): their names and contents, as pure functions.
+//!
+//! A backing Secret holds one version selector of one secret in one namespace, in
+//! one of two forms:
+//! - [`Form::Keys`]: the top-level keys of a JSON object secret, one data key each
+//!   (used by `#key` references, `env-from` and `mount-path`);
+//! - [`Form::Raw`]: the whole SecretString (or SecretBinary) under the data key
+//!   [`RAW_KEY`] (used by `env.<VAR>` references without `#key`).
+//!
+//! They are separate Secrets because `envFrom` must see exactly the secret's
+//! top-level keys, nothing more.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ObjectMeta;
+use sha2::{Digest, Sha256};
+
+use crate::reference::Version;
+use crate::secret::{ContentError, SecretValue};
+
+pub const FIELD_MANAGER: &str = "sm-injector";
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "sm-injector";
+/// The data key of a raw-form backing Secret.
+pub const RAW_KEY: &str = "value";
+pub const ANN_ARN: &str = "sm-injector.io/source-arn";
+pub const ANN_NAME: &str = "sm-injector.io/source-name";
+pub const ANN_SELECTOR: &str = "sm-injector.io/version-selector";
+pub const ANN_VERSION_ID: &str = "sm-injector.io/version-id";
+pub const ANN_REFRESHED: &str = "sm-injector.io/refreshed-at";
+pub const ANN_FORM: &str = "sm-injector.io/form";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Form {
+    Keys,
+    Raw,
+}
+
+impl Form {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Form::Keys => "keys",
+            Form::Raw => "raw",
+        }
+    }
+}
+
+fn dns_part(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.trim_matches('-').to_string()
+}
+
+/// The backing Secret's name: `sm-<readable>-<hash>`, at most 63 characters so that
+/// it is also a valid volume name. `<readable>` comes from the secret name (and the
+/// pinned stage, and `raw`); the hash of the exact (name, version, form) keeps two
+/// names that read alike apart (`a/b` and `a-b`).
+pub fn name(secret_name: &str, version: &Version, form: Form) -> String {
+    let mut readable = dns_part(secret_name);
+    match version {
+        v if v.is_current() => {}
+        Version::Stage(s) => {
+            readable.push('-');
+            readable.push_str(&dns_part(s));
+        }
+        Version::Id(_) => readable.push_str("-pinned"),
+    }
+    if form == Form::Raw {
+        readable.push_str("-raw");
+    }
+    let mut h = Sha256::new();
+    h.update(secret_name.as_bytes());
+    h.update([0]);
+    h.update(version.to_string().as_bytes());
+    h.update([0]);
+    h.update(form.as_str().as_bytes());
+    let hash: String = h.finalize()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    // 63 - "sm-" - "-" - 8 hex = 51
+    readable.truncate(51);
+    let readable = readable.trim_matches('-');
+    if readable.is_empty() {
+        format!("sm-{hash}")
+    } else {
+        format!("sm-{readable}-{hash}")
+    }
+}
+
+/// The data of a backing Secret of `form` for `value`.
+pub fn data(value: &SecretValue, form: Form) -> Result<BTreeMap<String, ByteString>, ContentError> {
+    Ok(match form {
+        Form::Keys => value
+            .json_fields()?
+            .into_iter()
+            .map(|(k, v)| (k, ByteString(v.into_bytes())))
+            .collect(),
+        Form::Raw => {
+            BTreeMap::from([(RAW_KEY.to_string(), ByteString(value.raw_bytes().to_vec()))])
+        }
+    })
+}
+
+/// The Secret object to apply with server-side apply (field manager
+/// [`FIELD_MANAGER`]). It writes `data`, never `stringData`, so that keys removed
+/// from the secret are pruned.
+pub fn object(
+    namespace: &str,
+    value: &SecretValue,
+    version: &Version,
+    form: Form,
+    data: BTreeMap<String, ByteString>,
+    refreshed_at: &str,
+) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name(&value.name, version, form)),
+            namespace: Some(namespace.to_string()),
+            labels: Some(BTreeMap::from([(
+                MANAGED_BY_LABEL.to_string(),
+                MANAGED_BY_VALUE.to_string(),
+            )])),
+            annotations: Some(BTreeMap::from([
+                (ANN_ARN.to_string(), value.arn.clone()),
+                (ANN_NAME.to_string(), value.name.clone()),
+                (ANN_SELECTOR.to_string(), version.to_string()),
+                (ANN_VERSION_ID.to_string(), value.version_id.clone()),
+                (ANN_FORM.to_string(), form.as_str().to_string()),
+                (ANN_REFRESHED.to_string(), refreshed_at.to_string()),
+            ])),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Payload;
+
+    #[test]
+    fn names_are_readable_dns_labels_and_distinct() {
+        let cur = Version::current();
+        let n = name("arrakis/discord", &cur, Form::Keys);
+        assert!(n.starts_with("sm-arrakis-discord-"), "{n}");
+        assert_eq!(n.len(), "sm-arrakis-discord-".len() + 8);
+        let prev = name(
+            "arrakis/discord",
+            &Version::Stage("AWSPREVIOUS".into()),
+            Form::Keys,
+        );
+        assert!(
+            prev.starts_with("sm-arrakis-discord-awsprevious-"),
+            "{prev}"
+        );
+        let raw = name("arrakis/discord", &cur, Form::Raw);
+        assert!(raw.starts_with("sm-arrakis-discord-raw-"), "{raw}");
+        let pinned = name("arrakis/discord", &Version::Id("abc".into()), Form::Keys);
+        let pinned2 = name("arrakis/discord", &Version::Id("abd".into()), Form::Keys);
+        assert_ne!(pinned, pinned2);
+        assert_ne!(name("a/b", &cur, Form::Keys), name("a-b", &cur, Form::Keys));
+        let long = name(&"x/".repeat(200), &cur, Form::Raw);
+        assert!(long.len() <= 63, "{long}");
+        for n in [
+            &n,
+            &prev,
+            &raw,
+            &pinned,
+            &long,
+            &name("@@", &cur, Form::Keys),
+        ] {
+            assert!(
+                n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && !n.ends_with('-'),
+                "{n}"
+            );
+        }
+    }
+
+    #[test]
+    fn object_carries_labels_annotations_and_data() {
+        let v = SecretValue {
+            arn: "arn:x".into(),
+            name: "n/s".into(),
+            version_id: "v7".into(),
+            payload: Payload::String(r#"{"a":"1","b":2}"#.into()),
+        };
+        let d = data(&v, Form::Keys).unwrap();
+        assert_eq!(d.len(), 2);
+        assert_eq!(d["b"].0, b"2");
+        let s = object(
+            "ns",
+            &v,
+            &Version::current(),
+            Form::Keys,
+            d,
+            "2026-01-01T00:00:00Z",
+        );
+        let m = &s.metadata;
+        assert_eq!(m.labels.as_ref().unwrap()[MANAGED_BY_LABEL], "sm-injector");
+        let a = m.annotations.as_ref().unwrap();
+        assert_eq!(a[ANN_ARN], "arn:x");
+        assert_eq!(a[ANN_VERSION_ID], "v7");
+        assert!(s.string_data.is_none());
+        let raw = data(&v, Form::Raw).unwrap();
+        assert_eq!(raw[RAW_KEY].0, br#"{"a":"1","b":2}"#);
+    }
+}

@@ -1,0 +1,21 @@
+//! sm-injector: a Kubernetes mutating admission webhook that injects AWS Secrets
+//! Manager secrets into pods as env vars, through backing Kubernetes Secrets.
+//!
+//! The decision logic is pure ([`annotations`], [`reference`], [`policy`],
+//! [`plan`], [`patch`], [`backing`], [`secret`]); I/O lives at the edges
+//! ([`source`] for AWS, [`sync`] for Kubernetes, [`server`] for HTTPS).
+
+pub mod admission;
+pub mod annotations;
+pub mod backing;
+pub mod certs;
+pub mod metrics;
+pub mod namespaces;
+pub mod patch;
+pub mod plan;
+pub mod policy;
+pub mod reference;
+pub mod secret;
+pub mod server;
+pub mod source;
+pub mod sync;

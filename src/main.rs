@@ -1,0 +1,145 @@
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use sm_injector::admission::{Settings, Webhook};
+use sm_injector::metrics::Metrics;
+use sm_injector::namespaces::Namespaces;
+use sm_injector::server::{self, ServerSettings};
+use sm_injector::source::{AwsSource, CachedSource};
+use sm_injector::sync::Syncer;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Injects AWS Secrets Manager secrets into Kubernetes pods as env vars"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the mutating admission webhook.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address of the HTTPS admission endpoint (POST /mutate).
+    #[arg(long, env = "SM_INJECTOR_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: std::net::SocketAddr,
+    /// Address of the plain-HTTP endpoint for /healthz, /readyz and /metrics.
+    #[arg(long, env = "SM_INJECTOR_PROBE_LISTEN", default_value = "0.0.0.0:9090")]
+    probe_listen: std::net::SocketAddr,
+    /// PEM certificate chain served on --listen; reloaded when it changes.
+    #[arg(
+        long,
+        env = "SM_INJECTOR_TLS_CERT",
+        default_value = "/etc/sm-injector/tls/tls.crt"
+    )]
+    tls_cert: PathBuf,
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "SM_INJECTOR_TLS_KEY",
+        default_value = "/etc/sm-injector/tls/tls.key"
+    )]
+    tls_key: PathBuf,
+    /// Each admission is answered within this time; keep it below the webhook's timeoutSeconds.
+    #[arg(long, env = "SM_INJECTOR_ADMISSION_DEADLINE", default_value = "8s", value_parser = humantime::parse_duration)]
+    admission_deadline: Duration,
+    /// How long Secrets Manager may take before it counts as unreachable.
+    #[arg(long, env = "SM_INJECTOR_AWS_DEADLINE", default_value = "5s", value_parser = humantime::parse_duration)]
+    aws_deadline: Duration,
+    /// How long a fetched secret version is served from memory before Secrets Manager is asked again.
+    #[arg(long, env = "SM_INJECTOR_CACHE_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
+    cache_ttl: Duration,
+    /// The shortest refresh-interval a pod may ask for.
+    #[arg(long, env = "SM_INJECTOR_MIN_REFRESH_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    min_refresh_interval: Duration,
+    /// Largest accepted AdmissionReview body, in bytes.
+    #[arg(long, env = "SM_INJECTOR_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    drain: Duration,
+    /// Log as JSON lines.
+    #[arg(long, env = "SM_INJECTOR_LOG_JSON")]
+    log_json: bool,
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let client = kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!("cannot build a Kubernetes client (in-cluster config or KUBECONFIG): {e}")
+    })?;
+    let aws = AwsSource::from_env(metrics.clone()).await;
+    let webhook = Arc::new(Webhook {
+        source: CachedSource::new(Arc::new(aws), a.cache_ttl, metrics.clone()),
+        syncer: Syncer::new(client.clone(), a.cache_ttl, metrics.clone()),
+        namespaces: Namespaces::start(client),
+        metrics,
+        settings: Settings {
+            min_refresh: a.min_refresh_interval,
+            aws_deadline: a.aws_deadline,
+        },
+    });
+    let tls = std::net::TcpListener::bind(a.listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", a.listen))?;
+    let probes = tokio::net::TcpListener::bind(a.probe_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", a.probe_listen))?;
+    tracing::info!(listen = %a.listen, probes = %a.probe_listen, "serving admissions");
+    server::run(
+        webhook,
+        ServerSettings {
+            tls_cert: a.tls_cert,
+            tls_key: a.tls_key,
+            admission_deadline: a.admission_deadline,
+            max_body_bytes: a.max_body_bytes,
+            cert_poll: Duration::from_secs(10),
+            drain: a.drain,
+        },
+        tls,
+        probes,
+        shutdown_signal(),
+    )
+    .await
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    rustls::crypto::aws_lc_rs::default_provider()
+        .install_default()
+        .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(a) => {
+            init_tracing(a.log_json);
+            serve(a).await
+        }
+    }
+}

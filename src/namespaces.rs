@@ -1,0 +1,79 @@
+//! The access rule of each namespace, read from a watched cache of Namespace
+//! objects (so an admission makes no API call for it), with a direct read as
+//! the fallback for a namespace the cache has not seen yet.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+
+use crate::annotations::ALLOWED_SECRETS;
+use crate::policy::AccessRule;
+use crate::sync::kube_reason;
+
+#[derive(Clone)]
+pub struct Namespaces {
+    api: Api<Namespace>,
+    store: Store<Namespace>,
+    ready: Arc<AtomicBool>,
+}
+
+impl Namespaces {
+    /// Starts watching Namespaces on the current Tokio runtime.
+    pub fn start(client: kube::Client) -> Self {
+        let api: Api<Namespace> = Api::all(client);
+        let (store, writer) = reflector::store();
+        let stream = watcher(api.clone(), watcher::Config::default())
+            .default_backoff()
+            .reflect(writer)
+            .applied_objects();
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            let mut stream = std::pin::pin!(stream);
+            while let Some(ev) = stream.next().await {
+                if let Err(e) = ev {
+                    tracing::warn!(error = %e, "namespace watch error (retrying)");
+                }
+            }
+        });
+        let ready = Arc::new(AtomicBool::new(false));
+        {
+            let (store, ready) = (store.clone(), ready.clone());
+            tokio::spawn(async move {
+                if store.wait_until_ready().await.is_ok() {
+                    ready.store(true, Ordering::Relaxed);
+                }
+            });
+        }
+        Namespaces { api, store, ready }
+    }
+
+    /// True once the first full list has arrived.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub async fn rule(&self, namespace: &str) -> Result<AccessRule, String> {
+        let rule = |ns: &Namespace| {
+            let ann = ns
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ALLOWED_SECRETS));
+            AccessRule::for_namespace(namespace, ann.map(String::as_str))
+        };
+        if let Some(ns) = self.store.get(&ObjectRef::new(namespace)) {
+            return Ok(rule(&ns));
+        }
+        match self.api.get(namespace).await {
+            Ok(ns) => Ok(rule(&ns)),
+            Err(e) => Err(format!(
+                "could not read Namespace {namespace:?} for its access rule: {}",
+                kube_reason(&e)
+            )),
+        }
+    }
+}

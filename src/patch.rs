@@ -1,0 +1,405 @@
+//! Building the JSON patch for a pod from a [`Plan`]. Pure. Running it again on
+//! its own output adds nothing (re-invocation), and a container's own env values
+//! are kept with a warning.
+
+use json_patch::{AddOperation, Patch, PatchOperation};
+use jsonptr::PointerBuf;
+use k8s_openapi::api::core::v1::{
+    Container, EnvFromSource, EnvVar, EnvVarSource, Pod, SecretEnvSource, SecretKeySelector,
+    SecretVolumeSource, Volume, VolumeMount,
+};
+use serde_json::Value;
+
+use crate::annotations::{CONTAINERS, INJECTED};
+use crate::plan::Plan;
+
+/// A container the pod's annotations select: its list and index in the spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub list: &'static str,
+    pub index: usize,
+}
+
+fn all_containers(pod: &Pod) -> Vec<(Target, &Container)> {
+    let Some(spec) = &pod.spec else {
+        return vec![];
+    };
+    let init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, c)| {
+            (
+                Target {
+                    list: "initContainers",
+                    index: i,
+                },
+                c,
+            )
+        });
+    let main = spec.containers.iter().enumerate().map(|(i, c)| {
+        (
+            Target {
+                list: "containers",
+                index: i,
+            },
+            c,
+        )
+    });
+    init.chain(main).collect()
+}
+
+/// The containers to inject into: those named by `sm-injector.io/containers`,
+/// or every container and init container. An unknown name is an error.
+pub fn select(pod: &Pod, wanted: Option<&[String]>) -> Result<Vec<Target>, String> {
+    let all = all_containers(pod);
+    let Some(wanted) = wanted else {
+        return Ok(all.into_iter().map(|(t, _)| t).collect());
+    };
+    let unknown: Vec<&String> = wanted
+        .iter()
+        .filter(|w| !all.iter().any(|(_, c)| &c.name == *w))
+        .collect();
+    if !unknown.is_empty() {
+        let known: Vec<&str> = all.iter().map(|(_, c)| c.name.as_str()).collect();
+        return Err(format!(
+            "annotation {CONTAINERS}: no container named {} in this pod (it has: {})",
+            unknown
+                .iter()
+                .map(|u| format!("{u:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            known.join(", ")
+        ));
+    }
+    Ok(all
+        .into_iter()
+        .filter(|(_, c)| wanted.contains(&c.name))
+        .map(|(t, _)| t)
+        .collect())
+}
+
+fn ptr(tokens: &[&str]) -> PointerBuf {
+    PointerBuf::from_tokens(tokens.iter().copied())
+}
+
+fn add(path: PointerBuf, value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation { path, value })
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).expect("k8s-openapi types serialize")
+}
+
+/// Appends `items` to the array at `base/field`, adding the array when absent.
+fn append(
+    ops: &mut Vec<PatchOperation>,
+    base: &[&str],
+    field: &str,
+    exists: bool,
+    items: Vec<Value>,
+) {
+    if items.is_empty() {
+        return;
+    }
+    let mut path: Vec<&str> = base.to_vec();
+    path.push(field);
+    if exists {
+        path.push("-");
+        for item in items {
+            ops.push(add(ptr(&path), item));
+        }
+    } else {
+        ops.push(add(ptr(&path), Value::Array(items)));
+    }
+}
+
+/// The patch and the admission warnings for `pod`.
+pub fn build(pod: &Pod, plan: &Plan, targets: &[Target]) -> (Patch, Vec<String>) {
+    let mut ops = vec![];
+    let mut warnings = vec![];
+    let all = all_containers(pod);
+
+    for t in targets {
+        let c = all
+            .iter()
+            .find(|(ct, _)| ct == t)
+            .map(|(_, c)| *c)
+            .expect("targets come from select() on the same pod");
+        let index = t.index.to_string();
+        let base = ["spec", t.list, index.as_str()];
+
+        let existing_env = c.env.as_deref().unwrap_or_default();
+        let mut env = vec![];
+        for e in &plan.env {
+            let ours = EnvVar {
+                name: e.var.clone(),
+                value: None,
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: e.secret.clone(),
+                        key: e.key.clone(),
+                        optional: None,
+                    }),
+                    ..Default::default()
+                }),
+            };
+            match existing_env.iter().find(|x| x.name == e.var) {
+                Some(x) if *x == ours => {}
+                Some(_) => warnings.push(format!(
+                    "container {:?} already sets {}; its own value is kept and sm-injector's is not injected",
+                    c.name, e.var
+                )),
+                None => env.push(to_value(&ours)),
+            }
+        }
+        append(&mut ops, &base, "env", c.env.is_some(), env);
+
+        let existing_from = c.env_from.as_deref().unwrap_or_default();
+        let mut env_from = vec![];
+        for e in &plan.env_from {
+            let ours = EnvFromSource {
+                prefix: e.prefix.clone(),
+                secret_ref: Some(SecretEnvSource {
+                    name: e.secret.clone(),
+                    optional: None,
+                }),
+                config_map_ref: None,
+            };
+            if !existing_from.contains(&ours) {
+                env_from.push(to_value(&ours));
+            }
+        }
+        append(&mut ops, &base, "envFrom", c.env_from.is_some(), env_from);
+
+        let existing_mounts = c.volume_mounts.as_deref().unwrap_or_default();
+        let mut mounts = vec![];
+        for m in &plan.mounts {
+            if existing_mounts.iter().any(|x| x.name == m.secret) {
+                continue;
+            }
+            if existing_mounts.iter().any(|x| x.mount_path == m.path) {
+                warnings.push(format!(
+                    "container {:?} already mounts something at {}; the secret is not mounted there",
+                    c.name, m.path
+                ));
+                continue;
+            }
+            mounts.push(to_value(&VolumeMount {
+                name: m.secret.clone(),
+                mount_path: m.path.clone(),
+                read_only: Some(true),
+                ..Default::default()
+            }));
+        }
+        append(
+            &mut ops,
+            &base,
+            "volumeMounts",
+            c.volume_mounts.is_some(),
+            mounts,
+        );
+    }
+
+    if !plan.mounts.is_empty() {
+        let spec = pod.spec.as_ref();
+        let existing = spec.and_then(|s| s.volumes.as_deref()).unwrap_or_default();
+        let volumes = plan
+            .mounts
+            .iter()
+            .filter(|m| !existing.iter().any(|v| v.name == m.secret))
+            .map(|m| {
+                to_value(&Volume {
+                    name: m.secret.clone(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(m.secret.clone()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        let has_volumes = spec.is_some_and(|s| s.volumes.is_some());
+        append(&mut ops, &["spec"], "volumes", has_volumes, volumes);
+    }
+
+    let record = Value::String(plan.record());
+    if pod.metadata.annotations.is_some() {
+        ops.push(add(ptr(&["metadata", "annotations", INJECTED]), record));
+    } else {
+        ops.push(add(
+            ptr(&["metadata", "annotations"]),
+            serde_json::json!({ INJECTED: record }),
+        ));
+    }
+    (Patch(ops), warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{self, EnvFrom, Mount};
+    use serde_json::json;
+    use std::time::Duration;
+
+    fn pod(v: Value) -> Pod {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn plan() -> Plan {
+        Plan {
+            backing: vec![],
+            env: vec![plan::EnvVar {
+                var: "DB".into(),
+                secret: "sm-n-db-1".into(),
+                key: "url".into(),
+            }],
+            env_from: vec![EnvFrom {
+                prefix: Some("REDIS_".into()),
+                secret: "sm-n-redis-2".into(),
+            }],
+            mounts: vec![Mount {
+                secret: "sm-n-db-1".into(),
+                path: "/s/n/db".into(),
+            }],
+            containers: None,
+            refresh_interval: Duration::from_secs(3600),
+        }
+    }
+
+    fn apply(p: &Pod, patch: &Patch) -> Pod {
+        let mut v = serde_json::to_value(p).unwrap();
+        json_patch::patch(&mut v, patch).unwrap();
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn sample() -> Pod {
+        pod(json!({
+            "metadata": {"annotations": {"sm-injector.io/env.DB": "n/db#url"}},
+            "spec": {
+                "initContainers": [{"name": "init", "image": "x"}],
+                "containers": [
+                    {"name": "app", "image": "x", "env": [{"name": "DB", "value": "mine"}, {"name": "OTHER", "value": "1"}]},
+                    {"name": "side", "image": "x", "volumeMounts": [{"name": "v", "mountPath": "/data"}]}
+                ],
+                "volumes": [{"name": "v", "emptyDir": {}}]
+            }
+        }))
+    }
+
+    #[test]
+    fn injects_everywhere_keeps_explicit_values_and_warns() {
+        let p = sample();
+        let targets = select(&p, None).unwrap();
+        assert_eq!(targets.len(), 3);
+        let (patch, warnings) = build(&p, &plan(), &targets);
+        let out = apply(&p, &patch);
+        let spec = out.spec.unwrap();
+        let init = &spec.init_containers.as_ref().unwrap()[0];
+        let db = init
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "DB")
+            .unwrap();
+        let r = db
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!((r.name.as_str(), r.key.as_str()), ("sm-n-db-1", "url"));
+        assert!(db.value.is_none(), "never plaintext");
+        let app = &spec.containers[0];
+        let app_db = app
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|e| e.name == "DB")
+            .collect::<Vec<_>>();
+        assert_eq!(app_db.len(), 1);
+        assert_eq!(app_db[0].value.as_deref(), Some("mine"));
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains("\"app\" already sets DB"),
+            "{warnings:?}"
+        );
+        for c in spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+        {
+            let ef = c.env_from.as_ref().unwrap();
+            assert_eq!(ef[0].prefix.as_deref(), Some("REDIS_"));
+            assert!(
+                c.volume_mounts
+                    .as_ref()
+                    .unwrap()
+                    .iter()
+                    .any(|m| m.mount_path == "/s/n/db" && m.read_only == Some(true))
+            );
+        }
+        let vols = spec.volumes.unwrap();
+        assert_eq!(vols.len(), 2);
+        assert_eq!(
+            vols[1].secret.as_ref().unwrap().secret_name.as_deref(),
+            Some("sm-n-db-1")
+        );
+        assert!(out.metadata.annotations.unwrap().contains_key(INJECTED));
+    }
+
+    #[test]
+    fn reinvocation_adds_nothing_new() {
+        let p = sample();
+        let targets = select(&p, None).unwrap();
+        let (patch, _) = build(&p, &plan(), &targets);
+        let once = apply(&p, &patch);
+        let (patch2, _) = build(&once, &plan(), &select(&once, None).unwrap());
+        let twice = apply(&once, &patch2);
+        assert_eq!(
+            serde_json::to_value(&once).unwrap(),
+            serde_json::to_value(&twice).unwrap()
+        );
+        assert_eq!(
+            patch2.0.len(),
+            1,
+            "only the record annotation is set again: {patch2:?}"
+        );
+    }
+
+    #[test]
+    fn container_selection() {
+        let p = sample();
+        let t = select(&p, Some(&["side".to_string()])).unwrap();
+        assert_eq!(
+            t,
+            vec![Target {
+                list: "containers",
+                index: 1
+            }]
+        );
+        let (patch, _) = build(&p, &plan(), &t);
+        let out = apply(&p, &patch).spec.unwrap();
+        assert!(out.containers[0].env_from.is_none());
+        assert!(out.init_containers.unwrap()[0].env.is_none());
+        let e = select(&p, Some(&["nope".to_string()])).unwrap_err();
+        assert!(
+            e.contains("sm-injector.io/containers")
+                && e.contains("\"nope\"")
+                && e.contains("init, app, side"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn pod_without_annotations_map_gets_one() {
+        let p = pod(json!({"metadata": {}, "spec": {"containers": [{"name": "a"}]}}));
+        let (patch, _) = build(&p, &plan(), &select(&p, None).unwrap());
+        let out = apply(&p, &patch);
+        assert!(out.metadata.annotations.unwrap().contains_key(INJECTED));
+    }
+}

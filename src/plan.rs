@@ -1,0 +1,595 @@
+//! From a pod's request and the fetched secret values to a plan: which backing
+//! Secrets hold what, and which env / envFrom / mounts point at them. Pure: the
+//! access rule (SPEC section 4) and every content check of section 3 happen here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use serde::Serialize;
+
+use crate::annotations::{self, Injection};
+use crate::backing::{self, Form, RAW_KEY};
+use crate::policy::AccessRule;
+use crate::reference::{SecretRef, Version};
+use crate::secret::{ContentError, SecretValue};
+use crate::source::{CachedResults, FetchError, FetchKey};
+
+/// What a backing Secret holds this time.
+#[derive(Debug, Clone)]
+pub enum Content {
+    /// Fetched now: the Secret is (re)written with this data.
+    Fresh {
+        value: Arc<SecretValue>,
+        data: BTreeMap<String, ByteString>,
+    },
+    /// Secrets Manager could not be reached: the existing backing Secret must
+    /// serve, and must hold these keys.
+    Unreachable {
+        required_keys: BTreeSet<String>,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Backing {
+    /// The backing Secret's name.
+    pub name: String,
+    /// The canonical secret name.
+    pub secret_name: String,
+    pub version: Version,
+    pub form: Form,
+    pub content: Content,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvVar {
+    pub var: String,
+    pub secret: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvFrom {
+    pub prefix: Option<String>,
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub secret: String,
+    pub path: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub backing: Vec<Backing>,
+    pub env: Vec<EnvVar>,
+    pub env_from: Vec<EnvFrom>,
+    pub mounts: Vec<Mount>,
+    pub containers: Option<Vec<String>>,
+    pub refresh_interval: Duration,
+}
+
+/// The version selectors a pod needs fetched, in a stable order.
+pub fn fetch_keys(inj: &Injection) -> Vec<FetchKey> {
+    refs(inj)
+        .map(|(r, _)| FetchKey {
+            id: r.id.clone(),
+            version: r.version.clone(),
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+fn refs(inj: &Injection) -> impl Iterator<Item = (&SecretRef, &str)> {
+    inj.env
+        .iter()
+        .map(|e| (&e.reference, e.annotation.as_str()))
+        .chain(
+            inj.env_from
+                .iter()
+                .map(|e| (&e.reference, e.annotation.as_str())),
+        )
+}
+
+fn denied(r: &SecretRef, canonical: Option<&str>, rule: &AccessRule) -> String {
+    let what = match canonical {
+        Some(name) if name != r.id => format!("reference {:?} (secret {name:?})", r.to_string()),
+        _ => format!("reference {:?}", r.to_string()),
+    };
+    format!(
+        "{what} is not allowed in namespace {:?}, which may read only {rule}",
+        rule.namespace()
+    )
+}
+
+/// Denials that need no Secrets Manager call: references by name outside the
+/// namespace's rule. (ARN references are checked once AWS has named the secret.)
+pub fn precheck(inj: &Injection, rule: &AccessRule) -> Vec<String> {
+    refs(inj)
+        .filter(|(r, _)| !r.is_arn() && !rule.allows(&r.id))
+        .map(|(r, ann)| format!("{ann}: {}", denied(r, None, rule)))
+        .collect()
+}
+
+struct Builder<'a> {
+    rule: &'a AccessRule,
+    results: &'a CachedResults,
+    backing: BTreeMap<String, Backing>,
+    errors: Vec<String>,
+}
+
+impl Builder<'_> {
+    /// Resolves one reference into a backing Secret of `form`; returns its name.
+    fn backing_for(&mut self, r: &SecretRef, ann: &str, form: Form) -> Option<String> {
+        let key = FetchKey {
+            id: r.id.clone(),
+            version: r.version.clone(),
+        };
+        let result = self
+            .results
+            .get(&key)
+            .cloned()
+            .unwrap_or_else(|| Err(FetchError::Unreachable("not fetched".into())));
+        let fail = |this: &mut Self, msg: String| {
+            this.errors.push(format!("{ann}: {msg}"));
+            None
+        };
+        match result {
+            Ok(value) => {
+                if !self.rule.allows(&value.name) {
+                    return fail(self, denied(r, Some(&value.name), self.rule));
+                }
+                let name = backing::name(&value.name, &r.version, form);
+                if !self.backing.contains_key(&name) {
+                    let data = match backing::data(&value, form) {
+                        Ok(d) => d,
+                        Err(e) => return fail(self, content_error(r, &e)),
+                    };
+                    self.backing.insert(
+                        name.clone(),
+                        Backing {
+                            name: name.clone(),
+                            secret_name: value.name.clone(),
+                            version: r.version.clone(),
+                            form,
+                            content: Content::Fresh { value, data },
+                        },
+                    );
+                }
+                Some(name)
+            }
+            Err(e) if e.is_transient() && !r.is_arn() => {
+                let name = backing::name(&r.id, &r.version, form);
+                self.backing.entry(name.clone()).or_insert_with(|| Backing {
+                    name: name.clone(),
+                    secret_name: r.id.clone(),
+                    version: r.version.clone(),
+                    form,
+                    content: Content::Unreachable {
+                        required_keys: BTreeSet::new(),
+                        reason: e.to_string(),
+                    },
+                });
+                Some(name)
+            }
+            Err(e) if e.is_transient() => fail(
+                self,
+                format!(
+                    "{e}, and the secret behind the ARN {:?} has not been fetched before",
+                    r.id
+                ),
+            ),
+            Err(e) => fail(self, format!("secret {:?} {e}", r.id)),
+        }
+    }
+
+    /// The data key `key` must exist in the backing Secret `name`.
+    fn require_key(&mut self, name: &str, key: &str, r: &SecretRef, ann: &str) -> bool {
+        let b = self.backing.get_mut(name).expect("backing_for inserted it");
+        match &mut b.content {
+            Content::Fresh { data, value } => {
+                if data.contains_key(key) {
+                    true
+                } else {
+                    let e = ContentError::MissingKey {
+                        secret: value.name.clone(),
+                        key: key.to_string(),
+                    };
+                    self.errors.push(format!("{ann}: {}", content_error(r, &e)));
+                    false
+                }
+            }
+            Content::Unreachable { required_keys, .. } => {
+                required_keys.insert(key.to_string());
+                true
+            }
+        }
+    }
+}
+
+fn content_error(r: &SecretRef, e: &ContentError) -> String {
+    let hint = match e {
+        ContentError::NotJsonObject(_) | ContentError::Binary(_) if r.key.is_some() => {
+            format!(", so {:?} cannot select a key", r.to_string())
+        }
+        ContentError::NotJsonObject(_) | ContentError::Binary(_) => {
+            ", which env-from needs".to_string()
+        }
+        _ => String::new(),
+    };
+    format!("{e}{hint}")
+}
+
+/// Builds the plan, or every reason to deny.
+pub fn resolve(
+    inj: &Injection,
+    rule: &AccessRule,
+    results: &CachedResults,
+) -> Result<Plan, Vec<String>> {
+    let mut b = Builder {
+        rule,
+        results,
+        backing: BTreeMap::new(),
+        errors: vec![],
+    };
+    let mut env = vec![];
+    for e in &inj.env {
+        let form = if e.reference.key.is_some() {
+            Form::Keys
+        } else {
+            Form::Raw
+        };
+        let Some(name) = b.backing_for(&e.reference, &e.annotation, form) else {
+            continue;
+        };
+        let key = e.reference.key.clone().unwrap_or_else(|| RAW_KEY.into());
+        if b.require_key(&name, &key, &e.reference, &e.annotation) {
+            env.push(EnvVar {
+                var: e.var.clone(),
+                secret: name,
+                key,
+            });
+        }
+    }
+    let mut env_from = vec![];
+    for e in &inj.env_from {
+        let Some(name) = b.backing_for(&e.reference, &e.annotation, Form::Keys) else {
+            continue;
+        };
+        if let Content::Fresh { data, value } = &b.backing[&name].content {
+            let prefix = e.prefix.as_deref().unwrap_or("");
+            let bad: Vec<&String> = data
+                .keys()
+                .filter(|k| !annotations::valid_env_name(&format!("{prefix}{k}")))
+                .collect();
+            if !bad.is_empty() {
+                b.errors.push(format!(
+                    "{}: secret {:?} has keys that are not valid environment variable names ({}), so env-from cannot inject them; use sm-injector.io/env.<VAR> with #<key> for those",
+                    e.annotation,
+                    value.name,
+                    bad.iter().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", ")
+                ));
+                continue;
+            }
+        }
+        let entry = EnvFrom {
+            prefix: e.prefix.clone(),
+            secret: name,
+        };
+        if !env_from.contains(&entry) {
+            env_from.push(entry);
+        }
+    }
+    if !b.errors.is_empty() {
+        return Err(b.errors);
+    }
+    let mut mounts = vec![];
+    if let Some(root) = &inj.mount_path {
+        // One directory per secret and version selector; the key-per-file form
+        // when the pod uses it, else the whole value as the file `value`.
+        let mut chosen: BTreeMap<(String, Version), &Backing> = BTreeMap::new();
+        for bk in b.backing.values() {
+            let slot = chosen
+                .entry((bk.secret_name.clone(), bk.version.clone()))
+                .or_insert(bk);
+            if bk.form == Form::Keys {
+                *slot = bk;
+            }
+        }
+        for ((secret, version), bk) in chosen {
+            let suffix = match &version {
+                v if v.is_current() => String::new(),
+                Version::Stage(s) | Version::Id(s) => format!("@{s}"),
+            };
+            mounts.push(Mount {
+                secret: bk.name.clone(),
+                path: format!("{root}/{secret}{suffix}"),
+            });
+        }
+    }
+    Ok(Plan {
+        backing: b.backing.into_values().collect(),
+        env,
+        env_from,
+        mounts,
+        containers: inj.containers.clone(),
+        refresh_interval: inj.refresh_interval,
+    })
+}
+
+/// The record sm-injector writes on the pod ([`annotations::INJECTED`]): which
+/// backing Secrets it uses, for what, and how often they are to be refreshed.
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    pub refresh_interval: String,
+    pub secrets: Vec<RecordEntry>,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordEntry {
+    pub backing: String,
+    pub secret: String,
+    pub version: String,
+}
+
+impl Plan {
+    pub fn record(&self) -> String {
+        let r = Record {
+            refresh_interval: humantime::format_duration(self.refresh_interval).to_string(),
+            secrets: self
+                .backing
+                .iter()
+                .map(|b| RecordEntry {
+                    backing: b.name.clone(),
+                    secret: b.secret_name.clone(),
+                    version: b.version.to_string(),
+                })
+                .collect(),
+        };
+        serde_json::to_string(&r).expect("a record serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Payload;
+    use std::collections::BTreeMap as Map;
+
+    fn inj(pairs: &[(&str, &str)]) -> Injection {
+        let a: Map<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        annotations::parse(&a, Duration::from_secs(60))
+            .unwrap()
+            .unwrap()
+    }
+
+    fn value(name: &str, s: &str) -> Arc<SecretValue> {
+        Arc::new(SecretValue {
+            arn: format!("arn:aws:secretsmanager:eu-west-1:123456789012:secret:{name}-AbCdEf"),
+            name: name.into(),
+            version_id: "v1".into(),
+            payload: Payload::String(s.into()),
+        })
+    }
+
+    type Entry<'a> = (&'a str, Version, Result<Arc<SecretValue>, FetchError>);
+
+    fn results(entries: Vec<Entry<'_>>) -> CachedResults {
+        entries
+            .into_iter()
+            .map(|(id, version, r)| {
+                (
+                    FetchKey {
+                        id: id.into(),
+                        version,
+                    },
+                    r,
+                )
+            })
+            .collect()
+    }
+
+    fn cur() -> Version {
+        Version::current()
+    }
+
+    #[test]
+    fn seed_example_plans_backing_secrets_and_env() {
+        let i = inj(&[
+            (
+                "sm-injector.io/env.DISCORD_BOT_TOKEN",
+                "arrakis/discord#bot_token",
+            ),
+            (
+                "sm-injector.io/env.DISCORD_APPLICATION_ID",
+                "arrakis/discord#application_id",
+            ),
+            ("sm-injector.io/env.DATABASE_URL", "arrakis/postgres#url"),
+            ("sm-injector.io/env-from.REDIS", "arrakis/redis"),
+        ]);
+        let rule = AccessRule::for_namespace("arrakis", None);
+        assert!(precheck(&i, &rule).is_empty());
+        assert_eq!(fetch_keys(&i).len(), 3);
+        let res = results(vec![
+            (
+                "arrakis/discord",
+                cur(),
+                Ok(value(
+                    "arrakis/discord",
+                    r#"{"bot_token":"t","application_id":123}"#,
+                )),
+            ),
+            (
+                "arrakis/postgres",
+                cur(),
+                Ok(value("arrakis/postgres", r#"{"url":"postgres://u@h/db"}"#)),
+            ),
+            (
+                "arrakis/redis",
+                cur(),
+                Ok(value("arrakis/redis", r#"{"host":"r","port":6379}"#)),
+            ),
+        ]);
+        let p = resolve(&i, &rule, &res).unwrap();
+        assert_eq!(p.backing.len(), 3, "one backing Secret per secret");
+        assert_eq!(p.env.len(), 3);
+        let discord = backing::name("arrakis/discord", &cur(), Form::Keys);
+        assert!(p.env.contains(&EnvVar {
+            var: "DISCORD_APPLICATION_ID".into(),
+            secret: discord.clone(),
+            key: "application_id".into()
+        }));
+        assert_eq!(
+            p.env_from,
+            vec![EnvFrom {
+                prefix: Some("REDIS_".into()),
+                secret: backing::name("arrakis/redis", &cur(), Form::Keys)
+            }]
+        );
+        let Content::Fresh { data, .. } = &p
+            .backing
+            .iter()
+            .find(|b| b.name == discord)
+            .unwrap()
+            .content
+        else {
+            panic!()
+        };
+        assert_eq!(data["application_id"].0, b"123");
+        let rec: Record = serde_json::from_str(&p.record()).unwrap();
+        assert_eq!(rec.refresh_interval, "1h");
+        assert_eq!(rec.secrets.len(), 3);
+    }
+
+    #[test]
+    fn whole_value_uses_the_raw_form() {
+        let i = inj(&[
+            ("sm-injector.io/env.CFG", "n/cfg"),
+            ("sm-injector.io/env.K", "n/cfg#k"),
+        ]);
+        let rule = AccessRule::for_namespace("n", None);
+        let res = results(vec![("n/cfg", cur(), Ok(value("n/cfg", r#"{"k":"v"}"#)))]);
+        let p = resolve(&i, &rule, &res).unwrap();
+        assert_eq!(p.backing.len(), 2);
+        let raw = p.env.iter().find(|e| e.var == "CFG").unwrap();
+        assert_eq!(raw.key, RAW_KEY);
+        assert!(raw.secret.contains("-raw-"));
+    }
+
+    #[test]
+    fn access_rule_is_applied_to_names_and_to_what_an_arn_resolves_to() {
+        let rule = AccessRule::for_namespace("team-a", None);
+        let i = inj(&[("sm-injector.io/env.X", "team-b/db#pw")]);
+        let d = precheck(&i, &rule);
+        assert_eq!(d.len(), 1);
+        assert!(
+            d[0].contains("sm-injector.io/env.X")
+                && d[0].contains("\"team-b/db#pw\"")
+                && d[0].contains("\"team-a\"")
+                && d[0].contains("team-a/*"),
+            "{d:?}"
+        );
+
+        let arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:team-b/db-AbCdEf";
+        let i = inj(&[("sm-injector.io/env.X", &format!("{arn}#pw"))]);
+        assert!(precheck(&i, &rule).is_empty(), "ARNs wait for AWS's answer");
+        let res = results(vec![(arn, cur(), Ok(value("team-b/db", r#"{"pw":"x"}"#)))]);
+        let e = resolve(&i, &rule, &res).unwrap_err();
+        assert!(
+            e[0].contains("(secret \"team-b/db\") is not allowed in namespace \"team-a\""),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn content_problems_are_denials() {
+        let rule = AccessRule::for_namespace("n", None);
+        let i = inj(&[
+            ("sm-injector.io/env.A", "n/plain#k"),
+            ("sm-injector.io/env.B", "n/json#nokey"),
+            ("sm-injector.io/env-from", "n/plain"),
+            ("sm-injector.io/env-from.P", "n/dotted"),
+            ("sm-injector.io/env.C", "n/gone"),
+        ]);
+        let res = results(vec![
+            ("n/plain", cur(), Ok(value("n/plain", "just text"))),
+            ("n/json", cur(), Ok(value("n/json", r#"{"k":"v"}"#))),
+            ("n/dotted", cur(), Ok(value("n/dotted", r#"{"a.b":"v"}"#))),
+            ("n/gone", cur(), Err(FetchError::NotFound)),
+        ]);
+        let e = resolve(&i, &rule, &res).unwrap_err();
+        let all = e.join("\n");
+        assert_eq!(e.len(), 5, "{all}");
+        assert!(all.contains("sm-injector.io/env.A: secret \"n/plain\" is not a JSON object, so \"n/plain#k\" cannot select a key"), "{all}");
+        assert!(
+            all.contains("sm-injector.io/env.B: secret \"n/json\" has no top-level key \"nokey\""),
+            "{all}"
+        );
+        assert!(all.contains("sm-injector.io/env-from: secret \"n/plain\" is not a JSON object, which env-from needs"), "{all}");
+        assert!(all.contains("\"a.b\""), "{all}");
+        assert!(
+            all.contains("sm-injector.io/env.C: secret \"n/gone\" not found in Secrets Manager"),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn unreachable_names_fall_back_to_the_existing_secret_but_arns_cannot() {
+        let rule = AccessRule::for_namespace("n", None);
+        let down = || Err(FetchError::Unreachable("timed out".into()));
+        let i = inj(&[
+            ("sm-injector.io/env.A", "n/s#k1"),
+            ("sm-injector.io/env.B", "n/s#k2"),
+        ]);
+        let p = resolve(&i, &rule, &results(vec![("n/s", cur(), down())])).unwrap();
+        let Content::Unreachable { required_keys, .. } = &p.backing[0].content else {
+            panic!()
+        };
+        assert_eq!(required_keys.iter().collect::<Vec<_>>(), ["k1", "k2"]);
+
+        let arn = "arn:aws:secretsmanager:eu-west-1:1:secret:n/s-AbCdEf";
+        let i = inj(&[("sm-injector.io/env.A", arn)]);
+        let e = resolve(&i, &rule, &results(vec![(arn, cur(), down())])).unwrap_err();
+        assert!(e[0].contains("could not be reached"), "{e:?}");
+    }
+
+    #[test]
+    fn mounts_prefer_the_keys_form_and_name_pinned_versions() {
+        let rule = AccessRule::for_namespace("n", None);
+        let i = inj(&[
+            ("sm-injector.io/env.A", "n/s#k"),
+            ("sm-injector.io/env.B", "n/s"),
+            ("sm-injector.io/env.C", "n/s?versionStage=AWSPREVIOUS#k"),
+            ("sm-injector.io/mount-path", "/secrets"),
+        ]);
+        let res = results(vec![
+            ("n/s", cur(), Ok(value("n/s", r#"{"k":"v"}"#))),
+            (
+                "n/s",
+                Version::Stage("AWSPREVIOUS".into()),
+                Ok(value("n/s", r#"{"k":"old"}"#)),
+            ),
+        ]);
+        let p = resolve(&i, &rule, &res).unwrap();
+        let paths: Vec<(&str, &str)> = p
+            .mounts
+            .iter()
+            .map(|m| (m.path.as_str(), m.secret.as_str()))
+            .collect();
+        assert_eq!(paths.len(), 2, "{paths:?}");
+        assert!(paths.contains(&(
+            "/secrets/n/s",
+            backing::name("n/s", &cur(), Form::Keys).as_str()
+        )));
+        assert!(paths.iter().any(|(p, _)| *p == "/secrets/n/s@AWSPREVIOUS"));
+    }
+}

@@ -1,0 +1,156 @@
+//! A secret value as Secrets Manager returns it, and how its parts render
+//! into environment variable values (SPEC section 3).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde_json::Value;
+
+/// The value of one version of one secret.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Payload {
+    String(String),
+    Binary(Vec<u8>),
+}
+
+// Never print a value: this Debug shows only the shape.
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Payload::String(s) => write!(f, "String(<{} bytes>)", s.len()),
+            Payload::Binary(b) => write!(f, "Binary(<{} bytes>)", b.len()),
+        }
+    }
+}
+
+/// One fetched version of a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretValue {
+    /// The full ARN.
+    pub arn: String,
+    /// The canonical name, which the access rule is checked against.
+    pub name: String,
+    pub version_id: String,
+    pub payload: Payload,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContentError {
+    #[error("secret {0:?} is binary (SecretBinary), not a JSON object")]
+    Binary(String),
+    #[error("secret {0:?} is not a JSON object")]
+    NotJsonObject(String),
+    #[error("secret {secret:?} has no top-level key {key:?}")]
+    MissingKey { secret: String, key: String },
+    #[error(
+        "secret {secret:?} has the key {key:?}, which cannot be a Kubernetes Secret key (letters, digits, '-', '_' and '.' only)"
+    )]
+    BadKey { secret: String, key: String },
+}
+
+/// A Kubernetes Secret data key: `[-._a-zA-Z0-9]+`, at most 253 characters.
+pub fn valid_secret_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 253
+        && k != "."
+        && k != ".."
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+}
+
+/// Renders a JSON value as an env var value: strings as they are, anything
+/// else as compact JSON text (`5432`, `true`).
+pub fn render(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl SecretValue {
+    /// The top-level keys of a JSON object secret, rendered, each a valid
+    /// Kubernetes Secret key.
+    pub fn json_fields(&self) -> Result<BTreeMap<String, String>, ContentError> {
+        let s = match &self.payload {
+            Payload::Binary(_) => return Err(ContentError::Binary(self.name.clone())),
+            Payload::String(s) => s,
+        };
+        let obj = match serde_json::from_str::<Value>(s) {
+            Ok(Value::Object(o)) => o,
+            _ => return Err(ContentError::NotJsonObject(self.name.clone())),
+        };
+        obj.iter()
+            .map(|(k, v)| {
+                if valid_secret_key(k) {
+                    Ok((k.clone(), render(v)))
+                } else {
+                    Err(ContentError::BadKey {
+                        secret: self.name.clone(),
+                        key: k.clone(),
+                    })
+                }
+            })
+            .collect()
+    }
+
+    /// The whole value as bytes: the SecretString, or the SecretBinary's raw bytes.
+    pub fn raw_bytes(&self) -> &[u8] {
+        match &self.payload {
+            Payload::String(s) => s.as_bytes(),
+            Payload::Binary(b) => b,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(payload: Payload) -> SecretValue {
+        SecretValue {
+            arn: "arn:aws:secretsmanager:us-east-1:1:secret:n/s-AbCdEf".into(),
+            name: "n/s".into(),
+            version_id: "v1".into(),
+            payload,
+        }
+    }
+
+    #[test]
+    fn json_fields_render_non_strings_compactly() {
+        let s = v(Payload::String(
+            r#"{"url":"postgres://x","port":5432,"tls":true,"opts":{"a": [1, 2]},"n":null}"#.into(),
+        ));
+        let f = s.json_fields().unwrap();
+        assert_eq!(f["url"], "postgres://x");
+        assert_eq!(f["port"], "5432");
+        assert_eq!(f["tls"], "true");
+        assert_eq!(f["opts"], r#"{"a":[1,2]}"#);
+        assert_eq!(f["n"], "null");
+    }
+
+    #[test]
+    fn non_objects_and_bad_keys_are_errors() {
+        assert_eq!(
+            v(Payload::String("plain".into())).json_fields(),
+            Err(ContentError::NotJsonObject("n/s".into()))
+        );
+        assert_eq!(
+            v(Payload::String("[1]".into())).json_fields(),
+            Err(ContentError::NotJsonObject("n/s".into()))
+        );
+        assert_eq!(
+            v(Payload::Binary(vec![0, 1])).json_fields(),
+            Err(ContentError::Binary("n/s".into()))
+        );
+        assert!(matches!(
+            v(Payload::String(r#"{"a b":"x"}"#.into())).json_fields(),
+            Err(ContentError::BadKey { .. })
+        ));
+    }
+
+    #[test]
+    fn debug_never_shows_the_value() {
+        let s = v(Payload::String("hunter2".into()));
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

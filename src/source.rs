@@ -1,0 +1,438 @@
+//! Where secret values come from: the [`SecretSource`] trait, its AWS Secrets
+//! Manager implementation, and [`CachedSource`], the TTL cache in front of it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_secretsmanager::Client;
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
+use futures::future::{BoxFuture, FutureExt, join_all};
+
+use crate::metrics::Metrics;
+use crate::reference::Version;
+use crate::secret::{Payload, SecretValue};
+
+/// One version selector of one secret, as a reference names it (name or ARN).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FetchKey {
+    pub id: String,
+    pub version: Version,
+}
+
+/// Why a secret could not be had. Messages come from AWS and never hold values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    #[error("not found in Secrets Manager")]
+    NotFound,
+    #[error("access denied by AWS: {0}")]
+    AccessDenied(String),
+    /// Transient: network, throttling, AWS-side errors, or the deadline passed.
+    #[error("Secrets Manager could not be reached: {0}")]
+    Unreachable(String),
+    /// Any other refusal (for example a secret marked for deletion).
+    #[error("Secrets Manager refused the request: {0}")]
+    Rejected(String),
+}
+
+impl FetchError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, FetchError::Unreachable(_))
+    }
+
+    /// Classifies an AWS error code and message.
+    pub fn from_code(code: Option<&str>, message: Option<&str>) -> Self {
+        let msg = || {
+            let mut s = code.unwrap_or("error").to_string();
+            if let Some(m) = message {
+                s.push_str(": ");
+                s.push_str(m);
+            }
+            s
+        };
+        match code {
+            Some("ResourceNotFoundException") => FetchError::NotFound,
+            Some("AccessDeniedException" | "AccessDenied" | "DecryptionFailure")
+            | Some("UnrecognizedClientException" | "InvalidSignatureException")
+            | Some("ExpiredTokenException") => FetchError::AccessDenied(msg()),
+            Some(
+                "ThrottlingException"
+                | "Throttling"
+                | "TooManyRequestsException"
+                | "RequestLimitExceeded"
+                | "InternalServiceError"
+                | "InternalFailure"
+                | "ServiceUnavailable",
+            ) => FetchError::Unreachable(msg()),
+            _ => FetchError::Rejected(msg()),
+        }
+    }
+}
+
+pub type FetchResults = HashMap<FetchKey, Result<SecretValue, FetchError>>;
+
+/// A source of secret values. Answers every key it is given.
+pub trait SecretSource: Send + Sync + 'static {
+    fn fetch<'a>(&'a self, keys: &'a [FetchKey]) -> BoxFuture<'a, FetchResults>;
+}
+
+/// Secrets Manager through the AWS SDK. AWSCURRENT versions are fetched with
+/// `BatchGetSecretValue` (20 ids a call); pinned versions with `GetSecretValue`.
+pub struct AwsSource {
+    client: Client,
+    metrics: Metrics,
+}
+
+const BATCH_MAX: usize = 20;
+
+impl AwsSource {
+    pub fn new(client: Client, metrics: Metrics) -> Self {
+        AwsSource { client, metrics }
+    }
+
+    /// A client from the standard AWS chain (env vars, profiles, IRSA web identity;
+    /// `AWS_ENDPOINT_URL_SECRETS_MANAGER` for another endpoint).
+    pub async fn from_env(metrics: Metrics) -> Self {
+        let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        Self::new(Client::new(&conf), metrics)
+    }
+
+    async fn batch(&self, keys: &[FetchKey]) -> FetchResults {
+        const OP: &str = "BatchGetSecretValue";
+        self.metrics.aws_call(OP, keys.len() as u64);
+        let ids: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
+        let out = match self
+            .client
+            .batch_get_secret_value()
+            .set_secret_id_list(Some(ids))
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                self.metrics.aws_error(OP);
+                let err = classify(&e);
+                return keys.iter().map(|k| (k.clone(), Err(err.clone()))).collect();
+            }
+        };
+        let mut results = FetchResults::new();
+        let mut unanswered = vec![];
+        for k in keys {
+            let entry = out
+                .secret_values()
+                .iter()
+                .find(|e| e.name() == Some(&k.id) || e.arn() == Some(&k.id));
+            if let Some(e) = entry {
+                let payload = match (e.secret_string(), e.secret_binary()) {
+                    (Some(s), _) => Payload::String(s.to_string()),
+                    (None, Some(b)) => Payload::Binary(b.as_ref().to_vec()),
+                    (None, None) => Payload::String(String::new()),
+                };
+                results.insert(
+                    k.clone(),
+                    Ok(SecretValue {
+                        arn: e.arn().unwrap_or_default().to_string(),
+                        name: e.name().unwrap_or_default().to_string(),
+                        version_id: e.version_id().unwrap_or_default().to_string(),
+                        payload,
+                    }),
+                );
+            } else if let Some(err) = out.errors().iter().find(|e| e.secret_id() == Some(&k.id)) {
+                results.insert(
+                    k.clone(),
+                    Err(FetchError::from_code(err.error_code(), err.message())),
+                );
+            } else {
+                // A partial ARN, for instance: AWS answered under another id.
+                unanswered.push(k.clone());
+            }
+        }
+        for k in unanswered {
+            let r = self.single(&k).await;
+            results.insert(k, r);
+        }
+        results
+    }
+
+    async fn single(&self, key: &FetchKey) -> Result<SecretValue, FetchError> {
+        const OP: &str = "GetSecretValue";
+        self.metrics.aws_call(OP, 1);
+        let mut req = self.client.get_secret_value().secret_id(&key.id);
+        req = match &key.version {
+            Version::Stage(s) => req.version_stage(s),
+            Version::Id(id) => req.version_id(id),
+        };
+        match req.send().await {
+            Ok(o) => {
+                let payload = match (o.secret_string(), o.secret_binary()) {
+                    (Some(s), _) => Payload::String(s.to_string()),
+                    (None, Some(b)) => Payload::Binary(b.as_ref().to_vec()),
+                    (None, None) => Payload::String(String::new()),
+                };
+                Ok(SecretValue {
+                    arn: o.arn().unwrap_or_default().to_string(),
+                    name: o.name().unwrap_or_default().to_string(),
+                    version_id: o.version_id().unwrap_or_default().to_string(),
+                    payload,
+                })
+            }
+            Err(e) => {
+                self.metrics.aws_error(OP);
+                Err(classify(&e))
+            }
+        }
+    }
+}
+
+fn classify<E, R>(e: &SdkError<E, R>) -> FetchError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match e {
+        SdkError::ServiceError(se) => FetchError::from_code(se.err().code(), se.err().message()),
+        SdkError::TimeoutError(_) => FetchError::Unreachable("timed out".into()),
+        other => FetchError::Unreachable(
+            aws_smithy_types::error::display::DisplayErrorContext(other).to_string(),
+        ),
+    }
+}
+
+impl SecretSource for AwsSource {
+    fn fetch<'a>(&'a self, keys: &'a [FetchKey]) -> BoxFuture<'a, FetchResults> {
+        async move {
+            let (current, pinned): (Vec<&FetchKey>, Vec<&FetchKey>) =
+                keys.iter().partition(|k| k.version.is_current());
+            let current: Vec<FetchKey> = current.into_iter().cloned().collect();
+            let batches = current.chunks(BATCH_MAX).map(|c| self.batch(c));
+            let singles = pinned
+                .into_iter()
+                .map(|k| async move { FetchResults::from([(k.clone(), self.single(k).await)]) });
+            let (a, b) = futures::join!(join_all(batches), join_all(singles));
+            a.into_iter().chain(b).flatten().collect()
+        }
+        .boxed()
+    }
+}
+
+/// Secret values from a fixed map (secret name → value): for `render
+/// --secrets-file` and for tests of the pure logic. Every version selector
+/// resolves to the one value given.
+pub struct StaticSource {
+    values: HashMap<String, Payload>,
+}
+
+impl StaticSource {
+    pub fn new(values: HashMap<String, Payload>) -> Self {
+        StaticSource { values }
+    }
+}
+
+impl SecretSource for StaticSource {
+    fn fetch<'a>(&'a self, keys: &'a [FetchKey]) -> BoxFuture<'a, FetchResults> {
+        let r = keys
+            .iter()
+            .map(|k| {
+                let v = self
+                    .values
+                    .get(&k.id)
+                    .map(|p| SecretValue {
+                        arn: format!("arn:aws:secretsmanager:local:000000000000:secret:{}", k.id),
+                        name: k.id.clone(),
+                        version_id: "local".into(),
+                        payload: p.clone(),
+                    })
+                    .ok_or(FetchError::NotFound);
+                (k.clone(), v)
+            })
+            .collect();
+        futures::future::ready(r).boxed()
+    }
+}
+
+/// A TTL cache in front of a [`SecretSource`]. Keys missing at the same time are
+/// asked for in one `fetch` (so one batch call), and concurrent misses of the same
+/// key share one load. Errors are not cached.
+#[derive(Clone)]
+pub struct CachedSource {
+    inner: Arc<dyn SecretSource>,
+    cache: moka::future::Cache<FetchKey, Arc<SecretValue>>,
+    metrics: Metrics,
+}
+
+pub type CachedResults = HashMap<FetchKey, Result<Arc<SecretValue>, FetchError>>;
+
+impl CachedSource {
+    pub fn new(inner: Arc<dyn SecretSource>, ttl: Duration, metrics: Metrics) -> Self {
+        CachedSource {
+            inner,
+            cache: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+            metrics,
+        }
+    }
+
+    /// The values of `keys`, from the cache where fresh, else from the source.
+    /// Keys not answered within `deadline` come back as [`FetchError::Unreachable`].
+    pub async fn get_many(&self, keys: &[FetchKey], deadline: Duration) -> CachedResults {
+        let mut out = CachedResults::new();
+        let mut missing = vec![];
+        for k in keys {
+            if out.contains_key(k) || missing.contains(k) {
+                continue;
+            }
+            match self.cache.get(k).await {
+                Some(v) => {
+                    out.insert(k.clone(), Ok(v));
+                }
+                None => missing.push(k.clone()),
+            }
+        }
+        self.metrics.cache(out.len() as u64, missing.len() as u64);
+        if missing.is_empty() {
+            return out;
+        }
+        let inner = self.inner.clone();
+        let batch_keys = missing.clone();
+        let batch = async move { Arc::new(inner.fetch(&batch_keys).await) }
+            .boxed()
+            .shared();
+        let loads = missing.iter().map(|k| {
+            let batch = batch.clone();
+            async move {
+                let r = self
+                    .cache
+                    .try_get_with_by_ref(k, async {
+                        match batch.await.get(k) {
+                            Some(Ok(v)) => Ok(Arc::new(v.clone())),
+                            Some(Err(e)) => Err(e.clone()),
+                            None => {
+                                Err(FetchError::Unreachable("no answer for this secret".into()))
+                            }
+                        }
+                    })
+                    .await
+                    .map_err(|e: Arc<FetchError>| (*e).clone());
+                (k.clone(), r)
+            }
+        });
+        match tokio::time::timeout(deadline, join_all(loads)).await {
+            Ok(results) => out.extend(results),
+            Err(_) => {
+                for k in missing {
+                    out.insert(
+                        k,
+                        Err(FetchError::Unreachable(format!(
+                            "no answer within {}",
+                            humantime::format_duration(deadline)
+                        ))),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// Forgets a cached value so that the next lookup asks the source.
+    pub async fn invalidate(&self, key: &FetchKey) {
+        self.cache.invalidate(key).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Counting {
+        calls: AtomicUsize,
+        keys: AtomicUsize,
+        inner: StaticSource,
+        delay: Duration,
+    }
+
+    impl SecretSource for Counting {
+        fn fetch<'a>(&'a self, keys: &'a [FetchKey]) -> BoxFuture<'a, FetchResults> {
+            async move {
+                self.calls.fetch_add(1, Ordering::SeqCst);
+                self.keys.fetch_add(keys.len(), Ordering::SeqCst);
+                tokio::time::sleep(self.delay).await;
+                self.inner.fetch(keys).await
+            }
+            .boxed()
+        }
+    }
+
+    fn key(id: &str) -> FetchKey {
+        FetchKey {
+            id: id.into(),
+            version: Version::current(),
+        }
+    }
+
+    fn counting(delay: Duration) -> Arc<Counting> {
+        Arc::new(Counting {
+            calls: AtomicUsize::new(0),
+            keys: AtomicUsize::new(0),
+            inner: StaticSource::new(HashMap::from([
+                ("n/a".into(), Payload::String("A".into())),
+                ("n/b".into(), Payload::String("B".into())),
+            ])),
+            delay,
+        })
+    }
+
+    #[tokio::test]
+    async fn misses_are_batched_shared_and_then_cached() {
+        let src = counting(Duration::from_millis(50));
+        let cache = CachedSource::new(src.clone(), Duration::from_secs(60), Metrics::new());
+        let keys = vec![key("n/a"), key("n/b"), key("n/missing")];
+        // Twenty concurrent admissions asking for the same three secrets.
+        let all = join_all((0..20).map(|_| cache.get_many(&keys, Duration::from_secs(5)))).await;
+        assert_eq!(src.calls.load(Ordering::SeqCst), 1, "one batched load");
+        for r in &all {
+            assert_eq!(
+                r[&key("n/a")].as_ref().unwrap().payload,
+                Payload::String("A".into())
+            );
+            assert_eq!(r[&key("n/missing")], Err(FetchError::NotFound));
+        }
+        // Values are cached, errors are not.
+        let r = cache.get_many(&keys[..2], Duration::from_secs(5)).await;
+        assert!(r.values().all(Result::is_ok));
+        assert_eq!(src.calls.load(Ordering::SeqCst), 1);
+        cache.get_many(&keys[2..], Duration::from_secs(5)).await;
+        assert_eq!(src.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn deadline_turns_into_unreachable() {
+        let src = counting(Duration::from_secs(10));
+        let cache = CachedSource::new(src, Duration::from_secs(60), Metrics::new());
+        let r = cache
+            .get_many(&[key("n/a")], Duration::from_millis(20))
+            .await;
+        assert!(
+            matches!(&r[&key("n/a")], Err(e) if e.is_transient()),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn aws_codes_are_classified() {
+        assert_eq!(
+            FetchError::from_code(Some("ResourceNotFoundException"), None),
+            FetchError::NotFound
+        );
+        assert!(
+            matches!(FetchError::from_code(Some("AccessDeniedException"), Some("no")), FetchError::AccessDenied(m) if m.contains("no"))
+        );
+        assert!(FetchError::from_code(Some("ThrottlingException"), None).is_transient());
+        assert!(matches!(
+            FetchError::from_code(Some("InvalidRequestException"), None),
+            FetchError::Rejected(_)
+        ));
+    }
+}

@@ -1,0 +1,574 @@
+//! The test bed: a real control plane (etcd, kube-apiserver,
+//! kube-controller-manager) and moto as the Secrets Manager endpoint, started
+//! once per test binary on free loopback ports in a temporary folder.
+//!
+//! `tests/run` builds the binaries and the moto virtualenv and says where they
+//! are (`SM_INJECTOR_CLUSTER_BIN`, `SM_INJECTOR_MOTO_SERVER`). A missing
+//! component fails the test that needs it, loudly.
+//!
+//! Processes are spawned from a thread that lives as long as the test process,
+//! with `PR_SET_PDEATHSIG`, so they die with it even on a crash; an `atexit`
+//! hook stops them and removes the folder on a normal exit (also after failed
+//! tests, since the harness exits through `exit`).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use sm_injector::certs::{Ca, Pem};
+
+pub const HOW_TO_RUN: &str = "run the integration tests with ./tests/run, which builds the cluster binaries and the moto virtualenv first";
+
+pub struct TestBed {
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub apiserver: String,
+    pub moto: String,
+    /// The cluster CA (PEM); it also signs the webhook serving certificates of tests.
+    pub ca_pem: String,
+    ca: Mutex<Ca>,
+}
+
+/// The test bed, or why it could not start (so that every test fails with
+/// the same reason instead of starting it again).
+static BED: OnceLock<Result<TestBed, String>> = OnceLock::new();
+static CHILDREN: Mutex<Vec<(String, u32)>> = Mutex::new(Vec::new());
+static DIR: OnceLock<PathBuf> = OnceLock::new();
+
+extern "C" fn cleanup() {
+    let children = CHILDREN.lock().map(|c| c.clone()).unwrap_or_default();
+    // Stop in reverse order of start: controller-manager, apiserver, etcd.
+    for (_, pid) in children.iter().rev() {
+        unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for (_, pid) in children.iter().rev() {
+        loop {
+            let mut status = 0;
+            let r = unsafe { libc::waitpid(*pid as i32, &mut status, libc::WNOHANG) };
+            if r != 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+                unsafe { libc::waitpid(*pid as i32, &mut status, 0) };
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    if let Some(dir) = DIR.get()
+        && std::env::var_os("SM_INJECTOR_KEEP_TESTBED").is_none()
+    {
+        let _ = fs::remove_dir_all(dir);
+    }
+}
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+fn component(var: &str, what: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(p) if Path::new(&p).exists() => PathBuf::from(p),
+        Some(p) => panic!(
+            "{var}={} does not exist: {what} is missing{}; {HOW_TO_RUN}",
+            Path::new(&p).display(),
+            if ci() {
+                " (CI=true: a missing component is a failure)"
+            } else {
+                ""
+            }
+        ),
+        None => panic!("{var} is not set: {what} is missing; {HOW_TO_RUN}"),
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Spawns a process whose output goes to `<dir>/logs/<name>.log` and which is
+/// killed when this process dies.
+fn spawn(dir: &Path, name: &str, program: &Path, args: &[String]) -> Child {
+    let log = fs::File::create(dir.join("logs").join(format!("{name}.log"))).unwrap();
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+    CHILDREN
+        .lock()
+        .unwrap()
+        .push((name.to_string(), child.id()));
+    child
+}
+
+fn log_tail(dir: &Path, name: &str) -> String {
+    let text = fs::read_to_string(dir.join("logs").join(format!("{name}.log"))).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+fn wait_for(
+    dir: &Path,
+    name: &str,
+    child: &mut Child,
+    timeout: Duration,
+    mut ready: impl FnMut() -> bool,
+) {
+    let start = Instant::now();
+    loop {
+        if ready() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{name} exited ({status}) before it was ready:\n{}",
+                log_tail(dir, name)
+            );
+        }
+        if start.elapsed() > timeout {
+            panic!(
+                "{name} was not ready within {timeout:?}:\n{}",
+                log_tail(dir, name)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn http_ok(url: &str) -> bool {
+    // A tiny HTTP/1.0 GET, to avoid a client dependency for plain-HTTP probes.
+    use std::io::{Read, Write};
+    let rest = url.trim_start_matches("http://");
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let Ok(mut s) = std::net::TcpStream::connect(host) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if write!(s, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200")
+}
+
+fn write(path: &Path, text: &str) {
+    fs::write(path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+}
+
+fn kubeconfig(server: &str, ca: &Path, cert: &Path, key: &Path, user: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    certificate-authority: {}\nusers:\n- name: {user}\n  user:\n    client-certificate: {}\n    client-key: {}\ncontexts:\n- name: test\n  context: {{cluster: test, user: {user}, namespace: default}}\ncurrent-context: test\n",
+        ca.display(),
+        cert.display(),
+        key.display()
+    )
+}
+
+/// Removes test bed folders of earlier runs whose process is gone (a run killed
+/// with SIGKILL cannot clean up after itself).
+fn remove_stale_dirs(base: &Path) {
+    let Ok(entries) = fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some(pid) = name
+            .strip_prefix("sm-injector-testbed-")
+            .and_then(|p| p.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+            && unsafe { libc::kill(pid, 0) } != 0
+        {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+fn start() -> TestBed {
+    let bin = component(
+        "SM_INJECTOR_CLUSTER_BIN",
+        "the folder with etcd, kube-apiserver and kube-controller-manager (tests/cluster/build.sh)",
+    );
+    let moto_server = component(
+        "SM_INJECTOR_MOTO_SERVER",
+        "moto_server (tests/moto/setup.sh)",
+    );
+    for b in ["etcd", "kube-apiserver", "kube-controller-manager"] {
+        component_file(&bin.join(b));
+    }
+
+    let base = std::env::temp_dir();
+    remove_stale_dirs(&base);
+    let dir = base.join(format!(
+        "sm-injector-testbed-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    fs::create_dir_all(dir.join("logs")).unwrap();
+    fs::create_dir_all(dir.join("pki")).unwrap();
+    DIR.set(dir.clone()).ok();
+    unsafe { libc::atexit(cleanup) };
+
+    // Certificates: a CA, the apiserver's serving certificate, client
+    // certificates for the admin (system:masters) and the controller-manager,
+    // and the service-account signing key.
+    let ca = Ca::new("sm-injector-testbed-ca", Duration::from_secs(7 * 86400)).unwrap();
+    let pki = dir.join("pki");
+    let put = |name: &str, pem: &Pem| {
+        write(&pki.join(format!("{name}.crt")), &pem.cert);
+        write(&pki.join(format!("{name}.key")), &pem.key);
+    };
+    write(&pki.join("ca.crt"), &ca.cert_pem());
+    put(
+        "apiserver",
+        &ca.server("kube-apiserver", &["127.0.0.1", "localhost"])
+            .unwrap(),
+    );
+    put("admin", &ca.client("admin", &["system:masters"]).unwrap());
+    put(
+        "kcm",
+        &ca.client("system:kube-controller-manager", &["system:masters"])
+            .unwrap(),
+    );
+    let sa = rcgen::KeyPair::generate().unwrap();
+    write(&pki.join("sa.key"), &sa.serialize_pem());
+    write(&pki.join("sa.pub"), &sa.public_key_pem());
+
+    let (ep, pp, ap, kp, mp) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let p = |f: &str| pki.join(f).display().to_string();
+
+    let mut etcd = spawn(
+        &dir,
+        "etcd",
+        &bin.join("etcd"),
+        &[
+            "--name=default".into(),
+            format!("--data-dir={}", dir.join("etcd").display()),
+            format!("--listen-client-urls=http://127.0.0.1:{ep}"),
+            format!("--advertise-client-urls=http://127.0.0.1:{ep}"),
+            format!("--listen-peer-urls=http://127.0.0.1:{pp}"),
+            format!("--initial-advertise-peer-urls=http://127.0.0.1:{pp}"),
+            format!("--initial-cluster=default=http://127.0.0.1:{pp}"),
+            "--unsafe-no-fsync=true".into(),
+            "--log-level=warn".into(),
+        ],
+    );
+    let mut moto = spawn(
+        &dir,
+        "moto",
+        &moto_server,
+        &["-H".into(), "127.0.0.1".into(), "-p".into(), mp.to_string()],
+    );
+    wait_for(&dir, "etcd", &mut etcd, Duration::from_secs(30), || {
+        http_ok(&format!("http://127.0.0.1:{ep}/health"))
+    });
+
+    let apiserver = format!("https://127.0.0.1:{ap}");
+    let mut kas = spawn(
+        &dir,
+        "kube-apiserver",
+        &bin.join("kube-apiserver"),
+        &[
+            format!("--etcd-servers=http://127.0.0.1:{ep}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={ap}"),
+            format!("--cert-dir={}", dir.join("apiserver").display()),
+            format!("--tls-cert-file={}", p("apiserver.crt")),
+            format!("--tls-private-key-file={}", p("apiserver.key")),
+            format!("--client-ca-file={}", p("ca.crt")),
+            format!("--service-account-issuer={apiserver}"),
+            format!("--service-account-key-file={}", p("sa.pub")),
+            format!("--service-account-signing-key-file={}", p("sa.key")),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--authorization-mode=RBAC".into(),
+            "--allow-privileged=true".into(),
+            "--enable-priority-and-fairness=false".into(),
+            "--v=1".into(),
+        ],
+    );
+    let kubeconfig_path = dir.join("admin.kubeconfig");
+    write(
+        &kubeconfig_path,
+        &kubeconfig(
+            &apiserver,
+            &pki.join("ca.crt"),
+            &pki.join("admin.crt"),
+            &pki.join("admin.key"),
+            "admin",
+        ),
+    );
+    let kcm_kubeconfig = dir.join("kcm.kubeconfig");
+    write(
+        &kcm_kubeconfig,
+        &kubeconfig(
+            &apiserver,
+            &pki.join("ca.crt"),
+            &pki.join("kcm.crt"),
+            &pki.join("kcm.key"),
+            "kcm",
+        ),
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let kc = kubeconfig_path.clone();
+    let readyz = || {
+        rt.block_on(async {
+            let Ok(client) = client_for(&kc).await else {
+                return false;
+            };
+            let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
+            client
+                .request_text(req)
+                .await
+                .is_ok_and(|t| t.trim() == "ok")
+        })
+    };
+    wait_for(
+        &dir,
+        "kube-apiserver",
+        &mut kas,
+        Duration::from_secs(90),
+        readyz,
+    );
+
+    let mut kcm = spawn(
+        &dir,
+        "kube-controller-manager",
+        &bin.join("kube-controller-manager"),
+        &[
+            format!("--kubeconfig={}", kcm_kubeconfig.display()),
+            format!("--authentication-kubeconfig={}", kcm_kubeconfig.display()),
+            format!("--authorization-kubeconfig={}", kcm_kubeconfig.display()),
+            "--controllers=deployment,replicaset,garbagecollector,serviceaccount,serviceaccount-token,namespace".into(),
+            format!("--service-account-private-key-file={}", p("sa.key")),
+            format!("--root-ca-file={}", p("ca.crt")),
+            "--leader-elect=false".into(),
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={kp}"),
+            "--v=1".into(),
+        ],
+    );
+    // The controller-manager is ready for tests once it has made the default
+    // ServiceAccount, which pods need.
+    wait_for(
+        &dir,
+        "kube-controller-manager",
+        &mut kcm,
+        Duration::from_secs(90),
+        || {
+            rt.block_on(async {
+                let Ok(client) = client_for(&kc).await else {
+                    return false;
+                };
+                Api::<ServiceAccount>::namespaced(client, "default")
+                    .get_opt("default")
+                    .await
+                    .is_ok_and(|s| s.is_some())
+            })
+        },
+    );
+    wait_for(&dir, "moto", &mut moto, Duration::from_secs(30), || {
+        http_ok(&format!("http://127.0.0.1:{mp}/moto-api/"))
+    });
+    // The children stay owned by this thread's caller; their pids are in CHILDREN.
+    std::mem::forget((etcd, kas, kcm, moto));
+
+    TestBed {
+        dir,
+        kubeconfig: kubeconfig_path,
+        apiserver,
+        moto: format!("http://127.0.0.1:{mp}"),
+        ca_pem: ca.cert_pem(),
+        ca: Mutex::new(ca),
+    }
+}
+
+fn component_file(p: &Path) {
+    if !p.is_file() {
+        panic!("{} is missing; {HOW_TO_RUN}", p.display());
+    }
+}
+
+/// The test bed of this test binary, started on first use.
+pub fn testbed() -> &'static TestBed {
+    let bed = BED.get_or_init(|| {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        // PR_SET_PDEATHSIG fires when the *thread* that spawned a child exits,
+        // so children are spawned from a thread that never does.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("testbed".into())
+            .spawn(move || {
+                let bed = std::panic::catch_unwind(start);
+                let _ = tx.send(bed);
+                loop {
+                    std::thread::park();
+                }
+            })
+            .unwrap();
+        rx.recv().unwrap().map_err(|p| {
+            p.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into())
+        })
+    });
+    match bed {
+        Ok(bed) => bed,
+        Err(e) => panic!("the test bed did not start: {e}"),
+    }
+}
+
+pub async fn client_for(kubeconfig: &Path) -> Result<kube::Client, kube::Error> {
+    let kc = Kubeconfig::read_from(kubeconfig).map_err(kube::Error::InferKubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(kube::Error::InferKubeconfig)?;
+    kube::Client::try_from(config)
+}
+
+impl TestBed {
+    /// An admin client (system:masters), for the current Tokio runtime.
+    pub async fn client(&self) -> kube::Client {
+        client_for(&self.kubeconfig).await.expect("admin client")
+    }
+
+    /// The real AWS SDK client pointed at moto, with dummy credentials.
+    pub async fn aws_config(&self) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&self.moto)
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+                "testing", "testing", None, None, "testbed",
+            ))
+            .load()
+            .await
+    }
+
+    pub async fn aws(&self) -> aws_sdk_secretsmanager::Client {
+        aws_sdk_secretsmanager::Client::new(&self.aws_config().await)
+    }
+
+    /// A serving certificate for 127.0.0.1 signed by the cluster CA.
+    pub fn serving_cert(&self) -> Pem {
+        self.ca
+            .lock()
+            .unwrap()
+            .server("webhook", &["127.0.0.1", "localhost"])
+            .unwrap()
+    }
+
+    pub fn ca_bundle_b64(&self) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(&self.ca_pem)
+    }
+
+    /// A kubectl command against the test cluster.
+    pub fn kubectl(&self) -> Command {
+        let mut c = Command::new("kubectl");
+        c.arg("--kubeconfig").arg(&self.kubeconfig);
+        c
+    }
+}
+
+/// A fresh namespace `<prefix>-<n>` with these labels, once its default
+/// ServiceAccount exists (pods need it).
+pub async fn namespace(client: &kube::Client, prefix: &str, labels: &[(&str, &str)]) -> String {
+    namespace_with(client, prefix, labels, &[]).await
+}
+
+pub async fn namespace_with(
+    client: &kube::Client,
+    prefix: &str,
+    labels: &[(&str, &str)],
+    annotations: &[(&str, &str)],
+) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!(
+        "{prefix}-{}-{}",
+        std::process::id() % 10000,
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    let map = |kv: &[(&str, &str)]| -> Option<BTreeMap<String, String>> {
+        (!kv.is_empty()).then(|| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+    };
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            labels: map(labels),
+            annotations: map(annotations),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
+    let sas = Api::<ServiceAccount>::namespaced(client.clone(), &name);
+    eventually(
+        Duration::from_secs(30),
+        "the default ServiceAccount",
+        || async { sas.get_opt("default").await.ok().flatten() },
+    )
+    .await;
+    name
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
