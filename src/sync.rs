@@ -18,8 +18,9 @@ use crate::plan::{Content, Plan};
 #[derive(Clone)]
 pub struct Syncer {
     client: kube::Client,
-    /// (namespace, backing Secret name) → version id written.
-    known: moka::future::Cache<(String, String), String>,
+    /// (namespace, backing Secret name, version id) written by this process
+    /// within the TTL.
+    known: moka::future::Cache<(String, String, String), ()>,
     metrics: Metrics,
 }
 
@@ -58,33 +59,36 @@ impl Syncer {
             async move {
                 match &b.content {
                     Content::Fresh { value, data } => {
-                        let key = (namespace.to_string(), b.name.clone());
-                        if self.known.get(&key).await.as_deref() == Some(&value.version_id) {
-                            return Ok(None);
-                        }
                         if dry_run {
                             return Ok(None);
                         }
-                        let obj = backing::object(
-                            namespace,
-                            value,
-                            &b.version,
-                            b.form,
-                            data.clone(),
-                            &now_rfc3339(),
-                        );
-                        let pp = PatchParams::apply(backing::FIELD_MANAGER).force();
-                        self.metrics.secret_write("apply");
-                        api.patch(&b.name, &pp, &Patch::Apply(&obj))
+                        // Concurrent admissions needing the same write share it.
+                        let key = (namespace.to_string(), b.name.clone(), value.version_id.clone());
+                        self.known
+                            .try_get_with(key, async {
+                                let obj = backing::object(
+                                    namespace,
+                                    value,
+                                    &b.version,
+                                    b.form,
+                                    data.clone(),
+                                    &now_rfc3339(),
+                                );
+                                let pp = PatchParams::apply(backing::FIELD_MANAGER).force();
+                                self.metrics.secret_write("apply");
+                                api.patch(&b.name, &pp, &Patch::Apply(&obj))
+                                    .await
+                                    .map(|_| ())
+                                    .map_err(|e| {
+                                        format!(
+                                            "could not write the backing Secret {namespace}/{}: {}",
+                                            b.name,
+                                            kube_reason(&e)
+                                        )
+                                    })
+                            })
                             .await
-                            .map_err(|e| {
-                                format!(
-                                    "could not write the backing Secret {namespace}/{}: {}",
-                                    b.name,
-                                    kube_reason(&e)
-                                )
-                            })?;
-                        self.known.insert(key, value.version_id.clone()).await;
+                            .map_err(|e: std::sync::Arc<String>| (*e).clone())?;
                         Ok(None)
                     }
                     Content::Unreachable {

@@ -7,13 +7,10 @@ mod support;
 use std::time::Duration;
 
 use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
-use axum::routing::post;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, PostParams};
-use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use serde_json::json;
 use support::{eventually, namespace, testbed};
 
@@ -61,22 +58,6 @@ async fn deployment_leads_to_replicaset_and_pod() {
     assert_eq!(pod.status.unwrap().phase.as_deref(), Some("Pending"));
 }
 
-/// A webhook that marks every pod with an annotation.
-async fn marker(body: axum::body::Bytes) -> axum::Json<AdmissionReview<DynamicObject>> {
-    let review: AdmissionReview<Pod> = serde_json::from_slice(&body).unwrap();
-    let req: AdmissionRequest<Pod> = review.try_into().unwrap();
-    let patch: json_patch::Patch = serde_json::from_value(json!([
-        {"op": "add", "path": "/metadata/labels", "value": {"testbed-mutated": "yes"}}
-    ]))
-    .unwrap();
-    axum::Json(
-        AdmissionResponse::from(&req)
-            .with_patch(patch)
-            .unwrap()
-            .into_review(),
-    )
-}
-
 #[tokio::test]
 #[ignore = "needs the test bed: run ./tests/run"]
 async fn apiserver_calls_a_url_webhook_over_tls() {
@@ -84,41 +65,8 @@ async fn apiserver_calls_a_url_webhook_over_tls() {
     let client = bed.client().await;
     let ns = namespace(&client, "smoke-webhook", &[]).await;
 
-    let pem = bed.serving_cert();
-    let tls = axum_server::tls_rustls::RustlsConfig::from_pem(pem.cert.into(), pem.key.into())
-        .await
-        .unwrap();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    listener.set_nonblocking(true).unwrap();
-    let app = axum::Router::new().route("/mutate", post(marker));
-    tokio::spawn(async move {
-        axum_server::from_tcp_rustls(listener, tls)
-            .unwrap()
-            .serve(app.into_make_service())
-            .await
-    });
-
     let name = format!("smoke-{ns}");
-    let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "webhooks": [{
-            "name": "smoke.testbed.sm-injector.io",
-            "admissionReviewVersions": ["v1"],
-            "sideEffects": "None",
-            "failurePolicy": "Fail",
-            "timeoutSeconds": 10,
-            "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate"), "caBundle": bed.ca_bundle_b64()},
-            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}
-        }]
-    }))
-    .unwrap();
-    let configs = Api::<MutatingWebhookConfiguration>::all(client.clone());
-    configs
-        .create(&PostParams::default(), &config)
-        .await
-        .unwrap();
+    support::start_marker(bed, &client, &name, &[&ns]).await;
 
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
     let pod = |n: &str| -> Pod {
@@ -153,7 +101,10 @@ async fn apiserver_calls_a_url_webhook_over_tls() {
         .unwrap();
     let stored = pods.get("real").await.unwrap();
     assert_eq!(stored.metadata.labels.unwrap()["testbed-mutated"], "yes");
-    configs.delete(&name, &Default::default()).await.unwrap();
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .delete(&name, &Default::default())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

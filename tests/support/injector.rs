@@ -1,0 +1,203 @@
+//! sm-injector served in-process for one test, registered with the test
+//! cluster through a URL-based MutatingWebhookConfiguration that selects the
+//! test's own namespaces (and, as shipped, only those labelled
+//! `sm-injector.io/inject=enabled`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use sm_injector::admission::{Settings, Webhook};
+use sm_injector::metrics::Metrics;
+use sm_injector::namespaces::Namespaces;
+use sm_injector::server::{self, ServerSettings};
+use sm_injector::source::{AwsSource, CachedSource};
+use sm_injector::sync::Syncer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{TestBed, eventually};
+
+pub struct Injector {
+    pub port: u16,
+    pub probe_port: u16,
+    pub config_name: String,
+    pub webhook: Arc<Webhook>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub struct Options {
+    /// The Secrets Manager endpoint; moto's by default.
+    pub aws_endpoint: Option<String>,
+    pub aws_deadline: Duration,
+    pub cache_ttl: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            aws_endpoint: None,
+            aws_deadline: Duration::from_secs(3),
+            cache_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Starts sm-injector for pods in `namespaces` and waits until the API server
+/// calls it (the first namespace must carry the inject label).
+pub async fn start(bed: &TestBed, namespaces: &[&str], opts: Options) -> Injector {
+    let client = bed.client().await;
+    let metrics = Metrics::new();
+    let mut aws_conf = bed.aws_config().await.into_builder();
+    if let Some(ep) = &opts.aws_endpoint {
+        aws_conf.set_endpoint_url(Some(ep.clone()));
+    }
+    let aws = aws_sdk_secretsmanager::Client::new(&aws_conf.build());
+    let webhook = Arc::new(Webhook {
+        source: CachedSource::new(
+            Arc::new(AwsSource::new(aws, metrics.clone())),
+            opts.cache_ttl,
+            metrics.clone(),
+        ),
+        syncer: Syncer::new(client.clone(), opts.cache_ttl, metrics.clone()),
+        namespaces: Namespaces::start(client.clone()),
+        metrics,
+        settings: Settings {
+            min_refresh: Duration::from_secs(60),
+            aws_deadline: opts.aws_deadline,
+        },
+    });
+
+    let dir = bed.dir.join(format!("injector-{}", namespaces[0]));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pem = bed.serving_cert();
+    std::fs::write(dir.join("tls.crt"), &pem.cert).unwrap();
+    std::fs::write(dir.join("tls.key"), &pem.key).unwrap();
+    let tls = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = tls.local_addr().unwrap().port();
+    let probes = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let probe_port = probes.local_addr().unwrap().port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::run(
+        webhook.clone(),
+        ServerSettings {
+            tls_cert: dir.join("tls.crt"),
+            tls_key: dir.join("tls.key"),
+            admission_deadline: Duration::from_secs(8),
+            max_body_bytes: 4 * 1024 * 1024,
+            cert_poll: Duration::from_secs(1),
+            drain: Duration::from_secs(5),
+        },
+        tls,
+        probes,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+
+    let config_name = format!("sm-injector-{}", namespaces[0]);
+    let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": config_name},
+        "webhooks": [{
+            "name": "pods.sm-injector.io",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "NoneOnDryRun",
+            "failurePolicy": "Fail",
+            "reinvocationPolicy": "IfNeeded",
+            "timeoutSeconds": 10,
+            "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate"), "caBundle": bed.ca_bundle_b64()},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+            "namespaceSelector": {
+                "matchLabels": {"sm-injector.io/inject": "enabled"},
+                "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": namespaces}]
+            }
+        }]
+    }))
+    .unwrap();
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &config)
+        .await
+        .unwrap();
+
+    // The API server loads configurations through an informer: wait until a
+    // dry-run pod with a bad annotation is denied by sm-injector.
+    let pods = Api::<Pod>::namespaced(client, namespaces[0]);
+    let canary: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "canary", "annotations": {"sm-injector.io/canary": "x"}},
+        "spec": {"containers": [{"name": "c", "image": "registry.invalid/c:1"}]}
+    }))
+    .unwrap();
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    eventually(
+        Duration::from_secs(30),
+        "sm-injector to be called",
+        || async {
+            match pods.create(&dry, &canary).await {
+                Err(kube::Error::Api(e)) if e.message.contains("sm-injector") => Some(()),
+                _ => None,
+            }
+        },
+    )
+    .await;
+
+    Injector {
+        port,
+        probe_port,
+        config_name,
+        webhook,
+        stop: Some(stop),
+        task,
+    }
+}
+
+impl Injector {
+    /// Unregisters the webhook and stops the server.
+    pub async fn stop(mut self, client: &kube::Client) {
+        Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .delete(&self.config_name, &Default::default())
+            .await
+            .unwrap();
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
+    }
+
+    /// The text of one metric line, e.g. `sm_injector_cache_hits_total`.
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        let text = http_get(self.probe_port, "/metrics").await.1;
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback: (status code, body).
+pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let code = buf
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}

@@ -1,0 +1,1005 @@
+//! The webhook end to end (SPEC sections 1 to 6): the real API server calls
+//! sm-injector, which reads moto through the AWS SDK and writes backing Secrets.
+//! Denials are checked by the message the API server returns to the client.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Container, Pod, Secret};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::{Value, json};
+use support::injector::{self, Injector, Options};
+use support::{TestBed, eventually, namespace, namespace_with, testbed};
+
+const INJECT: (&str, &str) = ("sm-injector.io/inject", "enabled");
+const MANAGED: &str = "app.kubernetes.io/managed-by=sm-injector";
+
+async fn put_secret(bed: &TestBed, name: &str, value: &str) -> String {
+    let out = bed
+        .aws()
+        .await
+        .create_secret()
+        .name(name)
+        .secret_string(value)
+        .send()
+        .await
+        .unwrap();
+    out.arn().unwrap().to_string()
+}
+
+fn pod(name: &str, annotations: Value, containers: Value) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {"containers": containers}
+    }))
+    .unwrap()
+}
+
+fn one_container() -> Value {
+    json!([{"name": "app", "image": "registry.invalid/app:1"}])
+}
+
+async fn create(client: &kube::Client, ns: &str, p: &Pod) -> Result<Pod, String> {
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), p)
+        .await
+        .map_err(|e| match e {
+            kube::Error::Api(s) => s.message,
+            other => other.to_string(),
+        })
+}
+
+/// `kubectl create -f -` with a pod: (success, stdout, stderr). kubectl prints
+/// admission warnings on stderr as `Warning: ...`. Run without blocking the
+/// runtime, which also serves the in-process webhook.
+async fn kubectl_create(
+    bed: &TestBed,
+    ns: &str,
+    p: &Pod,
+    extra: &[&str],
+) -> (bool, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::from(bed.kubectl())
+        .args(["-n", ns, "create", "-f", "-"])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(serde_json::to_string(p).unwrap().as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// What each env var of `c` resolves to, following `secretKeyRef` and
+/// `envFrom.secretRef` into the Secrets; also returns whether any of them is a
+/// plaintext `value`.
+async fn resolve_env(client: &kube::Client, ns: &str, c: &Container) -> BTreeMap<String, Vec<u8>> {
+    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
+    let mut env = BTreeMap::new();
+    for ef in c.env_from.iter().flatten() {
+        let r = ef.secret_ref.as_ref().expect("only secretRef");
+        let s = secrets.get(&r.name).await.unwrap();
+        for (k, v) in s.data.unwrap_or_default() {
+            env.insert(format!("{}{k}", ef.prefix.as_deref().unwrap_or("")), v.0);
+        }
+    }
+    for e in c.env.iter().flatten() {
+        let value = match (&e.value, &e.value_from) {
+            (Some(v), _) => v.clone().into_bytes(),
+            (None, Some(vf)) => {
+                let r = vf.secret_key_ref.as_ref().expect("secretKeyRef");
+                let s = secrets.get(&r.name).await.unwrap();
+                s.data.unwrap()[&r.key].0.clone()
+            }
+            _ => panic!("env var {} has neither value nor valueFrom", e.name),
+        };
+        env.insert(e.name.clone(), value);
+    }
+    env
+}
+
+fn all_containers(p: &Pod) -> Vec<Container> {
+    let spec = p.spec.clone().unwrap();
+    spec.init_containers
+        .into_iter()
+        .flatten()
+        .chain(spec.containers)
+        .collect()
+}
+
+async fn managed_secrets(client: &kube::Client, ns: &str) -> Vec<Secret> {
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(MANAGED))
+        .await
+        .unwrap()
+        .items
+}
+
+async fn setup(prefix: &str) -> (&'static TestBed, kube::Client, String, Injector) {
+    let bed = testbed();
+    let client = bed.client().await;
+    let ns = namespace(&client, prefix, &[INJECT]).await;
+    let inj = injector::start(bed, &[&ns], Options::default()).await;
+    (bed, client, ns, inj)
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn seed_example_deployment_resolves_to_the_values_in_secrets_manager() {
+    let (bed, client, ns, inj) = setup("arrakis").await;
+    put_secret(
+        bed,
+        &format!("{ns}/discord"),
+        r#"{"bot_token":"tok-123","application_id":987654321}"#,
+    )
+    .await;
+    put_secret(
+        bed,
+        &format!("{ns}/postgres"),
+        r#"{"url":"postgres://app:pw@db:5432/app"}"#,
+    )
+    .await;
+    put_secret(
+        bed,
+        &format!("{ns}/redis"),
+        r#"{"HOST":"redis.internal","PORT":6379}"#,
+    )
+    .await;
+
+    let deploy: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "bot"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "bot"}},
+            "template": {
+                "metadata": {
+                    "labels": {"app": "bot"},
+                    "annotations": {
+                        "sm-injector.io/env.DISCORD_BOT_TOKEN": format!("{ns}/discord#bot_token"),
+                        "sm-injector.io/env.DISCORD_APPLICATION_ID": format!("{ns}/discord#application_id"),
+                        "sm-injector.io/env.DATABASE_URL": format!("{ns}/postgres#url"),
+                        "sm-injector.io/env-from.REDIS": format!("{ns}/redis")
+                    }
+                },
+                "spec": {
+                    "initContainers": [{"name": "migrate", "image": "registry.invalid/migrate:1"}],
+                    "containers": [
+                        {"name": "bot", "image": "registry.invalid/bot:1", "env": [{"name": "LOG_LEVEL", "value": "info"}]},
+                        {"name": "sidecar", "image": "registry.invalid/sidecar:1"}
+                    ]
+                }
+            }
+        }
+    }))
+    .unwrap();
+    Api::<Deployment>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &deploy)
+        .await
+        .unwrap();
+    let pods = eventually(Duration::from_secs(60), "two pods", || async {
+        let l = Api::<Pod>::namespaced(client.clone(), &ns)
+            .list(&ListParams::default().labels("app=bot"))
+            .await
+            .ok()?;
+        (l.items.len() == 2).then_some(l.items)
+    })
+    .await;
+
+    let secret_values = [
+        "tok-123",
+        "987654321",
+        "postgres://app:pw@db:5432/app",
+        "redis.internal",
+    ];
+    for p in &pods {
+        let json = serde_json::to_string(p).unwrap();
+        for v in secret_values {
+            assert!(
+                !json.contains(v),
+                "the pod spec holds the plaintext value {v:?}"
+            );
+        }
+        let containers = all_containers(p);
+        assert_eq!(containers.len(), 3);
+        for c in &containers {
+            let env = resolve_env(&client, &ns, c).await;
+            let s = |k: &str| String::from_utf8(env[k].clone()).unwrap();
+            assert_eq!(s("DISCORD_BOT_TOKEN"), "tok-123", "container {}", c.name);
+            assert_eq!(s("DISCORD_APPLICATION_ID"), "987654321");
+            assert_eq!(s("DATABASE_URL"), "postgres://app:pw@db:5432/app");
+            assert_eq!(s("REDIS_HOST"), "redis.internal");
+            assert_eq!(s("REDIS_PORT"), "6379");
+        }
+        let bot = &p.spec.as_ref().unwrap().containers[0];
+        assert_eq!(
+            bot.env.as_ref().unwrap()[0].value.as_deref(),
+            Some("info"),
+            "the container's own env stays first"
+        );
+    }
+    // One backing Secret per secret, shared by both pods, labelled and annotated.
+    let backing = managed_secrets(&client, &ns).await;
+    assert_eq!(backing.len(), 3);
+    for s in &backing {
+        let a = s.metadata.annotations.as_ref().unwrap();
+        assert!(a["sm-injector.io/source-arn"].starts_with("arn:aws:secretsmanager:"));
+        assert!(!a["sm-injector.io/version-id"].is_empty());
+        assert!(a.contains_key("sm-injector.io/refreshed-at"));
+        let managers: Vec<_> = s
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter_map(|m| m.manager.clone())
+            .collect();
+        assert_eq!(
+            managers,
+            ["sm-injector"],
+            "written by server-side apply as sm-injector only"
+        );
+    }
+    inj.stop(&client).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn bad_annotations_are_denied_naming_the_annotation() {
+    let (_bed, client, ns, inj) = setup("bad-input").await;
+    let cases: Vec<(Value, Value, &[&str])> = vec![
+        (
+            json!({"sm-injector.io/env.1BAD": format!("{ns}/x#k")}),
+            one_container(),
+            &[
+                "sm-injector.io/env.1BAD",
+                "not a valid environment variable name",
+            ],
+        ),
+        (
+            json!({"sm-injector.io/envv.TOKEN": format!("{ns}/x#k")}),
+            one_container(),
+            &[
+                "sm-injector.io/envv.TOKEN",
+                "unknown sm-injector annotation",
+            ],
+        ),
+        (
+            json!({"sm-injector.io/env.A": format!("{ns}/x?stage=AWSPREVIOUS")}),
+            one_container(),
+            &["sm-injector.io/env.A", "versionStage"],
+        ),
+        (
+            json!({"sm-injector.io/env.A": format!("{ns}/x#k"), "sm-injector.io/refresh-interval": "soon"}),
+            one_container(),
+            &["sm-injector.io/refresh-interval", "not a duration"],
+        ),
+        (
+            json!({"sm-injector.io/env.A": format!("{ns}/x#k"), "sm-injector.io/refresh-interval": "30s"}),
+            one_container(),
+            &[
+                "sm-injector.io/refresh-interval",
+                "shorter than the minimum of 1m",
+            ],
+        ),
+        (
+            json!({"sm-injector.io/env.A": format!("{ns}/x#k"), "sm-injector.io/containers": "app,nope"}),
+            one_container(),
+            &[
+                "sm-injector.io/containers",
+                "no container named \"nope\"",
+                "it has: app",
+            ],
+        ),
+        (
+            json!({"sm-injector.io/env.A": "has space"}),
+            one_container(),
+            &["sm-injector.io/env.A", "cannot contain"],
+        ),
+    ];
+    for (i, (anns, containers, needles)) in cases.into_iter().enumerate() {
+        let msg = create(
+            &client,
+            &ns,
+            &pod(&format!("bad-{i}"), anns.clone(), containers),
+        )
+        .await
+        .expect_err(&format!("{anns} must be denied"));
+        assert!(msg.contains("denied the request: sm-injector:"), "{msg}");
+        for n in needles {
+            assert!(msg.contains(n), "{anns}: {n:?} not in {msg:?}");
+        }
+    }
+    assert!(managed_secrets(&client, &ns).await.is_empty());
+    inj.stop(&client).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn secret_problems_are_denied_with_the_reason() {
+    let (bed, client, ns, inj) = setup("bad-secret").await;
+    put_secret(bed, &format!("{ns}/json"), r#"{"k":"v"}"#).await;
+    put_secret(bed, &format!("{ns}/plain"), "not json").await;
+    let nope = format!("secret \"{ns}/nope\" not found in Secrets Manager");
+    let nokey = format!("secret \"{ns}/json\" has no top-level key \"other\"");
+    let cases: Vec<(Value, Vec<&str>)> = vec![
+        (
+            json!({"sm-injector.io/env.A": format!("{ns}/nope#k")}),
+            vec!["sm-injector.io/env.A", &nope],
+        ),
+        (
+            json!({"sm-injector.io/env.A": format!("{ns}/json#other")}),
+            vec![&nokey],
+        ),
+        (
+            json!({"sm-injector.io/env-from": format!("{ns}/plain")}),
+            vec![
+                "sm-injector.io/env-from",
+                "is not a JSON object, which env-from needs",
+            ],
+        ),
+        (
+            json!({"sm-injector.io/env.A": format!("{ns}/plain#k")}),
+            vec!["is not a JSON object, so"],
+        ),
+    ];
+    for (i, (anns, needles)) in cases.into_iter().enumerate() {
+        let msg = create(
+            &client,
+            &ns,
+            &pod(&format!("p-{i}"), anns.clone(), one_container()),
+        )
+        .await
+        .expect_err(&format!("{anns} must be denied"));
+        for n in needles {
+            assert!(msg.contains(n), "{anns}: {n:?} not in {msg:?}");
+        }
+    }
+    assert!(managed_secrets(&client, &ns).await.is_empty());
+    inj.stop(&client).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn access_rule_denies_other_namespaces_secrets_by_name_and_by_arn() {
+    let bed = testbed();
+    let client = bed.client().await;
+    let ns = namespace(&client, "tenant-a", &[INJECT]).await;
+    let other = namespace(&client, "tenant-b", &[INJECT]).await;
+    let inj = injector::start(bed, &[&ns, &other], Options::default()).await;
+    let arn = put_secret(bed, &format!("{other}/db"), r#"{"password":"b-secret"}"#).await;
+
+    let msg = create(
+        &client,
+        &ns,
+        &pod(
+            "by-name",
+            json!({"sm-injector.io/env.PW": format!("{other}/db#password")}),
+            one_container(),
+        ),
+    )
+    .await
+    .unwrap_err();
+    for n in [
+        "sm-injector.io/env.PW",
+        &format!("reference \"{other}/db#password\" is not allowed in namespace \"{ns}\""),
+        &format!("\"{ns}/*\" (the default rule"),
+    ] {
+        assert!(msg.contains(n), "{n:?} not in {msg:?}");
+    }
+    let msg = create(
+        &client,
+        &ns,
+        &pod(
+            "by-arn",
+            json!({"sm-injector.io/env.PW": format!("{arn}#password")}),
+            one_container(),
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        msg.contains(&format!(
+            "(secret \"{other}/db\") is not allowed in namespace \"{ns}\""
+        )),
+        "{msg}"
+    );
+    assert!(!msg.contains("b-secret"));
+    // The owner may use it, by ARN too.
+    let p = create(
+        &client,
+        &other,
+        &pod(
+            "owner",
+            json!({"sm-injector.io/env.PW": format!("{arn}#password")}),
+            one_container(),
+        ),
+    )
+    .await
+    .unwrap();
+    let env = resolve_env(&client, &other, &p.spec.unwrap().containers[0]).await;
+    assert_eq!(env["PW"], b"b-secret");
+    assert!(
+        managed_secrets(&client, &ns).await.is_empty(),
+        "nothing written for the denied tenant"
+    );
+    inj.stop(&client).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn namespace_annotation_widens_and_narrows_access() {
+    let bed = testbed();
+    let client = bed.client().await;
+    let shared = format!("shared-{}", std::process::id());
+    let wide = namespace_with(
+        &client,
+        "wide",
+        &[INJECT],
+        &[(
+            "sm-injector.io/allowed-secrets",
+            &format!("wide-*/*, {shared}/*"),
+        )],
+    )
+    .await;
+    let narrow = namespace_with(
+        &client,
+        "narrow",
+        &[INJECT],
+        &[("sm-injector.io/allowed-secrets", "narrow-*/only")],
+    )
+    .await;
+    let inj = injector::start(bed, &[&wide, &narrow], Options::default()).await;
+    put_secret(bed, &format!("{shared}/smtp"), r#"{"password":"smtp-pw"}"#).await;
+    put_secret(bed, &format!("{narrow}/only"), r#"{"k":"only-v"}"#).await;
+    put_secret(bed, &format!("{narrow}/other"), r#"{"k":"other-v"}"#).await;
+
+    let p = create(
+        &client,
+        &wide,
+        &pod(
+            "w",
+            json!({"sm-injector.io/env.SMTP": format!("{shared}/smtp#password")}),
+            one_container(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        resolve_env(&client, &wide, &p.spec.unwrap().containers[0]).await["SMTP"],
+        b"smtp-pw"
+    );
+
+    create(
+        &client,
+        &narrow,
+        &pod(
+            "n1",
+            json!({"sm-injector.io/env.K": format!("{narrow}/only#k")}),
+            one_container(),
+        ),
+    )
+    .await
+    .unwrap();
+    let msg = create(
+        &client,
+        &narrow,
+        &pod(
+            "n2",
+            json!({"sm-injector.io/env.K": format!("{narrow}/other#k")}),
+            one_container(),
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        msg.contains("\"narrow-*/only\" (its Namespace annotation sm-injector.io/allowed-secrets)"),
+        "{msg}"
+    );
+    inj.stop(&client).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn pinned_stage_binary_secret_and_env_from_with_and_without_prefix() {
+    let (bed, client, ns, inj) = setup("shapes").await;
+    let sm = bed.aws().await;
+    put_secret(bed, &format!("{ns}/rot"), r#"{"pw":"one"}"#).await;
+    sm.put_secret_value()
+        .secret_id(format!("{ns}/rot"))
+        .secret_string(r#"{"pw":"two"}"#)
+        .send()
+        .await
+        .unwrap();
+    let bin = vec![0u8, 1, 2, 254, 255];
+    sm.create_secret()
+        .name(format!("{ns}/bin"))
+        .secret_binary(aws_sdk_secretsmanager::primitives::Blob::new(bin.clone()))
+        .send()
+        .await
+        .unwrap();
+    put_secret(
+        bed,
+        &format!("{ns}/app"),
+        r#"{"HOST":"h","PORT":5432,"TLS":true}"#,
+    )
+    .await;
+    put_secret(bed, &format!("{ns}/db"), r#"{"USER":"u","PASSWORD":"p"}"#).await;
+    put_secret(bed, &format!("{ns}/cfg"), r#"{"a":1}"#).await;
+
+    let p = create(
+        &client,
+        &ns,
+        &pod(
+            "shapes",
+            json!({
+                "sm-injector.io/env.PW_NOW": format!("{ns}/rot#pw"),
+                "sm-injector.io/env.PW_BEFORE": format!("{ns}/rot?versionStage=AWSPREVIOUS#pw"),
+                "sm-injector.io/env.BLOB": format!("{ns}/bin"),
+                "sm-injector.io/env.CFG": format!("{ns}/cfg"),
+                "sm-injector.io/env-from": format!("{ns}/app"),
+                "sm-injector.io/env-from.DB": format!("{ns}/db"),
+            }),
+            one_container(),
+        ),
+    )
+    .await
+    .unwrap();
+    let env = resolve_env(&client, &ns, &p.spec.unwrap().containers[0]).await;
+    let keys: Vec<&str> = env.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "BLOB",
+            "CFG",
+            "DB_PASSWORD",
+            "DB_USER",
+            "HOST",
+            "PORT",
+            "PW_BEFORE",
+            "PW_NOW",
+            "TLS"
+        ]
+    );
+    assert_eq!(env["PW_NOW"], b"two");
+    assert_eq!(env["PW_BEFORE"], b"one");
+    assert_eq!(env["BLOB"], bin, "raw bytes of SecretBinary");
+    assert_eq!(env["CFG"], br#"{"a":1}"#, "the whole SecretString");
+    assert_eq!(env["PORT"], b"5432");
+    assert_eq!(env["TLS"], b"true");
+    assert_eq!(env["DB_USER"], b"u");
+    inj.stop(&client).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn containers_annotation_restricts_injection() {
+    let (bed, client, ns, inj) = setup("select").await;
+    put_secret(bed, &format!("{ns}/s"), r#"{"k":"v"}"#).await;
+    let p = create(
+        &client,
+        &ns,
+        &pod(
+            "sel",
+            json!({
+                "sm-injector.io/env.K": format!("{ns}/s#k"),
+                "sm-injector.io/containers": "side",
+            }),
+            json!([
+                {"name": "app", "image": "registry.invalid/app:1"},
+                {"name": "side", "image": "registry.invalid/side:1"}
+            ]),
+        ),
+    )
+    .await
+    .unwrap();
+    let spec = p.spec.unwrap();
+    assert!(spec.containers[0].env.is_none(), "app is not selected");
+    assert_eq!(
+        resolve_env(&client, &ns, &spec.containers[1]).await["K"],
+        b"v"
+    );
+    inj.stop(&client).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn pods_without_annotations_and_namespaces_without_the_label_are_untouched() {
+    let bed = testbed();
+    let client = bed.client().await;
+    let on = namespace(&client, "labelled", &[INJECT]).await;
+    let off = namespace(&client, "unlabelled", &[]).await;
+    let inj = injector::start(bed, &[&on, &off], Options::default()).await;
+    put_secret(bed, &format!("{off}/s"), r#"{"k":"v"}"#).await;
+
+    let plain = create(
+        &client,
+        &on,
+        &pod("plain", json!({"other.io/x": "y"}), one_container()),
+    )
+    .await
+    .unwrap();
+    assert!(plain.spec.unwrap().containers[0].env.is_none());
+    assert!(
+        !plain
+            .metadata
+            .annotations
+            .unwrap()
+            .contains_key("sm-injector.io/injected")
+    );
+    // Not even a bad annotation is looked at outside the labelled namespaces.
+    let outside = create(
+        &client,
+        &off,
+        &pod(
+            "outside",
+            json!({"sm-injector.io/env.K": format!("{off}/s#k"), "sm-injector.io/typo": "x"}),
+            one_container(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(outside.spec.unwrap().containers[0].env.is_none());
+    assert!(managed_secrets(&client, &off).await.is_empty());
+    assert_eq!(
+        inj.metric("sm_injector_secretsmanager_calls_total").await,
+        0.0
+    );
+    inj.stop(&client).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn explicit_env_is_kept_with_a_warning_and_dry_run_writes_nothing() {
+    let (bed, client, ns, inj) = setup("warn").await;
+    put_secret(bed, &format!("{ns}/s"), r#"{"k":"from-sm","j":"jj"}"#).await;
+    let p = pod(
+        "dry",
+        json!({
+            "sm-injector.io/env.K": format!("{ns}/s#k"),
+            "sm-injector.io/env.J": format!("{ns}/s#j"),
+        }),
+        json!([{"name": "app", "image": "registry.invalid/app:1", "env": [{"name": "K", "value": "mine"}]}]),
+    );
+
+    let (ok, stdout, stderr) =
+        kubectl_create(bed, &ns, &p, &["--dry-run=server", "-o", "json"]).await;
+    assert!(ok, "{stderr}");
+    let dry: Pod = serde_json::from_str(&stdout).unwrap();
+    let env = dry.spec.unwrap().containers[0].env.clone().unwrap();
+    assert_eq!(env.len(), 2);
+    assert_eq!(env[0].value.as_deref(), Some("mine"));
+    assert_eq!(env[1].name, "J");
+    assert!(env[1].value_from.as_ref().unwrap().secret_key_ref.is_some());
+    assert!(
+        stderr.contains("Warning: container \"app\" already sets K; its own value is kept"),
+        "{stderr}"
+    );
+    assert!(
+        managed_secrets(&client, &ns).await.is_empty(),
+        "a dry run writes no Secret"
+    );
+
+    let (ok, _, stderr) = kubectl_create(bed, &ns, &p, &[]).await;
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("already sets K"), "{stderr}");
+    let stored = Api::<Pod>::namespaced(client.clone(), &ns)
+        .get("dry")
+        .await
+        .unwrap();
+    let env = resolve_env(&client, &ns, &stored.spec.unwrap().containers[0]).await;
+    assert_eq!(env["K"], b"mine");
+    assert_eq!(env["J"], b"jj");
+    assert_eq!(managed_secrets(&client, &ns).await.len(), 1);
+    inj.stop(&client).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn reinvocation_on_its_own_output_adds_no_duplicates() {
+    let (bed, client, ns, inj) = setup("reinvoke").await;
+    put_secret(bed, &format!("{ns}/s"), r#"{"k":"v","HOST":"h"}"#).await;
+    // A second webhook that runs after sm-injector and changes the pod makes the
+    // API server call sm-injector again (reinvocationPolicy: IfNeeded).
+    let marker = format!("zz-marker-{ns}");
+    support::start_marker(bed, &client, &marker, &[&ns]).await;
+    let p = pod(
+        "twice",
+        json!({
+            "sm-injector.io/env.K": format!("{ns}/s#k"),
+            "sm-injector.io/env-from.X": format!("{ns}/s"),
+            "sm-injector.io/mount-path": "/var/run/secrets/sm",
+        }),
+        one_container(),
+    );
+    let before = inj
+        .metric("sm_injector_admissions_total{outcome=\"mutated\"}")
+        .await;
+    let created = eventually(Duration::from_secs(30), "the marker webhook", || async {
+        let p = create(&client, &ns, &p).await.ok()?;
+        p.metadata
+            .labels
+            .as_ref()?
+            .contains_key("testbed-mutated")
+            .then_some(p)
+    })
+    .await;
+    let after = inj
+        .metric("sm_injector_admissions_total{outcome=\"mutated\"}")
+        .await;
+    assert_eq!(
+        after - before,
+        2.0,
+        "sm-injector was invoked twice for the pod"
+    );
+    let spec = created.spec.unwrap();
+    let c = &spec.containers[0];
+    assert_eq!(c.env.as_ref().unwrap().len(), 1);
+    assert_eq!(c.env_from.as_ref().unwrap().len(), 1);
+    let ours: Vec<_> = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter(|m| m.mount_path.starts_with("/var/run/secrets/sm"))
+        .collect();
+    assert_eq!(ours.len(), 1);
+    assert_eq!(ours[0].mount_path, format!("/var/run/secrets/sm/{ns}/s"));
+    let vols: Vec<_> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| v.secret.is_some())
+        .collect();
+    assert_eq!(vols.len(), 1);
+    Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
+        client.clone(),
+    )
+    .delete(&marker, &Default::default())
+    .await
+    .unwrap();
+    inj.stop(&client).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn secrets_manager_outage_serves_existing_secrets_with_a_warning_else_denies() {
+    let (bed, client, ns, inj) = setup("outage").await;
+    put_secret(bed, &format!("{ns}/db"), r#"{"pw":"before-outage"}"#).await;
+    put_secret(bed, &format!("{ns}/new"), r#"{"pw":"never-fetched"}"#).await;
+    create(
+        &client,
+        &ns,
+        &pod(
+            "before",
+            json!({"sm-injector.io/env.PW": format!("{ns}/db#pw")}),
+            one_container(),
+        ),
+    )
+    .await
+    .unwrap();
+    inj.stop(&client).await;
+
+    // The same webhook with Secrets Manager unreachable (nothing listens there).
+    let dead = format!("http://127.0.0.1:{}", support::free_port());
+    let inj = injector::start(
+        bed,
+        &[&ns],
+        Options {
+            aws_endpoint: Some(dead),
+            ..Default::default()
+        },
+    )
+    .await;
+    let p = pod(
+        "during",
+        json!({"sm-injector.io/env.PW": format!("{ns}/db#pw")}),
+        one_container(),
+    );
+    let (ok, _, stderr) = kubectl_create(bed, &ns, &p, &[]).await;
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("Warning: Secrets Manager could not be reached"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("using the existing backing Secret"),
+        "{stderr}"
+    );
+    let stored = Api::<Pod>::namespaced(client.clone(), &ns)
+        .get("during")
+        .await
+        .unwrap();
+    assert_eq!(
+        resolve_env(&client, &ns, &stored.spec.unwrap().containers[0]).await["PW"],
+        b"before-outage"
+    );
+
+    let msg = create(
+        &client,
+        &ns,
+        &pod(
+            "new",
+            json!({"sm-injector.io/env.PW": format!("{ns}/new#pw")}),
+            one_container(),
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        msg.contains("Secrets Manager could not be reached"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("no backing Secret for \"{ns}/new\"")),
+        "{msg}"
+    );
+    // A key the existing Secret does not hold cannot be served either.
+    let msg = create(
+        &client,
+        &ns,
+        &pod(
+            "newkey",
+            json!({"sm-injector.io/env.X": format!("{ns}/db#other")}),
+            one_container(),
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(msg.contains("has no key \"other\""), "{msg}");
+    inj.stop(&client).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn twenty_pods_at_once_cost_one_secrets_manager_read_and_one_write_per_secret() {
+    let (bed, client, ns, inj) = setup("burst").await;
+    put_secret(bed, &format!("{ns}/a"), r#"{"k":"a"}"#).await;
+    put_secret(bed, &format!("{ns}/b"), r#"{"k":"b"}"#).await;
+    put_secret(bed, &format!("{ns}/c"), "whole").await;
+    let anns = json!({
+        "sm-injector.io/env.A": format!("{ns}/a#k"),
+        "sm-injector.io/env.B": format!("{ns}/b#k"),
+        "sm-injector.io/env.C": format!("{ns}/c"),
+    });
+    let results = futures::future::join_all((0..20).map(|i| {
+        let (client, ns, p) = (
+            client.clone(),
+            ns.clone(),
+            pod(&format!("p{i}"), anns.clone(), one_container()),
+        );
+        async move { create(&client, &ns, &p).await }
+    }))
+    .await;
+    for r in &results {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    assert_eq!(
+        inj.metric("sm_injector_secretsmanager_secrets_requested_total")
+            .await,
+        3.0
+    );
+    assert_eq!(
+        inj.metric("sm_injector_secretsmanager_calls_total{operation=\"BatchGetSecretValue\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        inj.metric("sm_injector_backing_secret_writes_total{operation=\"apply\"}")
+            .await,
+        3.0
+    );
+    assert_eq!(managed_secrets(&client, &ns).await.len(), 3);
+    assert_eq!(
+        inj.metric("sm_injector_admissions_total{outcome=\"mutated\"}")
+            .await,
+        20.0
+    );
+
+    // Warm: another pod makes no Secrets Manager call and no Kubernetes write.
+    create(&client, &ns, &pod("warm", anns, one_container()))
+        .await
+        .unwrap();
+    assert_eq!(
+        inj.metric("sm_injector_secretsmanager_secrets_requested_total")
+            .await,
+        3.0
+    );
+    assert_eq!(
+        inj.metric("sm_injector_backing_secret_writes_total{operation=\"apply\"}")
+            .await,
+        3.0
+    );
+    inj.stop(&client).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn malformed_and_oversized_bodies_get_400_and_the_server_keeps_serving() {
+    let (bed, client, ns, inj) = setup("body").await;
+    let url = format!("https://127.0.0.1:{}/mutate", inj.port);
+    let ca = bed.dir.join("pki/ca.crt");
+    let post = async |body_file: &std::path::Path| {
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", "--http1.1", "--cacert"])
+            .arg(&ca)
+            .args([
+                "-H",
+                "Content-Type: application/json",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+                "--data-binary",
+            ])
+            .arg(format!("@{}", body_file.display()))
+            .arg(&url)
+            .output()
+            .await
+            .expect("curl");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage");
+    std::fs::write(&garbage, "{not json").unwrap();
+    let out = post(&garbage).await;
+    assert!(out.ends_with("\n400"), "{out}");
+    assert!(
+        out.contains("not an admission.k8s.io/v1 AdmissionReview"),
+        "{out}"
+    );
+
+    let no_request = dir.path().join("empty-review");
+    std::fs::write(
+        &no_request,
+        r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#,
+    )
+    .unwrap();
+    let out = post(&no_request).await;
+    assert!(
+        out.ends_with("\n400") && out.contains("has no request"),
+        "{out}"
+    );
+
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![b' '; 5 * 1024 * 1024]).unwrap();
+    let out = post(&big).await;
+    assert!(out.ends_with("\n400"), "{out}");
+    assert!(out.contains("length limit"), "{out}");
+
+    // Still serving: a pod goes through.
+    put_secret(bed, &format!("{ns}/s"), r#"{"k":"v"}"#).await;
+    create(
+        &client,
+        &ns,
+        &pod(
+            "after",
+            json!({"sm-injector.io/env.K": format!("{ns}/s#k")}),
+            one_container(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        inj.metric("sm_injector_admissions_total{outcome=\"invalid\"}")
+            .await,
+        3.0
+    );
+    inj.stop(&client).await;
+}
