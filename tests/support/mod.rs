@@ -104,10 +104,22 @@ pub fn free_port() -> u16 {
 
 /// Spawns a process whose output goes to `<dir>/logs/<name>.log` and which is
 /// killed when this process dies.
-fn spawn(dir: &Path, name: &str, program: &Path, args: &[String]) -> Child {
+pub fn spawn(dir: &Path, name: &str, program: &Path, args: &[String]) -> Child {
+    spawn_env(dir, name, program, args, &[])
+}
+
+/// [`spawn`] with extra environment variables.
+pub fn spawn_env(
+    dir: &Path,
+    name: &str,
+    program: &Path,
+    args: &[String],
+    env: &[(&str, &str)],
+) -> Child {
     let log = fs::File::create(dir.join("logs").join(format!("{name}.log"))).unwrap();
     let mut cmd = Command::new(program);
     cmd.args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log);
