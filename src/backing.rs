@@ -101,9 +101,11 @@ pub fn name(secret_name: &str, version: &Version, form: Form) -> String {
 pub fn data(value: &SecretValue, form: Form) -> Result<BTreeMap<String, ByteString>, ContentError> {
     Ok(match form {
         Form::Keys => value
-            .json_fields()?
-            .into_iter()
-            .map(|(k, v)| (k, ByteString(v.into_bytes())))
+            .json_fields()
+            .as_ref()
+            .map_err(Clone::clone)?
+            .iter()
+            .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
             .collect(),
         Form::Raw => {
             BTreeMap::from([(RAW_KEY.to_string(), ByteString(value.raw_bytes().to_vec()))])
@@ -193,12 +195,12 @@ mod tests {
 
     #[test]
     fn object_carries_labels_annotations_and_data() {
-        let v = SecretValue {
-            arn: "arn:x".into(),
-            name: "n/s".into(),
-            version_id: "v7".into(),
-            payload: Payload::String(r#"{"a":"1","b":2}"#.into()),
-        };
+        let v = SecretValue::new(
+            "arn:x".into(),
+            "n/s".into(),
+            "v7".into(),
+            Payload::String(r#"{"a":"1","b":2}"#.into()),
+        );
         let d = data(&v, Form::Keys).unwrap();
         assert_eq!(d.len(), 2);
         assert_eq!(d["b"].0, b"2");

@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::ByteString;
 use serde::Serialize;
 
 use crate::annotations::{self, Injection};
@@ -19,11 +18,9 @@ use crate::source::{CachedResults, FetchError, FetchKey};
 /// What a backing Secret holds this time.
 #[derive(Debug, Clone)]
 pub enum Content {
-    /// Fetched now: the Secret is (re)written with this data.
-    Fresh {
-        value: Arc<SecretValue>,
-        data: BTreeMap<String, ByteString>,
-    },
+    /// Fetched: the Secret is (re)written from this value when it is not
+    /// known to be current ([`crate::backing::data`] gives its data).
+    Fresh { value: Arc<SecretValue> },
     /// Secrets Manager could not be reached: the existing backing Secret must
     /// serve, and must hold these keys.
     Unreachable {
@@ -145,10 +142,11 @@ impl Builder<'_> {
                 }
                 let name = backing::name(&value.name, &r.version, form);
                 if !self.backing.contains_key(&name) {
-                    let data = match backing::data(&value, form) {
-                        Ok(d) => d,
-                        Err(e) => return fail(self, content_error(r, &e)),
-                    };
+                    if form == Form::Keys
+                        && let Err(e) = value.json_fields()
+                    {
+                        return fail(self, content_error(r, e));
+                    }
                     self.backing.insert(
                         name.clone(),
                         Backing {
@@ -156,7 +154,7 @@ impl Builder<'_> {
                             secret_name: value.name.clone(),
                             version: r.version.clone(),
                             form,
-                            content: Content::Fresh { value, data },
+                            content: Content::Fresh { value },
                         },
                     );
                 }
@@ -190,9 +188,15 @@ impl Builder<'_> {
     /// The data key `key` must exist in the backing Secret `name`.
     fn require_key(&mut self, name: &str, key: &str, r: &SecretRef, ann: &str) -> bool {
         let b = self.backing.get_mut(name).expect("backing_for inserted it");
+        let form = b.form;
         match &mut b.content {
-            Content::Fresh { data, value } => {
-                if data.contains_key(key) {
+            Content::Fresh { value } => {
+                let present = match (form, value.json_fields()) {
+                    (Form::Raw, _) => key == RAW_KEY,
+                    (Form::Keys, Ok(fields)) => fields.contains_key(key),
+                    (Form::Keys, Err(_)) => false,
+                };
+                if present {
                     true
                 } else {
                     let e = ContentError::MissingKey {
@@ -260,9 +264,11 @@ pub fn resolve(
         let Some(name) = b.backing_for(&e.reference, &e.annotation, Form::Keys) else {
             continue;
         };
-        if let Content::Fresh { data, value } = &b.backing[&name].content {
+        if let Content::Fresh { value } = &b.backing[&name].content
+            && let Ok(fields) = value.json_fields()
+        {
             let prefix = e.prefix.as_deref().unwrap_or("");
-            let bad: Vec<&String> = data
+            let bad: Vec<&String> = fields
                 .keys()
                 .filter(|k| !annotations::valid_env_name(&format!("{prefix}{k}")))
                 .collect();
@@ -373,12 +379,12 @@ mod tests {
     }
 
     fn value(name: &str, s: &str) -> Arc<SecretValue> {
-        Arc::new(SecretValue {
-            arn: format!("arn:aws:secretsmanager:eu-west-1:123456789012:secret:{name}-AbCdEf"),
-            name: name.into(),
-            version_id: "v1".into(),
-            payload: Payload::String(s.into()),
-        })
+        Arc::new(SecretValue::new(
+            format!("arn:aws:secretsmanager:eu-west-1:123456789012:secret:{name}-AbCdEf"),
+            name.into(),
+            "v1".into(),
+            Payload::String(s.into()),
+        ))
     }
 
     type Entry<'a> = (&'a str, Version, Result<Arc<SecretValue>, FetchError>);
@@ -455,7 +461,7 @@ mod tests {
                 secret: backing::name("arrakis/redis", &cur(), Form::Keys)
             }]
         );
-        let Content::Fresh { data, .. } = &p
+        let Content::Fresh { value } = &p
             .backing
             .iter()
             .find(|b| b.name == discord)
@@ -464,6 +470,7 @@ mod tests {
         else {
             panic!()
         };
+        let data = backing::data(value, Form::Keys).unwrap();
         assert_eq!(data["application_id"].0, b"123");
         let rec: Record = serde_json::from_str(&p.record()).unwrap();
         assert_eq!(rec.refresh_interval, "1h");

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::OnceLock;
 
 use serde_json::Value;
 
@@ -24,7 +25,7 @@ impl fmt::Debug for Payload {
 }
 
 /// One fetched version of a secret.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct SecretValue {
     /// The full ARN.
     pub arn: String,
@@ -32,7 +33,18 @@ pub struct SecretValue {
     pub name: String,
     pub version_id: String,
     pub payload: Payload,
+    /// [`SecretValue::json_fields`], parsed once per fetched value.
+    fields: OnceLock<Result<BTreeMap<String, String>, ContentError>>,
 }
+
+impl PartialEq for SecretValue {
+    fn eq(&self, o: &Self) -> bool {
+        (&self.arn, &self.name, &self.version_id, &self.payload)
+            == (&o.arn, &o.name, &o.version_id, &o.payload)
+    }
+}
+
+impl Eq for SecretValue {}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ContentError {
@@ -68,9 +80,23 @@ pub fn render(v: &Value) -> String {
 }
 
 impl SecretValue {
+    pub fn new(arn: String, name: String, version_id: String, payload: Payload) -> Self {
+        SecretValue {
+            arn,
+            name,
+            version_id,
+            payload,
+            fields: OnceLock::new(),
+        }
+    }
+
     /// The top-level keys of a JSON object secret, rendered, each a valid
-    /// Kubernetes Secret key.
-    pub fn json_fields(&self) -> Result<BTreeMap<String, String>, ContentError> {
+    /// Kubernetes Secret key. Parsed on first use, then kept with the value.
+    pub fn json_fields(&self) -> &Result<BTreeMap<String, String>, ContentError> {
+        self.fields.get_or_init(|| self.parse_fields())
+    }
+
+    fn parse_fields(&self) -> Result<BTreeMap<String, String>, ContentError> {
         let s = match &self.payload {
             Payload::Binary(_) => return Err(ContentError::Binary(self.name.clone())),
             Payload::String(s) => s,
@@ -107,12 +133,12 @@ mod tests {
     use super::*;
 
     fn v(payload: Payload) -> SecretValue {
-        SecretValue {
-            arn: "arn:aws:secretsmanager:us-east-1:1:secret:n/s-AbCdEf".into(),
-            name: "n/s".into(),
-            version_id: "v1".into(),
+        SecretValue::new(
+            "arn:aws:secretsmanager:us-east-1:1:secret:n/s-AbCdEf".into(),
+            "n/s".into(),
+            "v1".into(),
             payload,
-        }
+        )
     }
 
     #[test]
@@ -120,7 +146,7 @@ mod tests {
         let s = v(Payload::String(
             r#"{"url":"postgres://x","port":5432,"tls":true,"opts":{"a": [1, 2]},"n":null}"#.into(),
         ));
-        let f = s.json_fields().unwrap();
+        let f = s.json_fields().as_ref().unwrap();
         assert_eq!(f["url"], "postgres://x");
         assert_eq!(f["port"], "5432");
         assert_eq!(f["tls"], "true");
@@ -132,15 +158,15 @@ mod tests {
     fn non_objects_and_bad_keys_are_errors() {
         assert_eq!(
             v(Payload::String("plain".into())).json_fields(),
-            Err(ContentError::NotJsonObject("n/s".into()))
+            &Err(ContentError::NotJsonObject("n/s".into()))
         );
         assert_eq!(
             v(Payload::String("[1]".into())).json_fields(),
-            Err(ContentError::NotJsonObject("n/s".into()))
+            &Err(ContentError::NotJsonObject("n/s".into()))
         );
         assert_eq!(
             v(Payload::Binary(vec![0, 1])).json_fields(),
-            Err(ContentError::Binary("n/s".into()))
+            &Err(ContentError::Binary("n/s".into()))
         );
         assert!(matches!(
             v(Payload::String(r#"{"a b":"x"}"#.into())).json_fields(),

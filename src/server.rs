@@ -80,7 +80,63 @@ async fn mutate(State(st): State<AppState>, body: Result<Bytes, BytesRejection>)
             ))
         }
     };
-    axum::Json(response.into_review()).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        encode_review(&response),
+    )
+        .into_response()
+}
+
+/// The wire form of an AdmissionReview response, borrowing kube's
+/// [`AdmissionResponse`]. kube-core serializes `patch` (a `Vec<u8>`) as a JSON
+/// array of numbers, and the review through `#[serde(flatten)]`; Kubernetes
+/// defines `patch` as base64 (Go's `[]byte`). This writes the same fields with
+/// the patch as base64: a third of the bytes, and much less work on both sides.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WireReview<'a> {
+    api_version: &'a str,
+    kind: &'a str,
+    response: WireResponse<'a>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WireResponse<'a> {
+    uid: &'a str,
+    allowed: bool,
+    status: &'a kube::core::Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "std::collections::HashMap::is_empty")]
+    audit_annotations: &'a std::collections::HashMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warnings: &'a Option<Vec<String>>,
+}
+
+/// Serializes the response to `admission.k8s.io/v1` AdmissionReview JSON.
+pub fn encode_review(r: &AdmissionResponse) -> Vec<u8> {
+    use base64::Engine;
+    let patch = r
+        .patch
+        .as_ref()
+        .map(|p| base64::engine::general_purpose::STANDARD.encode(p));
+    let wire = WireReview {
+        api_version: "admission.k8s.io/v1",
+        kind: "AdmissionReview",
+        response: WireResponse {
+            uid: &r.uid,
+            allowed: r.allowed,
+            status: &r.result,
+            patch_type: patch.as_ref().map(|_| "JSONPatch"),
+            patch,
+            audit_annotations: &r.audit_annotations,
+            warnings: &r.warnings,
+        },
+    };
+    serde_json::to_vec(&wire).expect("an admission response serializes")
 }
 
 /// The admission router (exposed for tests and benchmarks).
@@ -209,4 +265,50 @@ pub async fn run(
     probe_task.abort();
     served?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn request() -> AdmissionRequest<Pod> {
+        let review: AdmissionReview<Pod> = serde_json::from_value(json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "u-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "operation": "CREATE", "userInfo": {}, "namespace": "n",
+                "object": {"metadata": {}, "spec": {"containers": []}}
+            }
+        }))
+        .unwrap();
+        review.try_into().unwrap()
+    }
+
+    #[test]
+    fn wire_form_matches_kube_except_the_patch_is_base64() {
+        use base64::Engine;
+        let patch: json_patch::Patch =
+            serde_json::from_value(json!([{"op": "add", "path": "/a", "value": 1}])).unwrap();
+        let mut resp = AdmissionResponse::from(&request())
+            .with_patch(patch)
+            .unwrap();
+        resp.warnings = Some(vec!["w".into()]);
+        let ours: Value = serde_json::from_slice(&encode_review(&resp)).unwrap();
+        let mut kube: Value = serde_json::to_value(resp.clone().into_review()).unwrap();
+        let b64 = ours["response"]["patch"].as_str().unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        assert_eq!(&decoded, resp.patch.as_ref().unwrap());
+        let mut ours_wo = ours.clone();
+        ours_wo["response"].as_object_mut().unwrap().remove("patch");
+        kube["response"].as_object_mut().unwrap().remove("patch");
+        assert_eq!(ours_wo, kube);
+
+        let denied = AdmissionResponse::from(&request()).deny("no");
+        let ours: Value = serde_json::from_slice(&encode_review(&denied)).unwrap();
+        assert_eq!(ours, serde_json::to_value(denied.into_review()).unwrap());
+    }
 }

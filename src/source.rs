@@ -130,12 +130,12 @@ impl AwsSource {
                 };
                 results.insert(
                     k.clone(),
-                    Ok(SecretValue {
-                        arn: e.arn().unwrap_or_default().to_string(),
-                        name: e.name().unwrap_or_default().to_string(),
-                        version_id: e.version_id().unwrap_or_default().to_string(),
+                    Ok(SecretValue::new(
+                        e.arn().unwrap_or_default().to_string(),
+                        e.name().unwrap_or_default().to_string(),
+                        e.version_id().unwrap_or_default().to_string(),
                         payload,
-                    }),
+                    )),
                 );
             } else if let Some(err) = out.errors().iter().find(|e| e.secret_id() == Some(&k.id)) {
                 results.insert(
@@ -169,12 +169,12 @@ impl AwsSource {
                     (None, Some(b)) => Payload::Binary(b.as_ref().to_vec()),
                     (None, None) => Payload::String(String::new()),
                 };
-                Ok(SecretValue {
-                    arn: o.arn().unwrap_or_default().to_string(),
-                    name: o.name().unwrap_or_default().to_string(),
-                    version_id: o.version_id().unwrap_or_default().to_string(),
+                Ok(SecretValue::new(
+                    o.arn().unwrap_or_default().to_string(),
+                    o.name().unwrap_or_default().to_string(),
+                    o.version_id().unwrap_or_default().to_string(),
                     payload,
-                })
+                ))
             }
             Err(e) => {
                 self.metrics.aws_error(OP);
@@ -236,11 +236,13 @@ impl SecretSource for StaticSource {
                 let v = self
                     .values
                     .get(&k.id)
-                    .map(|p| SecretValue {
-                        arn: format!("arn:aws:secretsmanager:local:000000000000:secret:{}", k.id),
-                        name: k.id.clone(),
-                        version_id: "local".into(),
-                        payload: p.clone(),
+                    .map(|p| {
+                        SecretValue::new(
+                            format!("arn:aws:secretsmanager:local:000000000000:secret:{}", k.id),
+                            k.id.clone(),
+                            "local".into(),
+                            p.clone(),
+                        )
                     })
                     .ok_or(FetchError::NotFound);
                 (k.clone(), v)

@@ -58,7 +58,7 @@ impl Syncer {
             let api = api.clone();
             async move {
                 match &b.content {
-                    Content::Fresh { value, data } => {
+                    Content::Fresh { value } => {
                         if dry_run {
                             return Ok(None);
                         }
@@ -66,12 +66,13 @@ impl Syncer {
                         let key = (namespace.to_string(), b.name.clone(), value.version_id.clone());
                         self.known
                             .try_get_with(key, async {
+                                let data = backing::data(value, b.form).map_err(|e| e.to_string())?;
                                 let obj = backing::object(
                                     namespace,
                                     value,
                                     &b.version,
                                     b.form,
-                                    data.clone(),
+                                    data,
                                     &now_rfc3339(),
                                 );
                                 let pp = PatchParams::apply(backing::FIELD_MANAGER).force();
