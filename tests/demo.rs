@@ -1,0 +1,284 @@
+//! The demo (`./tests/demo`, also run by `./tests/run`): sm-injector doing its
+//! main job end to end on a local control plane, with moto as Secrets Manager.
+//!
+//! It creates the seed's secrets, runs `sm-injector serve` as its own process
+//! (configured as in a cluster: KUBECONFIG and the AWS chain with
+//! AWS_ENDPOINT_URL_SECRETS_MANAGER), registers it as a MutatingWebhook,
+//! applies `examples/deployment.yaml` with kubectl, and prints each pod's
+//! resolved environment with the values masked. It fails if a value differs
+//! from what Secrets Manager holds.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, ListParams};
+use sha2::{Digest, Sha256};
+use support::injector::http_get;
+
+fn mask(v: &[u8]) -> String {
+    let h = Sha256::digest(v);
+    format!(
+        "<masked: {} bytes, sha256 {:02x}{:02x}{:02x}{:02x}>",
+        v.len(),
+        h[0],
+        h[1],
+        h[2],
+        h[3]
+    )
+}
+
+fn kubectl(bed: &support::TestBed, args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    let mut cmd = bed.kubectl();
+    cmd.args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("kubectl");
+    if let Some(s) = stdin {
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "kubectl {args:?} failed");
+    String::from_utf8_lossy(&out.stdout).into()
+}
+
+#[tokio::main]
+async fn main() {
+    let bed = support::testbed();
+    println!(
+        "1. control plane (etcd, kube-apiserver, kube-controller-manager) and moto are up in {}",
+        bed.dir.display()
+    );
+
+    let secrets = [
+        (
+            "arrakis/discord",
+            r#"{"bot_token":"MTIzNDU2Nzg5.demo-bot-token","application_id":"112233445566778899"}"#,
+        ),
+        (
+            "arrakis/postgres",
+            r#"{"url":"postgres://arrakis:s3cr3t@postgres.arrakis:5432/arrakis","username":"arrakis","password":"s3cr3t"}"#,
+        ),
+        (
+            "arrakis/redis",
+            r#"{"HOST":"redis.arrakis","PORT":6379,"PASSWORD":"r3d1s"}"#,
+        ),
+    ];
+    let sm = bed.aws().await;
+    for (name, value) in secrets {
+        sm.create_secret()
+            .name(name)
+            .secret_string(value)
+            .send()
+            .await
+            .unwrap();
+    }
+    println!(
+        "2. created in Secrets Manager: {}",
+        secrets.map(|s| s.0).join(", ")
+    );
+
+    let dir = bed.dir.join("demo");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pem = bed.serving_cert();
+    std::fs::write(dir.join("tls.crt"), &pem.cert).unwrap();
+    std::fs::write(dir.join("tls.key"), &pem.key).unwrap();
+    let (port, probe) = (support::free_port(), support::free_port());
+    let kubeconfig = bed.kubeconfig.display().to_string();
+    let server = support::spawn_env(
+        &bed.dir,
+        "sm-injector",
+        std::path::Path::new(env!("CARGO_BIN_EXE_sm-injector")),
+        &[
+            "serve".into(),
+            format!("--listen=127.0.0.1:{port}"),
+            format!("--probe-listen=127.0.0.1:{probe}"),
+            format!("--tls-cert={}", dir.join("tls.crt").display()),
+            format!("--tls-key={}", dir.join("tls.key").display()),
+        ],
+        &[
+            ("KUBECONFIG", &kubeconfig),
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", &bed.moto),
+            ("AWS_ACCESS_KEY_ID", "demo"),
+            ("AWS_SECRET_ACCESS_KEY", "demo"),
+            ("AWS_REGION", "us-east-1"),
+        ],
+    );
+    std::mem::forget(server);
+    support::eventually(
+        Duration::from_secs(30),
+        "sm-injector to be ready",
+        || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", probe))
+                .await
+                .ok()?;
+            (http_get(probe, "/readyz").await.0 == 200).then_some(())
+        },
+    )
+    .await;
+
+    kubectl(bed, &["create", "namespace", "arrakis"], None);
+    kubectl(
+        bed,
+        &[
+            "label",
+            "namespace",
+            "arrakis",
+            "sm-injector.io/inject=enabled",
+        ],
+        None,
+    );
+    let config = format!(
+        r#"{{"apiVersion":"admissionregistration.k8s.io/v1","kind":"MutatingWebhookConfiguration",
+  "metadata":{{"name":"sm-injector"}},
+  "webhooks":[{{"name":"pods.sm-injector.io","admissionReviewVersions":["v1"],"sideEffects":"NoneOnDryRun",
+    "failurePolicy":"Fail","reinvocationPolicy":"IfNeeded","timeoutSeconds":10,
+    "clientConfig":{{"url":"https://127.0.0.1:{port}/mutate","caBundle":"{}"}},
+    "rules":[{{"operations":["CREATE"],"apiGroups":[""],"apiVersions":["v1"],"resources":["pods"]}}],
+    "namespaceSelector":{{"matchLabels":{{"sm-injector.io/inject":"enabled"}}}}}}]}}"#,
+        bed.ca_bundle_b64()
+    );
+    kubectl(bed, &["apply", "-f", "-"], Some(&config));
+    println!(
+        "3. sm-injector is serving on https://127.0.0.1:{port}/mutate for namespaces labelled sm-injector.io/inject=enabled"
+    );
+
+    // The API server picks the configuration up through an informer.
+    let client = bed.client().await;
+    let pods = Api::<Pod>::namespaced(client.clone(), "arrakis");
+    let deployment = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/deployment.yaml"
+    ))
+    .unwrap();
+    support::eventually(Duration::from_secs(30), "the webhook to take effect", || async {
+        let out = bed
+            .kubectl()
+            .args(["create", "--dry-run=server", "-o", "json", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .ok()?;
+        let mut out = out;
+        {
+            use std::io::Write;
+            let mut stdin = out.stdin.take()?;
+            let canary = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"canary","namespace":"arrakis","annotations":{"sm-injector.io/env.X":"arrakis/redis#HOST"}},"spec":{"containers":[{"name":"c","image":"x"}]}}"#;
+            stdin.write_all(canary.as_bytes()).ok()?;
+        }
+        let out = out.wait_with_output().ok()?;
+        String::from_utf8_lossy(&out.stdout).contains("secretKeyRef").then_some(())
+    })
+    .await;
+    print!(
+        "4. kubectl apply -f examples/deployment.yaml: {}",
+        kubectl(bed, &["apply", "-f", "-"], Some(&deployment))
+    );
+
+    let list = support::eventually(Duration::from_secs(60), "two pods", || async {
+        let l = pods
+            .list(&ListParams::default().labels("app=arrakis-bot"))
+            .await
+            .ok()?;
+        (l.items.len() == 2).then_some(l.items)
+    })
+    .await;
+    let expected: BTreeMap<&str, Vec<u8>> = BTreeMap::from([
+        ("DISCORD_BOT_TOKEN", b"MTIzNDU2Nzg5.demo-bot-token".to_vec()),
+        ("DISCORD_APPLICATION_ID", b"112233445566778899".to_vec()),
+        (
+            "DATABASE_URL",
+            b"postgres://arrakis:s3cr3t@postgres.arrakis:5432/arrakis".to_vec(),
+        ),
+        ("REDIS_HOST", b"redis.arrakis".to_vec()),
+        ("REDIS_PORT", b"6379".to_vec()),
+        ("REDIS_PASSWORD", b"r3d1s".to_vec()),
+    ]);
+    let secrets_api = Api::<Secret>::namespaced(client.clone(), "arrakis");
+    println!("5. the pods' environment, resolved through the backing Secrets:");
+    for p in &list {
+        let json = serde_json::to_string(p).unwrap();
+        for v in expected.values() {
+            assert!(
+                !json.contains(&*String::from_utf8_lossy(v)),
+                "a secret value is in the pod spec"
+            );
+        }
+        let spec = p.spec.clone().unwrap();
+        for c in spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+        {
+            println!(
+                "   pod {} container {}:",
+                p.metadata.name.as_deref().unwrap_or("?"),
+                c.name
+            );
+            let mut seen = BTreeMap::new();
+            for ef in c.env_from.iter().flatten() {
+                let name = &ef.secret_ref.as_ref().unwrap().name;
+                let s = secrets_api.get(name).await.unwrap();
+                for (k, v) in s.data.unwrap_or_default() {
+                    let var = format!("{}{k}", ef.prefix.as_deref().unwrap_or(""));
+                    println!("     {var:<24} = {}   (envFrom secret {name})", mask(&v.0));
+                    seen.insert(var, v.0);
+                }
+            }
+            for e in c.env.iter().flatten() {
+                match (&e.value, &e.value_from) {
+                    (Some(v), _) => {
+                        println!("     {:<24} = {v:?}   (the container's own value)", e.name)
+                    }
+                    (None, Some(vf)) => {
+                        let r = vf.secret_key_ref.as_ref().unwrap();
+                        let s = secrets_api.get(&r.name).await.unwrap();
+                        let v = s.data.unwrap()[&r.key].0.clone();
+                        println!(
+                            "     {:<24} = {}   (secretKeyRef {}#{})",
+                            e.name,
+                            mask(&v),
+                            r.name,
+                            r.key
+                        );
+                        seen.insert(e.name.clone(), v);
+                    }
+                    _ => {}
+                }
+            }
+            for (k, v) in &expected {
+                assert_eq!(
+                    seen.get(*k),
+                    Some(v),
+                    "{} in container {} differs from Secrets Manager",
+                    k,
+                    c.name
+                );
+            }
+        }
+    }
+    let backing = secrets_api
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=sm-injector"))
+        .await
+        .unwrap();
+    println!("6. backing Secrets in namespace arrakis (shared by both pods):");
+    for s in backing.items {
+        let a = s.metadata.annotations.unwrap_or_default();
+        println!(
+            "     {:<36} from {}  version {}",
+            s.metadata.name.unwrap_or_default(),
+            a.get("sm-injector.io/source-arn")
+                .cloned()
+                .unwrap_or_default(),
+            a.get("sm-injector.io/version-id")
+                .cloned()
+                .unwrap_or_default()
+        );
+    }
+    println!("every value matches Secrets Manager; no value is in any pod spec. Cleaning up.");
+}
