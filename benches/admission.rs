@@ -199,43 +199,14 @@ async fn main() {
             .unwrap();
     }
 
-    let dir = bed.dir.join("bench");
-    std::fs::create_dir_all(&dir).unwrap();
-    let pem = bed.serving_cert();
-    std::fs::write(dir.join("tls.crt"), &pem.cert).unwrap();
-    std::fs::write(dir.join("tls.key"), &pem.key).unwrap();
-    let (port, probe) = (support::free_port(), support::free_port());
-    let kubeconfig = bed.kubeconfig.display().to_string();
-    let server = support::spawn_env(
-        &bed.dir,
-        "sm-injector",
+    let server = support::serve_process(
+        bed,
         std::path::Path::new(env!("CARGO_BIN_EXE_sm-injector")),
-        &[
-            "serve".into(),
-            format!("--listen=127.0.0.1:{port}"),
-            format!("--probe-listen=127.0.0.1:{probe}"),
-            format!("--tls-cert={}", dir.join("tls.crt").display()),
-            format!("--tls-key={}", dir.join("tls.key").display()),
-        ],
-        &[
-            ("KUBECONFIG", &kubeconfig),
-            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", &bed.moto),
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-            ("AWS_REGION", "us-east-1"),
-            ("RUST_LOG", "warn"),
-        ],
-    );
-    let pid = server.id();
-    std::mem::forget(server);
-    support::eventually(Duration::from_secs(30), "sm-injector ready", || async {
-        let r = tokio::net::TcpStream::connect(("127.0.0.1", probe))
-            .await
-            .ok()?;
-        drop(r);
-        (http_get(probe, "/readyz").await.0 == 200).then_some(())
-    })
+        "sm-injector",
+        &[],
+    )
     .await;
+    let (port, probe, pid) = (server.port, server.probe, server.pid);
 
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile_certs(&bed.ca_pem) {

@@ -1,4 +1,4 @@
-//! The demo (`./tests/demo`, also run by `./tests/run`): sm-injector doing its
+//! The demo (`./examples/demo.sh`, also run by `./tests/run`): sm-injector doing its
 //! main job end to end on a local control plane, with moto as Secrets Manager.
 //!
 //! It creates the seed's secrets, runs `sm-injector serve` as its own process
@@ -16,7 +16,6 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams};
 use sha2::{Digest, Sha256};
-use support::injector::http_get;
 
 fn mask(v: &[u8]) -> String {
     let h = Sha256::digest(v);
@@ -82,44 +81,14 @@ async fn main() {
         secrets.map(|s| s.0).join(", ")
     );
 
-    let dir = bed.dir.join("demo");
-    std::fs::create_dir_all(&dir).unwrap();
-    let pem = bed.serving_cert();
-    std::fs::write(dir.join("tls.crt"), &pem.cert).unwrap();
-    std::fs::write(dir.join("tls.key"), &pem.key).unwrap();
-    let (port, probe) = (support::free_port(), support::free_port());
-    let kubeconfig = bed.kubeconfig.display().to_string();
-    let server = support::spawn_env(
-        &bed.dir,
-        "sm-injector",
+    let server = support::serve_process(
+        bed,
         std::path::Path::new(env!("CARGO_BIN_EXE_sm-injector")),
-        &[
-            "serve".into(),
-            format!("--listen=127.0.0.1:{port}"),
-            format!("--probe-listen=127.0.0.1:{probe}"),
-            format!("--tls-cert={}", dir.join("tls.crt").display()),
-            format!("--tls-key={}", dir.join("tls.key").display()),
-        ],
-        &[
-            ("KUBECONFIG", &kubeconfig),
-            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", &bed.moto),
-            ("AWS_ACCESS_KEY_ID", "demo"),
-            ("AWS_SECRET_ACCESS_KEY", "demo"),
-            ("AWS_REGION", "us-east-1"),
-        ],
-    );
-    std::mem::forget(server);
-    support::eventually(
-        Duration::from_secs(30),
-        "sm-injector to be ready",
-        || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", probe))
-                .await
-                .ok()?;
-            (http_get(probe, "/readyz").await.0 == 200).then_some(())
-        },
+        "sm-injector",
+        &[],
     )
     .await;
+    let port = server.port;
 
     kubectl(bed, &["create", "namespace", "arrakis"], None);
     kubectl(

@@ -39,6 +39,16 @@ fn pod(name: &str, annotations: Value, containers: Value) -> Pod {
     .unwrap()
 }
 
+/// Creates a pod with one container and these annotations.
+async fn create_one(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    annotations: Value,
+) -> Result<Pod, String> {
+    create(client, ns, &pod(name, annotations, one_container())).await
+}
+
 fn one_container() -> Value {
     json!([{"name": "app", "image": "registry.invalid/app:1"}])
 }
@@ -382,14 +392,11 @@ async fn access_rule_denies_other_namespaces_secrets_by_name_and_by_arn() {
     let inj = injector::start(bed, &[&ns, &other], Options::default()).await;
     let arn = put_secret(bed, &format!("{other}/db"), r#"{"password":"b-secret"}"#).await;
 
-    let msg = create(
+    let msg = create_one(
         &client,
         &ns,
-        &pod(
-            "by-name",
-            json!({"sm-injector.io/env.PW": format!("{other}/db#password")}),
-            one_container(),
-        ),
+        "by-name",
+        json!({"sm-injector.io/env.PW": format!("{other}/db#password")}),
     )
     .await
     .unwrap_err();
@@ -400,14 +407,11 @@ async fn access_rule_denies_other_namespaces_secrets_by_name_and_by_arn() {
     ] {
         assert!(msg.contains(n), "{n:?} not in {msg:?}");
     }
-    let msg = create(
+    let msg = create_one(
         &client,
         &ns,
-        &pod(
-            "by-arn",
-            json!({"sm-injector.io/env.PW": format!("{arn}#password")}),
-            one_container(),
-        ),
+        "by-arn",
+        json!({"sm-injector.io/env.PW": format!("{arn}#password")}),
     )
     .await
     .unwrap_err();
@@ -419,14 +423,11 @@ async fn access_rule_denies_other_namespaces_secrets_by_name_and_by_arn() {
     );
     assert!(!msg.contains("b-secret"));
     // The owner may use it, by ARN too.
-    let p = create(
+    let p = create_one(
         &client,
         &other,
-        &pod(
-            "owner",
-            json!({"sm-injector.io/env.PW": format!("{arn}#password")}),
-            one_container(),
-        ),
+        "owner",
+        json!({"sm-injector.io/env.PW": format!("{arn}#password")}),
     )
     .await
     .unwrap();
@@ -467,14 +468,11 @@ async fn namespace_annotation_widens_and_narrows_access() {
     put_secret(bed, &format!("{narrow}/only"), r#"{"k":"only-v"}"#).await;
     put_secret(bed, &format!("{narrow}/other"), r#"{"k":"other-v"}"#).await;
 
-    let p = create(
+    let p = create_one(
         &client,
         &wide,
-        &pod(
-            "w",
-            json!({"sm-injector.io/env.SMTP": format!("{shared}/smtp#password")}),
-            one_container(),
-        ),
+        "w",
+        json!({"sm-injector.io/env.SMTP": format!("{shared}/smtp#password")}),
     )
     .await
     .unwrap();
@@ -483,25 +481,19 @@ async fn namespace_annotation_widens_and_narrows_access() {
         b"smtp-pw"
     );
 
-    create(
+    create_one(
         &client,
         &narrow,
-        &pod(
-            "n1",
-            json!({"sm-injector.io/env.K": format!("{narrow}/only#k")}),
-            one_container(),
-        ),
+        "n1",
+        json!({"sm-injector.io/env.K": format!("{narrow}/only#k")}),
     )
     .await
     .unwrap();
-    let msg = create(
+    let msg = create_one(
         &client,
         &narrow,
-        &pod(
-            "n2",
-            json!({"sm-injector.io/env.K": format!("{narrow}/other#k")}),
-            one_container(),
-        ),
+        "n2",
+        json!({"sm-injector.io/env.K": format!("{narrow}/other#k")}),
     )
     .await
     .unwrap_err();
@@ -540,21 +532,18 @@ async fn pinned_stage_binary_secret_and_env_from_with_and_without_prefix() {
     put_secret(bed, &format!("{ns}/db"), r#"{"USER":"u","PASSWORD":"p"}"#).await;
     put_secret(bed, &format!("{ns}/cfg"), r#"{"a":1}"#).await;
 
-    let p = create(
+    let p = create_one(
         &client,
         &ns,
-        &pod(
-            "shapes",
-            json!({
-                "sm-injector.io/env.PW_NOW": format!("{ns}/rot#pw"),
-                "sm-injector.io/env.PW_BEFORE": format!("{ns}/rot?versionStage=AWSPREVIOUS#pw"),
-                "sm-injector.io/env.BLOB": format!("{ns}/bin"),
-                "sm-injector.io/env.CFG": format!("{ns}/cfg"),
-                "sm-injector.io/env-from": format!("{ns}/app"),
-                "sm-injector.io/env-from.DB": format!("{ns}/db"),
-            }),
-            one_container(),
-        ),
+        "shapes",
+        json!({
+            "sm-injector.io/env.PW_NOW": format!("{ns}/rot#pw"),
+            "sm-injector.io/env.PW_BEFORE": format!("{ns}/rot?versionStage=AWSPREVIOUS#pw"),
+            "sm-injector.io/env.BLOB": format!("{ns}/bin"),
+            "sm-injector.io/env.CFG": format!("{ns}/cfg"),
+            "sm-injector.io/env-from": format!("{ns}/app"),
+            "sm-injector.io/env-from.DB": format!("{ns}/db"),
+        }),
     )
     .await
     .unwrap();
@@ -641,14 +630,11 @@ async fn pods_without_annotations_and_namespaces_without_the_label_are_untouched
             .contains_key("sm-injector.io/injected")
     );
     // Not even a bad annotation is looked at outside the labelled namespaces.
-    let outside = create(
+    let outside = create_one(
         &client,
         &off,
-        &pod(
-            "outside",
-            json!({"sm-injector.io/env.K": format!("{off}/s#k"), "sm-injector.io/typo": "x"}),
-            one_container(),
-        ),
+        "outside",
+        json!({"sm-injector.io/env.K": format!("{off}/s#k"), "sm-injector.io/typo": "x"}),
     )
     .await
     .unwrap();
@@ -779,14 +765,11 @@ async fn secrets_manager_outage_serves_existing_secrets_with_a_warning_else_deni
     let (bed, client, ns, inj) = setup("outage").await;
     put_secret(bed, &format!("{ns}/db"), r#"{"pw":"before-outage"}"#).await;
     put_secret(bed, &format!("{ns}/new"), r#"{"pw":"never-fetched"}"#).await;
-    create(
+    create_one(
         &client,
         &ns,
-        &pod(
-            "before",
-            json!({"sm-injector.io/env.PW": format!("{ns}/db#pw")}),
-            one_container(),
-        ),
+        "before",
+        json!({"sm-injector.io/env.PW": format!("{ns}/db#pw")}),
     )
     .await
     .unwrap();
@@ -827,14 +810,11 @@ async fn secrets_manager_outage_serves_existing_secrets_with_a_warning_else_deni
         b"before-outage"
     );
 
-    let msg = create(
+    let msg = create_one(
         &client,
         &ns,
-        &pod(
-            "new",
-            json!({"sm-injector.io/env.PW": format!("{ns}/new#pw")}),
-            one_container(),
-        ),
+        "new",
+        json!({"sm-injector.io/env.PW": format!("{ns}/new#pw")}),
     )
     .await
     .unwrap_err();
@@ -847,14 +827,11 @@ async fn secrets_manager_outage_serves_existing_secrets_with_a_warning_else_deni
         "{msg}"
     );
     // A key the existing Secret does not hold cannot be served either.
-    let msg = create(
+    let msg = create_one(
         &client,
         &ns,
-        &pod(
-            "newkey",
-            json!({"sm-injector.io/env.X": format!("{ns}/db#other")}),
-            one_container(),
-        ),
+        "newkey",
+        json!({"sm-injector.io/env.X": format!("{ns}/db#other")}),
     )
     .await
     .unwrap_err();
@@ -985,14 +962,11 @@ async fn malformed_and_oversized_bodies_get_400_and_the_server_keeps_serving() {
 
     // Still serving: a pod goes through.
     put_secret(bed, &format!("{ns}/s"), r#"{"k":"v"}"#).await;
-    create(
+    create_one(
         &client,
         &ns,
-        &pod(
-            "after",
-            json!({"sm-injector.io/env.K": format!("{ns}/s#k")}),
-            one_container(),
-        ),
+        "after",
+        json!({"sm-injector.io/env.K": format!("{ns}/s#k")}),
     )
     .await
     .unwrap();

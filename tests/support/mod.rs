@@ -644,3 +644,64 @@ pub async fn start_marker(bed: &TestBed, client: &kube::Client, name: &str, name
         .await
         .unwrap();
 }
+
+/// `sm-injector serve` (the binary of this package) as its own process against
+/// the test bed, configured as in a cluster: KUBECONFIG, and the AWS chain with
+/// AWS_ENDPOINT_URL_SECRETS_MANAGER pointing at moto.
+pub struct ServeProcess {
+    pub port: u16,
+    pub probe: u16,
+    pub pid: u32,
+}
+
+pub async fn serve_process(
+    bed: &TestBed,
+    binary: &Path,
+    name: &str,
+    extra_args: &[&str],
+) -> ServeProcess {
+    let dir = bed.dir.join(name);
+    fs::create_dir_all(&dir).unwrap();
+    let pem = bed.serving_cert();
+    write(&dir.join("tls.crt"), &pem.cert);
+    write(&dir.join("tls.key"), &pem.key);
+    let (port, probe) = (free_port(), free_port());
+    let kubeconfig = bed.kubeconfig.display().to_string();
+    let mut args = vec![
+        "serve".to_string(),
+        format!("--listen=127.0.0.1:{port}"),
+        format!("--probe-listen=127.0.0.1:{probe}"),
+        format!("--tls-cert={}", dir.join("tls.crt").display()),
+        format!("--tls-key={}", dir.join("tls.key").display()),
+    ];
+    args.extend(extra_args.iter().map(|a| a.to_string()));
+    let child = spawn_env(
+        &bed.dir,
+        name,
+        binary,
+        &args,
+        &[
+            ("KUBECONFIG", &kubeconfig),
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", &bed.moto),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+            ("RUST_LOG", "warn"),
+        ],
+    );
+    let pid = child.id();
+    // Stopped at exit with the other children (its pid is in CHILDREN).
+    std::mem::forget(child);
+    eventually(
+        Duration::from_secs(30),
+        "sm-injector to be ready",
+        || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", probe))
+                .await
+                .ok()?;
+            (injector::http_get(probe, "/readyz").await.0 == 200).then_some(())
+        },
+    )
+    .await;
+    ServeProcess { port, probe, pid }
+}
