@@ -49,10 +49,27 @@ fn unchanged(req: &AdmissionRequest<Pod>) -> Answer {
     }
 }
 
+/// The pod's name, or its generateName prefix (pods made by controllers have no name yet).
+fn pod_name(req: &AdmissionRequest<Pod>) -> &str {
+    let meta = req.object.as_ref().map(|p| &p.metadata);
+    meta.and_then(|m| m.name.as_deref().or(m.generate_name.as_deref()))
+        .unwrap_or(&req.name)
+}
+
 impl Webhook {
     pub async fn review(&self, req: &AdmissionRequest<Pod>) -> Answer {
         let start = Instant::now();
         let answer = self.decide(req).await;
+        if !answer.response.allowed {
+            // Reasons name annotations, references and AWS/Kubernetes errors, never values.
+            tracing::info!(
+                namespace = req.namespace.as_deref().unwrap_or(""),
+                pod = pod_name(req),
+                user = req.user_info.username.as_deref().unwrap_or(""),
+                reason = %answer.response.result.message,
+                "admission denied"
+            );
+        }
         self.metrics
             .admission(answer.outcome, start.elapsed().as_secs_f64());
         answer
@@ -115,7 +132,7 @@ impl Webhook {
         };
         if !warnings.is_empty() {
             for w in &warnings {
-                tracing::info!(namespace, warning = %w, "admission warning");
+                tracing::info!(namespace, pod = pod_name(req), warning = %w, "admission warning");
             }
             response.warnings = Some(warnings);
         }

@@ -39,8 +39,10 @@ struct AppState {
     deadline: Duration,
 }
 
-fn bad_request(reason: String) -> Response {
-    tracing::warn!(%reason, "bad admission request");
+/// HTTP 400 with `reason` for the caller; the log gets only `log`, since a
+/// parse error can quote part of the body.
+fn bad_request(reason: String, log: String) -> Response {
+    tracing::warn!(problem = %log, "bad admission request");
     (StatusCode::BAD_REQUEST, reason).into_response()
 }
 
@@ -49,23 +51,31 @@ async fn mutate(State(st): State<AppState>, body: Result<Bytes, BytesRejection>)
         Ok(b) => b,
         Err(e) => {
             st.webhook.metrics.admission("invalid", 0.0);
-            return bad_request(format!("cannot read the request body: {}", e.body_text()));
+            let reason = format!("cannot read the request body: {}", e.body_text());
+            return bad_request(reason.clone(), reason);
         }
     };
     let review: AdmissionReview<Pod> = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
             st.webhook.metrics.admission("invalid", 0.0);
-            return bad_request(format!(
-                "the body is not an admission.k8s.io/v1 AdmissionReview: {e}"
-            ));
+            return bad_request(
+                format!("the body is not an admission.k8s.io/v1 AdmissionReview: {e}"),
+                format!(
+                    "the body is not an AdmissionReview ({:?} error at line {} column {})",
+                    e.classify(),
+                    e.line(),
+                    e.column()
+                ),
+            );
         }
     };
     let req: AdmissionRequest<Pod> = match review.try_into() {
         Ok(r) => r,
         Err(_) => {
             st.webhook.metrics.admission("invalid", 0.0);
-            return bad_request("the AdmissionReview has no request".into());
+            let reason = "the AdmissionReview has no request".to_string();
+            return bad_request(reason.clone(), reason);
         }
     };
     let response = match tokio::time::timeout(st.deadline, st.webhook.review(&req)).await {
