@@ -108,8 +108,51 @@ pub fn spawn(dir: &Path, name: &str, program: &Path, args: &[String]) -> Child {
     spawn_env(dir, name, program, args, &[])
 }
 
-/// [`spawn`] with extra environment variables.
+/// A request to the test bed thread to start a process.
+struct SpawnRequest {
+    dir: PathBuf,
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    reply: std::sync::mpsc::Sender<Child>,
+}
+
+static SPAWNER: Mutex<Option<std::sync::mpsc::Sender<SpawnRequest>>> = Mutex::new(None);
+
+/// [`spawn`] with extra environment variables. Once the test bed runs, the
+/// process is started by the test bed thread, since `PR_SET_PDEATHSIG` fires
+/// when the spawning *thread* ends, and a test's thread ends with the test.
 pub fn spawn_env(
+    dir: &Path,
+    name: &str,
+    program: &Path,
+    args: &[String],
+    env: &[(&str, &str)],
+) -> Child {
+    let spawner = SPAWNER.lock().unwrap().clone();
+    if let Some(tx) = spawner
+        && std::thread::current().name() != Some("testbed")
+    {
+        let (reply, rx) = std::sync::mpsc::channel();
+        tx.send(SpawnRequest {
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+            program: program.to_path_buf(),
+            args: args.to_vec(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            reply,
+        })
+        .expect("the test bed thread is running");
+        return rx.recv().expect("the test bed thread answers");
+    }
+    spawn_here(dir, name, program, args, env)
+}
+
+fn spawn_here(
     dir: &Path,
     name: &str,
     program: &Path,
@@ -389,7 +432,7 @@ fn start() -> TestBed {
             format!("--kubeconfig={}", kcm_kubeconfig.display()),
             format!("--authentication-kubeconfig={}", kcm_kubeconfig.display()),
             format!("--authorization-kubeconfig={}", kcm_kubeconfig.display()),
-            "--controllers=deployment,replicaset,garbagecollector,serviceaccount,serviceaccount-token,namespace".into(),
+            "--controllers=deployment,replicaset,garbagecollector,serviceaccount,serviceaccount-token,namespace,clusterrole-aggregation".into(),
             format!("--service-account-private-key-file={}", p("sa.key")),
             format!("--root-ca-file={}", p("ca.crt")),
             "--leader-elect=false".into(),
@@ -446,11 +489,24 @@ pub fn testbed() -> &'static TestBed {
         // PR_SET_PDEATHSIG fires when the *thread* that spawned a child exits,
         // so children are spawned from a thread that never does.
         let (tx, rx) = std::sync::mpsc::channel();
+        let (spawn_tx, spawn_rx) = std::sync::mpsc::channel::<SpawnRequest>();
+        *SPAWNER.lock().unwrap() = Some(spawn_tx);
         std::thread::Builder::new()
             .name("testbed".into())
             .spawn(move || {
                 let bed = std::panic::catch_unwind(start);
                 let _ = tx.send(bed);
+                // Serve spawn requests for the rest of the process's life.
+                while let Ok(r) = spawn_rx.recv() {
+                    let env: Vec<(&str, &str)> = r
+                        .env
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect();
+                    let _ = r
+                        .reply
+                        .send(spawn_here(&r.dir, &r.name, &r.program, &r.args, &env));
+                }
                 loop {
                     std::thread::park();
                 }
@@ -660,13 +716,24 @@ pub async fn serve_process(
     name: &str,
     extra_args: &[&str],
 ) -> ServeProcess {
+    serve_process_as(bed, binary, name, &bed.kubeconfig, extra_args).await
+}
+
+/// [`serve_process`] with the Kubernetes identity of `kubeconfig`.
+pub async fn serve_process_as(
+    bed: &TestBed,
+    binary: &Path,
+    name: &str,
+    kubeconfig: &Path,
+    extra_args: &[&str],
+) -> ServeProcess {
     let dir = bed.dir.join(name);
     fs::create_dir_all(&dir).unwrap();
     let pem = bed.serving_cert();
     write(&dir.join("tls.crt"), &pem.cert);
     write(&dir.join("tls.key"), &pem.key);
     let (port, probe) = (free_port(), free_port());
-    let kubeconfig = bed.kubeconfig.display().to_string();
+    let kubeconfig = kubeconfig.display().to_string();
     let mut args = vec![
         "serve".to_string(),
         format!("--listen=127.0.0.1:{port}"),
