@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 
 /// A certificate and its private key, both PEM.
@@ -17,7 +17,8 @@ pub struct Pem {
 }
 
 pub struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
     validity: Duration,
 }
 
@@ -40,12 +41,31 @@ impl Ca {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        let issuer = CertifiedIssuer::self_signed(p, KeyPair::generate()?)?;
-        Ok(Ca { issuer, validity })
+        let key = KeyPair::generate()?;
+        let cert_pem = p.self_signed(&key)?.pem();
+        Ok(Ca {
+            issuer: Issuer::new(p, key),
+            cert_pem,
+            validity,
+        })
+    }
+
+    /// An existing CA, from its PEM certificate and key (to issue a new serving
+    /// certificate under the CA that the webhook's caBundle already trusts).
+    pub fn from_pem(cert: &str, key: &str, validity: Duration) -> Result<Self, rcgen::Error> {
+        Ok(Ca {
+            issuer: Issuer::from_ca_cert_pem(cert, KeyPair::from_pem(key)?)?,
+            cert_pem: cert.to_string(),
+            validity,
+        })
     }
 
     pub fn cert_pem(&self) -> String {
-        self.issuer.pem()
+        self.cert_pem.clone()
+    }
+
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
     }
 
     /// A server certificate for these DNS names and IP addresses.
@@ -87,6 +107,72 @@ impl Ca {
     }
 }
 
+/// The shipped MutatingWebhookConfiguration (manifests/).
+const WEBHOOK_MANIFEST: &str = include_str!("../manifests/mutatingwebhookconfiguration.yaml");
+
+/// What `sm-injector certs` writes: (file name, contents).
+pub fn webhook_files(
+    ca: &Ca,
+    service: &str,
+    namespace: &str,
+    secret_name: &str,
+) -> Result<Vec<(&'static str, String)>, String> {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use k8s_openapi::api::core::v1::Secret;
+
+    let names = [
+        service.to_string(),
+        format!("{service}.{namespace}"),
+        format!("{service}.{namespace}.svc"),
+        format!("{service}.{namespace}.svc.cluster.local"),
+    ];
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let serving = ca
+        .server(&names[2], &name_refs)
+        .map_err(|e| format!("cannot issue the serving certificate: {e}"))?;
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(secret_name.into()),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(
+            [
+                ("tls.crt", &serving.cert),
+                ("tls.key", &serving.key),
+                ("ca.crt", &ca.cert_pem()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), ByteString(v.clone().into_bytes())))
+            .collect(),
+        ),
+        ..Default::default()
+    };
+    let mut webhook: MutatingWebhookConfiguration = serde_yaml_ng::from_str(WEBHOOK_MANIFEST)
+        .map_err(|e| format!("the embedded webhook manifest does not parse: {e}"))?;
+    for w in webhook.webhooks.iter_mut().flatten() {
+        w.client_config.ca_bundle = Some(ByteString(ca.cert_pem().into_bytes()));
+        if let Some(svc) = w.client_config.service.as_mut() {
+            svc.name = service.into();
+            svc.namespace = namespace.into();
+        }
+    }
+    Ok(vec![
+        ("ca.crt", ca.cert_pem()),
+        ("ca.key", ca.key_pem()),
+        ("tls.crt", serving.cert.clone()),
+        ("tls.key", serving.key.clone()),
+        ("tls-secret.yaml", to_yaml(&secret)?),
+        ("mutatingwebhookconfiguration.yaml", to_yaml(&webhook)?),
+    ])
+}
+
+fn to_yaml<T: serde::Serialize>(v: &T) -> Result<String, String> {
+    serde_yaml_ng::to_string(v).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +185,34 @@ mod tests {
         assert!(s.cert.contains("BEGIN CERTIFICATE") && s.key.contains("PRIVATE KEY"));
         let c = ca.client("admin", &["system:masters"]).unwrap();
         assert!(c.cert.contains("BEGIN CERTIFICATE"));
+        let again = Ca::from_pem(&ca.cert_pem(), &ca.key_pem(), Duration::from_secs(60)).unwrap();
+        assert!(again.server("w", &["w.ns.svc"]).is_ok());
+        assert_eq!(
+            again.cert_pem(),
+            ca.cert_pem(),
+            "the same CA, so caBundle need not change"
+        );
+    }
+
+    #[test]
+    fn webhook_files_fill_in_the_ca_bundle_and_the_service() {
+        use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+        use k8s_openapi::api::core::v1::Secret;
+        let ca = Ca::new("ca", Duration::from_secs(86400)).unwrap();
+        let files = webhook_files(&ca, "smi", "infra", "smi-tls").unwrap();
+        let get = |n: &str| files.iter().find(|(f, _)| *f == n).unwrap().1.clone();
+        let w: MutatingWebhookConfiguration =
+            serde_yaml_ng::from_str(&get("mutatingwebhookconfiguration.yaml")).unwrap();
+        let cc = &w.webhooks.as_ref().unwrap()[0].client_config;
+        assert_eq!(cc.ca_bundle.as_ref().unwrap().0, ca.cert_pem().into_bytes());
+        let svc = cc.service.as_ref().unwrap();
+        assert_eq!(
+            (svc.name.as_str(), svc.namespace.as_str()),
+            ("smi", "infra")
+        );
+        let s: Secret = serde_yaml_ng::from_str(&get("tls-secret.yaml")).unwrap();
+        assert_eq!(s.type_.as_deref(), Some("kubernetes.io/tls"));
+        assert_eq!(s.metadata.namespace.as_deref(), Some("infra"));
+        assert!(s.data.unwrap().contains_key("tls.key"));
     }
 }

@@ -258,6 +258,50 @@ async fn installed_from_manifests_it_works_with_only_its_serviceaccount_rights()
         .unwrap();
     assert_eq!(managed.items.len(), 2, "the dry run wrote nothing");
 
+    // `sm-injector certs` writes a TLS Secret and a webhook configuration that
+    // the API server accepts (server-side dry run).
+    let out = bed.dir.join("certs-out");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_sm-injector"))
+        .args(["certs", "--out-dir"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let applied = kubectl(
+        bed,
+        &[
+            "apply",
+            "--dry-run=server",
+            "-f",
+            &out.join("tls-secret.yaml").display().to_string(),
+        ],
+        None,
+    )
+    .expect("the generated Secret validates");
+    assert!(
+        applied.contains("secret/sm-injector-tls created (server dry run)"),
+        "{applied}"
+    );
+    // The live configuration was pointed at a URL above: check the generated one
+    // as a dry-run create under another name.
+    let mut generated: k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration =
+        serde_yaml_ng::from_str(
+            &std::fs::read_to_string(out.join("mutatingwebhookconfiguration.yaml")).unwrap(),
+        )
+        .unwrap();
+    generated.metadata.name = Some("sm-injector-generated".into());
+    let created = Api::all(client.clone())
+        .create(&dry, &generated)
+        .await
+        .expect("the generated webhook configuration validates");
+    let cc = &created.webhooks.unwrap()[0].client_config;
+    assert_eq!(
+        cc.ca_bundle.as_ref().unwrap().0,
+        std::fs::read(out.join("ca.crt")).unwrap()
+    );
+    assert_eq!(cc.service.as_ref().unwrap().name, "sm-injector");
+
     // The Deployment's pods pass the namespace's restricted Pod Security level.
     eventually(
         Duration::from_secs(60),

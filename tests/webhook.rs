@@ -977,3 +977,62 @@ async fn malformed_and_oversized_bodies_get_400_and_the_server_keeps_serving() {
     );
     inj.stop(&client).await;
 }
+
+/// The certificate the webhook serves now (DER).
+async fn served_certificate(bed: &TestBed, port: u16) -> Vec<u8> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(bed.ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn rotated_certificate_files_are_served_without_a_restart() {
+    let (bed, client, ns, inj) = setup("rotate-tls").await;
+    let before = served_certificate(bed, inj.port).await;
+    // A half-written pair (new certificate, old key) is not loaded.
+    let next = bed.serving_cert();
+    std::fs::write(inj.dir.join("tls.crt"), &next.cert).unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(served_certificate(bed, inj.port).await, before);
+    std::fs::write(inj.dir.join("tls.key"), &next.key).unwrap();
+    let after = eventually(
+        Duration::from_secs(10),
+        "the new certificate to be served",
+        || async {
+            let now = served_certificate(bed, inj.port).await;
+            (now != before).then_some(now)
+        },
+    )
+    .await;
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let expected = CertificateDer::from_pem_slice(next.cert.as_bytes()).unwrap();
+    assert_eq!(after, expected.to_vec());
+    // The API server still reaches it.
+    put_secret(bed, &format!("{ns}/s"), r#"{"k":"v"}"#).await;
+    create_one(
+        &client,
+        &ns,
+        "after-rotation",
+        json!({"sm-injector.io/env.K": format!("{ns}/s#k")}),
+    )
+    .await
+    .unwrap();
+    inj.stop(&client).await;
+}

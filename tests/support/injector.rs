@@ -21,6 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::{TestBed, eventually};
 
 pub struct Injector {
+    /// Holds tls.crt and tls.key, reloaded when they change.
+    pub dir: std::path::PathBuf,
     pub port: u16,
     pub probe_port: u16,
     pub config_name: String,
@@ -147,6 +149,7 @@ pub async fn start(bed: &TestBed, namespaces: &[&str], opts: Options) -> Injecto
     .await;
 
     Injector {
+        dir,
         port,
         probe_port,
         config_name,
