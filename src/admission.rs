@@ -8,6 +8,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 
 use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
+use crate::policy::AccessRule;
 use crate::source::CachedSource;
 use crate::sync::Syncer;
 use crate::{annotations, patch, plan};
@@ -46,6 +47,54 @@ fn unchanged(req: &AdmissionRequest<Pod>) -> Answer {
     Answer {
         response: AdmissionResponse::from(req),
         outcome: "unchanged",
+    }
+}
+
+/// What a pod asks for, decided.
+pub enum Planned {
+    /// No `sm-injector.io/` input annotation: the pod is left as it is.
+    Nothing,
+    Denied(Vec<String>),
+    Plan {
+        plan: plan::Plan,
+        targets: Vec<patch::Target>,
+    },
+}
+
+/// Everything from a pod to its plan, shared by the webhook and `render`: read
+/// the annotations, select containers, apply the namespace's access rule (from
+/// `rule`, awaited only when the pod asks for something), fetch the secrets, and
+/// check their contents.
+pub async fn plan_pod(
+    pod: &Pod,
+    rule: impl std::future::Future<Output = Result<AccessRule, String>>,
+    source: &CachedSource,
+    settings: &Settings,
+) -> Planned {
+    let empty = Default::default();
+    let anns = pod.metadata.annotations.as_ref().unwrap_or(&empty);
+    let inj = match annotations::parse(anns, settings.min_refresh) {
+        Ok(None) => return Planned::Nothing,
+        Ok(Some(i)) => i,
+        Err(errors) => return Planned::Denied(errors.iter().map(ToString::to_string).collect()),
+    };
+    let targets = match patch::select(pod, inj.containers.as_deref()) {
+        Ok(t) => t,
+        Err(e) => return Planned::Denied(vec![e]),
+    };
+    let rule = match rule.await {
+        Ok(r) => r,
+        Err(e) => return Planned::Denied(vec![e]),
+    };
+    let denials = plan::precheck(&inj, &rule);
+    if !denials.is_empty() {
+        return Planned::Denied(denials);
+    }
+    let keys = plan::fetch_keys(&inj);
+    let results = source.get_many(&keys, settings.aws_deadline).await;
+    match plan::resolve(&inj, &rule, &results) {
+        Ok(plan) => Planned::Plan { plan, targets },
+        Err(e) => Planned::Denied(e),
     }
 }
 
@@ -92,33 +141,17 @@ impl Webhook {
         else {
             return deny(req, vec!["the request names no namespace".into()]);
         };
-        let empty = Default::default();
-        let anns = pod.metadata.annotations.as_ref().unwrap_or(&empty);
-        let inj = match annotations::parse(anns, self.settings.min_refresh) {
-            Ok(None) => return unchanged(req),
-            Ok(Some(i)) => i,
-            Err(errors) => return deny(req, errors.iter().map(ToString::to_string).collect()),
-        };
-        let targets = match patch::select(pod, inj.containers.as_deref()) {
-            Ok(t) => t,
-            Err(e) => return deny(req, vec![e]),
-        };
-        let rule = match self.namespaces.rule(namespace).await {
-            Ok(r) => r,
-            Err(e) => return deny(req, vec![e]),
-        };
-        let denials = plan::precheck(&inj, &rule);
-        if !denials.is_empty() {
-            return deny(req, denials);
-        }
-        let keys = plan::fetch_keys(&inj);
-        let results = self
-            .source
-            .get_many(&keys, self.settings.aws_deadline)
-            .await;
-        let plan = match plan::resolve(&inj, &rule, &results) {
-            Ok(p) => p,
-            Err(e) => return deny(req, e),
+        let (plan, targets) = match plan_pod(
+            pod,
+            self.namespaces.rule(namespace),
+            &self.source,
+            &self.settings,
+        )
+        .await
+        {
+            Planned::Nothing => return unchanged(req),
+            Planned::Denied(reasons) => return deny(req, reasons),
+            Planned::Plan { plan, targets } => (plan, targets),
         };
         let mut warnings = match self.syncer.ensure(namespace, &plan, req.dry_run).await {
             Ok(w) => w,
