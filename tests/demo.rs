@@ -1,12 +1,13 @@
 //! The demo (`./examples/demo.sh`, also run by `./tests/run`): sm-injector doing its
 //! main job end to end on a local control plane, with moto as Secrets Manager.
 //!
-//! It creates the seed's secrets, runs `sm-injector serve` as its own process
-//! (configured as in a cluster: KUBECONFIG and the AWS chain with
-//! AWS_ENDPOINT_URL_SECRETS_MANAGER), registers it as a MutatingWebhook,
-//! applies `examples/deployment.yaml` with kubectl, and prints each pod's
-//! resolved environment with the values masked. It fails if a value differs
-//! from what Secrets Manager holds.
+//! It creates the seed's secrets, installs sm-injector from `manifests/` with
+//! kubectl and runs the binary on this host as its ServiceAccount (configured as
+//! in a cluster: a kubeconfig, and the AWS chain with
+//! AWS_ENDPOINT_URL_SECRETS_MANAGER), reached by URL; applies
+//! `examples/deployment.yaml` with kubectl; and prints each pod's resolved
+//! environment with the values masked. It fails if a value differs from what
+//! Secrets Manager holds or appears in a pod spec.
 
 mod support;
 
@@ -27,22 +28,6 @@ fn mask(v: &[u8]) -> String {
         h[2],
         h[3]
     )
-}
-
-fn kubectl(bed: &support::TestBed, args: &[&str], stdin: Option<&str>) -> String {
-    use std::io::Write;
-    let mut cmd = bed.kubectl();
-    cmd.args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped());
-    let mut child = cmd.spawn().expect("kubectl");
-    if let Some(s) = stdin {
-        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "kubectl {args:?} failed");
-    String::from_utf8_lossy(&out.stdout).into()
 }
 
 #[tokio::main]
@@ -81,18 +66,15 @@ async fn main() {
         secrets.map(|s| s.0).join(", ")
     );
 
-    let server = support::serve_process(
-        bed,
-        std::path::Path::new(env!("CARGO_BIN_EXE_sm-injector")),
-        "sm-injector",
-        &[],
-    )
-    .await;
-    let port = server.port;
-
-    kubectl(bed, &["create", "namespace", "arrakis"], None);
-    kubectl(
-        bed,
+    let installed = support::install::from_manifests(bed).await;
+    println!(
+        "3. kubectl apply -k manifests/; sm-injector runs on this host as system:serviceaccount:sm-injector:sm-injector \
+         (a TokenRequest token, so with only its ClusterRole's rights), and the webhook's clientConfig points at https://127.0.0.1:{}/mutate",
+        installed.port
+    );
+    bed.kubectl_run(&["create", "namespace", "arrakis"], None)
+        .unwrap();
+    bed.kubectl_run(
         &[
             "label",
             "namespace",
@@ -100,21 +82,8 @@ async fn main() {
             "sm-injector.io/inject=enabled",
         ],
         None,
-    );
-    let config = format!(
-        r#"{{"apiVersion":"admissionregistration.k8s.io/v1","kind":"MutatingWebhookConfiguration",
-  "metadata":{{"name":"sm-injector"}},
-  "webhooks":[{{"name":"pods.sm-injector.io","admissionReviewVersions":["v1"],"sideEffects":"NoneOnDryRun",
-    "failurePolicy":"Fail","reinvocationPolicy":"IfNeeded","timeoutSeconds":10,
-    "clientConfig":{{"url":"https://127.0.0.1:{port}/mutate","caBundle":"{}"}},
-    "rules":[{{"operations":["CREATE"],"apiGroups":[""],"apiVersions":["v1"],"resources":["pods"]}}],
-    "namespaceSelector":{{"matchLabels":{{"sm-injector.io/inject":"enabled"}}}}}}]}}"#,
-        bed.ca_bundle_b64()
-    );
-    kubectl(bed, &["apply", "-f", "-"], Some(&config));
-    println!(
-        "3. sm-injector is serving on https://127.0.0.1:{port}/mutate for namespaces labelled sm-injector.io/inject=enabled"
-    );
+    )
+    .unwrap();
 
     // The API server picks the configuration up through an informer.
     let client = bed.client().await;
@@ -145,7 +114,8 @@ async fn main() {
     .await;
     print!(
         "4. kubectl apply -f examples/deployment.yaml: {}",
-        kubectl(bed, &["apply", "-f", "-"], Some(&deployment))
+        bed.kubectl_run(&["apply", "-f", "-"], Some(&deployment))
+            .unwrap()
     );
 
     let list = support::eventually(Duration::from_secs(60), "two pods", || async {

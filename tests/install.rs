@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -19,116 +18,25 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::{TestBed, eventually, namespace, testbed};
 
+fn kubectl(bed: &TestBed, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+    bed.kubectl_run(args, stdin)
+}
+
 const SA: &str = "system:serviceaccount:sm-injector:sm-injector";
 
-fn kubectl(bed: &TestBed, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-    use std::io::Write;
-    let mut child = bed
-        .kubectl()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl");
-    let mut input = child.stdin.take().unwrap();
-    if let Some(s) = stdin {
-        input.write_all(s.as_bytes()).unwrap();
-    }
-    drop(input);
-    let out = child.wait_with_output().unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into())
-    }
-}
-
-struct Installed {
-    /// A kubeconfig with sm-injector's ServiceAccount token.
-    sa_kubeconfig: PathBuf,
-    port: u16,
-}
-
-static INSTALLED: OnceLock<Installed> = OnceLock::new();
+static INSTALLED: OnceLock<support::install::Installed> = OnceLock::new();
 /// Held while installing, so that concurrent tests install once.
 static INSTALLING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Applies manifests/ once for this test binary and starts sm-injector as its
 /// ServiceAccount. Blocking calls are fine here: the webhook runs out of process.
-async fn installed() -> &'static Installed {
+async fn installed() -> &'static support::install::Installed {
     let _guard = INSTALLING.lock().await;
     if let Some(i) = INSTALLED.get() {
         return i;
     }
-    let bed = testbed();
-    let manifests = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests");
-    let applied =
-        kubectl(bed, &["apply", "-k", manifests], None).expect("kubectl apply -k manifests/");
-    for kind in [
-        "namespace/sm-injector",
-        "serviceaccount/sm-injector",
-        "clusterrole.rbac.authorization.k8s.io/sm-injector",
-        "clusterrolebinding.rbac.authorization.k8s.io/sm-injector",
-        "deployment.apps/sm-injector",
-        "poddisruptionbudget.policy/sm-injector",
-        "service/sm-injector",
-        "networkpolicy.networking.k8s.io/sm-injector",
-        "mutatingwebhookconfiguration.admissionregistration.k8s.io/sm-injector",
-        "validatingadmissionpolicy.admissionregistration.k8s.io/sm-injector-managed-secrets",
-        "validatingadmissionpolicybinding.admissionregistration.k8s.io/sm-injector-managed-secrets",
-    ] {
-        assert!(applied.contains(kind), "{kind} not in {applied}");
-    }
-
-    let token = kubectl(
-        bed,
-        &[
-            "-n",
-            "sm-injector",
-            "create",
-            "token",
-            "sm-injector",
-            "--duration=2h",
-        ],
-        None,
-    )
-    .expect("TokenRequest for the ServiceAccount");
-    let sa_kubeconfig = bed.dir.join("sm-injector-sa.kubeconfig");
-    std::fs::write(
-        &sa_kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: sa\n  user:\n    token: {}\ncontexts:\n- name: test\n  context: {{cluster: test, user: sa}}\ncurrent-context: test\n",
-            bed.apiserver,
-            bed.dir.join("pki/ca.crt").display(),
-            token.trim()
-        ),
-    )
-    .unwrap();
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_sm-injector"));
-    let server =
-        support::serve_process_as(bed, binary, "sm-injector-sa", &sa_kubeconfig, &[]).await;
-    let patch = json!([{"op": "replace", "path": "/webhooks/0/clientConfig", "value": {
-        "url": format!("https://127.0.0.1:{}/mutate", server.port),
-        "caBundle": bed.ca_bundle_b64()
-    }}]);
-    kubectl(
-        bed,
-        &[
-            "patch",
-            "mutatingwebhookconfiguration",
-            "sm-injector",
-            "--type=json",
-            "-p",
-            &patch.to_string(),
-        ],
-        None,
-    )
-    .unwrap();
-    let _ = INSTALLED.set(Installed {
-        sa_kubeconfig,
-        port: server.port,
-    });
+    let installed = support::install::from_manifests(testbed()).await;
+    let _ = INSTALLED.set(installed);
     INSTALLED.get().unwrap()
 }
 

@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod injector;
+pub mod install;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -567,6 +568,30 @@ impl TestBed {
     pub fn ca_bundle_b64(&self) -> String {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(&self.ca_pem)
+    }
+
+    /// Runs kubectl with `args` (and `stdin`): its stdout, or its stderr on failure.
+    pub fn kubectl_run(&self, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+        use std::io::Write;
+        let mut child = self
+            .kubectl()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl");
+        let mut input = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            input.write_all(s.as_bytes()).unwrap();
+        }
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into())
+        }
     }
 
     /// A kubectl command against the test cluster.
