@@ -1125,3 +1125,79 @@ async fn render_gives_the_same_pod_as_the_webhook() {
     assert_eq!(ours(&stored)["volumes"].as_array().unwrap().len(), 2);
     inj.stop(&client).await;
 }
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn shutdown_drains_in_flight_admissions() {
+    let bed = testbed();
+    let client = bed.client().await;
+    let ns = namespace(&client, "drain", &[INJECT]).await;
+    // A Secrets Manager that accepts connections and never answers keeps an
+    // admission in flight until the AWS deadline (2 s).
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_port = hole.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = vec![];
+        while let Ok((s, _)) = hole.accept().await {
+            held.push(s);
+        }
+    });
+    let mut inj = injector::start(
+        bed,
+        &[&ns],
+        Options {
+            aws_endpoint: Some(format!("http://127.0.0.1:{hole_port}")),
+            aws_deadline: Duration::from_secs(2),
+            ..Default::default()
+        },
+    )
+    .await;
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "drain-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "operation": "CREATE", "userInfo": {}, "namespace": ns,
+            "object": {"metadata": {"name": "p", "annotations": {"sm-injector.io/env.X": format!("{ns}/x#k")}},
+                       "spec": {"containers": [{"name": "c"}]}}
+        }
+    });
+    let started = std::time::Instant::now();
+    let curl = tokio::process::Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(bed.dir.join("pki/ca.crt"))
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "-w",
+            "\n%{http_code}",
+            "--data-binary",
+        ])
+        .arg(review.to_string())
+        .arg(format!("https://127.0.0.1:{}/mutate", inj.port))
+        .output();
+    let (out, _) = tokio::join!(curl, async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        inj.begin_shutdown();
+    });
+    let out = String::from_utf8_lossy(&out.unwrap().stdout).to_string();
+    assert!(
+        out.ends_with("\n200"),
+        "the in-flight admission was answered: {out}"
+    );
+    assert!(
+        out.contains("Secrets Manager could not be reached"),
+        "{out}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "it waited for the AWS deadline"
+    );
+    eventually(Duration::from_secs(10), "the server to stop", || async {
+        inj.finished().then_some(())
+    })
+    .await;
+    let refused = tokio::net::TcpStream::connect(("127.0.0.1", inj.port)).await;
+    assert!(refused.is_err(), "no new connections after shutdown");
+    inj.stop(&client).await;
+}

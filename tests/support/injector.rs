@@ -160,6 +160,18 @@ pub async fn start(bed: &TestBed, namespaces: &[&str], opts: Options) -> Injecto
 }
 
 impl Injector {
+    /// Signals shutdown (as SIGTERM does in the binary) without waiting.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+
+    /// True once the server has stopped.
+    pub fn finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
     /// Unregisters the webhook and stops the server.
     pub async fn stop(mut self, client: &kube::Client) {
         Api::<MutatingWebhookConfiguration>::all(client.clone())
