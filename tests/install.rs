@@ -40,17 +40,6 @@ async fn installed() -> &'static support::install::Installed {
     INSTALLED.get().unwrap()
 }
 
-async fn put_secret(bed: &TestBed, name: &str, value: &str) {
-    bed.aws()
-        .await
-        .create_secret()
-        .name(name)
-        .secret_string(value)
-        .send()
-        .await
-        .unwrap();
-}
-
 fn pod(name: &str, annotations: serde_json::Value) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "annotations": annotations},
@@ -91,13 +80,13 @@ async fn installed_from_manifests_it_works_with_only_its_serviceaccount_rights()
         &[("sm-injector.io/inject", "enabled")],
     )
     .await;
-    put_secret(
-        bed,
+    bed.put_secret(
         &format!("{ns}/db"),
         r#"{"url":"postgres://x","password":"pw"}"#,
     )
     .await;
-    put_secret(bed, &format!("{ns}/redis"), r#"{"HOST":"r"}"#).await;
+    bed.put_secret(&format!("{ns}/redis"), r#"{"HOST":"r"}"#)
+        .await;
 
     // The main scenarios, with sm-injector holding only the ClusterRole's rights.
     let p = create_pod(
@@ -149,7 +138,7 @@ async fn installed_from_manifests_it_works_with_only_its_serviceaccount_rights()
         dry_run: true,
         ..Default::default()
     };
-    put_secret(bed, &format!("{ns}/dry"), r#"{"k":"v"}"#).await;
+    bed.put_secret(&format!("{ns}/dry"), r#"{"k":"v"}"#).await;
     Api::<Pod>::namespaced(client.clone(), &ns)
         .create(
             &dry,
@@ -332,7 +321,8 @@ async fn tenants_cannot_change_managed_secrets_but_namespaces_still_delete() {
     let bed = testbed();
     let admin = bed.client().await;
     let ns = namespace(&admin, "tenant", &[("sm-injector.io/inject", "enabled")]).await;
-    put_secret(bed, &format!("{ns}/db"), r#"{"pw":"real"}"#).await;
+    bed.put_secret(&format!("{ns}/db"), r#"{"pw":"real"}"#)
+        .await;
     create_pod(
         &admin,
         &ns,

@@ -18,19 +18,6 @@ use support::{TestBed, eventually, namespace, namespace_with, testbed};
 const INJECT: (&str, &str) = ("sm-injector.io/inject", "enabled");
 const MANAGED: &str = "app.kubernetes.io/managed-by=sm-injector";
 
-async fn put_secret(bed: &TestBed, name: &str, value: &str) -> String {
-    let out = bed
-        .aws()
-        .await
-        .create_secret()
-        .name(name)
-        .secret_string(value)
-        .send()
-        .await
-        .unwrap();
-    out.arn().unwrap().to_string()
-}
-
 fn pod(name: &str, annotations: Value, containers: Value) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "annotations": annotations},
@@ -152,20 +139,17 @@ async fn setup(prefix: &str) -> (&'static TestBed, kube::Client, String, Injecto
 #[ignore = "needs the test bed: run ./tests/run"]
 async fn seed_example_deployment_resolves_to_the_values_in_secrets_manager() {
     let (bed, client, ns, inj) = setup("arrakis").await;
-    put_secret(
-        bed,
+    bed.put_secret(
         &format!("{ns}/discord"),
         r#"{"bot_token":"tok-123","application_id":987654321}"#,
     )
     .await;
-    put_secret(
-        bed,
+    bed.put_secret(
         &format!("{ns}/postgres"),
         r#"{"url":"postgres://app:pw@db:5432/app"}"#,
     )
     .await;
-    put_secret(
-        bed,
+    bed.put_secret(
         &format!("{ns}/redis"),
         r#"{"HOST":"redis.internal","PORT":6379}"#,
     )
@@ -341,8 +325,8 @@ async fn bad_annotations_are_denied_naming_the_annotation() {
 #[ignore = "needs the test bed: run ./tests/run"]
 async fn secret_problems_are_denied_with_the_reason() {
     let (bed, client, ns, inj) = setup("bad-secret").await;
-    put_secret(bed, &format!("{ns}/json"), r#"{"k":"v"}"#).await;
-    put_secret(bed, &format!("{ns}/plain"), "not json").await;
+    bed.put_secret(&format!("{ns}/json"), r#"{"k":"v"}"#).await;
+    bed.put_secret(&format!("{ns}/plain"), "not json").await;
     let nope = format!("secret \"{ns}/nope\" not found in Secrets Manager");
     let nokey = format!("secret \"{ns}/json\" has no top-level key \"other\"");
     let cases: Vec<(Value, Vec<&str>)> = vec![
@@ -390,7 +374,9 @@ async fn access_rule_denies_other_namespaces_secrets_by_name_and_by_arn() {
     let ns = namespace(&client, "tenant-a", &[INJECT]).await;
     let other = namespace(&client, "tenant-b", &[INJECT]).await;
     let inj = injector::start(bed, &[&ns, &other], Options::default()).await;
-    let arn = put_secret(bed, &format!("{other}/db"), r#"{"password":"b-secret"}"#).await;
+    let arn = bed
+        .put_secret(&format!("{other}/db"), r#"{"password":"b-secret"}"#)
+        .await;
 
     let msg = create_one(
         &client,
@@ -464,9 +450,12 @@ async fn namespace_annotation_widens_and_narrows_access() {
     )
     .await;
     let inj = injector::start(bed, &[&wide, &narrow], Options::default()).await;
-    put_secret(bed, &format!("{shared}/smtp"), r#"{"password":"smtp-pw"}"#).await;
-    put_secret(bed, &format!("{narrow}/only"), r#"{"k":"only-v"}"#).await;
-    put_secret(bed, &format!("{narrow}/other"), r#"{"k":"other-v"}"#).await;
+    bed.put_secret(&format!("{shared}/smtp"), r#"{"password":"smtp-pw"}"#)
+        .await;
+    bed.put_secret(&format!("{narrow}/only"), r#"{"k":"only-v"}"#)
+        .await;
+    bed.put_secret(&format!("{narrow}/other"), r#"{"k":"other-v"}"#)
+        .await;
 
     let p = create_one(
         &client,
@@ -509,7 +498,8 @@ async fn namespace_annotation_widens_and_narrows_access() {
 async fn pinned_stage_binary_secret_and_env_from_with_and_without_prefix() {
     let (bed, client, ns, inj) = setup("shapes").await;
     let sm = bed.aws().await;
-    put_secret(bed, &format!("{ns}/rot"), r#"{"pw":"one"}"#).await;
+    bed.put_secret(&format!("{ns}/rot"), r#"{"pw":"one"}"#)
+        .await;
     sm.put_secret_value()
         .secret_id(format!("{ns}/rot"))
         .secret_string(r#"{"pw":"two"}"#)
@@ -523,14 +513,14 @@ async fn pinned_stage_binary_secret_and_env_from_with_and_without_prefix() {
         .send()
         .await
         .unwrap();
-    put_secret(
-        bed,
+    bed.put_secret(
         &format!("{ns}/app"),
         r#"{"HOST":"h","PORT":5432,"TLS":true}"#,
     )
     .await;
-    put_secret(bed, &format!("{ns}/db"), r#"{"USER":"u","PASSWORD":"p"}"#).await;
-    put_secret(bed, &format!("{ns}/cfg"), r#"{"a":1}"#).await;
+    bed.put_secret(&format!("{ns}/db"), r#"{"USER":"u","PASSWORD":"p"}"#)
+        .await;
+    bed.put_secret(&format!("{ns}/cfg"), r#"{"a":1}"#).await;
 
     let p = create_one(
         &client,
@@ -577,7 +567,7 @@ async fn pinned_stage_binary_secret_and_env_from_with_and_without_prefix() {
 #[ignore = "needs the test bed: run ./tests/run"]
 async fn containers_annotation_restricts_injection() {
     let (bed, client, ns, inj) = setup("select").await;
-    put_secret(bed, &format!("{ns}/s"), r#"{"k":"v"}"#).await;
+    bed.put_secret(&format!("{ns}/s"), r#"{"k":"v"}"#).await;
     let p = create(
         &client,
         &ns,
@@ -612,7 +602,7 @@ async fn pods_without_annotations_and_namespaces_without_the_label_are_untouched
     let on = namespace(&client, "labelled", &[INJECT]).await;
     let off = namespace(&client, "unlabelled", &[]).await;
     let inj = injector::start(bed, &[&on, &off], Options::default()).await;
-    put_secret(bed, &format!("{off}/s"), r#"{"k":"v"}"#).await;
+    bed.put_secret(&format!("{off}/s"), r#"{"k":"v"}"#).await;
 
     let plain = create(
         &client,
@@ -651,7 +641,8 @@ async fn pods_without_annotations_and_namespaces_without_the_label_are_untouched
 #[ignore = "needs the test bed: run ./tests/run"]
 async fn explicit_env_is_kept_with_a_warning_and_dry_run_writes_nothing() {
     let (bed, client, ns, inj) = setup("warn").await;
-    put_secret(bed, &format!("{ns}/s"), r#"{"k":"from-sm","j":"jj"}"#).await;
+    bed.put_secret(&format!("{ns}/s"), r#"{"k":"from-sm","j":"jj"}"#)
+        .await;
     let p = pod(
         "dry",
         json!({
@@ -697,7 +688,8 @@ async fn explicit_env_is_kept_with_a_warning_and_dry_run_writes_nothing() {
 #[ignore = "needs the test bed: run ./tests/run"]
 async fn reinvocation_on_its_own_output_adds_no_duplicates() {
     let (bed, client, ns, inj) = setup("reinvoke").await;
-    put_secret(bed, &format!("{ns}/s"), r#"{"k":"v","HOST":"h"}"#).await;
+    bed.put_secret(&format!("{ns}/s"), r#"{"k":"v","HOST":"h"}"#)
+        .await;
     // A second webhook that runs after sm-injector and changes the pod makes the
     // API server call sm-injector again (reinvocationPolicy: IfNeeded).
     let marker = format!("zz-marker-{ns}");
@@ -763,8 +755,10 @@ async fn reinvocation_on_its_own_output_adds_no_duplicates() {
 #[ignore = "needs the test bed: run ./tests/run"]
 async fn secrets_manager_outage_serves_existing_secrets_with_a_warning_else_denies() {
     let (bed, client, ns, inj) = setup("outage").await;
-    put_secret(bed, &format!("{ns}/db"), r#"{"pw":"before-outage"}"#).await;
-    put_secret(bed, &format!("{ns}/new"), r#"{"pw":"never-fetched"}"#).await;
+    bed.put_secret(&format!("{ns}/db"), r#"{"pw":"before-outage"}"#)
+        .await;
+    bed.put_secret(&format!("{ns}/new"), r#"{"pw":"never-fetched"}"#)
+        .await;
     create_one(
         &client,
         &ns,
@@ -843,9 +837,9 @@ async fn secrets_manager_outage_serves_existing_secrets_with_a_warning_else_deni
 #[ignore = "needs the test bed: run ./tests/run"]
 async fn twenty_pods_at_once_cost_one_secrets_manager_read_and_one_write_per_secret() {
     let (bed, client, ns, inj) = setup("burst").await;
-    put_secret(bed, &format!("{ns}/a"), r#"{"k":"a"}"#).await;
-    put_secret(bed, &format!("{ns}/b"), r#"{"k":"b"}"#).await;
-    put_secret(bed, &format!("{ns}/c"), "whole").await;
+    bed.put_secret(&format!("{ns}/a"), r#"{"k":"a"}"#).await;
+    bed.put_secret(&format!("{ns}/b"), r#"{"k":"b"}"#).await;
+    bed.put_secret(&format!("{ns}/c"), "whole").await;
     let anns = json!({
         "sm-injector.io/env.A": format!("{ns}/a#k"),
         "sm-injector.io/env.B": format!("{ns}/b#k"),
@@ -961,7 +955,7 @@ async fn malformed_and_oversized_bodies_get_400_and_the_server_keeps_serving() {
     assert!(out.contains("length limit"), "{out}");
 
     // Still serving: a pod goes through.
-    put_secret(bed, &format!("{ns}/s"), r#"{"k":"v"}"#).await;
+    bed.put_secret(&format!("{ns}/s"), r#"{"k":"v"}"#).await;
     create_one(
         &client,
         &ns,
@@ -1025,7 +1019,7 @@ async fn rotated_certificate_files_are_served_without_a_restart() {
     let expected = CertificateDer::from_pem_slice(next.cert.as_bytes()).unwrap();
     assert_eq!(after, expected.to_vec());
     // The API server still reaches it.
-    put_secret(bed, &format!("{ns}/s"), r#"{"k":"v"}"#).await;
+    bed.put_secret(&format!("{ns}/s"), r#"{"k":"v"}"#).await;
     create_one(
         &client,
         &ns,
@@ -1041,13 +1035,9 @@ async fn rotated_certificate_files_are_served_without_a_restart() {
 #[ignore = "needs the test bed: run ./tests/run"]
 async fn render_gives_the_same_pod_as_the_webhook() {
     let (bed, client, ns, inj) = setup("render-same").await;
-    put_secret(
-        bed,
-        &format!("{ns}/db"),
-        r#"{"url":"postgres://x","port":5432}"#,
-    )
-    .await;
-    put_secret(bed, &format!("{ns}/whole"), "plain").await;
+    bed.put_secret(&format!("{ns}/db"), r#"{"url":"postgres://x","port":5432}"#)
+        .await;
+    bed.put_secret(&format!("{ns}/whole"), "plain").await;
     let p = pod(
         "same",
         json!({

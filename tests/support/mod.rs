@@ -556,6 +556,20 @@ impl TestBed {
         aws_sdk_secretsmanager::Client::new(&self.aws_config().await)
     }
 
+    /// Creates a secret with a SecretString in moto; returns its ARN.
+    pub async fn put_secret(&self, name: &str, value: &str) -> String {
+        let out = self
+            .aws()
+            .await
+            .create_secret()
+            .name(name)
+            .secret_string(value)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("CreateSecret {name}: {e:?}"));
+        out.arn().unwrap().to_string()
+    }
+
     /// A serving certificate for 127.0.0.1 signed by the cluster CA.
     pub fn serving_cert(&self) -> Pem {
         self.ca
