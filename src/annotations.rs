@@ -24,8 +24,6 @@ pub const OUTPUT_KEYS: &[&str] = &[INJECTED, ROTATED_VERSIONS];
 
 /// Namespace annotation of SPEC section 4.
 pub const ALLOWED_SECRETS: &str = "sm-injector.io/allowed-secrets";
-/// Namespace label of SPEC section 1.
-pub const INJECT_LABEL: &str = "sm-injector.io/inject";
 
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(3600);
 

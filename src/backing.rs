@@ -39,6 +39,14 @@ pub enum Form {
 }
 
 impl Form {
+    pub fn parse(s: &str) -> Option<Form> {
+        match s {
+            "keys" => Some(Form::Keys),
+            "raw" => Some(Form::Raw),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Form::Keys => "keys",

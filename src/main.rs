@@ -216,6 +216,26 @@ struct ServeArgs {
     /// Log as JSON lines.
     #[arg(long, env = "SM_INJECTOR_LOG_JSON")]
     log_json: bool,
+    /// How often the refresher (on the replica holding the Lease) looks for
+    /// backing Secrets whose refresh-interval has passed.
+    #[arg(long, env = "SM_INJECTOR_REFRESH_TICK", default_value = "30s", value_parser = humantime::parse_duration)]
+    refresh_tick: Duration,
+    /// The Lease that elects the refresher; in --lease-namespace.
+    #[arg(
+        long,
+        env = "SM_INJECTOR_LEASE_NAME",
+        default_value = "sm-injector-refresher"
+    )]
+    lease_name: String,
+    /// The namespace of the Lease (sm-injector's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "sm-injector")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long the Lease is held without renewal before another replica takes over.
+    #[arg(long, default_value_t = 15)]
+    lease_seconds: u64,
 }
 
 fn init_tracing(json: bool) {
@@ -243,11 +263,40 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await.map_err(|e| {
         anyhow::anyhow!("cannot build a Kubernetes client (in-cluster config or KUBECONFIG): {e}")
     })?;
-    let aws = AwsSource::from_env(metrics.clone()).await;
+    let aws: Arc<dyn sm_injector::source::SecretSource> =
+        Arc::new(AwsSource::from_env(metrics.clone()).await);
+    let namespaces = Namespaces::start(client.clone());
+    let refresher = sm_injector::refresher::Refresher::new(
+        client.clone(),
+        aws.clone(),
+        namespaces.clone(),
+        metrics.clone(),
+    );
+    let identity = a.identity.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "sm-injector".into()),
+            std::process::id()
+        )
+    });
+    let (lease_ns, lease_name, lease_seconds, tick) = (
+        a.lease_namespace.clone(),
+        a.lease_name.clone(),
+        a.lease_seconds,
+        a.refresh_tick,
+    );
+    tokio::spawn(async move {
+        if let Err(e) = refresher
+            .run_with_lease(&lease_ns, &lease_name, identity, lease_seconds, tick)
+            .await
+        {
+            tracing::error!(error = %e, "the refresher stopped; admissions go on");
+        }
+    });
     let webhook = Arc::new(Webhook {
-        source: CachedSource::new(Arc::new(aws), a.cache_ttl, metrics.clone()),
+        source: CachedSource::new(aws, a.cache_ttl, metrics.clone()),
         syncer: Syncer::new(client.clone(), a.cache_ttl, metrics.clone()),
-        namespaces: Namespaces::start(client),
+        namespaces,
         metrics,
         settings: Settings {
             min_refresh: a.min_refresh_interval,

@@ -35,6 +35,7 @@ struct Inner {
     cache_hits: Counter,
     cache_misses: Counter,
     secret_writes: Family<OperationLabels, Counter>,
+    refresh_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -95,6 +96,12 @@ impl Metrics {
             "Writes of backing Secrets to Kubernetes, by operation",
             secret_writes.clone(),
         );
+        let refresh_failures = Counter::default();
+        registry.register(
+            "refresh_failures",
+            "Backing Secret refreshes that failed (Secrets Manager or Kubernetes); the Secret is kept",
+            refresh_failures.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -106,6 +113,7 @@ impl Metrics {
                 cache_hits,
                 cache_misses,
                 secret_writes,
+                refresh_failures,
             }),
         }
     }
@@ -143,6 +151,10 @@ impl Metrics {
             .secret_writes
             .get_or_create(&OperationLabels { operation })
             .inc();
+    }
+
+    pub fn refresh_failure(&self) {
+        self.inner.refresh_failures.inc();
     }
 
     /// The OpenMetrics text exposition.

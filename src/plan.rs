@@ -341,7 +341,10 @@ pub struct Record {
 pub struct RecordEntry {
     pub backing: String,
     pub secret: String,
+    /// [`Version`]'s text: `versionStage=<stage>` or `versionId=<id>`.
     pub version: String,
+    /// `keys` or `raw` ([`Form`]).
+    pub form: String,
 }
 
 impl Plan {
@@ -355,6 +358,7 @@ impl Plan {
                     backing: b.name.clone(),
                     secret: b.secret_name.clone(),
                     version: b.version.to_string(),
+                    form: b.form.as_str().to_string(),
                 })
                 .collect(),
         };

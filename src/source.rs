@@ -336,11 +336,6 @@ impl CachedSource {
         }
         out
     }
-
-    /// Forgets a cached value so that the next lookup asks the source.
-    pub async fn invalidate(&self, key: &FetchKey) {
-        self.cache.invalidate(key).await;
-    }
 }
 
 #[cfg(test)]

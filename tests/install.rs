@@ -199,6 +199,19 @@ async fn installed_from_manifests_it_works_with_only_its_serviceaccount_rights()
     );
     assert_eq!(cc.service.as_ref().unwrap().name, "sm-injector");
 
+    // The refresher runs under its Lease with the ServiceAccount's rights.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "sm-injector");
+    eventually(
+        Duration::from_secs(30),
+        "the refresher to hold its Lease",
+        || async {
+            let l = leases.get_opt("sm-injector-refresher").await.ok()??;
+            l.spec?.holder_identity
+        },
+    )
+    .await;
+
     // The Deployment's pods pass the namespace's restricted Pod Security level.
     eventually(
         Duration::from_secs(60),

@@ -36,6 +36,8 @@ pub struct Options {
     pub aws_endpoint: Option<String>,
     pub aws_deadline: Duration,
     pub cache_ttl: Duration,
+    /// The shortest refresh-interval a pod may ask for.
+    pub min_refresh: Duration,
 }
 
 impl Default for Options {
@@ -44,6 +46,7 @@ impl Default for Options {
             aws_endpoint: None,
             aws_deadline: Duration::from_secs(3),
             cache_ttl: Duration::from_secs(300),
+            min_refresh: Duration::from_secs(60),
         }
     }
 }
@@ -68,7 +71,7 @@ pub async fn start(bed: &TestBed, namespaces: &[&str], opts: Options) -> Injecto
         namespaces: Namespaces::start(client.clone()),
         metrics,
         settings: Settings {
-            min_refresh: Duration::from_secs(60),
+            min_refresh: opts.min_refresh,
             aws_deadline: opts.aws_deadline,
         },
     });

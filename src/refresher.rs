@@ -1,0 +1,358 @@
+//! The background refresher (SPEC sections 5 and 7): keeps backing Secrets on
+//! the version Secrets Manager has now. One replica runs it at a time, chosen
+//! with a Kubernetes Lease; every replica keeps serving admissions.
+//!
+//! The backing Secrets in use are read from the records sm-injector writes on
+//! the pods it mutates ([`crate::annotations::INJECTED`]), through pod metadata
+//! only: no Secret is listed or read. A record on a pod the webhook did not
+//! mutate could be forged, so every entry is checked again: its backing name
+//! must be the one sm-injector derives for it, and the namespace's access rule
+//! must allow the secret.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams};
+
+use crate::annotations::INJECTED;
+use crate::backing::{self, Form};
+use crate::metrics::Metrics;
+use crate::namespaces::Namespaces;
+use crate::plan::Record;
+use crate::reference::{self, Version};
+use crate::source::{FetchKey, SecretSource};
+use crate::sync::{kube_reason, now_rfc3339};
+
+/// One backing Secret in use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Want {
+    pub secret: String,
+    pub version: Version,
+    pub form: Form,
+    /// The shortest refresh interval among the pods that use it.
+    pub interval: Duration,
+}
+
+/// The backing Secrets the pods' records name, by (namespace, backing name).
+/// Entries that do not parse, or whose backing name is not the one derived from
+/// the secret, version and form, are left out.
+pub fn in_use<'a>(
+    pods: impl IntoIterator<Item = (&'a str, Option<&'a BTreeMap<String, String>>)>,
+) -> BTreeMap<(String, String), Want> {
+    let mut out: BTreeMap<(String, String), Want> = BTreeMap::new();
+    for (ns, annotations) in pods {
+        let Some(text) = annotations.and_then(|a| a.get(INJECTED)) else {
+            continue;
+        };
+        let Ok(record) = serde_json::from_str::<Record>(text) else {
+            continue;
+        };
+        let Ok(interval) = humantime::parse_duration(&record.refresh_interval) else {
+            continue;
+        };
+        for e in record.secrets {
+            let Ok(r) = reference::parse(&format!("{}?{}", e.secret, e.version)) else {
+                continue;
+            };
+            let Some(form) = Form::parse(&e.form) else {
+                continue;
+            };
+            if r.is_arn() || backing::name(&r.id, &r.version, form) != e.backing {
+                continue;
+            }
+            let want = out.entry((ns.to_string(), e.backing)).or_insert(Want {
+                secret: r.id,
+                version: r.version,
+                form,
+                interval,
+            });
+            want.interval = want.interval.min(interval);
+        }
+    }
+    out
+}
+
+/// When a backing Secret was last checked against Secrets Manager.
+struct Known {
+    checked: Instant,
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub in_use: usize,
+    pub due: usize,
+    pub written: usize,
+    pub unchanged: usize,
+    pub failed: usize,
+    pub refused: usize,
+}
+
+pub struct Refresher {
+    client: kube::Client,
+    source: std::sync::Arc<dyn SecretSource>,
+    namespaces: Namespaces,
+    metrics: Metrics,
+    known: HashMap<(String, String), Known>,
+}
+
+impl Refresher {
+    pub fn new(
+        client: kube::Client,
+        source: std::sync::Arc<dyn SecretSource>,
+        namespaces: Namespaces,
+        metrics: Metrics,
+    ) -> Self {
+        Refresher {
+            client,
+            source,
+            namespaces,
+            metrics,
+            known: HashMap::new(),
+        }
+    }
+
+    /// One pass: refresh every backing Secret whose interval has passed,
+    /// asking Secrets Manager in batches and writing only changed versions.
+    /// A failure leaves the Secret as it is and is retried on the next pass.
+    pub async fn refresh_once(&mut self) -> Result<Report, String> {
+        let pods = Api::<Pod>::all(self.client.clone())
+            .list_metadata(&ListParams::default())
+            .await
+            .map_err(|e| format!("cannot list pods: {}", kube_reason(&e)))?;
+        let wants = in_use(pods.items.iter().map(|p| {
+            (
+                p.metadata.namespace.as_deref().unwrap_or_default(),
+                p.metadata.annotations.as_ref(),
+            )
+        }));
+        let mut report = Report {
+            in_use: wants.len(),
+            ..Default::default()
+        };
+        let mut due = vec![];
+        for (key, want) in &wants {
+            if self
+                .known
+                .get(key)
+                .is_some_and(|k| k.checked.elapsed() < want.interval)
+            {
+                continue;
+            }
+            // The namespace's access rule, again: a record can be forged.
+            match self.namespaces.rule(&key.0).await {
+                Ok(rule) if rule.allows(&want.secret) => due.push((key.clone(), want.clone())),
+                Ok(_) => {
+                    report.refused += 1;
+                    tracing::warn!(namespace = %key.0, secret = %want.secret, "a pod record names a secret its namespace may not read; not refreshed");
+                }
+                Err(e) => {
+                    report.failed += 1;
+                    tracing::warn!(namespace = %key.0, error = %e, "refresh skipped");
+                }
+            }
+        }
+        report.due = due.len();
+        if due.is_empty() {
+            return Ok(report);
+        }
+        let mut keys: Vec<FetchKey> = due
+            .iter()
+            .map(|(_, w)| FetchKey {
+                id: w.secret.clone(),
+                version: w.version.clone(),
+            })
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let results = self.source.fetch(&keys).await;
+        for ((ns, name), want) in due {
+            let fk = FetchKey {
+                id: want.secret.clone(),
+                version: want.version.clone(),
+            };
+            let value = match results.get(&fk) {
+                Some(Ok(v)) => v,
+                Some(Err(e)) => {
+                    report.failed += 1;
+                    self.metrics.refresh_failure();
+                    tracing::warn!(namespace = %ns, secret = %want.secret, error = %e, "refresh failed; the backing Secret is kept as it is");
+                    continue;
+                }
+                None => {
+                    report.failed += 1;
+                    continue;
+                }
+            };
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+            let key = (ns.clone(), name.clone());
+            // The version the Secret holds now (an admission on another replica
+            // may have written it), through an empty merge patch: no read verb.
+            let current = match api
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({})),
+                )
+                .await
+            {
+                Ok(s) => s
+                    .metadata
+                    .annotations
+                    .and_then(|a| a.get(backing::ANN_VERSION_ID).cloned()),
+                Err(_) => None,
+            };
+            if current.as_deref() == Some(value.version_id.as_str()) {
+                report.unchanged += 1;
+                self.known.insert(
+                    key,
+                    Known {
+                        checked: Instant::now(),
+                    },
+                );
+                continue;
+            }
+            let data = match backing::data(value, want.form) {
+                Ok(d) => d,
+                Err(e) => {
+                    report.failed += 1;
+                    self.metrics.refresh_failure();
+                    tracing::warn!(namespace = %ns, secret = %want.secret, error = %e, "the new version cannot be written; the backing Secret is kept as it is");
+                    continue;
+                }
+            };
+            let obj = backing::object(&ns, value, &want.version, want.form, data, &now_rfc3339());
+            self.metrics.secret_write("refresh");
+            match api
+                .patch(
+                    &name,
+                    &PatchParams::apply(backing::FIELD_MANAGER).force(),
+                    &Patch::Apply(&obj),
+                )
+                .await
+            {
+                Ok(_) => {
+                    report.written += 1;
+                    tracing::info!(namespace = %ns, secret = %want.secret, version = %value.version_id, backing = %name, "backing Secret refreshed to a new version");
+                    self.known.insert(
+                        key,
+                        Known {
+                            checked: Instant::now(),
+                        },
+                    );
+                }
+                Err(e) => {
+                    report.failed += 1;
+                    self.metrics.refresh_failure();
+                    tracing::warn!(namespace = %ns, backing = %name, error = %kube_reason(&e), "could not write the backing Secret");
+                }
+            }
+        }
+        // Forget what is no longer in use.
+        self.known.retain(|k, _| wants.contains_key(k));
+        Ok(report)
+    }
+
+    /// Runs passes every `tick` while this replica holds the Lease `lease_name`
+    /// in `namespace`; every replica may call it, one refreshes.
+    pub async fn run_with_lease(
+        mut self,
+        namespace: &str,
+        lease_name: &str,
+        identity: String,
+        lease_seconds: u64,
+        tick: Duration,
+    ) -> anyhow::Result<()> {
+        let manager = kube_lease_manager::LeaseManagerBuilder::new(self.client.clone(), lease_name)
+            .with_namespace(namespace)
+            .with_identity(identity)
+            .with_duration(lease_seconds)
+            .with_grace(lease_seconds.div_ceil(3).max(1))
+            .build()
+            .await?;
+        let (mut leader, _task) = manager.watch().await;
+        loop {
+            if *leader.borrow_and_update() {
+                match self.refresh_once().await {
+                    Ok(r) if r.written + r.failed + r.refused > 0 => {
+                        tracing::info!(?r, "refresh pass")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "refresh pass failed"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(tick) => {}
+                    r = leader.changed() => if r.is_err() { anyhow::bail!("the lease manager stopped") },
+                }
+            } else {
+                // A new leader checks everything on its first pass.
+                self.known.clear();
+                if leader.changed().await.is_err() {
+                    anyhow::bail!("the lease manager stopped");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::RecordEntry;
+
+    fn record(interval: &str, entries: &[(&str, &str, Form)]) -> BTreeMap<String, String> {
+        let r = Record {
+            refresh_interval: interval.into(),
+            secrets: entries
+                .iter()
+                .map(|(secret, version, form)| {
+                    let v = reference::parse(&format!("{secret}?{version}"))
+                        .unwrap()
+                        .version;
+                    RecordEntry {
+                        backing: backing::name(secret, &v, *form),
+                        secret: secret.to_string(),
+                        version: version.to_string(),
+                        form: form.as_str().into(),
+                    }
+                })
+                .collect(),
+        };
+        BTreeMap::from([(INJECTED.to_string(), serde_json::to_string(&r).unwrap())])
+    }
+
+    #[test]
+    fn shortest_interval_wins_and_forged_entries_are_dropped() {
+        let a = record("1h", &[("n/db", "versionStage=AWSCURRENT", Form::Keys)]);
+        let b = record(
+            "10m",
+            &[
+                ("n/db", "versionStage=AWSCURRENT", Form::Keys),
+                ("n/x", "versionId=v1", Form::Raw),
+            ],
+        );
+        let mut forged = record("1m", &[("n/db", "versionStage=AWSCURRENT", Form::Keys)]);
+        forged.insert(
+            INJECTED.into(),
+            forged[INJECTED].replace("sm-n-db-", "sm-someone-else-"),
+        );
+        let garbage = BTreeMap::from([(INJECTED.to_string(), "{not json".to_string())]);
+        let w = in_use([
+            ("n", Some(&a)),
+            ("n", Some(&b)),
+            ("n", Some(&forged)),
+            ("n", Some(&garbage)),
+            ("n", None),
+        ]);
+        assert_eq!(w.len(), 2, "{w:?}");
+        let db = &w[&(
+            "n".to_string(),
+            backing::name("n/db", &Version::current(), Form::Keys),
+        )];
+        assert_eq!(db.interval, Duration::from_secs(600));
+        let x = w.values().find(|w| w.secret == "n/x").unwrap();
+        assert_eq!((x.form, &x.version), (Form::Raw, &Version::Id("v1".into())));
+    }
+}
