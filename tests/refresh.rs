@@ -248,3 +248,192 @@ async fn an_outage_leaves_backing_secrets_as_they_are_and_refreshing_resumes() {
     assert_eq!(backing(&client, &ns).await.data.unwrap()["pw"].0, b"new");
     inj.stop(&client).await;
 }
+
+/// An AdmissionReview for a pod in `ns` asking for `reference` as PW.
+fn review(ns: &str, reference: &str) -> String {
+    json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "operation": "CREATE", "userInfo": {}, "namespace": ns, "dryRun": true,
+            "object": {"metadata": {"name": "p", "annotations": {"sm-injector.io/env.PW": reference}},
+                       "spec": {"containers": [{"name": "c"}]}}
+        }
+    })
+    .to_string()
+}
+
+/// POSTs an AdmissionReview to a replica: true when it answered with an allowed patch.
+async fn admits(bed: &TestBed, port: u16, body: &str) -> bool {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--cacert"])
+        .arg(bed.dir.join("pki/ca.crt"))
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+        ])
+        .arg(format!("https://127.0.0.1:{port}/mutate"))
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.contains("\"allowed\":true") && text.contains("\"patch\"")
+}
+
+async fn refresh_writes(probe: u16) -> f64 {
+    support::injector::http_get(probe, "/metrics")
+        .await
+        .1
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("sm_injector_backing_secret_writes_total{operation=\"refresh\"} ")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn two_replicas_one_refreshes_and_the_other_takes_over() {
+    let bed = testbed();
+    let client = bed.client().await;
+    let ns = namespace(&client, "ha", &[INJECT]).await;
+    // The Lease lives in a namespace of the test's own.
+    let lease_ns = namespace(&client, "ha-lease", &[]).await;
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_sm-injector"));
+    let args = |id: &'static str| {
+        vec![
+            format!("--identity={id}"),
+            format!("--lease-namespace={lease_ns}"),
+            "--lease-name=ha-test".to_string(),
+            "--lease-seconds=3".to_string(),
+            "--refresh-tick=500ms".to_string(),
+            "--min-refresh-interval=1s".to_string(),
+        ]
+    };
+    let a_args = args("replica-a");
+    let b_args = args("replica-b");
+    let a = support::serve_process(
+        bed,
+        binary,
+        "replica-a",
+        &a_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    let b = support::serve_process(
+        bed,
+        binary,
+        "replica-b",
+        &b_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), &lease_ns);
+    let holder = || async {
+        leases
+            .get_opt("ha-test")
+            .await
+            .ok()
+            .flatten()?
+            .spec?
+            .holder_identity
+    };
+    let first = support::eventually(Duration::from_secs(20), "a leader", holder).await;
+    let (leader, follower) = if first == "replica-a" {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+
+    // A pod whose backing Secret is refreshed every second, admitted by the leader.
+    bed.put_secret(&format!("{ns}/db"), r#"{"pw":"v1"}"#).await;
+    let record_pod = |name: &str| {
+        pod(
+            name,
+            json!({"sm-injector.io/env.PW": format!("{ns}/db#pw"), "sm-injector.io/refresh-interval": "1s"}),
+        )
+    };
+    support::start_url_webhook(bed, &client, &format!("ha-{ns}"), leader.port, &[&ns]).await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    support::eventually(
+        Duration::from_secs(30),
+        "the webhook to take effect",
+        || async {
+            let p = pods.create(&dry, &record_pod("canary")).await.ok()?;
+            p.metadata
+                .annotations?
+                .contains_key("sm-injector.io/injected")
+                .then_some(())
+        },
+    )
+    .await;
+    pods.create(&PostParams::default(), &record_pod("app"))
+        .await
+        .unwrap();
+
+    let sm = bed.aws().await;
+    let body = review(&ns, &format!("{ns}/db#pw"));
+    for (round, value) in ["v2", "v3"].into_iter().enumerate() {
+        let (refresher, other) = if round == 0 {
+            (leader, follower)
+        } else {
+            (follower, leader)
+        };
+        if round == 1 {
+            // The leader dies without letting go; the other takes over once the Lease runs out.
+            unsafe { libc::kill(leader.pid as i32, libc::SIGKILL) };
+            let next = support::eventually(Duration::from_secs(20), "a new leader", || async {
+                let h = holder().await?;
+                (h != first).then_some(h)
+            })
+            .await;
+            assert_ne!(next, first);
+        }
+        let before = refresh_writes(refresher.probe).await;
+        let other_before = if round == 0 {
+            refresh_writes(other.probe).await
+        } else {
+            0.0
+        };
+        sm.put_secret_value()
+            .secret_id(format!("{ns}/db"))
+            .secret_string(format!(r#"{{"pw":"{value}"}}"#))
+            .send()
+            .await
+            .unwrap();
+        support::eventually(
+            Duration::from_secs(20),
+            "the rotation to reach the backing Secret",
+            || async {
+                let s = backing(&client, &ns).await;
+                (s.data?["pw"].0 == value.as_bytes()).then_some(())
+            },
+        )
+        .await;
+        assert!(
+            refresh_writes(refresher.probe).await > before,
+            "round {round}: the leader refreshed"
+        );
+        if round == 0 {
+            assert_eq!(
+                refresh_writes(other.probe).await,
+                other_before,
+                "the follower did not"
+            );
+        }
+        // Admissions are answered throughout, by every live replica.
+        assert!(admits(bed, refresher.port, &body).await, "round {round}");
+        if round == 0 {
+            assert!(admits(bed, other.port, &body).await);
+        }
+    }
+}

@@ -811,3 +811,36 @@ pub async fn serve_process_as(
     .await;
     ServeProcess { port, probe, pid }
 }
+
+/// Registers a URL MutatingWebhookConfiguration `name` for sm-injector on
+/// 127.0.0.1:`port`, for pods in `namespaces` labelled for injection.
+pub async fn start_url_webhook(
+    bed: &TestBed,
+    client: &kube::Client,
+    name: &str,
+    port: u16,
+    namespaces: &[&str],
+) {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    let config: MutatingWebhookConfiguration = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "pods.sm-injector.io",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "NoneOnDryRun",
+            "failurePolicy": "Fail",
+            "timeoutSeconds": 10,
+            "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate"), "caBundle": bed.ca_bundle_b64()},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+            "namespaceSelector": {
+                "matchLabels": {"sm-injector.io/inject": "enabled"},
+                "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": namespaces}]
+            }
+        }]
+    }))
+    .unwrap();
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &config)
+        .await
+        .unwrap();
+}
