@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
 
-use crate::annotations::INJECTED;
+use crate::annotations::{INJECTED, RESTART_ON_ROTATION, ROTATED_VERSIONS};
 use crate::backing::{self, Form};
 use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
@@ -88,6 +88,8 @@ pub struct Report {
     pub unchanged: usize,
     pub failed: usize,
     pub refused: usize,
+    /// Workloads with restart-on-rotation rolled because a secret they use changed.
+    pub rolled: usize,
 }
 
 pub struct Refresher {
@@ -158,6 +160,7 @@ impl Refresher {
         if due.is_empty() {
             return Ok(report);
         }
+        let mut rotated: Vec<(String, String, String)> = vec![];
         let mut keys: Vec<FetchKey> = due
             .iter()
             .map(|(_, w)| FetchKey {
@@ -235,6 +238,7 @@ impl Refresher {
             {
                 Ok(_) => {
                     report.written += 1;
+                    rotated.push((ns.clone(), name.clone(), value.version_id.clone()));
                     tracing::info!(namespace = %ns, secret = %want.secret, version = %value.version_id, backing = %name, "backing Secret refreshed to a new version");
                     self.known.insert(
                         key,
@@ -252,7 +256,126 @@ impl Refresher {
         }
         // Forget what is no longer in use.
         self.known.retain(|k, _| wants.contains_key(k));
+        if !rotated.is_empty() {
+            report.rolled = self.roll(&pods.items, &rotated).await;
+        }
         Ok(report)
+    }
+
+    /// Rolls the Deployments, StatefulSets and DaemonSets that carry
+    /// `sm-injector.io/restart-on-rotation: "true"` and whose pods use a backing
+    /// Secret that just changed version: their pod template gets the new
+    /// versions in [`ROTATED_VERSIONS`], so their own controller rolls them.
+    async fn roll(
+        &self,
+        pods: &[kube::core::PartialObjectMeta<Pod>],
+        rotated: &[(String, String, String)],
+    ) -> usize {
+        use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+        // (namespace, kind, name) → {backing: version}
+        let mut workloads: BTreeMap<(String, &'static str, String), BTreeMap<String, String>> =
+            BTreeMap::new();
+        for p in pods {
+            let ns = p.metadata.namespace.clone().unwrap_or_default();
+            let uses: Vec<&(String, String, String)> = {
+                let wants = in_use([(ns.as_str(), p.metadata.annotations.as_ref())]);
+                rotated
+                    .iter()
+                    .filter(|(rns, name, _)| {
+                        *rns == ns && wants.contains_key(&(ns.clone(), name.clone()))
+                    })
+                    .collect()
+            };
+            if uses.is_empty() {
+                continue;
+            }
+            for owner in p
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .filter(|o| o.controller == Some(true))
+            {
+                let target = match owner.kind.as_str() {
+                    "StatefulSet" => Some(("StatefulSet", owner.name.clone())),
+                    "DaemonSet" => Some(("DaemonSet", owner.name.clone())),
+                    "ReplicaSet" => Api::<ReplicaSet>::namespaced(self.client.clone(), &ns)
+                        .get_metadata(&owner.name)
+                        .await
+                        .ok()
+                        .and_then(|rs| {
+                            rs.metadata
+                                .owner_references?
+                                .into_iter()
+                                .find(|o| o.kind == "Deployment" && o.controller == Some(true))
+                                .map(|o| ("Deployment", o.name))
+                        }),
+                    _ => None,
+                };
+                if let Some((kind, name)) = target {
+                    let versions = workloads.entry((ns.clone(), kind, name)).or_default();
+                    for (_, backing, version) in &uses {
+                        versions.insert(backing.clone(), version.clone());
+                    }
+                }
+            }
+        }
+        let mut rolled = 0;
+        for ((ns, kind, name), versions) in workloads {
+            let annotations = match kind {
+                "Deployment" => Api::<Deployment>::namespaced(self.client.clone(), &ns)
+                    .get_metadata(&name)
+                    .await
+                    .map(|o| o.metadata.annotations),
+                "StatefulSet" => Api::<StatefulSet>::namespaced(self.client.clone(), &ns)
+                    .get_metadata(&name)
+                    .await
+                    .map(|o| o.metadata.annotations),
+                _ => Api::<DaemonSet>::namespaced(self.client.clone(), &ns)
+                    .get_metadata(&name)
+                    .await
+                    .map(|o| o.metadata.annotations),
+            };
+            let opted_in = annotations
+                .ok()
+                .flatten()
+                .and_then(|a| a.get(RESTART_ON_ROTATION).cloned())
+                .is_some_and(|v| v == "true");
+            if !opted_in {
+                continue;
+            }
+            let patch = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {
+                ROTATED_VERSIONS: serde_json::to_string(&versions).expect("a map serializes")
+            }}}}});
+            let pp = PatchParams {
+                field_manager: Some(backing::FIELD_MANAGER.into()),
+                ..Default::default()
+            };
+            let result = match kind {
+                "Deployment" => Api::<Deployment>::namespaced(self.client.clone(), &ns)
+                    .patch(&name, &pp, &Patch::Merge(&patch))
+                    .await
+                    .map(|_| ()),
+                "StatefulSet" => Api::<StatefulSet>::namespaced(self.client.clone(), &ns)
+                    .patch(&name, &pp, &Patch::Merge(&patch))
+                    .await
+                    .map(|_| ()),
+                _ => Api::<DaemonSet>::namespaced(self.client.clone(), &ns)
+                    .patch(&name, &pp, &Patch::Merge(&patch))
+                    .await
+                    .map(|_| ()),
+            };
+            match result {
+                Ok(()) => {
+                    rolled += 1;
+                    tracing::info!(namespace = %ns, kind, name = %name, "rolling the workload: a secret it injects has a new version");
+                }
+                Err(e) => {
+                    tracing::warn!(namespace = %ns, kind, name = %name, error = %kube_reason(&e), "could not roll the workload")
+                }
+            }
+        }
+        rolled
     }
 
     /// Runs passes every `tick` while this replica holds the Lease `lease_name`
