@@ -19,6 +19,10 @@ use support::{TestBed, namespace, testbed};
 
 const INJECT: (&str, &str) = ("sm-injector.io/inject", "enabled");
 
+/// The refresher works on every namespace, so tests that watch who refreshed
+/// what run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn refresher(
     bed: &TestBed,
     client: &kube::Client,
@@ -70,6 +74,7 @@ fn pod(name: &str, annotations: serde_json::Value) -> Pod {
 #[tokio::test]
 #[ignore = "needs the test bed: run ./tests/run"]
 async fn rotation_reaches_the_backing_secret_and_unchanged_versions_are_not_rewritten() {
+    let _serial = SERIAL.lock().await;
     let bed = testbed();
     let client = bed.client().await;
     let ns = namespace(&client, "rotate", &[INJECT]).await;
@@ -146,6 +151,7 @@ async fn rotation_reaches_the_backing_secret_and_unchanged_versions_are_not_rewr
 #[tokio::test]
 #[ignore = "needs the test bed: run ./tests/run"]
 async fn a_forged_record_cannot_make_it_copy_another_tenants_secret() {
+    let _serial = SERIAL.lock().await;
     let bed = testbed();
     let client = bed.client().await;
     let victim = namespace(&client, "victim", &[]).await;
@@ -191,6 +197,7 @@ async fn a_forged_record_cannot_make_it_copy_another_tenants_secret() {
 #[tokio::test]
 #[ignore = "needs the test bed: run ./tests/run"]
 async fn an_outage_leaves_backing_secrets_as_they_are_and_refreshing_resumes() {
+    let _serial = SERIAL.lock().await;
     let bed = testbed();
     let client = bed.client().await;
     let ns = namespace(&client, "refresh-outage", &[INJECT]).await;
@@ -299,6 +306,7 @@ async fn refresh_writes(probe: u16) -> f64 {
 #[tokio::test]
 #[ignore = "needs the test bed: run ./tests/run"]
 async fn two_replicas_one_refreshes_and_the_other_takes_over() {
+    let _serial = SERIAL.lock().await;
     let bed = testbed();
     let client = bed.client().await;
     let ns = namespace(&client, "ha", &[INJECT]).await;
@@ -436,11 +444,16 @@ async fn two_replicas_one_refreshes_and_the_other_takes_over() {
             assert!(admits(bed, other.port, &body).await);
         }
     }
+    // Stop the survivor too: it would refresh other tests' Secrets.
+    for p in [a.pid, b.pid] {
+        unsafe { libc::kill(p as i32, libc::SIGKILL) };
+    }
 }
 
 #[tokio::test]
 #[ignore = "needs the test bed: run ./tests/run"]
 async fn restart_on_rotation_rolls_only_the_workloads_that_ask_for_it() {
+    let _serial = SERIAL.lock().await;
     use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
     let bed = testbed();
     let client = bed.client().await;
