@@ -236,6 +236,9 @@ struct ServeArgs {
     /// How long the Lease is held without renewal before another replica takes over.
     #[arg(long, default_value_t = 15)]
     lease_seconds: u64,
+    /// A backing Secret that no pod has used for this long is deleted.
+    #[arg(long, env = "SM_INJECTOR_GC_GRACE", default_value = "24h", value_parser = humantime::parse_duration)]
+    gc_grace: Duration,
 }
 
 fn init_tracing(json: bool) {
@@ -271,7 +274,12 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         aws.clone(),
         namespaces.clone(),
         metrics.clone(),
-    );
+    )
+    .with_gc(sm_injector::refresher::Gc {
+        namespace: a.lease_namespace.clone(),
+        configmap: format!("{}-inventory", a.lease_name),
+        grace: a.gc_grace,
+    });
     let identity = a.identity.clone().unwrap_or_else(|| {
         format!(
             "{}-{}",

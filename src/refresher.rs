@@ -90,7 +90,22 @@ pub struct Report {
     pub refused: usize,
     /// Workloads with restart-on-rotation rolled because a secret they use changed.
     pub rolled: usize,
+    /// Backing Secrets deleted after the grace period unused.
+    pub deleted: usize,
 }
+
+/// Garbage collection: backing Secrets no pod has used for `grace` are deleted.
+/// When each was last in use is kept in the ConfigMap `configmap` in
+/// `namespace` (sm-injector's own), so that a new leader knows the Secrets whose
+/// pods went away before it took over.
+#[derive(Debug, Clone)]
+pub struct Gc {
+    pub namespace: String,
+    pub configmap: String,
+    pub grace: Duration,
+}
+
+const INVENTORY_KEY: &str = "last-used.json";
 
 pub struct Refresher {
     client: kube::Client,
@@ -98,6 +113,9 @@ pub struct Refresher {
     namespaces: Namespaces,
     metrics: Metrics,
     known: HashMap<(String, String), Known>,
+    gc: Option<Gc>,
+    /// "namespace/backing name" → when it was last in use (Unix seconds).
+    inventory: Option<BTreeMap<String, u64>>,
 }
 
 impl Refresher {
@@ -113,7 +131,101 @@ impl Refresher {
             namespaces,
             metrics,
             known: HashMap::new(),
+            gc: None,
+            inventory: None,
         }
+    }
+
+    /// Turns on garbage collection.
+    pub fn with_gc(mut self, gc: Gc) -> Self {
+        self.gc = Some(gc);
+        self
+    }
+
+    /// Records which backing Secrets are in use and deletes those unused for
+    /// the grace period. Returns how many were deleted.
+    async fn collect_garbage(
+        &mut self,
+        wants: &BTreeMap<(String, String), Want>,
+    ) -> Result<usize, String> {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let Some(gc) = self.gc.clone() else {
+            return Ok(0);
+        };
+        let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &gc.namespace);
+        if self.inventory.is_none() {
+            let loaded = match cms.get_opt(&gc.configmap).await {
+                Ok(Some(cm)) => cm
+                    .data
+                    .and_then(|d| d.get(INVENTORY_KEY).cloned())
+                    .and_then(|t| serde_json::from_str(&t).ok())
+                    .unwrap_or_default(),
+                Ok(None) => BTreeMap::new(),
+                Err(e) => return Err(format!("cannot read the inventory: {}", kube_reason(&e))),
+            };
+            self.inventory = Some(loaded);
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let inventory = self.inventory.as_mut().expect("loaded above");
+        let before = inventory.clone();
+        for (ns, name) in wants.keys() {
+            inventory.insert(format!("{ns}/{name}"), now);
+        }
+        let grace = gc.grace.as_secs();
+        let expired: Vec<String> = inventory
+            .iter()
+            .filter(|(_, last)| now.saturating_sub(**last) > grace)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut deleted = 0;
+        for key in expired {
+            let Some((ns, name)) = key.split_once('/') else {
+                inventory.remove(&key);
+                continue;
+            };
+            match Api::<Secret>::namespaced(self.client.clone(), ns)
+                .delete(name, &kube::api::DeleteParams::default())
+                .await
+            {
+                Ok(_) => {
+                    deleted += 1;
+                    self.metrics.secret_write("delete");
+                    tracing::info!(
+                        namespace = ns,
+                        backing = name,
+                        "deleted a backing Secret no pod has used for the grace period"
+                    );
+                    inventory.remove(&key);
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    inventory.remove(&key);
+                }
+                Err(e) => {
+                    tracing::warn!(namespace = ns, backing = name, error = %kube_reason(&e), "could not delete an unused backing Secret")
+                }
+            }
+        }
+        // Written when the set changes, and when the stamps of the Secrets in
+        // use would otherwise fall a quarter of the grace period behind.
+        let stale = before.values().any(|t| now.saturating_sub(*t) > grace / 4);
+        let keys_changed = before.keys().ne(inventory.keys());
+        if keys_changed || stale {
+            let cm = serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": gc.configmap, "namespace": gc.namespace},
+                "data": {INVENTORY_KEY: serde_json::to_string(inventory).expect("a map serializes")}
+            });
+            cms.patch(
+                &gc.configmap,
+                &PatchParams::apply(backing::FIELD_MANAGER).force(),
+                &Patch::Apply(&cm),
+            )
+            .await
+            .map_err(|e| format!("cannot write the inventory: {}", kube_reason(&e)))?;
+        }
+        Ok(deleted)
     }
 
     /// One pass: refresh every backing Secret whose interval has passed,
@@ -134,6 +246,10 @@ impl Refresher {
             in_use: wants.len(),
             ..Default::default()
         };
+        match self.collect_garbage(&wants).await {
+            Ok(n) => report.deleted = n,
+            Err(e) => tracing::warn!(error = %e, "garbage collection skipped"),
+        }
         let mut due = vec![];
         for (key, want) in &wants {
             if self
@@ -410,8 +526,10 @@ impl Refresher {
                     r = leader.changed() => if r.is_err() { anyhow::bail!("the lease manager stopped") },
                 }
             } else {
-                // A new leader checks everything on its first pass.
+                // A new leader checks everything on its first pass and reads
+                // the inventory afresh.
                 self.known.clear();
+                self.inventory = None;
                 if leader.changed().await.is_err() {
                     anyhow::bail!("the lease manager stopped");
                 }

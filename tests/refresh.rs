@@ -600,3 +600,81 @@ async fn restart_on_rotation_rolls_only_the_workloads_that_ask_for_it() {
     assert!(!steady_tpl.contains_key("sm-injector.io/rotated-versions"));
     inj.stop(&client).await;
 }
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn unused_backing_secrets_are_deleted_after_the_grace_period_and_used_ones_never() {
+    let _serial = SERIAL.lock().await;
+    use sm_injector::refresher::Gc;
+    let bed = testbed();
+    let client = bed.client().await;
+    let ns = namespace(&client, "gc", &[INJECT]).await;
+    let own = namespace(&client, "gc-inventory", &[]).await;
+    let inj = injector::start(bed, &[&ns], Options::default()).await;
+    bed.put_secret(&format!("{ns}/gone"), r#"{"k":"1"}"#).await;
+    bed.put_secret(&format!("{ns}/kept"), r#"{"k":"2"}"#).await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    for (name, secret) in [("uses-gone", "gone"), ("uses-kept", "kept")] {
+        pods.create(
+            &PostParams::default(),
+            &pod(
+                name,
+                json!({"sm-injector.io/env.K": format!("{ns}/{secret}#k")}),
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
+    let names = || async {
+        let mut n: Vec<String> = secrets
+            .list(&ListParams::default().labels("app.kubernetes.io/managed-by=sm-injector"))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|s| s.metadata.name)
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names().await.len(), 2);
+    let gc = Gc {
+        namespace: own.clone(),
+        configmap: "inventory".into(),
+        grace: Duration::from_secs(2),
+    };
+    let metrics = Metrics::new();
+    let mut r = refresher(bed, &client, None, &metrics)
+        .await
+        .with_gc(gc.clone());
+    r.refresh_once().await.unwrap();
+    let inventory = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), &own)
+        .get("inventory")
+        .await
+        .unwrap();
+    assert!(inventory.data.unwrap()["last-used.json"].contains(&format!("{ns}/sm-")));
+
+    pods.delete("uses-gone", &Default::default()).await.unwrap();
+    support::eventually(Duration::from_secs(10), "the pod to go", || async {
+        pods.get_opt("uses-gone")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    r.refresh_once().await.unwrap();
+    assert_eq!(names().await.len(), 2, "not before the grace period");
+
+    // A new leader knows it from the inventory. (Stamps are whole seconds, and
+    // the grace must be exceeded: wait well past it.)
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let mut next = refresher(bed, &client, None, &metrics).await.with_gc(gc);
+    let rep = next.refresh_once().await.unwrap();
+    assert_eq!(rep.deleted, 1, "{rep:?}");
+    let left = names().await;
+    assert_eq!(left.len(), 1);
+    assert!(left[0].starts_with(&format!("sm-{ns}-kept-")), "{left:?}");
+    inj.stop(&client).await;
+}
