@@ -5,6 +5,7 @@ use std::sync::Arc;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -36,6 +37,8 @@ struct Inner {
     cache_misses: Counter,
     secret_writes: Family<OperationLabels, Counter>,
     refresh_failures: Counter,
+    oldest_refresh_age: Gauge,
+    failing_secrets: Gauge,
 }
 
 impl Default for Metrics {
@@ -102,6 +105,18 @@ impl Metrics {
             "Backing Secret refreshes that failed (Secrets Manager or Kubernetes); the Secret is kept",
             refresh_failures.clone(),
         );
+        let oldest_refresh_age = Gauge::default();
+        registry.register(
+            "refresh_oldest_success_age_seconds",
+            "Seconds since the backing Secret refreshed least recently was last refreshed or confirmed current (refresher leader only)",
+            oldest_refresh_age.clone(),
+        );
+        let failing_secrets = Gauge::default();
+        registry.register(
+            "refresh_failing_secrets",
+            "Backing Secrets whose last refresh attempt failed (refresher leader only)",
+            failing_secrets.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -114,6 +129,8 @@ impl Metrics {
                 cache_misses,
                 secret_writes,
                 refresh_failures,
+                oldest_refresh_age,
+                failing_secrets,
             }),
         }
     }
@@ -155,6 +172,12 @@ impl Metrics {
 
     pub fn refresh_failure(&self) {
         self.inner.refresh_failures.inc();
+    }
+
+    /// After a refresh pass: the oldest successful refresh, and how many fail.
+    pub fn refresh_state(&self, oldest_age_seconds: i64, failing: i64) {
+        self.inner.oldest_refresh_age.set(oldest_age_seconds);
+        self.inner.failing_secrets.set(failing);
     }
 
     /// The OpenMetrics text exposition.

@@ -74,9 +74,32 @@ pub fn in_use<'a>(
     out
 }
 
-/// When a backing Secret was last checked against Secrets Manager.
+/// When a backing Secret was last checked against Secrets Manager, and how
+/// many attempts have failed in a row since.
 struct Known {
     checked: Instant,
+    failures: u32,
+}
+
+impl Known {
+    fn ok() -> Self {
+        Known {
+            checked: Instant::now(),
+            failures: 0,
+        }
+    }
+}
+
+/// When an entry is due again: after its interval when the last attempt
+/// succeeded; after an exponential backoff from `tick` (capped at the
+/// interval) while attempts fail.
+fn next_attempt_after(k: &Known, interval: Duration, tick: Duration) -> Duration {
+    if k.failures == 0 {
+        interval
+    } else {
+        tick.saturating_mul(1u32 << k.failures.min(16))
+            .min(interval)
+    }
 }
 
 /// What one pass did.
@@ -116,6 +139,7 @@ pub struct Refresher {
     gc: Option<Gc>,
     /// "namespace/backing name" → when it was last in use (Unix seconds).
     inventory: Option<BTreeMap<String, u64>>,
+    tick: Duration,
 }
 
 impl Refresher {
@@ -133,7 +157,28 @@ impl Refresher {
             known: HashMap::new(),
             gc: None,
             inventory: None,
+            tick: Duration::from_secs(30),
         }
+    }
+
+    /// Counts a failed attempt for a backing Secret (for the backoff). The
+    /// time of its last success stays as it was.
+    fn failed_attempt(&mut self, ns: &str, name: &str) {
+        let k = self
+            .known
+            .entry((ns.to_string(), name.to_string()))
+            .or_insert(Known {
+                checked: Instant::now(),
+                failures: 0,
+            });
+        k.failures += 1;
+        k.checked = Instant::now();
+    }
+
+    /// The pause between passes, which is also the first backoff step.
+    pub fn with_tick(mut self, tick: Duration) -> Self {
+        self.tick = tick;
+        self
     }
 
     /// Turns on garbage collection.
@@ -252,11 +297,9 @@ impl Refresher {
         }
         let mut due = vec![];
         for (key, want) in &wants {
-            if self
-                .known
-                .get(key)
-                .is_some_and(|k| k.checked.elapsed() < want.interval)
-            {
+            if self.known.get(key).is_some_and(|k| {
+                k.checked.elapsed() < next_attempt_after(k, want.interval, self.tick)
+            }) {
                 continue;
             }
             // The namespace's access rule, again: a record can be forged.
@@ -297,11 +340,13 @@ impl Refresher {
                 Some(Err(e)) => {
                     report.failed += 1;
                     self.metrics.refresh_failure();
+                    self.failed_attempt(&ns, &name);
                     tracing::warn!(namespace = %ns, secret = %want.secret, error = %e, "refresh failed; the backing Secret is kept as it is");
                     continue;
                 }
                 None => {
                     report.failed += 1;
+                    self.failed_attempt(&ns, &name);
                     continue;
                 }
             };
@@ -325,12 +370,7 @@ impl Refresher {
             };
             if current.as_deref() == Some(value.version_id.as_str()) {
                 report.unchanged += 1;
-                self.known.insert(
-                    key,
-                    Known {
-                        checked: Instant::now(),
-                    },
-                );
+                self.known.insert(key, Known::ok());
                 continue;
             }
             let data = match backing::data(value, want.form) {
@@ -338,6 +378,7 @@ impl Refresher {
                 Err(e) => {
                     report.failed += 1;
                     self.metrics.refresh_failure();
+                    self.failed_attempt(&ns, &name);
                     tracing::warn!(namespace = %ns, secret = %want.secret, error = %e, "the new version cannot be written; the backing Secret is kept as it is");
                     continue;
                 }
@@ -356,22 +397,27 @@ impl Refresher {
                     report.written += 1;
                     rotated.push((ns.clone(), name.clone(), value.version_id.clone()));
                     tracing::info!(namespace = %ns, secret = %want.secret, version = %value.version_id, backing = %name, "backing Secret refreshed to a new version");
-                    self.known.insert(
-                        key,
-                        Known {
-                            checked: Instant::now(),
-                        },
-                    );
+                    self.known.insert(key, Known::ok());
                 }
                 Err(e) => {
                     report.failed += 1;
                     self.metrics.refresh_failure();
+                    self.failed_attempt(&ns, &name);
                     tracing::warn!(namespace = %ns, backing = %name, error = %kube_reason(&e), "could not write the backing Secret");
                 }
             }
         }
         // Forget what is no longer in use.
         self.known.retain(|k, _| wants.contains_key(k));
+        let (oldest, failing) = self.known.values().fold((0, 0), |(o, f), k| {
+            let age = if k.failures == 0 {
+                k.checked.elapsed().as_secs() as i64
+            } else {
+                0
+            };
+            (o.max(age), f + i64::from(k.failures > 0))
+        });
+        self.metrics.refresh_state(oldest, failing);
         if !rotated.is_empty() {
             report.rolled = self.roll(&pods.items, &rotated).await;
         }
@@ -497,7 +543,7 @@ impl Refresher {
     /// Runs passes every `tick` while this replica holds the Lease `lease_name`
     /// in `namespace`; every replica may call it, one refreshes.
     pub async fn run_with_lease(
-        mut self,
+        self,
         namespace: &str,
         lease_name: &str,
         identity: String,
@@ -511,10 +557,11 @@ impl Refresher {
             .with_grace(lease_seconds.div_ceil(3).max(1))
             .build()
             .await?;
+        let mut this = self.with_tick(tick);
         let (mut leader, _task) = manager.watch().await;
         loop {
             if *leader.borrow_and_update() {
-                match self.refresh_once().await {
+                match this.refresh_once().await {
                     Ok(r) if r.written + r.failed + r.refused > 0 => {
                         tracing::info!(?r, "refresh pass")
                     }
@@ -528,8 +575,8 @@ impl Refresher {
             } else {
                 // A new leader checks everything on its first pass and reads
                 // the inventory afresh.
-                self.known.clear();
-                self.inventory = None;
+                this.known.clear();
+                this.inventory = None;
                 if leader.changed().await.is_err() {
                     anyhow::bail!("the lease manager stopped");
                 }
@@ -562,6 +609,27 @@ mod tests {
                 .collect(),
         };
         BTreeMap::from([(INJECTED.to_string(), serde_json::to_string(&r).unwrap())])
+    }
+
+    #[test]
+    fn failures_back_off_exponentially_up_to_the_interval() {
+        let tick = Duration::from_secs(30);
+        let hour = Duration::from_secs(3600);
+        let k = |failures| Known {
+            checked: Instant::now(),
+            failures,
+        };
+        assert_eq!(next_attempt_after(&k(0), hour, tick), hour);
+        assert_eq!(
+            next_attempt_after(&k(1), hour, tick),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            next_attempt_after(&k(3), hour, tick),
+            Duration::from_secs(240)
+        );
+        assert_eq!(next_attempt_after(&k(10), hour, tick), hour);
+        assert_eq!(next_attempt_after(&k(40), hour, tick), hour);
     }
 
     #[test]
