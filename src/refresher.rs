@@ -140,6 +140,7 @@ pub struct Refresher {
     /// "namespace/backing name" → when it was last in use (Unix seconds).
     inventory: Option<BTreeMap<String, u64>>,
     tick: Duration,
+    recorder: kube::runtime::events::Recorder,
 }
 
 impl Refresher {
@@ -149,6 +150,7 @@ impl Refresher {
         namespaces: Namespaces,
         metrics: Metrics,
     ) -> Self {
+        let client_for_events = client.clone();
         Refresher {
             client,
             source,
@@ -158,12 +160,19 @@ impl Refresher {
             gc: None,
             inventory: None,
             tick: Duration::from_secs(30),
+            recorder: kube::runtime::events::Recorder::new(
+                client_for_events,
+                kube::runtime::events::Reporter {
+                    controller: "sm-injector".into(),
+                    instance: std::env::var("POD_NAME").ok(),
+                },
+            ),
         }
     }
 
     /// Counts a failed attempt for a backing Secret (for the backoff). The
     /// time of its last success stays as it was.
-    fn failed_attempt(&mut self, ns: &str, name: &str) {
+    fn failed_attempt(&mut self, ns: &str, name: &str) -> u32 {
         let k = self
             .known
             .entry((ns.to_string(), name.to_string()))
@@ -173,6 +182,7 @@ impl Refresher {
             });
         k.failures += 1;
         k.checked = Instant::now();
+        k.failures
     }
 
     /// The pause between passes, which is also the first backoff step.
@@ -320,6 +330,7 @@ impl Refresher {
             return Ok(report);
         }
         let mut rotated: Vec<(String, String, String)> = vec![];
+        let mut newly_failing: Vec<(String, String, String)> = vec![];
         let mut keys: Vec<FetchKey> = due
             .iter()
             .map(|(_, w)| FetchKey {
@@ -340,13 +351,19 @@ impl Refresher {
                 Some(Err(e)) => {
                     report.failed += 1;
                     self.metrics.refresh_failure();
-                    self.failed_attempt(&ns, &name);
+                    if self.failed_attempt(&ns, &name) == 1 {
+                        newly_failing.push((
+                            ns.clone(),
+                            name.clone(),
+                            format!("secret {:?} {e}", want.secret),
+                        ));
+                    }
                     tracing::warn!(namespace = %ns, secret = %want.secret, error = %e, "refresh failed; the backing Secret is kept as it is");
                     continue;
                 }
                 None => {
                     report.failed += 1;
-                    self.failed_attempt(&ns, &name);
+                    let _ = self.failed_attempt(&ns, &name);
                     continue;
                 }
             };
@@ -378,7 +395,7 @@ impl Refresher {
                 Err(e) => {
                     report.failed += 1;
                     self.metrics.refresh_failure();
-                    self.failed_attempt(&ns, &name);
+                    let _ = self.failed_attempt(&ns, &name);
                     tracing::warn!(namespace = %ns, secret = %want.secret, error = %e, "the new version cannot be written; the backing Secret is kept as it is");
                     continue;
                 }
@@ -402,7 +419,7 @@ impl Refresher {
                 Err(e) => {
                     report.failed += 1;
                     self.metrics.refresh_failure();
-                    self.failed_attempt(&ns, &name);
+                    let _ = self.failed_attempt(&ns, &name);
                     tracing::warn!(namespace = %ns, backing = %name, error = %kube_reason(&e), "could not write the backing Secret");
                 }
             }
@@ -421,7 +438,114 @@ impl Refresher {
         if !rotated.is_empty() {
             report.rolled = self.roll(&pods.items, &rotated).await;
         }
+        if !newly_failing.is_empty() {
+            self.warn_workloads(&pods.items, &newly_failing).await;
+        }
         Ok(report)
+    }
+
+    /// The workloads whose pods use any of `backings` ((namespace, backing
+    /// name)): a pod's Deployment (through its ReplicaSet), StatefulSet or
+    /// DaemonSet, or the pod itself when no controller owns it. Each comes with
+    /// the backing Secrets it uses among those.
+    async fn workloads_of(
+        &self,
+        pods: &[kube::core::PartialObjectMeta<Pod>],
+        backings: &[(String, String)],
+    ) -> BTreeMap<(String, &'static str, String), Vec<String>> {
+        use k8s_openapi::api::apps::v1::ReplicaSet;
+        let mut out: BTreeMap<(String, &'static str, String), Vec<String>> = BTreeMap::new();
+        for p in pods {
+            let ns = p.metadata.namespace.clone().unwrap_or_default();
+            let wants = in_use([(ns.as_str(), p.metadata.annotations.as_ref())]);
+            let uses: Vec<String> = backings
+                .iter()
+                .filter(|(bns, name)| *bns == ns && wants.contains_key(&(ns.clone(), name.clone())))
+                .map(|(_, name)| name.clone())
+                .collect();
+            if uses.is_empty() {
+                continue;
+            }
+            let owner = p
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.controller == Some(true));
+            let target = match owner {
+                None => p.metadata.name.clone().map(|n| ("Pod", n)),
+                Some(o) if o.kind == "StatefulSet" => Some(("StatefulSet", o.name.clone())),
+                Some(o) if o.kind == "DaemonSet" => Some(("DaemonSet", o.name.clone())),
+                Some(o) if o.kind == "ReplicaSet" => {
+                    Api::<ReplicaSet>::namespaced(self.client.clone(), &ns)
+                        .get_metadata(&o.name)
+                        .await
+                        .ok()
+                        .and_then(|rs| {
+                            rs.metadata
+                                .owner_references?
+                                .into_iter()
+                                .find(|o| o.kind == "Deployment" && o.controller == Some(true))
+                                .map(|o| ("Deployment", o.name))
+                        })
+                }
+                Some(_) => None,
+            };
+            if let Some((kind, name)) = target {
+                let entry = out.entry((ns.clone(), kind, name)).or_default();
+                for u in uses {
+                    if !entry.contains(&u) {
+                        entry.push(u);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// A Warning Event on each workload using a backing Secret whose refresh
+    /// just started failing.
+    async fn warn_workloads(
+        &self,
+        pods: &[kube::core::PartialObjectMeta<Pod>],
+        failed: &[(String, String, String)],
+    ) {
+        let backings: Vec<(String, String)> = failed
+            .iter()
+            .map(|(ns, n, _)| (ns.clone(), n.clone()))
+            .collect();
+        for ((ns, kind, name), uses) in self.workloads_of(pods, &backings).await {
+            let reasons: Vec<&str> = failed
+                .iter()
+                .filter(|(fns, n, _)| *fns == ns && uses.contains(n))
+                .map(|(_, _, r)| r.as_str())
+                .collect();
+            let event = kube::runtime::events::Event {
+                type_: kube::runtime::events::EventType::Warning,
+                reason: "SecretRefreshFailed".into(),
+                note: Some(format!(
+                    "sm-injector could not refresh {}: {}; the pods keep the values they have",
+                    uses.join(", "),
+                    reasons.join("; ")
+                )),
+                action: "Refresh".into(),
+                secondary: None,
+            };
+            let api_version = match kind {
+                "Pod" => "v1",
+                _ => "apps/v1",
+            };
+            let reference = k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some(api_version.into()),
+                kind: Some(kind.into()),
+                name: Some(name.clone()),
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            };
+            if let Err(e) = self.recorder.publish(&event, &reference).await {
+                tracing::warn!(namespace = %ns, kind, name = %name, error = %kube_reason(&e), "could not record an Event");
+            }
+        }
     }
 
     /// Rolls the Deployments, StatefulSets and DaemonSets that carry
@@ -433,55 +557,25 @@ impl Refresher {
         pods: &[kube::core::PartialObjectMeta<Pod>],
         rotated: &[(String, String, String)],
     ) -> usize {
-        use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
-        // (namespace, kind, name) → {backing: version}
-        let mut workloads: BTreeMap<(String, &'static str, String), BTreeMap<String, String>> =
-            BTreeMap::new();
-        for p in pods {
-            let ns = p.metadata.namespace.clone().unwrap_or_default();
-            let uses: Vec<&(String, String, String)> = {
-                let wants = in_use([(ns.as_str(), p.metadata.annotations.as_ref())]);
-                rotated
+        use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+        let backings: Vec<(String, String)> = rotated
+            .iter()
+            .map(|(ns, n, _)| (ns.clone(), n.clone()))
+            .collect();
+        let workloads: BTreeMap<(String, &'static str, String), BTreeMap<String, String>> = self
+            .workloads_of(pods, &backings)
+            .await
+            .into_iter()
+            .filter(|((_, kind, _), _)| *kind != "Pod")
+            .map(|((ns, kind, name), uses)| {
+                let versions = rotated
                     .iter()
-                    .filter(|(rns, name, _)| {
-                        *rns == ns && wants.contains_key(&(ns.clone(), name.clone()))
-                    })
-                    .collect()
-            };
-            if uses.is_empty() {
-                continue;
-            }
-            for owner in p
-                .metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .filter(|o| o.controller == Some(true))
-            {
-                let target = match owner.kind.as_str() {
-                    "StatefulSet" => Some(("StatefulSet", owner.name.clone())),
-                    "DaemonSet" => Some(("DaemonSet", owner.name.clone())),
-                    "ReplicaSet" => Api::<ReplicaSet>::namespaced(self.client.clone(), &ns)
-                        .get_metadata(&owner.name)
-                        .await
-                        .ok()
-                        .and_then(|rs| {
-                            rs.metadata
-                                .owner_references?
-                                .into_iter()
-                                .find(|o| o.kind == "Deployment" && o.controller == Some(true))
-                                .map(|o| ("Deployment", o.name))
-                        }),
-                    _ => None,
-                };
-                if let Some((kind, name)) = target {
-                    let versions = workloads.entry((ns.clone(), kind, name)).or_default();
-                    for (_, backing, version) in &uses {
-                        versions.insert(backing.clone(), version.clone());
-                    }
-                }
-            }
-        }
+                    .filter(|(rns, n, _)| *rns == ns && uses.contains(n))
+                    .map(|(_, n, v)| (n.clone(), v.clone()))
+                    .collect();
+                ((ns, kind, name), versions)
+            })
+            .collect();
         let mut rolled = 0;
         for ((ns, kind, name), versions) in workloads {
             let annotations = match kind {
