@@ -24,6 +24,10 @@ pub const OUTPUT_KEYS: &[&str] = &[INJECTED, ROTATED_VERSIONS];
 
 /// Namespace annotation of SPEC section 4.
 pub const ALLOWED_SECRETS: &str = "sm-injector.io/allowed-secrets";
+/// Namespace annotation a cluster admin sets to force an immediate refresh:
+/// `<secret name>@<any token>` (`*@<token>` for every secret of the namespace);
+/// a new value forces a new refresh.
+pub const REFRESH_NOW: &str = "sm-injector.io/refresh-now";
 
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(3600);
 

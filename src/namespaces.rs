@@ -56,6 +56,17 @@ impl Namespaces {
         self.ready.load(Ordering::Relaxed)
     }
 
+    /// An annotation of a Namespace, from the watched cache.
+    pub fn annotation(&self, namespace: &str, key: &str) -> Option<String> {
+        self.store
+            .get(&ObjectRef::new(namespace))?
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(key)
+            .cloned()
+    }
+
     pub async fn rule(&self, namespace: &str) -> Result<AccessRule, String> {
         let rule = |ns: &Namespace| {
             let ann = ns

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
 
-use crate::annotations::{INJECTED, RESTART_ON_ROTATION, ROTATED_VERSIONS};
+use crate::annotations::{INJECTED, REFRESH_NOW, RESTART_ON_ROTATION, ROTATED_VERSIONS};
 use crate::backing::{self, Form};
 use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
@@ -141,6 +141,8 @@ pub struct Refresher {
     inventory: Option<BTreeMap<String, u64>>,
     tick: Duration,
     recorder: kube::runtime::events::Recorder,
+    /// The last `sm-injector.io/refresh-now` value acted on, per namespace.
+    forced: HashMap<String, String>,
 }
 
 impl Refresher {
@@ -160,6 +162,7 @@ impl Refresher {
             gc: None,
             inventory: None,
             tick: Duration::from_secs(30),
+            forced: HashMap::new(),
             recorder: kube::runtime::events::Recorder::new(
                 client_for_events,
                 kube::runtime::events::Reporter {
@@ -304,6 +307,32 @@ impl Refresher {
         match self.collect_garbage(&wants).await {
             Ok(n) => report.deleted = n,
             Err(e) => tracing::warn!(error = %e, "garbage collection skipped"),
+        }
+        // An admin's forced refresh: a new refresh-now value on a Namespace
+        // makes its named secret due now.
+        let namespaces: std::collections::BTreeSet<&String> =
+            wants.keys().map(|(ns, _)| ns).collect();
+        for ns in namespaces {
+            let Some(value) = self.namespaces.annotation(ns, REFRESH_NOW) else {
+                continue;
+            };
+            if self.forced.get(ns) == Some(&value) {
+                continue;
+            }
+            let secret = value
+                .rsplit_once('@')
+                .map_or(value.as_str(), |(s, _)| s)
+                .to_string();
+            let forced: Vec<(String, String)> = wants
+                .iter()
+                .filter(|((wns, _), w)| wns == ns && (secret == "*" || w.secret == secret))
+                .map(|(k, _)| k.clone())
+                .collect();
+            tracing::info!(namespace = %ns, secret = %secret, backing_secrets = forced.len(), "refresh forced by the Namespace annotation {REFRESH_NOW}");
+            for k in forced {
+                self.known.remove(&k);
+            }
+            self.forced.insert(ns.clone(), value);
         }
         let mut due = vec![];
         for (key, want) in &wants {

@@ -678,3 +678,63 @@ async fn unused_backing_secrets_are_deleted_after_the_grace_period_and_used_ones
     assert!(left[0].starts_with(&format!("sm-{ns}-kept-")), "{left:?}");
     inj.stop(&client).await;
 }
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn an_admin_forces_an_immediate_refresh_with_a_namespace_annotation() {
+    let _serial = SERIAL.lock().await;
+    let bed = testbed();
+    let client = bed.client().await;
+    let ns = namespace(&client, "forced", &[INJECT]).await;
+    let inj = injector::start(bed, &[&ns], Options::default()).await;
+    bed.put_secret(&format!("{ns}/db"), r#"{"pw":"old"}"#).await;
+    Api::<Pod>::namespaced(client.clone(), &ns)
+        .create(
+            &PostParams::default(),
+            &pod(
+                "app",
+                json!({"sm-injector.io/env.PW": format!("{ns}/db#pw")}),
+            ),
+        )
+        .await
+        .unwrap();
+    let metrics = Metrics::new();
+    let mut r = refresher(bed, &client, None, &metrics).await;
+    r.refresh_once().await.unwrap();
+    bed.aws()
+        .await
+        .put_secret_value()
+        .secret_id(format!("{ns}/db"))
+        .secret_string(r#"{"pw":"new"}"#)
+        .send()
+        .await
+        .unwrap();
+    r.refresh_once().await.unwrap();
+    assert_eq!(
+        backing(&client, &ns).await.data.unwrap()["pw"].0,
+        b"old",
+        "its interval (1h) has not passed"
+    );
+
+    bed.kubectl_run(
+        &[
+            "annotate",
+            "namespace",
+            &ns,
+            &format!("sm-injector.io/refresh-now={ns}/db@1"),
+        ],
+        None,
+    )
+    .unwrap();
+    let mut refreshed = false;
+    for _ in 0..50 {
+        r.refresh_once().await.unwrap();
+        if backing(&client, &ns).await.data.unwrap()["pw"].0 == b"new" {
+            refreshed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(refreshed, "the forced refresh wrote the new version");
+    inj.stop(&client).await;
+}
