@@ -234,12 +234,42 @@ async fn an_outage_leaves_backing_secrets_as_they_are_and_refreshing_resumes() {
         b"kept",
         "never emptied"
     );
+    let text = metrics.encode();
+    let gauge = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
     assert!(
-        metrics
-            .encode()
-            .contains("sm_injector_refresh_failures_total 1"),
-        "{}",
-        metrics.encode()
+        gauge("sm_injector_refresh_failures_total ") >= 1.0,
+        "{text}"
+    );
+    assert!(
+        gauge("sm_injector_refresh_failing_secrets ") >= 1.0,
+        "{text}"
+    );
+    // A Warning Event on the affected workload (here the pod itself: nothing owns it).
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns);
+    let ev = support::eventually(
+        Duration::from_secs(10),
+        "a SecretRefreshFailed Event",
+        || async {
+            events
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("SecretRefreshFailed"))
+        },
+    )
+    .await;
+    assert_eq!(ev.type_.as_deref(), Some("Warning"));
+    assert_eq!(ev.regarding.as_ref().unwrap().name.as_deref(), Some("app"));
+    let note = ev.note.unwrap_or_default();
+    assert!(
+        note.contains(&format!("{ns}/db")) && !note.contains("kept"),
+        "{note}"
     );
 
     bed.aws()

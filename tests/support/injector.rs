@@ -104,28 +104,7 @@ pub async fn start(bed: &TestBed, namespaces: &[&str], opts: Options) -> Injecto
     ));
 
     let config_name = format!("sm-injector-{}", namespaces[0]);
-    let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": config_name},
-        "webhooks": [{
-            "name": "pods.sm-injector.io",
-            "admissionReviewVersions": ["v1"],
-            "sideEffects": "NoneOnDryRun",
-            "failurePolicy": "Fail",
-            "reinvocationPolicy": "IfNeeded",
-            "timeoutSeconds": 10,
-            "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate"), "caBundle": bed.ca_bundle_b64()},
-            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
-            "namespaceSelector": {
-                "matchLabels": {"sm-injector.io/inject": "enabled"},
-                "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": namespaces}]
-            }
-        }]
-    }))
-    .unwrap();
-    Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .create(&PostParams::default(), &config)
-        .await
-        .unwrap();
+    super::start_url_webhook(bed, &client, &config_name, port, namespaces).await;
 
     // The API server loads configurations through an informer: wait until a
     // dry-run pod with a bad annotation is denied by sm-injector.

@@ -829,6 +829,7 @@ pub async fn start_url_webhook(
             "admissionReviewVersions": ["v1"],
             "sideEffects": "NoneOnDryRun",
             "failurePolicy": "Fail",
+            "reinvocationPolicy": "IfNeeded",
             "timeoutSeconds": 10,
             "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate"), "caBundle": bed.ca_bundle_b64()},
             "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
