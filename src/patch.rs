@@ -263,7 +263,6 @@ mod tests {
                 secret: "sm-n-db-1".into(),
                 path: "/s/n/db".into(),
             }],
-            containers: None,
             refresh_interval: Duration::from_secs(3600),
         }
     }

@@ -65,7 +65,6 @@ pub struct Plan {
     pub env: Vec<EnvVar>,
     pub env_from: Vec<EnvFrom>,
     pub mounts: Vec<Mount>,
-    pub containers: Option<Vec<String>>,
     pub refresh_interval: Duration,
 }
 
@@ -322,7 +321,6 @@ pub fn resolve(
         env,
         env_from,
         mounts,
-        containers: inj.containers.clone(),
         refresh_interval: inj.refresh_interval,
     })
 }

@@ -152,7 +152,13 @@ impl Refresher {
         namespaces: Namespaces,
         metrics: Metrics,
     ) -> Self {
-        let client_for_events = client.clone();
+        let recorder = kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "sm-injector".into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        );
         Refresher {
             client,
             source,
@@ -163,13 +169,7 @@ impl Refresher {
             inventory: None,
             tick: Duration::from_secs(30),
             forced: HashMap::new(),
-            recorder: kube::runtime::events::Recorder::new(
-                client_for_events,
-                kube::runtime::events::Reporter {
-                    controller: "sm-injector".into(),
-                    instance: std::env::var("POD_NAME").ok(),
-                },
-            ),
+            recorder,
         }
     }
 
@@ -577,6 +577,18 @@ impl Refresher {
         }
     }
 
+    /// The API of a Deployment, StatefulSet or DaemonSet in `ns`.
+    fn workload_api(&self, ns: &str, kind: &str) -> Api<kube::core::DynamicObject> {
+        use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+        use kube::core::ApiResource;
+        let resource = match kind {
+            "Deployment" => ApiResource::erase::<Deployment>(&()),
+            "StatefulSet" => ApiResource::erase::<StatefulSet>(&()),
+            _ => ApiResource::erase::<DaemonSet>(&()),
+        };
+        Api::namespaced_with(self.client.clone(), ns, &resource)
+    }
+
     /// Rolls the Deployments, StatefulSets and DaemonSets that carry
     /// `sm-injector.io/restart-on-rotation: "true"` and whose pods use a backing
     /// Secret that just changed version: their pod template gets the new
@@ -586,7 +598,6 @@ impl Refresher {
         pods: &[kube::core::PartialObjectMeta<Pod>],
         rotated: &[(String, String, String)],
     ) -> usize {
-        use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
         let backings: Vec<(String, String)> = rotated
             .iter()
             .map(|(ns, n, _)| (ns.clone(), n.clone()))
@@ -607,23 +618,12 @@ impl Refresher {
             .collect();
         let mut rolled = 0;
         for ((ns, kind, name), versions) in workloads {
-            let annotations = match kind {
-                "Deployment" => Api::<Deployment>::namespaced(self.client.clone(), &ns)
-                    .get_metadata(&name)
-                    .await
-                    .map(|o| o.metadata.annotations),
-                "StatefulSet" => Api::<StatefulSet>::namespaced(self.client.clone(), &ns)
-                    .get_metadata(&name)
-                    .await
-                    .map(|o| o.metadata.annotations),
-                _ => Api::<DaemonSet>::namespaced(self.client.clone(), &ns)
-                    .get_metadata(&name)
-                    .await
-                    .map(|o| o.metadata.annotations),
-            };
-            let opted_in = annotations
+            let api = self.workload_api(&ns, kind);
+            let opted_in = api
+                .get_metadata(&name)
+                .await
                 .ok()
-                .flatten()
+                .and_then(|o| o.metadata.annotations)
                 .and_then(|a| a.get(RESTART_ON_ROTATION).cloned())
                 .is_some_and(|v| v == "true");
             if !opted_in {
@@ -636,20 +636,10 @@ impl Refresher {
                 field_manager: Some(backing::FIELD_MANAGER.into()),
                 ..Default::default()
             };
-            let result = match kind {
-                "Deployment" => Api::<Deployment>::namespaced(self.client.clone(), &ns)
-                    .patch(&name, &pp, &Patch::Merge(&patch))
-                    .await
-                    .map(|_| ()),
-                "StatefulSet" => Api::<StatefulSet>::namespaced(self.client.clone(), &ns)
-                    .patch(&name, &pp, &Patch::Merge(&patch))
-                    .await
-                    .map(|_| ()),
-                _ => Api::<DaemonSet>::namespaced(self.client.clone(), &ns)
-                    .patch(&name, &pp, &Patch::Merge(&patch))
-                    .await
-                    .map(|_| ()),
-            };
+            let result = api
+                .patch(&name, &pp, &Patch::Merge(&patch))
+                .await
+                .map(|_| ());
             match result {
                 Ok(()) => {
                     rolled += 1;

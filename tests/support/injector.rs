@@ -177,16 +177,17 @@ impl Injector {
     }
 }
 
-/// A plain HTTP/1.0 GET on loopback: (status code, body).
+/// A plain HTTP/1.0 GET on loopback: (status code, body); (0, "") when
+/// nothing answers.
 pub async fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return (0, String::new());
+    };
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
     let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
+    if s.write_all(request.as_bytes()).await.is_err() || s.read_to_string(&mut buf).await.is_err() {
+        return (0, String::new());
+    }
     let code = buf
         .split(' ')
         .nth(1)

@@ -219,23 +219,6 @@ fn wait_for(
     }
 }
 
-fn http_ok(url: &str) -> bool {
-    // A tiny HTTP/1.0 GET, to avoid a client dependency for plain-HTTP probes.
-    use std::io::{Read, Write};
-    let rest = url.trim_start_matches("http://");
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let Ok(mut s) = std::net::TcpStream::connect(host) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if write!(s, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut buf = String::new();
-    let _ = s.read_to_string(&mut buf);
-    buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200")
-}
-
 fn write(path: &Path, text: &str) {
     fs::write(path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
 }
@@ -327,6 +310,10 @@ fn start() -> TestBed {
     );
     let p = |f: &str| pki.join(f).display().to_string();
 
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut etcd = spawn(
         &dir,
         "etcd",
@@ -350,7 +337,7 @@ fn start() -> TestBed {
         &["-H".into(), "127.0.0.1".into(), "-p".into(), mp.to_string()],
     );
     wait_for(&dir, "etcd", &mut etcd, Duration::from_secs(30), || {
-        http_ok(&format!("http://127.0.0.1:{ep}/health"))
+        rt.block_on(injector::http_get(ep, "/health")).0 == 200
     });
 
     let apiserver = format!("https://127.0.0.1:{ap}");
@@ -400,10 +387,6 @@ fn start() -> TestBed {
         ),
     );
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let kc = kubeconfig_path.clone();
     let readyz = || {
         rt.block_on(async {
@@ -462,7 +445,7 @@ fn start() -> TestBed {
         },
     );
     wait_for(&dir, "moto", &mut moto, Duration::from_secs(30), || {
-        http_ok(&format!("http://127.0.0.1:{mp}/moto-api/"))
+        rt.block_on(injector::http_get(mp, "/moto-api/")).0 == 200
     });
     // The children stay owned by this thread's caller; their pids are in CHILDREN.
     std::mem::forget((etcd, kas, kcm, moto));
@@ -801,12 +784,7 @@ pub async fn serve_process_as(
     eventually(
         Duration::from_secs(30),
         "sm-injector to be ready",
-        || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", probe))
-                .await
-                .ok()?;
-            (injector::http_get(probe, "/readyz").await.0 == 200).then_some(())
-        },
+        || async { (injector::http_get(probe, "/readyz").await.0 == 200).then_some(()) },
     )
     .await;
     ServeProcess { port, probe, pid }
