@@ -153,10 +153,15 @@ impl Webhook {
             Planned::Denied(reasons) => return deny(req, reasons),
             Planned::Plan { plan, targets } => (plan, targets),
         };
-        let mut warnings = match self.syncer.ensure(namespace, &plan, req.dry_run).await {
-            Ok(w) => w,
+        let ensured = match self.syncer.ensure(namespace, &plan, req.dry_run).await {
+            Ok(e) => e,
             Err(e) => return deny(req, e),
         };
+        if !ensured.stale.is_empty() {
+            // A backing Secret holds a later observation than the cache.
+            self.source.invalidate(&ensured.stale).await;
+        }
+        let mut warnings = ensured.warnings;
         let (patch, patch_warnings) = patch::build(pod, &plan, &targets);
         warnings.extend(patch_warnings);
         let mut response = match AdmissionResponse::from(req).with_patch(patch) {

@@ -13,6 +13,12 @@ pub const MOUNT_PATH: &str = "sm-injector.io/mount-path";
 pub const REFRESH_INTERVAL: &str = "sm-injector.io/refresh-interval";
 /// On a Deployment, StatefulSet or DaemonSet's own metadata, never on a pod.
 pub const RESTART_ON_ROTATION: &str = "sm-injector.io/restart-on-rotation";
+/// The Namespace label that opts a namespace in (SPEC section 1).
+pub const INJECT_LABEL: &str = "sm-injector.io/inject";
+pub const INJECT_ENABLED: &str = "enabled";
+/// The label sm-injector sets on the pods it mutates: the refresher's watch
+/// selects them by it. Any pod can carry it; the record is checked all the same.
+pub const INJECTED_LABEL: &str = "sm-injector.io/injected";
 /// Written by sm-injector on the pods it mutates: what it injected (backing
 /// Secrets, versions, refresh interval). Never read as input.
 pub const INJECTED: &str = "sm-injector.io/injected";

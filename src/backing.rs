@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff;
 use kube::api::ObjectMeta;
 use sha2::{Digest, Sha256};
 
@@ -31,6 +32,9 @@ pub const ANN_SELECTOR: &str = "sm-injector.io/version-selector";
 pub const ANN_VERSION_ID: &str = "sm-injector.io/version-id";
 pub const ANN_REFRESHED: &str = "sm-injector.io/refreshed-at";
 pub const ANN_FORM: &str = "sm-injector.io/form";
+/// When Secrets Manager was asked for the version the Secret holds (RFC 3339,
+/// milliseconds). Every writer compares it before writing ([`decide`]).
+pub const ANN_OBSERVED: &str = "sm-injector.io/observed-at";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Form {
@@ -73,6 +77,34 @@ fn dns_part(s: &str) -> String {
 /// pinned stage, and `raw`); the hash of the exact (name, version, form) keeps two
 /// names that read alike apart (`a/b` and `a-b`).
 pub fn name(secret_name: &str, version: &Version, form: Form) -> String {
+    name_scoped(secret_name, None, version, form)
+}
+
+/// The scope of a secret named by ARN: `<region>:<account>`, so that a secret
+/// of another account or region never shares a backing Secret with the local
+/// one of the same name. `None` for anything that is not a Secrets Manager ARN.
+pub fn arn_scope(arn: &str) -> Option<String> {
+    let mut parts = arn.splitn(7, ':');
+    let (Some("arn"), Some(_partition), Some("secretsmanager"), Some(region), Some(account)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    Some(format!("{region}:{account}"))
+}
+
+/// [`name`] for a secret that a reference named by ARN: the ARN's scope
+/// ([`arn_scope`]) goes into the hash.
+pub fn name_scoped(
+    secret_name: &str,
+    scope: Option<&str>,
+    version: &Version,
+    form: Form,
+) -> String {
     let mut readable = dns_part(secret_name);
     match version {
         v if v.is_current() => {}
@@ -86,6 +118,11 @@ pub fn name(secret_name: &str, version: &Version, form: Form) -> String {
         readable.push_str("-raw");
     }
     let mut h = Sha256::new();
+    if let Some(scope) = scope {
+        h.update(b"arn:");
+        h.update(scope.as_bytes());
+        h.update([0]);
+    }
     h.update(secret_name.as_bytes());
     h.update([0]);
     h.update(version.to_string().as_bytes());
@@ -103,6 +140,53 @@ pub fn name(secret_name: &str, version: &Version, form: Form) -> String {
     } else {
         format!("sm-{readable}-{hash}")
     }
+}
+
+/// What a writer does with a backing Secret that exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// It holds an older observation of another version: overwrite it.
+    Write,
+    /// It holds this version already.
+    Current,
+    /// It holds another version observed later than ours (a rotation another
+    /// writer saw first, or our cached value is stale): leave it.
+    Newer { version_id: String },
+}
+
+/// The one rule for every writer (admission and refresher, every replica): a
+/// backing Secret is never overwritten with a value observed earlier than the
+/// one it holds. `existing` is the Secret's annotations. Ordering by the time
+/// Secrets Manager was asked, not by the versions' creation dates, lets a
+/// deliberate rollback in Secrets Manager (moving AWSCURRENT back) through
+/// while a stale cache cannot roll a rotation back.
+pub fn decide(
+    existing: &BTreeMap<String, String>,
+    version_id: &str,
+    observed_at: jiff::Timestamp,
+) -> Decision {
+    match existing.get(ANN_VERSION_ID) {
+        Some(v) if v == version_id => return Decision::Current,
+        None => return Decision::Write,
+        Some(_) => {}
+    }
+    let theirs = existing
+        .get(ANN_OBSERVED)
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    match theirs {
+        Some(t) if t >= observed_at => Decision::Newer {
+            version_id: existing[ANN_VERSION_ID].clone(),
+        },
+        _ => Decision::Write,
+    }
+}
+
+/// A timestamp as written in [`ANN_OBSERVED`]: RFC 3339, milliseconds, UTC.
+pub fn format_observed(t: jiff::Timestamp) -> String {
+    t.round(jiff::Unit::Millisecond)
+        .unwrap_or(t)
+        .strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
 }
 
 /// The data of a backing Secret of `form` for `value`.
@@ -123,9 +207,11 @@ pub fn data(value: &SecretValue, form: Form) -> Result<BTreeMap<String, ByteStri
 
 /// The Secret object to apply with server-side apply (field manager
 /// [`FIELD_MANAGER`]). It writes `data`, never `stringData`, so that keys removed
-/// from the secret are pruned.
+/// from the secret are pruned. `name` is the backing Secret's ([`name`] or
+/// [`name_scoped`]).
 pub fn object(
     namespace: &str,
+    name: &str,
     value: &SecretValue,
     version: &Version,
     form: Form,
@@ -134,7 +220,7 @@ pub fn object(
 ) -> Secret {
     Secret {
         metadata: ObjectMeta {
-            name: Some(name(&value.name, version, form)),
+            name: Some(name.to_string()),
             namespace: Some(namespace.to_string()),
             labels: Some(BTreeMap::from([(
                 MANAGED_BY_LABEL.to_string(),
@@ -147,6 +233,7 @@ pub fn object(
                 (ANN_VERSION_ID.to_string(), value.version_id.clone()),
                 (ANN_FORM.to_string(), form.as_str().to_string()),
                 (ANN_REFRESHED.to_string(), refreshed_at.to_string()),
+                (ANN_OBSERVED.to_string(), format_observed(value.observed_at)),
             ])),
             ..Default::default()
         },
@@ -214,6 +301,7 @@ mod tests {
         assert_eq!(d["b"].0, b"2");
         let s = object(
             "ns",
+            "sm-n-s-1",
             &v,
             &Version::current(),
             Form::Keys,
@@ -228,5 +316,66 @@ mod tests {
         assert!(s.string_data.is_none());
         let raw = data(&v, Form::Raw).unwrap();
         assert_eq!(raw[RAW_KEY].0, br#"{"a":"1","b":2}"#);
+    }
+
+    #[test]
+    fn arn_references_of_other_accounts_get_their_own_backing_secret() {
+        let cur = Version::current();
+        let arn = "arn:aws:secretsmanager:eu-west-1:999999999999:secret:team/db-AbCdEf";
+        assert_eq!(arn_scope(arn).as_deref(), Some("eu-west-1:999999999999"));
+        assert_eq!(arn_scope("team/db"), None);
+        assert_eq!(arn_scope("arn:aws:s3:::bucket"), None);
+        let local = name("team/db", &cur, Form::Keys);
+        let remote = name_scoped("team/db", arn_scope(arn).as_deref(), &cur, Form::Keys);
+        assert_ne!(local, remote);
+        assert!(remote.starts_with("sm-team-db-"), "{remote}");
+    }
+
+    #[test]
+    fn a_write_never_replaces_a_later_observation() {
+        let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        let held = |v: &str, at: Option<&str>| {
+            let mut a = BTreeMap::from([(ANN_VERSION_ID.to_string(), v.to_string())]);
+            if let Some(at) = at {
+                a.insert(ANN_OBSERVED.to_string(), at.to_string());
+            }
+            a
+        };
+        let at = t("2026-01-01T00:00:10Z");
+        let rotated = held("v2", Some(&format_observed(at)));
+        // A cache warmed before the rotation: refused, whatever the version.
+        assert_eq!(
+            decide(&rotated, "v1", t("2026-01-01T00:00:05Z")),
+            Decision::Newer {
+                version_id: "v2".into()
+            }
+        );
+        assert_eq!(
+            decide(&rotated, "v1", at),
+            Decision::Newer {
+                version_id: "v2".into()
+            },
+            "ties keep what is there"
+        );
+        assert_eq!(
+            decide(&rotated, "v2", t("2026-01-01T00:00:01Z")),
+            Decision::Current
+        );
+        // A later observation wins: a rotation, or a rollback made in Secrets Manager.
+        assert_eq!(
+            decide(&rotated, "v1", t("2026-01-01T00:00:11Z")),
+            Decision::Write
+        );
+        assert_eq!(
+            decide(&rotated, "v3", t("2026-01-01T00:01:00Z")),
+            Decision::Write
+        );
+        // Secrets written before the rule (no observation) or not ours to judge.
+        assert_eq!(decide(&held("v1", None), "v2", at), Decision::Write);
+        assert_eq!(decide(&BTreeMap::new(), "v2", at), Decision::Write);
+        assert_eq!(
+            format_observed(t("2026-01-01T00:00:10.123456Z")),
+            "2026-01-01T00:00:10.123Z"
+        );
     }
 }

@@ -15,7 +15,7 @@ pub mod patch;
 pub mod plan;
 pub mod policy;
 pub mod reference;
-pub mod refresher;
+pub mod refresh;
 pub mod render;
 pub mod secret;
 pub mod server;

@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use sm_injector::admission::{Settings, Webhook};
 use sm_injector::metrics::Metrics;
 use sm_injector::namespaces::Namespaces;
+use sm_injector::plan::MAX_BACKING_PER_POD;
+use sm_injector::refresh::{self, Refresher, index::Limits, inventory::Inventory};
 use sm_injector::server::{self, ServerSettings};
 use sm_injector::source::{AwsSource, CachedSource};
 use sm_injector::sync::Syncer;
@@ -216,8 +218,8 @@ struct ServeArgs {
     /// Log as JSON lines.
     #[arg(long, env = "SM_INJECTOR_LOG_JSON")]
     log_json: bool,
-    /// How often the refresher (on the replica holding the Lease) looks for
-    /// backing Secrets whose refresh-interval has passed.
+    /// The refresher (on the replica holding the Lease) plans at least this
+    /// often, in memory (no API call); also the first retry delay after a failure.
     #[arg(long, env = "SM_INJECTOR_REFRESH_TICK", default_value = "30s", value_parser = humantime::parse_duration)]
     refresh_tick: Duration,
     /// The Lease that elects the refresher; in --lease-namespace.
@@ -269,17 +271,29 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let aws: Arc<dyn sm_injector::source::SecretSource> =
         Arc::new(AwsSource::from_env(metrics.clone()).await);
     let namespaces = Namespaces::start(client.clone());
-    let refresher = sm_injector::refresher::Refresher::new(
+    let inventory = Inventory::new(
+        client.clone(),
+        &a.lease_namespace,
+        &format!("{}-inventory", a.lease_name),
+        a.cache_ttl,
+    );
+    let refresher = Refresher::new(
         client.clone(),
         aws.clone(),
         namespaces.clone(),
         metrics.clone(),
-    )
-    .with_gc(sm_injector::refresher::Gc {
-        namespace: a.lease_namespace.clone(),
-        configmap: format!("{}-inventory", a.lease_name),
-        grace: a.gc_grace,
-    });
+        inventory.clone(),
+        refresh::Settings {
+            tick: a.refresh_tick,
+            limits: Limits {
+                max_entries: MAX_BACKING_PER_POD,
+                min_interval: a.min_refresh_interval,
+            },
+            aws_deadline: a.aws_deadline,
+            gc_grace: Some(a.gc_grace),
+            concurrency: 16,
+        },
+    );
     let identity = a.identity.clone().unwrap_or_else(|| {
         format!(
             "{}-{}",
@@ -287,23 +301,19 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             std::process::id()
         )
     });
-    let (lease_ns, lease_name, lease_seconds, tick) = (
+    let (lease_ns, lease_name, lease_seconds) = (
         a.lease_namespace.clone(),
         a.lease_name.clone(),
         a.lease_seconds,
-        a.refresh_tick,
     );
-    tokio::spawn(async move {
-        if let Err(e) = refresher
-            .run_with_lease(&lease_ns, &lease_name, identity, lease_seconds, tick)
+    let refresher = tokio::spawn(async move {
+        refresher
+            .run_with_lease(&lease_ns, &lease_name, identity, lease_seconds)
             .await
-        {
-            tracing::error!(error = %e, "the refresher stopped; admissions go on");
-        }
     });
     let webhook = Arc::new(Webhook {
         source: CachedSource::new(aws, a.cache_ttl, metrics.clone()),
-        syncer: Syncer::new(client.clone(), a.cache_ttl, metrics.clone()),
+        syncer: Syncer::new(client.clone(), a.cache_ttl, metrics.clone()).with_inventory(inventory),
         namespaces,
         metrics,
         settings: Settings {
@@ -317,7 +327,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", a.probe_listen))?;
     tracing::info!(listen = %a.listen, probes = %a.probe_listen, "serving admissions");
-    server::run(
+    let server = server::run(
         webhook,
         ServerSettings {
             tls_cert: a.tls_cert,
@@ -330,8 +340,20 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         tls,
         probes,
         shutdown_signal(),
-    )
-    .await
+    );
+    // A replica whose refresher or Lease task stopped exits (the Lease is
+    // released on the way), so that another one takes over.
+    tokio::select! {
+        r = server => r,
+        r = refresher => {
+            let why = match r {
+                Ok(e) => e.to_string(),
+                Err(e) => format!("the refresher task failed: {e}"),
+            };
+            tracing::error!(error = %why, "the refresher stopped; exiting so that another replica takes over");
+            anyhow::bail!("the refresher stopped: {why}")
+        }
+    }
 }
 
 #[tokio::main]

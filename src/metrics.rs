@@ -36,9 +36,19 @@ struct Inner {
     cache_hits: Counter,
     cache_misses: Counter,
     secret_writes: Family<OperationLabels, Counter>,
-    refresh_failures: Counter,
-    oldest_refresh_age: Gauge,
+    refresh_failures: Family<ReasonLabels, Counter>,
+    refresh_refused: Family<ReasonLabels, Counter>,
+    refresh_leader: Gauge,
+    oldest_due: Gauge,
+    in_use: Gauge,
     failing_secrets: Gauge,
+    revoked_secrets: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// A fixed word (`secretsmanager`, `kubernetes`, `record`, `not-allowed`, ...).
+    pub reason: &'static str,
 }
 
 impl Default for Metrics {
@@ -99,23 +109,47 @@ impl Metrics {
             "Writes of backing Secrets to Kubernetes, by operation",
             secret_writes.clone(),
         );
-        let refresh_failures = Counter::default();
+        let refresh_failures = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "refresh_failures",
-            "Backing Secret refreshes that failed (Secrets Manager or Kubernetes); the Secret is kept",
+            "Backing Secret refreshes that failed, by reason; the Secret is kept as it is",
             refresh_failures.clone(),
         );
-        let oldest_refresh_age = Gauge::default();
+        let refresh_refused = Family::<ReasonLabels, Counter>::default();
         registry.register(
-            "refresh_oldest_success_age_seconds",
-            "Seconds since the backing Secret refreshed least recently was last refreshed or confirmed current (refresher leader only)",
-            oldest_refresh_age.clone(),
+            "refresh_refused",
+            "Pod records refused (reason record) and backing Secrets no longer refreshed (not-opted-in, not-allowed), each counted once",
+            refresh_refused.clone(),
+        );
+        let refresh_leader = Gauge::default();
+        registry.register(
+            "refresh_leader",
+            "1 while this replica holds the refresher's Lease, else 0",
+            refresh_leader.clone(),
+        );
+        let oldest_due = Gauge::default();
+        registry.register(
+            "refresh_oldest_due_timestamp_seconds",
+            "Unix time at which the most overdue backing Secret in use was due for a successful refresh; time() minus this grows while refreshes fail or stop (leader only)",
+            oldest_due.clone(),
+        );
+        let in_use = Gauge::default();
+        registry.register(
+            "refresh_backing_secrets",
+            "Backing Secrets in use and refreshed (leader only)",
+            in_use.clone(),
         );
         let failing_secrets = Gauge::default();
         registry.register(
             "refresh_failing_secrets",
-            "Backing Secrets whose last refresh attempt failed (refresher leader only)",
+            "Backing Secrets whose last refresh attempt failed (leader only)",
             failing_secrets.clone(),
+        );
+        let revoked_secrets = Gauge::default();
+        registry.register(
+            "refresh_revoked_secrets",
+            "Backing Secrets in use that their namespace may no longer read (leader only)",
+            revoked_secrets.clone(),
         );
         Metrics {
             inner: Arc::new(Inner {
@@ -129,8 +163,12 @@ impl Metrics {
                 cache_misses,
                 secret_writes,
                 refresh_failures,
-                oldest_refresh_age,
+                refresh_refused,
+                refresh_leader,
+                oldest_due,
+                in_use,
                 failing_secrets,
+                revoked_secrets,
             }),
         }
     }
@@ -170,14 +208,31 @@ impl Metrics {
             .inc();
     }
 
-    pub fn refresh_failure(&self) {
-        self.inner.refresh_failures.inc();
+    pub fn refresh_failure(&self, reason: &'static str) {
+        self.inner
+            .refresh_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
-    /// After a refresh pass: the oldest successful refresh, and how many fail.
-    pub fn refresh_state(&self, oldest_age_seconds: i64, failing: i64) {
-        self.inner.oldest_refresh_age.set(oldest_age_seconds);
-        self.inner.failing_secrets.set(failing);
+    pub fn refresh_refused(&self, reason: &'static str) {
+        self.inner
+            .refresh_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Set when the Lease is won, reset when it is lost.
+    pub fn refresh_leader(&self, leader: bool) {
+        self.inner.refresh_leader.set(i64::from(leader));
+    }
+
+    /// After each planning of the refresher.
+    pub fn refresh_gauges(&self, g: &crate::refresh::planner::Gauges) {
+        self.inner.oldest_due.set(g.oldest_due);
+        self.inner.in_use.set(g.in_use);
+        self.inner.failing_secrets.set(g.failing);
+        self.inner.revoked_secrets.set(g.revoked);
     }
 
     /// The OpenMetrics text exposition.

@@ -10,8 +10,9 @@ use kube::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 
-use crate::annotations::ALLOWED_SECRETS;
+use crate::annotations::{ALLOWED_SECRETS, INJECT_ENABLED, INJECT_LABEL, REFRESH_NOW};
 use crate::policy::AccessRule;
+use crate::refresh::planner::NamespaceFacts;
 use crate::sync::kube_reason;
 
 #[derive(Clone)]
@@ -65,6 +66,26 @@ impl Namespaces {
             .as_ref()?
             .get(key)
             .cloned()
+    }
+
+    /// What the refresher's planner needs of a Namespace, from the watched
+    /// cache only (`None` until the cache has it).
+    pub fn facts(&self, namespace: &str) -> Option<NamespaceFacts> {
+        let ns = self.store.get(&ObjectRef::new(namespace))?;
+        let m = &ns.metadata;
+        let annotation = |k: &str| m.annotations.as_ref().and_then(|a| a.get(k));
+        Some(NamespaceFacts {
+            opted_in: m
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(INJECT_LABEL))
+                .is_some_and(|v| v == INJECT_ENABLED),
+            rule: AccessRule::for_namespace(
+                namespace,
+                annotation(ALLOWED_SECRETS).map(String::as_str),
+            ),
+            refresh_now: annotation(REFRESH_NOW).cloned(),
+        })
     }
 
     pub async fn rule(&self, namespace: &str) -> Result<AccessRule, String> {

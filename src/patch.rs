@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{
 };
 use serde_json::Value;
 
-use crate::annotations::{CONTAINERS, INJECTED};
+use crate::annotations::{CONTAINERS, INJECTED, INJECTED_LABEL};
 use crate::plan::Plan;
 
 /// A container the pod's annotations select: its list and index in the spec.
@@ -224,6 +224,16 @@ pub fn build(pod: &Pod, plan: &Plan, targets: &[Target]) -> (Patch, Vec<String>)
         append(&mut ops, &["spec"], "volumes", has_volumes, volumes);
     }
 
+    // The label lets the refresher watch only the pods sm-injector mutated.
+    let label = Value::String("true".into());
+    if pod.metadata.labels.is_some() {
+        ops.push(add(ptr(&["metadata", "labels", INJECTED_LABEL]), label));
+    } else {
+        ops.push(add(
+            ptr(&["metadata", "labels"]),
+            serde_json::json!({ INJECTED_LABEL: label }),
+        ));
+    }
     let record = Value::String(plan.record());
     if pod.metadata.annotations.is_some() {
         ops.push(add(ptr(&["metadata", "annotations", INJECTED]), record));
@@ -349,6 +359,7 @@ mod tests {
             Some("sm-n-db-1")
         );
         assert!(out.metadata.annotations.unwrap().contains_key(INJECTED));
+        assert_eq!(out.metadata.labels.unwrap()[INJECTED_LABEL], "true");
     }
 
     #[test]
@@ -365,8 +376,8 @@ mod tests {
         );
         assert_eq!(
             patch2.0.len(),
-            1,
-            "only the record annotation is set again: {patch2:?}"
+            2,
+            "only the label and the record annotation are set again: {patch2:?}"
         );
     }
 

@@ -22,12 +22,13 @@ pub enum Content {
     /// known to be current ([`crate::backing::data`] gives its data).
     Fresh { value: Arc<SecretValue> },
     /// Secrets Manager could not be reached: the existing backing Secret must
-    /// serve, and must hold these keys.
-    Unreachable {
-        required_keys: BTreeSet<String>,
-        reason: String,
-    },
+    /// serve, and must hold [`Backing::required_keys`].
+    Unreachable { reason: String },
 }
+
+/// At most this many backing Secrets per pod. The refresher refuses records
+/// with more entries, so one pod cannot make it fetch without bound.
+pub const MAX_BACKING_PER_POD: usize = 100;
 
 #[derive(Debug, Clone)]
 pub struct Backing {
@@ -37,6 +38,13 @@ pub struct Backing {
     pub secret_name: String,
     pub version: Version,
     pub form: Form,
+    /// What was asked of Secrets Manager (the reference's name or ARN).
+    pub fetch: FetchKey,
+    /// The full ARN when the reference named the secret by ARN (its account
+    /// and region are part of the backing name and of the pod's record).
+    pub arn: Option<String>,
+    /// The data keys the pod's env entries read.
+    pub required_keys: BTreeSet<String>,
     pub content: Content,
 }
 
@@ -139,7 +147,9 @@ impl Builder<'_> {
                 if !self.rule.allows(&value.name) {
                     return fail(self, denied(r, Some(&value.name), self.rule));
                 }
-                let name = backing::name(&value.name, &r.version, form);
+                let arn = r.is_arn().then(|| value.arn.clone());
+                let scope = arn.as_deref().and_then(backing::arn_scope);
+                let name = backing::name_scoped(&value.name, scope.as_deref(), &r.version, form);
                 if !self.backing.contains_key(&name) {
                     if form == Form::Keys
                         && let Err(e) = value.json_fields()
@@ -153,6 +163,9 @@ impl Builder<'_> {
                             secret_name: value.name.clone(),
                             version: r.version.clone(),
                             form,
+                            fetch: key,
+                            arn,
+                            required_keys: BTreeSet::new(),
                             content: Content::Fresh { value },
                         },
                     );
@@ -166,8 +179,10 @@ impl Builder<'_> {
                     secret_name: r.id.clone(),
                     version: r.version.clone(),
                     form,
+                    fetch: key,
+                    arn: None,
+                    required_keys: BTreeSet::new(),
                     content: Content::Unreachable {
-                        required_keys: BTreeSet::new(),
                         reason: e.to_string(),
                     },
                 });
@@ -188,7 +203,8 @@ impl Builder<'_> {
     fn require_key(&mut self, name: &str, key: &str, r: &SecretRef, ann: &str) -> bool {
         let b = self.backing.get_mut(name).expect("backing_for inserted it");
         let form = b.form;
-        match &mut b.content {
+        b.required_keys.insert(key.to_string());
+        match &b.content {
             Content::Fresh { value } => {
                 let present = match (form, value.json_fields()) {
                     (Form::Raw, _) => key == RAW_KEY,
@@ -206,10 +222,7 @@ impl Builder<'_> {
                     false
                 }
             }
-            Content::Unreachable { required_keys, .. } => {
-                required_keys.insert(key.to_string());
-                true
-            }
+            Content::Unreachable { .. } => true,
         }
     }
 }
@@ -289,6 +302,12 @@ pub fn resolve(
             env_from.push(entry);
         }
     }
+    if b.backing.len() > MAX_BACKING_PER_POD {
+        b.errors.push(format!(
+            "the pod's references need {} backing Secrets; at most {MAX_BACKING_PER_POD} per pod",
+            b.backing.len()
+        ));
+    }
     if !b.errors.is_empty() {
         return Err(b.errors);
     }
@@ -343,6 +362,10 @@ pub struct RecordEntry {
     pub version: String,
     /// `keys` or `raw` ([`Form`]).
     pub form: String,
+    /// The full ARN, when the pod's reference named the secret by ARN: the
+    /// refresher fetches exactly that (its account and region).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
 }
 
 impl Plan {
@@ -357,6 +380,7 @@ impl Plan {
                     secret: b.secret_name.clone(),
                     version: b.version.to_string(),
                     form: b.form.as_str().to_string(),
+                    arn: b.arn.clone(),
                 })
                 .collect(),
         };
@@ -560,10 +584,9 @@ mod tests {
             ("sm-injector.io/env.B", "n/s#k2"),
         ]);
         let p = resolve(&i, &rule, &results(vec![("n/s", cur(), down())])).unwrap();
-        let Content::Unreachable { required_keys, .. } = &p.backing[0].content else {
-            panic!()
-        };
-        assert_eq!(required_keys.iter().collect::<Vec<_>>(), ["k1", "k2"]);
+        assert!(matches!(p.backing[0].content, Content::Unreachable { .. }));
+        let required = &p.backing[0].required_keys;
+        assert_eq!(required.iter().collect::<Vec<_>>(), ["k1", "k2"]);
 
         let arn = "arn:aws:secretsmanager:eu-west-1:1:secret:n/s-AbCdEf";
         let i = inj(&[("sm-injector.io/env.A", arn)]);
@@ -600,5 +623,63 @@ mod tests {
             backing::name("n/s", &cur(), Form::Keys).as_str()
         )));
         assert!(paths.iter().any(|(p, _)| *p == "/secrets/n/s@AWSPREVIOUS"));
+    }
+
+    #[test]
+    fn arn_references_keep_their_account_in_the_name_and_the_record() {
+        let rule = AccessRule::for_namespace("n", None);
+        let arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:n/s-AbCdEf";
+        let i = inj(&[
+            ("sm-injector.io/env.A", &format!("{arn}#k")),
+            ("sm-injector.io/env.B", "n/s#k"),
+        ]);
+        let res = results(vec![
+            (arn, cur(), Ok(value("n/s", r#"{"k":"v"}"#))),
+            ("n/s", cur(), Ok(value("n/s", r#"{"k":"v"}"#))),
+        ]);
+        let p = resolve(&i, &rule, &res).unwrap();
+        assert_eq!(
+            p.backing.len(),
+            2,
+            "by ARN and by name: two backing Secrets"
+        );
+        let rec: Record = serde_json::from_str(&p.record()).unwrap();
+        let by_arn = rec.secrets.iter().find(|e| e.arn.is_some()).unwrap();
+        assert_eq!(by_arn.arn.as_deref(), Some(arn));
+        assert_eq!(
+            by_arn.backing,
+            backing::name_scoped("n/s", Some("eu-west-1:123456789012"), &cur(), Form::Keys)
+        );
+        let by_name = rec.secrets.iter().find(|e| e.arn.is_none()).unwrap();
+        assert_eq!(by_name.backing, backing::name("n/s", &cur(), Form::Keys));
+        assert!(!p.record().contains("\"arn\":null"));
+    }
+
+    #[test]
+    fn more_backing_secrets_than_the_cap_are_denied() {
+        let rule = AccessRule::for_namespace("n", None);
+        let n = MAX_BACKING_PER_POD + 1;
+        let pairs: Vec<(String, String)> = (0..n)
+            .map(|i| (format!("sm-injector.io/env.V{i}"), format!("n/s{i}#k")))
+            .collect();
+        let refs: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        let i = inj(&refs);
+        let names: Vec<String> = (0..n).map(|i| format!("n/s{i}")).collect();
+        let res = results(
+            names
+                .iter()
+                .map(|id| (id.as_str(), cur(), Ok(value(id, r#"{"k":"v"}"#))))
+                .collect(),
+        );
+        let e = resolve(&i, &rule, &res).unwrap_err();
+        assert_eq!(
+            e,
+            vec![format!(
+                "the pod's references need {n} backing Secrets; at most {MAX_BACKING_PER_POD} per pod"
+            )]
+        );
     }
 }

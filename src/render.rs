@@ -176,7 +176,15 @@ pub async fn render(
                     continue;
                 }
             };
-            let secret = backing::object(&ns, value, &b.version, b.form, data, &now_rfc3339());
+            let secret = backing::object(
+                &ns,
+                &b.name,
+                value,
+                &b.version,
+                b.form,
+                data,
+                &now_rfc3339(),
+            );
             let mut v = serde_json::to_value(&secret).expect("a Secret serializes");
             if !show_values {
                 mask(&mut v);

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::OnceLock;
 
+use k8s_openapi::jiff;
 use serde_json::Value;
 
 /// The value of one version of one secret.
@@ -33,6 +34,10 @@ pub struct SecretValue {
     pub name: String,
     pub version_id: String,
     pub payload: Payload,
+    /// When Secrets Manager was asked for this value (the request's start).
+    /// Writers order their writes by it: a backing Secret never takes a value
+    /// observed before the one it holds ([`crate::backing::decide`]).
+    pub observed_at: jiff::Timestamp,
     /// [`SecretValue::json_fields`], parsed once per fetched value.
     fields: OnceLock<Result<BTreeMap<String, String>, ContentError>>,
 }
@@ -86,8 +91,15 @@ impl SecretValue {
             name,
             version_id,
             payload,
+            observed_at: jiff::Timestamp::now(),
             fields: OnceLock::new(),
         }
+    }
+
+    /// The same value, observed at `at`.
+    pub fn observed(mut self, at: jiff::Timestamp) -> Self {
+        self.observed_at = at;
+        self
     }
 
     /// The top-level keys of a JSON object secret, rendered, each a valid

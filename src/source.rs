@@ -8,6 +8,7 @@ use std::time::Duration;
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use futures::future::{BoxFuture, FutureExt, join_all};
+use k8s_openapi::jiff;
 
 use crate::metrics::Metrics;
 use crate::reference::Version;
@@ -101,6 +102,7 @@ impl AwsSource {
         const OP: &str = "BatchGetSecretValue";
         self.metrics.aws_call(OP, keys.len() as u64);
         let ids: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
+        let sent = jiff::Timestamp::now();
         let out = match self
             .client
             .batch_get_secret_value()
@@ -135,7 +137,8 @@ impl AwsSource {
                         e.name().unwrap_or_default().to_string(),
                         e.version_id().unwrap_or_default().to_string(),
                         payload,
-                    )),
+                    )
+                    .observed(sent)),
                 );
             } else if let Some(err) = out.errors().iter().find(|e| e.secret_id() == Some(&k.id)) {
                 results.insert(
@@ -162,6 +165,7 @@ impl AwsSource {
             Version::Stage(s) => req.version_stage(s),
             Version::Id(id) => req.version_id(id),
         };
+        let sent = jiff::Timestamp::now();
         match req.send().await {
             Ok(o) => {
                 let payload = match (o.secret_string(), o.secret_binary()) {
@@ -174,7 +178,8 @@ impl AwsSource {
                     o.name().unwrap_or_default().to_string(),
                     o.version_id().unwrap_or_default().to_string(),
                     payload,
-                ))
+                )
+                .observed(sent))
             }
             Err(e) => {
                 self.metrics.aws_error(OP);
@@ -273,6 +278,14 @@ impl CachedSource {
                 .time_to_live(ttl)
                 .build(),
             metrics,
+        }
+    }
+
+    /// Forgets `keys`: the next lookup asks the source (a writer found that a
+    /// backing Secret holds a later observation than the cached value).
+    pub async fn invalidate(&self, keys: &[FetchKey]) {
+        for k in keys {
+            self.cache.invalidate(k).await;
         }
     }
 

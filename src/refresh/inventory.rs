@@ -1,0 +1,134 @@
+//! The collector's inventory: every backing Secret sm-injector has written,
+//! with a mark ([`super::planner::Inventory`]). One ConfigMap per tenant
+//! namespace, in sm-injector's own namespace (`<prefix>-<namespace>`), so no
+//! single object bounds it (1 MiB holds about 20,000 backing Secrets of one
+//! namespace). Every writer records a Secret here *before* writing it, so a
+//! Secret written for a pod that a later admission stage rejected is known and
+//! collected.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+
+use super::index::Key;
+use crate::backing::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::sync::kube_reason;
+
+/// The label that names the tenant namespace an inventory ConfigMap is for.
+pub const INVENTORY_OF: &str = "sm-injector.io/inventory-of";
+
+#[derive(Clone)]
+pub struct Inventory {
+    api: Api<ConfigMap>,
+    prefix: String,
+    /// Recorded by this process lately: not recorded again.
+    recorded: moka::future::Cache<(String, String), ()>,
+}
+
+impl Inventory {
+    /// ConfigMaps `<prefix>-<namespace>` in `namespace` (sm-injector's own).
+    pub fn new(client: kube::Client, namespace: &str, prefix: &str, ttl: Duration) -> Self {
+        Inventory {
+            api: Api::namespaced(client, namespace),
+            prefix: prefix.to_string(),
+            recorded: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+        }
+    }
+
+    pub fn api(&self) -> &Api<ConfigMap> {
+        &self.api
+    }
+
+    /// Records that `backing` in `namespace` is (about to be) written and used.
+    pub async fn record(&self, namespace: &str, backing: &str) -> Result<(), String> {
+        let key = (namespace.to_string(), backing.to_string());
+        if self.recorded.contains_key(&key) {
+            return Ok(());
+        }
+        let marks = BTreeMap::from([(backing.to_string(), Some(String::new()))]);
+        self.mark(namespace, &marks).await?;
+        self.recorded.insert(key, ()).await;
+        Ok(())
+    }
+
+    /// Sets (`Some`) or removes (`None`) marks in `namespace`'s ConfigMap, with
+    /// a merge patch (so concurrent writers of other keys are not undone),
+    /// creating it when absent.
+    pub async fn mark(
+        &self,
+        namespace: &str,
+        marks: &BTreeMap<String, Option<String>>,
+    ) -> Result<(), String> {
+        let name = format!("{}-{namespace}", self.prefix);
+        let patch = serde_json::json!({ "data": marks });
+        let fail = |e: &kube::Error| {
+            format!(
+                "cannot write the inventory ConfigMap {name}: {}",
+                kube_reason(e)
+            )
+        };
+        for _ in 0..3 {
+            match self
+                .api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(fail(&e)),
+            }
+            let data: BTreeMap<String, String> = marks
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
+                .collect();
+            let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "labels": {
+                    MANAGED_BY_LABEL: MANAGED_BY_VALUE,
+                    INVENTORY_OF: namespace,
+                }},
+                "data": data,
+            }))
+            .expect("a ConfigMap");
+            match self.api.create(&PostParams::default(), &cm).await {
+                Ok(_) => return Ok(()),
+                // Created by another writer meanwhile: patch it.
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(e) => return Err(fail(&e)),
+            }
+        }
+        Err(format!(
+            "cannot write the inventory ConfigMap {name}: it kept changing"
+        ))
+    }
+}
+
+/// The marks one inventory ConfigMap holds.
+pub fn read(cm: &ConfigMap) -> Vec<(Key, String)> {
+    let Some(ns) = cm
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(INVENTORY_OF))
+    else {
+        return vec![];
+    };
+    cm.data
+        .iter()
+        .flatten()
+        .map(|(backing, mark)| {
+            (
+                Key {
+                    namespace: ns.clone(),
+                    backing: backing.clone(),
+                },
+                mark.clone(),
+            )
+        })
+        .collect()
+}
