@@ -38,6 +38,8 @@ pub struct Options {
     pub cache_ttl: Duration,
     /// The shortest refresh-interval a pod may ask for.
     pub min_refresh: Duration,
+    /// Record written backing Secrets in an inventory in this namespace.
+    pub inventory: Option<String>,
 }
 
 impl Default for Options {
@@ -47,6 +49,7 @@ impl Default for Options {
             aws_deadline: Duration::from_secs(3),
             cache_ttl: Duration::from_secs(300),
             min_refresh: Duration::from_secs(60),
+            inventory: None,
         }
     }
 }
@@ -67,7 +70,16 @@ pub async fn start(bed: &TestBed, namespaces: &[&str], opts: Options) -> Injecto
             opts.cache_ttl,
             metrics.clone(),
         ),
-        syncer: Syncer::new(client.clone(), opts.cache_ttl, metrics.clone()),
+        syncer: match &opts.inventory {
+            None => Syncer::new(client.clone(), opts.cache_ttl, metrics.clone()),
+            Some(ns) => Syncer::new(client.clone(), opts.cache_ttl, metrics.clone())
+                .with_inventory(sm_injector::refresh::inventory::Inventory::new(
+                    client.clone(),
+                    ns,
+                    "inventory",
+                    opts.cache_ttl,
+                )),
+        },
         namespaces: Namespaces::start(client.clone()),
         metrics,
         settings: Settings {
