@@ -1,0 +1,360 @@
+//! The refresher at scale, on the test bed through the real API server:
+//! N namespaces x P pods, each namespace using 5 of S secrets.
+//!
+//! `./tests/scale N P S` (default 100 10 50) runs the release `sm-injector
+//! serve` as its own process and prints: pod creation latency p50/p99 without
+//! and with the webhook (16 concurrent clients), Secrets Manager calls during
+//! admission and per refresh interval, the time a rotation of every secret
+//! takes to reach every backing Secret, the API requests on pods, secrets,
+//! configmaps and namespaces during an idle minute (from the API server's own
+//! `apiserver_request_total`), and sm-injector's RSS.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+use support::injector::http_get;
+
+const PER_NS: usize = 5;
+const CLIENTS: usize = 16;
+const INTERVAL: &str = "1m";
+
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| -> f64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+async fn metric(probe: u16, name: &str) -> f64 {
+    http_get(probe, "/metrics")
+        .await
+        .1
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// apiserver_request_total by (verb, resource) for the resources sm-injector uses.
+async fn api_requests(client: &kube::Client) -> BTreeMap<(String, String), f64> {
+    let req = http::Request::get("/metrics").body(vec![]).unwrap();
+    let text = client.request_text(req).await.unwrap();
+    let mut out = BTreeMap::new();
+    for l in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let label = |k: &str| {
+            let i = l.find(&format!("{k}=\""))? + k.len() + 2;
+            Some(l[i..].split('"').next()?.to_string())
+        };
+        let (Some(verb), Some(res)) = (label("verb"), label("resource")) else {
+            continue;
+        };
+        if !["pods", "secrets", "configmaps", "namespaces"].contains(&res.as_str()) {
+            continue;
+        }
+        let v: f64 = l
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        *out.entry((verb, res)).or_default() += v;
+    }
+    out
+}
+
+fn pct(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// Creates the pods with CLIENTS concurrent clients; returns each latency in ms.
+async fn create_pods(client: &kube::Client, pods: Vec<(String, Pod)>) -> Vec<f64> {
+    futures::stream::iter(pods)
+        .map(|(ns, p)| {
+            let api = Api::<Pod>::namespaced(client.clone(), &ns);
+            async move {
+                let t = Instant::now();
+                api.create(&PostParams::default(), &p)
+                    .await
+                    .expect("pod created");
+                t.elapsed().as_secs_f64() * 1000.0
+            }
+        })
+        .buffer_unordered(CLIENTS)
+        .collect()
+        .await
+}
+
+fn pod(i: usize, annotations: serde_json::Value) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": format!("p{i}"), "annotations": annotations},
+        "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]}
+    }))
+    .unwrap()
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let args: Vec<String> = std::env::args().filter(|a| !a.starts_with("--")).collect();
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "scale benchmark: run it with ./tests/scale [namespaces] [pods per namespace] [secrets]"
+        );
+        return;
+    }
+    let num = |i: usize, d: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
+    let (n_ns, per_ns, n_secrets) = (num(1, 100), num(2, 10), num(3, 50));
+    let bed = support::testbed();
+    let client = bed.client().await;
+    let sm = bed.aws().await;
+    let run = std::process::id() % 10000;
+    let secret = |i: usize| format!("scale{run}/s{i}");
+    for i in 0..n_secrets {
+        sm.create_secret()
+            .name(secret(i))
+            .secret_string(r#"{"pw":"v1"}"#)
+            .send()
+            .await
+            .unwrap();
+    }
+    let namespaces: Vec<String> = (0..n_ns).map(|i| format!("scale{run}-{i}")).collect();
+    let ns_api = Api::<Namespace>::all(client.clone());
+    let allowed = format!("scale{run}/*");
+    futures::stream::iter(namespaces.iter().chain([&format!("scale{run}-plain")]))
+        .for_each_concurrent(CLIENTS, |ns| {
+            let ns_api = ns_api.clone();
+            let allowed = allowed.clone();
+            async move {
+                let n: Namespace = serde_json::from_value(json!({"metadata": {"name": ns,
+                    "labels": {"sm-injector.io/inject": "enabled", "scale-bench": run.to_string()},
+                    "annotations": {"sm-injector.io/allowed-secrets": allowed}}}))
+                .unwrap();
+                ns_api.create(&PostParams::default(), &n).await.unwrap();
+            }
+        })
+        .await;
+    let sas = Api::<ServiceAccount>::all(client.clone());
+    support::eventually(
+        Duration::from_secs(300),
+        "every default ServiceAccount",
+        || async {
+            let l = sas
+                .list(&ListParams::default().fields("metadata.name=default"))
+                .await
+                .ok()?;
+            let have = l
+                .items
+                .iter()
+                .filter(|s| {
+                    s.metadata
+                        .namespace
+                        .as_deref()
+                        .is_some_and(|n| n.starts_with(&format!("scale{run}-")))
+                })
+                .count();
+            (have > n_ns).then_some(())
+        },
+    )
+    .await;
+
+    // Without the webhook: the API server's own cost of a pod.
+    let plain: Vec<(String, Pod)> = (0..200.min(n_ns * per_ns))
+        .map(|i| (format!("scale{run}-plain"), pod(i, json!({}))))
+        .collect();
+    let without = create_pods(&client, plain).await;
+
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_sm-injector"));
+    let lease_ns = support::namespace(&client, "scale-lease", &[]).await;
+    let lease_arg = format!("--lease-namespace={lease_ns}");
+    let server = support::serve_process(
+        bed,
+        binary,
+        "sm-injector-scale",
+        &[&lease_arg, "--refresh-tick=5s", "--gc-grace=1h"],
+    )
+    .await;
+    let config: k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": format!("scale-{run}")},
+        "webhooks": [{
+            "name": "pods.sm-injector.io", "admissionReviewVersions": ["v1"], "sideEffects": "NoneOnDryRun",
+            "failurePolicy": "Fail", "reinvocationPolicy": "IfNeeded", "timeoutSeconds": 10,
+            "clientConfig": {"url": format!("https://127.0.0.1:{}/mutate", server.port), "caBundle": bed.ca_bundle_b64()},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+            "namespaceSelector": {"matchLabels": {"sm-injector.io/inject": "enabled", "scale-bench": run.to_string()},
+                "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [format!("scale{run}-plain")]}]}
+        }]
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
+        client.clone(),
+    )
+    .create(&PostParams::default(), &config)
+    .await
+    .unwrap();
+    let first_ns = namespaces[0].clone();
+    support::eventually(
+        Duration::from_secs(30),
+        "the webhook to take effect",
+        || async {
+            let dry = PostParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            let p = pod(
+                999_999,
+                json!({"sm-injector.io/env.X": format!("{}#pw", secret(0))}),
+            );
+            let out = Api::<Pod>::namespaced(client.clone(), &first_ns)
+                .create(&dry, &p)
+                .await
+                .ok()?;
+            out.metadata
+                .labels?
+                .contains_key("sm-injector.io/injected")
+                .then_some(())
+        },
+    )
+    .await;
+
+    let aws0 = metric(server.probe, "sm_injector_secretsmanager_calls_total").await;
+    let mut pods = vec![];
+    for (i, ns) in namespaces.iter().enumerate() {
+        let mut ann = serde_json::Map::new();
+        for j in 0..PER_NS {
+            ann.insert(
+                format!("sm-injector.io/env.V{j}"),
+                json!(format!("{}#pw", secret((i * PER_NS + j) % n_secrets))),
+            );
+        }
+        ann.insert("sm-injector.io/refresh-interval".into(), json!(INTERVAL));
+        for p in 0..per_ns {
+            pods.push((ns.clone(), pod(p, serde_json::Value::Object(ann.clone()))));
+        }
+    }
+    let t = Instant::now();
+    let with = create_pods(&client, pods).await;
+    let create_s = t.elapsed().as_secs_f64();
+    let aws_admission = metric(server.probe, "sm_injector_secretsmanager_calls_total").await - aws0;
+    let backing_total = n_ns * PER_NS.min(n_secrets);
+
+    // Idle: nothing due for a minute after the leader's first checks.
+    support::eventually(
+        Duration::from_secs(120),
+        "the refresher to see every backing Secret",
+        || async {
+            (metric(server.probe, "sm_injector_refresh_backing_secrets").await as usize
+                >= backing_total)
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    let (rss_idle, _) = rss_mib(server.pid);
+    let before = api_requests(&client).await;
+    let aws_idle0 = metric(server.probe, "sm_injector_secretsmanager_calls_total").await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let after = api_requests(&client).await;
+    let aws_per_interval =
+        metric(server.probe, "sm_injector_secretsmanager_calls_total").await - aws_idle0;
+    let idle: BTreeMap<(String, String), f64> = after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d > 0.0)
+        .collect();
+
+    // Rotate every secret; time until every backing Secret holds the new version.
+    let mut expected: HashMap<String, String> = HashMap::new();
+    let t = Instant::now();
+    for i in 0..n_secrets {
+        let out = sm
+            .put_secret_value()
+            .secret_id(secret(i))
+            .secret_string(r#"{"pw":"v2"}"#)
+            .send()
+            .await
+            .unwrap();
+        expected.insert(secret(i), out.version_id().unwrap().to_string());
+    }
+    let secrets = Api::<Secret>::all(client.clone());
+    let rotated = support::eventually(
+        Duration::from_secs(600),
+        "the rotation everywhere",
+        || async {
+            let mut done = 0;
+            let mut lp = ListParams::default()
+                .labels("app.kubernetes.io/managed-by=sm-injector")
+                .limit(500);
+            loop {
+                let l = secrets.list_metadata(&lp).await.ok()?;
+                for s in &l.items {
+                    let a = s.metadata.annotations.as_ref()?;
+                    if a.get("sm-injector.io/source-name")
+                        .and_then(|n| expected.get(n))
+                        == a.get("sm-injector.io/version-id")
+                    {
+                        done += 1;
+                    }
+                }
+                match l.metadata.continue_ {
+                    Some(c) if !c.is_empty() => lp = lp.continue_token(&c),
+                    _ => break,
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            (done >= backing_total).then(|| t.elapsed().as_secs_f64())
+        },
+    )
+    .await;
+    let (rss_now, rss_peak) = rss_mib(server.pid);
+
+    println!(
+        "sm-injector scale benchmark: {n_ns} namespaces x {per_ns} pods = {} pods, {n_secrets} secrets, {PER_NS} per namespace = {backing_total} backing Secrets, refresh-interval {INTERVAL}",
+        n_ns * per_ns
+    );
+    println!(
+        "pod creation, {CLIENTS} clients: without webhook p50 {:.1} ms p99 {:.1} ms; with sm-injector p50 {:.1} ms p99 {:.1} ms ({:.0} pods/s)",
+        pct(without.clone(), 0.5),
+        pct(without, 0.99),
+        pct(with.clone(), 0.5),
+        pct(with.clone(), 0.99),
+        with.len() as f64 / create_s
+    );
+    println!(
+        "Secrets Manager calls: {aws_admission} during admission; {aws_per_interval} in one idle refresh interval (1 min)"
+    );
+    println!(
+        "rotation of all {n_secrets} secrets reached all {backing_total} backing Secrets in {rotated:.1} s (interval 60 s)"
+    );
+    let fmt: Vec<String> = idle
+        .iter()
+        .map(|((v, r), d)| format!("{v} {r}: {d}"))
+        .collect();
+    println!(
+        "API requests on pods/secrets/configmaps/namespaces during an idle minute (all clients): {}",
+        if fmt.is_empty() {
+            "none".into()
+        } else {
+            fmt.join(", ")
+        }
+    );
+    println!(
+        "sm-injector RSS: idle {rss_idle:.1} MiB, after rotation {rss_now:.1} MiB, peak {rss_peak:.1} MiB"
+    );
+}
