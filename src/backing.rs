@@ -205,9 +205,9 @@ pub fn data(value: &SecretValue, form: Form) -> Result<BTreeMap<String, ByteStri
     })
 }
 
-/// The Secret object to apply with server-side apply (field manager
-/// [`FIELD_MANAGER`]). It writes `data`, never `stringData`, so that keys removed
-/// from the secret are pruned. `name` is the backing Secret's ([`name`] or
+/// The Secret object to create or replace ([`crate::sync::write_backing`],
+/// field manager [`FIELD_MANAGER`]). It holds `data`, never `stringData`, and a
+/// replace sets exactly that data, so keys removed from the secret go. `name` is the backing Secret's ([`name`] or
 /// [`name_scoped`]).
 pub fn object(
     namespace: &str,

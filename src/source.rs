@@ -430,6 +430,106 @@ mod tests {
         );
     }
 
+    /// The AWS half of the I/O against a mocked Secrets Manager
+    /// (`aws-smithy-mocks`): one batch for the current versions, one call per
+    /// pinned version, per-secret errors, whole-call errors, and when each
+    /// value was observed.
+    #[tokio::test]
+    async fn the_aws_source_batches_classifies_and_stamps_what_it_fetched() {
+        use aws_sdk_secretsmanager::operation::batch_get_secret_value::{
+            BatchGetSecretValueError, BatchGetSecretValueOutput,
+        };
+        use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueOutput;
+        use aws_sdk_secretsmanager::types::error::InternalServiceError;
+        use aws_sdk_secretsmanager::types::{ApiErrorType, SecretValueEntry};
+        use aws_smithy_mocks::{RuleMode, mock, mock_client};
+
+        let batch = mock!(aws_sdk_secretsmanager::Client::batch_get_secret_value)
+            .match_requests(|r| r.secret_id_list().len() == 2)
+            .then_output(|| {
+                BatchGetSecretValueOutput::builder()
+                    .secret_values(
+                        SecretValueEntry::builder()
+                            .name("n/a")
+                            .arn("arn:aws:secretsmanager:us-east-1:1:secret:n/a-AbCdEf")
+                            .version_id("va")
+                            .secret_string(r#"{"k":"v"}"#)
+                            .build(),
+                    )
+                    .errors(
+                        ApiErrorType::builder()
+                            .secret_id("n/missing")
+                            .error_code("ResourceNotFoundException")
+                            .message("gone")
+                            .build(),
+                    )
+                    .build()
+            });
+        let pinned = mock!(aws_sdk_secretsmanager::Client::get_secret_value)
+            .match_requests(|r| r.version_id() == Some("v0"))
+            .then_output(|| {
+                GetSecretValueOutput::builder()
+                    .name("n/a")
+                    .arn("arn:aws:secretsmanager:us-east-1:1:secret:n/a-AbCdEf")
+                    .version_id("v0")
+                    .secret_string("old")
+                    .build()
+            });
+        let client = mock_client!(
+            aws_sdk_secretsmanager,
+            RuleMode::MatchAny,
+            [&batch, &pinned]
+        );
+        let metrics = Metrics::new();
+        let src = AwsSource::new(client, metrics.clone());
+        let keys = vec![
+            key("n/a"),
+            key("n/missing"),
+            FetchKey {
+                id: "n/a".into(),
+                version: Version::Id("v0".into()),
+            },
+        ];
+        let before = jiff::Timestamp::now();
+        let r = src.fetch(&keys).await;
+        let after = jiff::Timestamp::now();
+        let a = r[&keys[0]].as_ref().unwrap();
+        assert_eq!((a.version_id.as_str(), a.name.as_str()), ("va", "n/a"));
+        assert!(before <= a.observed_at && a.observed_at <= after);
+        assert_eq!(r[&keys[1]], Err(FetchError::NotFound));
+        assert_eq!(
+            r[&keys[2]].as_ref().unwrap().payload,
+            Payload::String("old".into())
+        );
+        assert_eq!((batch.num_calls(), pinned.num_calls()), (1, 1));
+        assert!(
+            metrics
+                .encode()
+                .contains("sm_injector_secretsmanager_secrets_requested_total 3")
+        );
+
+        // A failed call fails every secret it asked for, as transient.
+        let down = mock!(aws_sdk_secretsmanager::Client::batch_get_secret_value).then_error(|| {
+            BatchGetSecretValueError::InternalServiceError(
+                InternalServiceError::builder()
+                    .message("busy")
+                    .meta(
+                        aws_smithy_types::error::ErrorMetadata::builder()
+                            .code("InternalServiceError")
+                            .build(),
+                    )
+                    .build(),
+            )
+        });
+        let client = mock_client!(aws_sdk_secretsmanager, [&down]);
+        let src = AwsSource::new(client, Metrics::new());
+        let r = src.fetch(&keys[..2]).await;
+        assert!(
+            r.values().all(|v| matches!(v, Err(e) if e.is_transient())),
+            "{r:?}"
+        );
+    }
+
     #[test]
     fn aws_codes_are_classified() {
         assert_eq!(

@@ -1,8 +1,8 @@
 //! Writing backing Secrets to Kubernetes (SPEC section 5).
 //!
-//! Secrets are written with server-side apply under the field manager
-//! `sm-injector`, by [`write_backing`], the one write every writer uses: it
-//! never replaces a later observation with an earlier one. A Secret this
+//! Secrets are written by [`write_backing`], the one write every writer
+//! uses (field manager `sm-injector`): it never replaces a later observation
+//! with an earlier one. A Secret this
 //! process has written (or found current) with the same version within the
 //! cache TTL is not written again, so a warm admission makes no Kubernetes
 //! call at all.
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 
 use crate::backing::{self, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::metrics::Metrics;
@@ -267,16 +267,24 @@ pub enum Written {
 
 /// The one write of a backing Secret, for every writer: read what it holds
 /// (an empty merge patch: sm-injector has no read verb on Secrets), decide with
-/// [`backing::decide`], and apply with the read `resourceVersion` as a
-/// precondition, so that a write in between makes this one start over. A
-/// Secret that is not sm-injector's is never touched. Returns the reason on
-/// failure.
+/// [`backing::decide`], then create it (which fails if it appeared meanwhile)
+/// or replace it under the `resourceVersion` that was read (which fails if it
+/// changed meanwhile); either failure starts over. Server-side apply cannot
+/// guard a creation (the API server ignores `resourceVersion` when an apply
+/// creates), which is why this is create-or-replace. A replace sets exactly
+/// the new data, so keys removed from the secret go, and keeps labels and
+/// annotations that others set. A Secret that is not sm-injector's is never
+/// touched. Returns the reason on failure.
 pub async fn write_backing(
     api: &Api<Secret>,
     obj: &Secret,
     value: &SecretValue,
 ) -> Result<Written, String> {
     let name = obj.metadata.name.as_deref().unwrap_or_default();
+    let pp = PostParams {
+        field_manager: Some(backing::FIELD_MANAGER.into()),
+        ..Default::default()
+    };
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -292,32 +300,43 @@ pub async fn write_backing(
             Err(kube::Error::Api(e)) if e.code == 404 => None,
             Err(e) => return Err(format!("cannot check what it holds: {}", kube_reason(&e))),
         };
-        let mut obj = obj.clone();
-        let created = existing.is_none();
-        if let Some(s) = existing {
-            if !managed(&s) {
-                return Err(
-                    "a Secret of that name exists and is not managed by sm-injector".into(),
-                );
-            }
-            let empty = Default::default();
-            let annotations = s.metadata.annotations.as_ref().unwrap_or(&empty);
-            match backing::decide(annotations, &value.version_id, value.observed_at) {
-                backing::Decision::Current => return Ok(Written::Current),
-                backing::Decision::Newer { version_id } => {
-                    let keys = s.data.unwrap_or_default().into_keys().collect();
-                    return Ok(Written::Newer { version_id, keys });
+        let result = match existing {
+            None => api.create(&pp, obj).await.map(|_| Written::Created),
+            Some(mut s) => {
+                if !managed(&s) {
+                    return Err(
+                        "a Secret of that name exists and is not managed by sm-injector".into(),
+                    );
                 }
-                backing::Decision::Write => {
-                    obj.metadata.resource_version = s.metadata.resource_version;
+                let empty = Default::default();
+                let annotations = s.metadata.annotations.as_ref().unwrap_or(&empty);
+                match backing::decide(annotations, &value.version_id, value.observed_at) {
+                    backing::Decision::Current => return Ok(Written::Current),
+                    backing::Decision::Newer { version_id } => {
+                        let keys = s.data.unwrap_or_default().into_keys().collect();
+                        return Ok(Written::Newer { version_id, keys });
+                    }
+                    backing::Decision::Write => {}
                 }
+                let ours = &obj.metadata;
+                s.metadata
+                    .labels
+                    .get_or_insert_with(Default::default)
+                    .extend(ours.labels.clone().unwrap_or_default());
+                s.metadata
+                    .annotations
+                    .get_or_insert_with(Default::default)
+                    .extend(ours.annotations.clone().unwrap_or_default());
+                s.metadata.managed_fields = None;
+                s.data = obj.data.clone();
+                s.string_data = None;
+                s.type_ = obj.type_.clone();
+                api.replace(name, &pp, &s).await.map(|_| Written::Wrote)
             }
-        }
-        let pp = PatchParams::apply(backing::FIELD_MANAGER).force();
-        match api.patch(name, &pp, &Patch::Apply(&obj)).await {
-            Ok(_) if created => return Ok(Written::Created),
-            Ok(_) => return Ok(Written::Wrote),
-            // Written (or created) by another writer since the read: decide again.
+        };
+        match result {
+            Ok(w) => return Ok(w),
+            // Created or written by another writer since the read: decide again.
             Err(kube::Error::Api(e)) if e.code == 409 && attempts < 5 => continue,
             Err(e) => return Err(kube_reason(&e)),
         }
@@ -329,5 +348,166 @@ pub fn kube_reason(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(s) => format!("{} ({})", s.message, s.code),
         other => other.to_string(),
+    }
+}
+
+/// The write rule's I/O against a mocked API server (`tower-test`): which
+/// requests it makes, in which order, with which preconditions.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backing::{ANN_OBSERVED, ANN_VERSION_ID, Form};
+    use crate::reference::Version;
+    use crate::secret::Payload;
+    use http::{Request, Response};
+    use http_body_util::BodyExt;
+    use kube::client::Body;
+    use serde_json::{Value, json};
+    use tower_test::mock::{self, Handle};
+
+    type H = Handle<Request<Body>, Response<Body>>;
+
+    fn value(version: &str, at: &str) -> SecretValue {
+        SecretValue::new(
+            "arn:aws:secretsmanager:us-east-1:1:secret:n/db-AbCdEf".into(),
+            "n/db".into(),
+            version.into(),
+            Payload::String(r#"{"pw":"x"}"#.into()),
+        )
+        .observed(at.parse().unwrap())
+    }
+
+    fn held(version: &str, at: &str, managed: bool) -> Value {
+        let labels = if managed {
+            json!({MANAGED_BY_LABEL: MANAGED_BY_VALUE})
+        } else {
+            json!({})
+        };
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {
+            "name": "sm-n-db-1", "namespace": "n", "resourceVersion": "7", "labels": labels,
+            "annotations": {ANN_VERSION_ID: version, ANN_OBSERVED: at}}, "data": {"pw": "eA=="}})
+    }
+
+    fn status(code: u16, reason: &str) -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": reason, "reason": reason, "code": code})
+    }
+
+    /// Answers the next request; returns its method, query, content type and body.
+    async fn answer(h: &mut H, code: u16, body: Value) -> (String, String, String, Value) {
+        let (req, send) = tokio::time::timeout(Duration::from_secs(5), h.next_request())
+            .await
+            .expect("a request within 5 s")
+            .expect("a request");
+        let (parts, b) = req.into_parts();
+        let bytes = b.collect().await.unwrap().to_bytes();
+        let ct = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        send.send_response(
+            Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap(),
+        );
+        (
+            parts.method.to_string(),
+            parts.uri.query().unwrap_or_default().to_string(),
+            ct,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    fn start(v: SecretValue) -> (H, tokio::task::JoinHandle<Result<Written, String>>) {
+        let (svc, h) = mock::pair::<Request<Body>, Response<Body>>();
+        let api: Api<Secret> = Api::namespaced(kube::Client::new(svc, "n"), "n");
+        let data = backing::data(&v, Form::Keys).unwrap();
+        let obj = backing::object(
+            "n",
+            "sm-n-db-1",
+            &v,
+            &Version::current(),
+            Form::Keys,
+            data,
+            "now",
+        );
+        (
+            h,
+            tokio::spawn(async move { write_backing(&api, &obj, &v).await }),
+        )
+    }
+
+    async fn done(t: tokio::task::JoinHandle<Result<Written, String>>) -> Result<Written, String> {
+        tokio::time::timeout(Duration::from_secs(5), t)
+            .await
+            .expect("no further request")
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_later_observation_is_kept_and_nothing_is_applied() {
+        let (mut h, t) = start(value("v1", "2026-01-01T00:00:05Z"));
+        let (method, _, ct, body) =
+            answer(&mut h, 200, held("v2", "2026-01-01T00:00:10.000Z", true)).await;
+        assert_eq!(
+            (method.as_str(), ct.as_str(), body),
+            ("PATCH", "application/merge-patch+json", json!({}))
+        );
+        assert_eq!(
+            done(t).await,
+            Ok(Written::Newer {
+                version_id: "v2".into(),
+                keys: ["pw".to_string()].into()
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn an_earlier_one_is_replaced_under_its_resource_version_and_a_conflict_starts_over() {
+        let (mut h, t) = start(value("v2", "2026-01-01T00:00:10Z"));
+        answer(&mut h, 200, held("v1", "2026-01-01T00:00:05.000Z", true)).await;
+        let (method, query, _, body) = answer(&mut h, 409, status(409, "Conflict")).await;
+        assert_eq!(method, "PUT", "a replace");
+        assert!(query.contains("fieldManager=sm-injector"), "{query}");
+        assert_eq!(
+            body["metadata"]["resourceVersion"], "7",
+            "the read version is a precondition"
+        );
+        assert_eq!(
+            body["metadata"]["annotations"][ANN_OBSERVED],
+            "2026-01-01T00:00:10.000Z"
+        );
+        assert_eq!(body["metadata"]["annotations"][ANN_VERSION_ID], "v2");
+        // Someone wrote in between: read again and decide again.
+        answer(&mut h, 200, held("v2", "2026-01-01T00:00:11.000Z", true)).await;
+        assert_eq!(done(t).await, Ok(Written::Current));
+    }
+
+    #[tokio::test]
+    async fn an_absent_secret_is_created_and_a_failed_read_is_no_absence() {
+        let (mut h, t) = start(value("v1", "2026-01-01T00:00:05Z"));
+        answer(&mut h, 404, status(404, "NotFound")).await;
+        // Created meanwhile by another writer (409): read and decide again.
+        let (method, _, _, body) = answer(&mut h, 409, status(409, "AlreadyExists")).await;
+        assert_eq!(method, "POST", "a create, which fails if it exists");
+        assert!(body["metadata"].get("resourceVersion").is_none());
+        answer(&mut h, 404, status(404, "NotFound")).await;
+        answer(&mut h, 201, held("v1", "2026-01-01T00:00:05.000Z", true)).await;
+        assert_eq!(done(t).await, Ok(Written::Created));
+
+        let (mut h, t) = start(value("v1", "2026-01-01T00:00:05Z"));
+        answer(&mut h, 500, status(500, "InternalError")).await;
+        let e = done(t).await.unwrap_err();
+        assert!(e.starts_with("cannot check what it holds"), "{e}");
+
+        let (mut h, t) = start(value("v1", "2026-01-01T00:00:05Z"));
+        answer(&mut h, 200, held("v0", "2026-01-01T00:00:01.000Z", false)).await;
+        assert!(
+            done(t)
+                .await
+                .unwrap_err()
+                .contains("not managed by sm-injector")
+        );
     }
 }

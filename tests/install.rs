@@ -258,16 +258,18 @@ async fn its_serviceaccount_cannot_read_or_touch_secrets_it_does_not_manage() {
             "sm-injector may {verb} Secrets"
         );
     }
-    let out = bed
-        .kubectl()
-        .args(["auth", "can-i", "patch", "secrets", "-n", &ns, "--as", SA])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "yes",
-        "server-side apply needs patch"
-    );
+    for verb in ["patch", "update"] {
+        let out = bed
+            .kubectl()
+            .args(["auth", "can-i", verb, "secrets", "-n", &ns, "--as", SA])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "yes",
+            "writing backing Secrets needs {verb}"
+        );
+    }
 
     let sa = support::client_for(&inst.sa_kubeconfig).await.unwrap();
     let as_sa = Api::<Secret>::namespaced(sa, &ns);
@@ -284,6 +286,13 @@ async fn its_serviceaccount_cannot_read_or_touch_secrets_it_does_not_manage() {
                 "apiVersion": "v1", "kind": "Secret",
                 "metadata": {"name": "app-credentials", "labels": {"app.kubernetes.io/managed-by": "sm-injector"}}
             })))
+            .await
+            .map(|_| ()),
+        as_sa
+            .replace("app-credentials", &PostParams::default(), &serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "app-credentials", "labels": {"app.kubernetes.io/managed-by": "sm-injector"}}
+            })).unwrap())
             .await
             .map(|_| ()),
     ] {

@@ -163,6 +163,29 @@ fn pod(name: &str, annotations: serde_json::Value) -> Pod {
     .unwrap()
 }
 
+/// The first Event with `reason` in `ns` (waits up to 10 s).
+async fn warning_event(
+    client: &kube::Client,
+    ns: &str,
+    reason: &str,
+) -> k8s_openapi::api::events::v1::Event {
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns);
+    eventually(
+        Duration::from_secs(10),
+        &format!("a {reason} Event"),
+        || async {
+            events
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some(reason))
+        },
+    )
+    .await
+}
+
 async fn rotate(bed: &TestBed, secret: &str, value: &str) -> String {
     bed.aws()
         .await
@@ -512,21 +535,7 @@ async fn an_outage_leaves_backing_secrets_as_they_are_and_the_alert_fires() {
     assert!(down.metric("sm_injector_refresh_failing_secrets ") >= 1.0);
     assert_eq!(down.metric("sm_injector_refresh_leader "), 1.0);
     // A Warning Event on the affected workload (here the pod itself: nothing owns it).
-    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns);
-    let ev = eventually(
-        Duration::from_secs(10),
-        "a SecretRefreshFailed Event",
-        || async {
-            events
-                .list(&ListParams::default())
-                .await
-                .ok()?
-                .items
-                .into_iter()
-                .find(|e| e.reason.as_deref() == Some("SecretRefreshFailed"))
-        },
-    )
-    .await;
+    let ev = warning_event(&client, &ns, "SecretRefreshFailed").await;
     assert_eq!(ev.type_.as_deref(), Some("Warning"));
     assert_eq!(ev.regarding.as_ref().unwrap().name.as_deref(), Some("app"));
     let note = ev.note.unwrap_or_default();
@@ -610,21 +619,7 @@ async fn narrowing_allowed_secrets_stops_refreshing_and_deletes_the_copy() {
         r.metric("sm_injector_refresh_refused_total{reason=\"not-allowed\"}"),
         1.0
     );
-    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns);
-    let ev = eventually(
-        Duration::from_secs(10),
-        "a SecretAccessRevoked Event",
-        || async {
-            events
-                .list(&ListParams::default())
-                .await
-                .ok()?
-                .items
-                .into_iter()
-                .find(|e| e.reason.as_deref() == Some("SecretAccessRevoked"))
-        },
-    )
-    .await;
+    let ev = warning_event(&client, &ns, "SecretAccessRevoked").await;
     let note = ev.note.unwrap_or_default();
     assert!(
         note.contains(&format!("{lib}/smtp")) && note.contains(&format!("{ns}/*")),

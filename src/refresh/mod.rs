@@ -10,6 +10,7 @@
 //! due it makes no API call at all. Every write goes through
 //! [`crate::sync::write_backing`], so a version never goes backwards.
 
+pub mod error;
 pub mod index;
 pub mod inventory;
 pub mod planner;
@@ -31,47 +32,11 @@ use crate::backing;
 use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
 use crate::source::{FetchError, FetchKey, SecretSource};
-use crate::sync::{Written, kube_reason, now_rfc3339, write_backing};
+use crate::sync::{Written, now_rfc3339, write_backing};
+pub use error::{Error, Failure};
 use index::{Index, Key, Limits, Want};
 use inventory::Inventory;
 use planner::{Planner, Revoked};
-
-/// Why the refresher stopped (the process exits on any of them, so that
-/// another replica takes the Lease).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("cannot take part in the Lease election: {0}")]
-    Lease(String),
-    #[error("the Lease task stopped")]
-    LeaseStopped,
-    #[error("the {0} watch ended")]
-    WatchEnded(&'static str),
-}
-
-/// Why one backing Secret could not be refreshed (it is kept as it is).
-#[derive(Debug, thiserror::Error)]
-pub enum Failure {
-    #[error("{0}")]
-    SecretsManager(FetchError),
-    #[error("{0}")]
-    Kubernetes(String),
-    #[error("{0}")]
-    Content(String),
-    #[error("{0}")]
-    Mismatch(String),
-}
-
-impl Failure {
-    /// The `reason` label of `sm_injector_refresh_failures_total`.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Failure::SecretsManager(_) => "secretsmanager",
-            Failure::Kubernetes(_) => "kubernetes",
-            Failure::Content(_) => "content",
-            Failure::Mismatch(_) => "mismatch",
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -301,7 +266,15 @@ impl Refresher {
         if !d.due.is_empty() {
             self.refresh(index, planner, d.due).await;
         }
-        self.collect(planner, d.marks, d.delete).await;
+        inventory::collect(
+            &self.client,
+            &self.inventory,
+            &self.metrics,
+            planner,
+            d.marks,
+            d.delete,
+        )
+        .await;
         self.metrics.refresh_gauges(&d.gauges);
         d.next_wake
     }
@@ -341,10 +314,10 @@ impl Refresher {
             match r {
                 Ok(Outcome::Rotated(v)) => {
                     tracing::info!(namespace = %key.namespace, secret = %want.secret, version = %v, backing = %key.backing, "backing Secret refreshed to a new version");
-                    planner.succeeded(&key, &v, want.interval, now);
+                    planner.succeeded(&key, &v, &want, now);
                     rotated.insert(key, v);
                 }
-                Ok(Outcome::Current(v)) => planner.succeeded(&key, &v, want.interval, now),
+                Ok(Outcome::Current(v)) => planner.succeeded(&key, &v, &want, now),
                 Err(e) => {
                     self.metrics.refresh_failure(e.metric_label());
                     tracing::warn!(namespace = %key.namespace, secret = %want.secret, backing = %key.backing, error = %e, "refresh failed; the backing Secret is kept as it is");
@@ -424,44 +397,6 @@ impl Refresher {
             Written::Current => Ok(Outcome::Current(value.version_id)),
             // Another writer saw a later version first.
             Written::Newer { version_id, .. } => Ok(Outcome::Current(version_id)),
-        }
-    }
-
-    /// The collector: inventory marks, then deletions of what stayed unused
-    /// (or revoked) for the grace period.
-    async fn collect(
-        &self,
-        planner: &mut Planner,
-        marks: BTreeMap<Key, Option<String>>,
-        delete: Vec<Key>,
-    ) {
-        let mut by_ns: BTreeMap<String, BTreeMap<String, Option<String>>> = BTreeMap::new();
-        for (k, m) in marks {
-            by_ns.entry(k.namespace).or_default().insert(k.backing, m);
-        }
-        for key in delete {
-            let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.namespace);
-            match api.delete(&key.backing, &Default::default()).await {
-                Ok(_) => {
-                    self.metrics.secret_write("delete");
-                    tracing::info!(namespace = %key.namespace, backing = %key.backing, "deleted a backing Secret no pod has used (or may use) for the grace period");
-                }
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => {
-                    tracing::warn!(namespace = %key.namespace, backing = %key.backing, error = %kube_reason(&e), "could not delete an unused backing Secret");
-                    continue;
-                }
-            }
-            planner.deleted(&key);
-            by_ns
-                .entry(key.namespace)
-                .or_default()
-                .insert(key.backing, None);
-        }
-        for (ns, marks) in by_ns {
-            if let Err(e) = self.inventory.mark(&ns, &marks).await {
-                tracing::warn!(namespace = %ns, error = %e, "garbage collection skipped");
-            }
         }
     }
 }

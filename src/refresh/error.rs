@@ -1,0 +1,41 @@
+//! The refresher's errors: why it stopped (the process exits), and why one
+//! backing Secret could not be refreshed (counted by reason).
+
+use crate::source::FetchError;
+
+/// Why the refresher stopped (the process exits on any of them, so that
+/// another replica takes the Lease).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot take part in the Lease election: {0}")]
+    Lease(String),
+    #[error("the Lease task stopped")]
+    LeaseStopped,
+    #[error("the {0} watch ended")]
+    WatchEnded(&'static str),
+}
+
+/// Why one backing Secret could not be refreshed (it is kept as it is).
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("{0}")]
+    SecretsManager(FetchError),
+    #[error("{0}")]
+    Kubernetes(String),
+    #[error("{0}")]
+    Content(String),
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+impl Failure {
+    /// The `reason` label of `sm_injector_refresh_failures_total`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Failure::SecretsManager(_) => "secretsmanager",
+            Failure::Kubernetes(_) => "kubernetes",
+            Failure::Content(_) => "content",
+            Failure::Mismatch(_) => "mismatch",
+        }
+    }
+}
