@@ -71,6 +71,15 @@ impl Syncer {
         dry_run: bool,
     ) -> Result<Ensured, Vec<String>> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        if let Some(inv) = self.inventory.as_ref().filter(|_| !dry_run) {
+            // Recorded before anything is written, all in one write.
+            let fresh = plan
+                .backing
+                .iter()
+                .filter(|b| matches!(b.content, Content::Fresh { .. }))
+                .map(|b| b.name.as_str());
+            inv.record(namespace, fresh).await.map_err(|e| vec![e])?;
+        }
         let jobs = plan.backing.iter().map(|b| {
             let api = api.clone();
             async move {
@@ -84,9 +93,6 @@ impl Syncer {
                         let r = self
                             .known
                             .try_get_with(key, async {
-                                if let Some(inv) = &self.inventory {
-                                    inv.record(namespace, &b.name).await.map_err(Stale::Failed)?;
-                                }
                                 let data = backing::data(value, b.form)
                                     .map_err(|e| Stale::Failed(e.to_string()))?;
                                 let obj = backing::object(

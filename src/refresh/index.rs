@@ -219,7 +219,13 @@ impl Index {
         self.refused.remove(&key);
     }
 
-    /// Replaces everything (a watch restarted). Returns the new refusals.
+    /// A watch restarted: the pods come again; which were refused is kept,
+    /// so that each is still reported once.
+    pub fn restart(&mut self) {
+        self.pods.clear();
+    }
+
+    /// Replaces everything. Returns the refusals not reported before.
     pub fn reset<'a>(
         &mut self,
         pods: impl IntoIterator<Item = &'a PartialObjectMeta<Pod>>,
@@ -424,6 +430,13 @@ mod tests {
         let again = ix.reset(pods.iter());
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].1, "new");
+        ix.restart();
+        assert_eq!(
+            ix.apply(&pod("n", "junk", Some("{no".into()), json!({}))),
+            None,
+            "a re-list reports nothing again"
+        );
+        assert!(ix.in_use().is_empty());
     }
 
     #[test]

@@ -49,15 +49,29 @@ impl Inventory {
         &self.api
     }
 
-    /// Records that `backing` in `namespace` is (about to be) written and used.
-    pub async fn record(&self, namespace: &str, backing: &str) -> Result<(), String> {
-        let key = (namespace.to_string(), backing.to_string());
-        if self.recorded.contains_key(&key) {
+    /// Records that `backings` in `namespace` are (about to be) written and
+    /// used, in one write for those not recorded lately.
+    pub async fn record<'a>(
+        &self,
+        namespace: &str,
+        backings: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), String> {
+        let keys: Vec<(String, String)> = backings
+            .into_iter()
+            .map(|b| (namespace.to_string(), b.to_string()))
+            .filter(|k| !self.recorded.contains_key(k))
+            .collect();
+        if keys.is_empty() {
             return Ok(());
         }
-        let marks = BTreeMap::from([(backing.to_string(), Some(String::new()))]);
+        let marks = keys
+            .iter()
+            .map(|(_, b)| (b.clone(), Some(String::new())))
+            .collect();
         self.mark(namespace, &marks).await?;
-        self.recorded.insert(key, ()).await;
+        for k in keys {
+            self.recorded.insert(k, ()).await;
+        }
         Ok(())
     }
 

@@ -178,7 +178,7 @@ impl Refresher {
                         Some(Err(e)) => tracing::warn!(error = %e, "pod watch error (retrying)"),
                         Some(Ok(watcher::Event::Init)) => {
                             pods_synced = false;
-                            index.reset([]);
+                            index.restart();
                         }
                         Some(Ok(watcher::Event::InitDone)) => pods_synced = true,
                         Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => {
@@ -378,7 +378,7 @@ impl Refresher {
             &now_rfc3339(),
         );
         self.inventory
-            .record(&key.namespace, &key.backing)
+            .record(&key.namespace, [key.backing.as_str()])
             .await
             .map_err(Failure::Kubernetes)?;
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.namespace);
