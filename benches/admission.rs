@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use serde_json::json;
-use support::injector::http_get;
+use support::injector::metric_sum as metric;
 
 const LEVELS: &[usize] = &[1, 8, 32, 64];
 const WARMUP: Duration = Duration::from_secs(1);
@@ -164,16 +164,6 @@ fn pct(sorted: &[Duration], p: f64) -> String {
     }
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     format!("{:.3}", sorted[i].as_secs_f64() * 1000.0)
-}
-
-async fn metric(probe: u16, name: &str) -> f64 {
-    http_get(probe, "/metrics")
-        .await
-        .1
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::main(flavor = "multi_thread")]

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
-use support::injector::http_get;
+use support::injector::metric_sum as metric;
 
 const PER_NS: usize = 5;
 const CLIENTS: usize = 16;
@@ -36,16 +36,6 @@ fn rss_mib(pid: u32) -> (f64, f64) {
             / 1024.0
     };
     (field("VmRSS:"), field("VmHWM:"))
-}
-
-async fn metric(probe: u16, name: &str) -> f64 {
-    http_get(probe, "/metrics")
-        .await
-        .1
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// apiserver_request_total by (verb, resource) for the resources sm-injector uses.

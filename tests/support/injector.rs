@@ -189,6 +189,18 @@ impl Injector {
     }
 }
 
+/// The sum of the metric lines starting with `name` (all label sets) on a
+/// probe port.
+pub async fn metric_sum(probe: u16, name: &str) -> f64 {
+    http_get(probe, "/metrics")
+        .await
+        .1
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A plain HTTP/1.0 GET on loopback: (status code, body); (0, "") when
 /// nothing answers.
 pub async fn http_get(port: u16, path: &str) -> (u16, String) {
