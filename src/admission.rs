@@ -36,9 +36,30 @@ pub struct Answer {
     pub outcome: &'static str,
 }
 
+/// At most this many reasons, each of at most this many characters, reach a
+/// denial message (and the log line that repeats it): they echo tenant input.
+const MAX_REASONS: usize = 20;
+const MAX_REASON_CHARS: usize = 512;
+
+/// The denial message: the reasons joined, bounded whatever the input.
+pub fn denial_message(reasons: &[String]) -> String {
+    let mut parts: Vec<String> = reasons
+        .iter()
+        .take(MAX_REASONS)
+        .map(|r| match r.char_indices().nth(MAX_REASON_CHARS) {
+            Some((i, _)) => format!("{}... ({} bytes in all)", &r[..i], r.len()),
+            None => r.clone(),
+        })
+        .collect();
+    if reasons.len() > MAX_REASONS {
+        parts.push(format!("and {} more", reasons.len() - MAX_REASONS));
+    }
+    format!("sm-injector: {}", parts.join("; "))
+}
+
 fn deny(req: &AdmissionRequest<Pod>, reasons: Vec<String>) -> Answer {
     Answer {
-        response: AdmissionResponse::from(req).deny(format!("sm-injector: {}", reasons.join("; "))),
+        response: AdmissionResponse::from(req).deny(denial_message(&reasons)),
         outcome: "denied",
     }
 }
@@ -178,5 +199,33 @@ impl Webhook {
             response,
             outcome: "mutated",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn denial_messages_are_bounded_whatever_the_input() {
+        let huge = format!(
+            "annotation sm-injector.io/env.X: {:?} is bad",
+            "é".repeat(100_000)
+        );
+        let many: Vec<String> = (0..1000)
+            .map(|i| format!("reason {i}"))
+            .chain([huge])
+            .collect();
+        let m = denial_message(&many);
+        assert!(
+            m.len() < (MAX_REASONS + 1) * (MAX_REASON_CHARS * 4 + 40),
+            "{}",
+            m.len()
+        );
+        assert!(m.starts_with("sm-injector: reason 0; reason 1;"));
+        assert!(m.ends_with("; and 981 more"), "{}", &m[m.len() - 40..]);
+        let long = denial_message(&[format!("x{}", "y".repeat(5000))]);
+        assert!(long.ends_with("... (5001 bytes in all)"), "{long}");
+        assert_eq!(denial_message(&["short".into()]), "sm-injector: short");
     }
 }

@@ -169,6 +169,12 @@ pub fn webhook_files(
     ])
 }
 
+/// Files of [`webhook_files`] that hold a private key (the TLS Secret
+/// manifest too): written readable by their owner only.
+pub fn holds_private_key(name: &str) -> bool {
+    matches!(name, "ca.key" | "tls.key" | "tls-secret.yaml")
+}
+
 fn to_yaml<T: serde::Serialize>(v: &T) -> Result<String, String> {
     serde_yaml_ng::to_string(v).map_err(|e| e.to_string())
 }

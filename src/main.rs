@@ -152,15 +152,20 @@ fn certs(a: CertsArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", a.out_dir.display()))?;
     for (name, text) in files {
         let path = a.out_dir.join(name);
-        if name.ends_with(".key") {
+        if sm_injector::certs::holds_private_key(name) {
             use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
             std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(true)
                 .mode(0o600)
                 .open(&path)
+                // A file that existed keeps its mode on open: set it.
+                .and_then(|f| {
+                    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+                    Ok(f)
+                })
                 .and_then(|mut f| f.write_all(text.as_bytes()))
         } else {
             std::fs::write(&path, text)

@@ -115,6 +115,25 @@ fn append(
     }
 }
 
+/// Like [`append`], but `items` go before what the list holds.
+fn prepend(
+    ops: &mut Vec<PatchOperation>,
+    base: &[&str],
+    field: &str,
+    exists: bool,
+    items: Vec<Value>,
+) {
+    if !exists {
+        return append(ops, base, field, exists, items);
+    }
+    for (i, item) in items.into_iter().enumerate() {
+        let index = i.to_string();
+        let mut path: Vec<&str> = base.to_vec();
+        path.extend([field, index.as_str()]);
+        ops.push(add(ptr(&path), item));
+    }
+}
+
 /// The patch and the admission warnings for `pod`.
 pub fn build(pod: &Pod, plan: &Plan, targets: &[Target]) -> (Patch, Vec<String>) {
     let mut ops = vec![];
@@ -171,7 +190,16 @@ pub fn build(pod: &Pod, plan: &Plan, targets: &[Target]) -> (Patch, Vec<String>)
                 env_from.push(to_value(&ours));
             }
         }
-        append(&mut ops, &base, "envFrom", c.env_from.is_some(), env_from);
+        // Of two envFrom sources with the same key, the later wins: ours go
+        // first, so that the container's own sources keep their keys (as its
+        // own env values are kept).
+        if !env_from.is_empty() && !existing_from.is_empty() {
+            warnings.push(format!(
+                "container {:?} has envFrom sources of its own; a key they share with the injected secrets keeps the container's value",
+                c.name
+            ));
+        }
+        prepend(&mut ops, &base, "envFrom", c.env_from.is_some(), env_from);
 
         let existing_mounts = c.volume_mounts.as_deref().unwrap_or_default();
         let mut mounts = vec![];
@@ -411,5 +439,47 @@ mod tests {
         let (patch, _) = build(&p, &plan(), &select(&p, None).unwrap());
         let out = apply(&p, &patch);
         assert!(out.metadata.annotations.unwrap().contains_key(INJECTED));
+    }
+
+    #[test]
+    fn the_containers_own_env_from_sources_keep_their_keys() {
+        let mut p = sample();
+        let own = EnvFromSource {
+            config_map_ref: Some(k8s_openapi::api::core::v1::ConfigMapEnvSource {
+                name: "app-config".into(),
+                optional: None,
+            }),
+            ..Default::default()
+        };
+        p.spec.as_mut().unwrap().containers[0].env_from = Some(vec![own.clone()]);
+        let targets = select(&p, None).unwrap();
+        let (patch, warnings) = build(&p, &plan(), &targets);
+        let out = apply(&p, &patch);
+        let from = out.spec.as_ref().unwrap().containers[0]
+            .env_from
+            .clone()
+            .unwrap();
+        assert_eq!(
+            from.last(),
+            Some(&own),
+            "the container's own source comes last, so it wins"
+        );
+        assert!(from[0].secret_ref.is_some());
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("has envFrom sources of its own")),
+            "{warnings:?}"
+        );
+        // Reinvocation adds nothing.
+        let (again, _) = build(&out, &plan(), &select(&out, None).unwrap());
+        assert_eq!(
+            apply(&out, &again).spec.unwrap().containers[0]
+                .env_from
+                .as_ref()
+                .unwrap()
+                .len(),
+            from.len()
+        );
     }
 }

@@ -324,15 +324,31 @@ pub fn resolve(
                 *slot = bk;
             }
         }
+        let mut outside = vec![];
         for ((secret, version), bk) in chosen {
             let suffix = match &version {
                 v if v.is_current() => String::new(),
                 Version::Stage(s) | Version::Id(s) => format!("@{s}"),
             };
+            let sub = format!("{secret}{suffix}");
+            // Secret names may hold '.' and '/': a path must not leave the root.
+            if sub
+                .split('/')
+                .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+            {
+                outside.push(format!(
+                    "{}: secret {secret:?} cannot be mounted under {root:?}: its name has an empty, '.' or '..' path segment, which would lead out of that directory",
+                    annotations::MOUNT_PATH
+                ));
+                continue;
+            }
             mounts.push(Mount {
                 secret: bk.name.clone(),
-                path: format!("{root}/{secret}{suffix}"),
+                path: format!("{root}/{sub}"),
             });
+        }
+        if !outside.is_empty() {
+            return Err(outside);
         }
     }
     Ok(Plan {
@@ -681,5 +697,25 @@ mod tests {
                 "the pod's references need {n} backing Secrets; at most {MAX_BACKING_PER_POD} per pod"
             )]
         );
+    }
+
+    #[test]
+    fn secret_names_cannot_mount_outside_the_mount_path() {
+        let rule = AccessRule::for_namespace("n", None);
+        let sneaky = "n/../../etc/ssl";
+        let res = results(vec![(sneaky, cur(), Ok(value(sneaky, r#"{"k":"v"}"#)))]);
+        let with_mount = inj(&[
+            ("sm-injector.io/env.A", &format!("{sneaky}#k")),
+            ("sm-injector.io/mount-path", "/secrets"),
+        ]);
+        let e = resolve(&with_mount, &rule, &res).unwrap_err();
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].starts_with("sm-injector.io/mount-path: secret \"n/../../etc/ssl\" cannot be mounted under \"/secrets\""),
+            "{e:?}"
+        );
+        // As an env var only, such a name is fine: no path is made from it.
+        let env_only = inj(&[("sm-injector.io/env.A", &format!("{sneaky}#k"))]);
+        assert!(resolve(&env_only, &rule, &res).is_ok());
     }
 }

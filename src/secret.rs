@@ -25,8 +25,9 @@ impl fmt::Debug for Payload {
     }
 }
 
-/// One fetched version of a secret.
-#[derive(Debug, Clone)]
+/// One fetched version of a secret. Its `Debug` shows names and sizes, never
+/// the value or its parsed fields.
+#[derive(Clone)]
 pub struct SecretValue {
     /// The full ARN.
     pub arn: String,
@@ -40,6 +41,18 @@ pub struct SecretValue {
     pub observed_at: jiff::Timestamp,
     /// [`SecretValue::json_fields`], parsed once per fetched value.
     fields: OnceLock<Result<BTreeMap<String, String>, ContentError>>,
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretValue")
+            .field("arn", &self.arn)
+            .field("name", &self.name)
+            .field("version_id", &self.version_id)
+            .field("payload", &self.payload)
+            .field("observed_at", &self.observed_at)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PartialEq for SecretValue {
@@ -190,5 +203,13 @@ mod tests {
     fn debug_never_shows_the_value() {
         let s = v(Payload::String("hunter2".into()));
         assert!(!format!("{s:?}").contains("hunter2"));
+        // Not once its JSON fields are parsed either.
+        let j = v(Payload::String(r#"{"password":"hunter2"}"#.into()));
+        assert!(j.json_fields().is_ok());
+        let shown = format!("{j:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("n/s"),
+            "{shown}"
+        );
     }
 }

@@ -165,6 +165,11 @@ async fn installed_from_manifests_it_works_with_only_its_serviceaccount_rights()
         .status()
         .unwrap();
     assert!(status.success());
+    for f in ["ca.key", "tls.key", "tls-secret.yaml"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f} holds a private key: owner only");
+    }
     let applied = kubectl(
         bed,
         &[
