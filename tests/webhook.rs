@@ -639,6 +639,81 @@ async fn pods_without_annotations_and_namespaces_without_the_label_are_untouched
 
 #[tokio::test]
 #[ignore = "needs the test bed: run ./tests/run"]
+async fn with_sm_injector_down_pods_without_its_annotations_are_still_admitted() {
+    let bed = testbed();
+    let client = bed.client().await;
+    let ns = namespace(&client, "down", &[INJECT]).await;
+    // The shipped configuration (matchConditions included), pointing at a
+    // port where nothing answers: sm-injector is down.
+    let dead = support::free_port();
+    support::start_url_webhook(bed, &client, &format!("down-{ns}"), dead, &[&ns]).await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    let refused = |e: &kube::Error| match e {
+        kube::Error::Api(e) => e.message.contains("failed calling webhook"),
+        _ => false,
+    };
+    // Wait until the API server applies the configuration (an annotated pod fails).
+    support::eventually(
+        Duration::from_secs(30),
+        "the configuration to take effect",
+        || async {
+            let p = pod(
+                "probe",
+                json!({"sm-injector.io/env.X": format!("{ns}/s#k")}),
+                one_container(),
+            );
+            let dry = PostParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            match pods.create(&dry, &p).await {
+                Err(e) if refused(&e) => Some(()),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    let plain = create(
+        &client,
+        &ns,
+        &pod("plain", json!({"other.io/x": "y"}), one_container()),
+    )
+    .await;
+    assert!(
+        plain.is_ok(),
+        "no sm-injector.io/ annotation: admitted without calling it: {plain:?}"
+    );
+    let bare: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "bare"},
+        "spec": {"containers": [{"name": "c", "image": "registry.invalid/c:1"}]}
+    }))
+    .unwrap();
+    assert!(
+        pods.create(&PostParams::default(), &bare).await.is_ok(),
+        "no annotations at all"
+    );
+    // A typo still has the prefix: it reaches the webhook (here: fails closed).
+    let typo = pods
+        .create(
+            &PostParams::default(),
+            &pod(
+                "typo",
+                json!({"sm-injector.io/envv.X": "x"}),
+                one_container(),
+            ),
+        )
+        .await;
+    assert!(typo.as_ref().is_err_and(refused), "{typo:?}");
+    Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
+        client.clone(),
+    )
+    .delete(&format!("down-{ns}"), &Default::default())
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
 async fn explicit_env_is_kept_with_a_warning_and_dry_run_writes_nothing() {
     let (bed, client, ns, inj) = setup("warn").await;
     bed.put_secret(&format!("{ns}/s"), r#"{"k":"from-sm","j":"jj"}"#)

@@ -811,6 +811,9 @@ pub async fn start_url_webhook(
             "timeoutSeconds": 10,
             "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate"), "caBundle": bed.ca_bundle_b64()},
             "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+            // As shipped (manifests/mutatingwebhookconfiguration.yaml).
+            "matchConditions": [{"name": "has-sm-injector-annotations", "expression":
+                "has(object.metadata.annotations) && object.metadata.annotations.exists(k, k.startsWith('sm-injector.io/'))"}],
             "namespaceSelector": {
                 "matchLabels": {"sm-injector.io/inject": "enabled"},
                 "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": namespaces}]
