@@ -20,7 +20,13 @@ pub struct Settings {
     pub min_refresh: Duration,
     /// How long Secrets Manager may take before it counts as unreachable.
     pub aws_deadline: Duration,
+    /// The most Secrets Manager calls one pod's references may need (20
+    /// current versions a call, one call per pinned version), dry runs included.
+    pub max_aws_calls: usize,
 }
+
+/// The default of [`Settings::max_aws_calls`].
+pub const MAX_AWS_CALLS: usize = 10;
 
 pub struct Webhook {
     pub source: CachedSource,
@@ -112,6 +118,13 @@ pub async fn plan_pod(
         return Planned::Denied(denials);
     }
     let keys = plan::fetch_keys(&inj);
+    let calls = plan::aws_calls(&keys);
+    if calls > settings.max_aws_calls {
+        return Planned::Denied(vec![format!(
+            "the pod's references need {calls} Secrets Manager calls (20 current versions a call, one per pinned version); at most {} per pod",
+            settings.max_aws_calls
+        )]);
+    }
     let results = source.get_many(&keys, settings.aws_deadline).await;
     match plan::resolve(&inj, &rule, &results) {
         Ok(plan) => Planned::Plan { plan, targets },

@@ -84,6 +84,7 @@ async fn render(a: RenderArgs) -> anyhow::Result<bool> {
     let settings = Settings {
         min_refresh: a.min_refresh_interval,
         aws_deadline: Duration::from_secs(30),
+        max_aws_calls: sm_injector::admission::MAX_AWS_CALLS,
     };
     match render::render(docs, &source, &settings, a.show_values).await {
         Ok(r) => {
@@ -208,6 +209,14 @@ struct ServeArgs {
     /// How long Secrets Manager may take before it counts as unreachable.
     #[arg(long, env = "SM_INJECTOR_AWS_DEADLINE", default_value = "5s", value_parser = humantime::parse_duration)]
     aws_deadline: Duration,
+    /// The most Secrets Manager calls one pod's references may need (20 current
+    /// versions a call, one per pinned version); a pod needing more is denied.
+    #[arg(long, env = "SM_INJECTOR_MAX_SECRETSMANAGER_CALLS_PER_POD", default_value_t = sm_injector::admission::MAX_AWS_CALLS)]
+    max_secretsmanager_calls_per_pod: usize,
+    /// How long a missing secret, a missing key's secret or an AWS refusal is
+    /// remembered, so that retries and dry runs do not spend the account's quota.
+    #[arg(long, env = "SM_INJECTOR_NEGATIVE_CACHE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    negative_cache_ttl: Duration,
     /// How long a fetched secret version is served from memory before Secrets Manager is asked again.
     #[arg(long, env = "SM_INJECTOR_CACHE_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
     cache_ttl: Duration,
@@ -317,13 +326,15 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             .await
     });
     let webhook = Arc::new(Webhook {
-        source: CachedSource::new(aws, a.cache_ttl, metrics.clone()),
+        source: CachedSource::new(aws, a.cache_ttl, metrics.clone())
+            .with_negative_ttl(a.negative_cache_ttl),
         syncer: Syncer::new(client.clone(), a.cache_ttl, metrics.clone()).with_inventory(inventory),
         namespaces,
         metrics,
         settings: Settings {
             min_refresh: a.min_refresh_interval,
             aws_deadline: a.aws_deadline,
+            max_aws_calls: a.max_secretsmanager_calls_per_pod,
         },
     });
     let tls = std::net::TcpListener::bind(a.listen)

@@ -88,6 +88,14 @@ pub fn fetch_keys(inj: &Injection) -> Vec<FetchKey> {
         .collect()
 }
 
+/// The Secrets Manager calls fetching `keys` takes at most (as
+/// [`crate::source::AwsSource`] makes them): current versions in batches of
+/// 20, one call per pinned version.
+pub fn aws_calls(keys: &[FetchKey]) -> usize {
+    let current = keys.iter().filter(|k| k.version.is_current()).count();
+    current.div_ceil(20) + (keys.len() - current)
+}
+
 fn refs(inj: &Injection) -> impl Iterator<Item = (&SecretRef, &str)> {
     inj.env
         .iter()
@@ -717,5 +725,19 @@ mod tests {
         // As an env var only, such a name is fine: no path is made from it.
         let env_only = inj(&[("sm-injector.io/env.A", &format!("{sneaky}#k"))]);
         assert!(resolve(&env_only, &rule, &res).is_ok());
+    }
+
+    #[test]
+    fn calls_count_batches_of_current_versions_and_each_pin() {
+        let k = |id: &str, v: Version| FetchKey {
+            id: id.into(),
+            version: v,
+        };
+        let mut keys: Vec<FetchKey> = (0..41).map(|i| k(&format!("n/s{i}"), cur())).collect();
+        assert_eq!(aws_calls(&keys), 3);
+        keys.push(k("n/a", Version::Id("v1".into())));
+        keys.push(k("n/a", Version::Stage("AWSPREVIOUS".into())));
+        assert_eq!(aws_calls(&keys), 5);
+        assert_eq!(aws_calls(&[]), 0);
     }
 }

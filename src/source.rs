@@ -259,12 +259,25 @@ impl SecretSource for StaticSource {
 
 /// A TTL cache in front of a [`SecretSource`]. Keys missing at the same time are
 /// asked for in one `fetch` (so one batch call), and concurrent misses of the same
-/// key share one load. Errors are not cached.
+/// key share one load. Definite refusals (not found, access denied, any other
+/// refusal) are remembered for a shorter time, so that retried pods and dry runs
+/// do not spend the account's quota; transient errors are not remembered.
 #[derive(Clone)]
 pub struct CachedSource {
     inner: Arc<dyn SecretSource>,
     cache: moka::future::Cache<FetchKey, Arc<SecretValue>>,
+    negative: moka::future::Cache<FetchKey, FetchError>,
     metrics: Metrics,
+}
+
+/// The default time a definite refusal is remembered.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(30);
+
+fn negative_cache(ttl: Duration) -> moka::future::Cache<FetchKey, FetchError> {
+    moka::future::Cache::builder()
+        .max_capacity(100_000)
+        .time_to_live(ttl)
+        .build()
 }
 
 pub type CachedResults = HashMap<FetchKey, Result<Arc<SecretValue>, FetchError>>;
@@ -277,8 +290,15 @@ impl CachedSource {
                 .max_capacity(100_000)
                 .time_to_live(ttl)
                 .build(),
+            negative: negative_cache(NEGATIVE_TTL),
             metrics,
         }
+    }
+
+    /// Remembers definite refusals for `ttl` (zero: not at all).
+    pub fn with_negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative = negative_cache(ttl);
+        self
     }
 
     /// Forgets `keys`: the next lookup asks the source (a writer found that a
@@ -302,7 +322,12 @@ impl CachedSource {
                 Some(v) => {
                     out.insert(k.clone(), Ok(v));
                 }
-                None => missing.push(k.clone()),
+                None => match self.negative.get(k).await {
+                    Some(e) => {
+                        out.insert(k.clone(), Err(e));
+                    }
+                    None => missing.push(k.clone()),
+                },
             }
         }
         self.metrics.cache(out.len() as u64, missing.len() as u64);
@@ -334,7 +359,16 @@ impl CachedSource {
             }
         });
         match tokio::time::timeout(deadline, join_all(loads)).await {
-            Ok(results) => out.extend(results),
+            Ok(results) => {
+                for (k, r) in &results {
+                    if let Err(e) = r
+                        && !e.is_transient()
+                    {
+                        self.negative.insert(k.clone(), e.clone()).await;
+                    }
+                }
+                out.extend(results)
+            }
             Err(_) => {
                 for k in missing {
                     out.insert(
@@ -409,12 +443,23 @@ mod tests {
             );
             assert_eq!(r[&key("n/missing")], Err(FetchError::NotFound));
         }
-        // Values are cached, errors are not.
+        // Values are cached; so is a definite refusal, for a shorter time.
         let r = cache.get_many(&keys[..2], Duration::from_secs(5)).await;
         assert!(r.values().all(Result::is_ok));
         assert_eq!(src.calls.load(Ordering::SeqCst), 1);
-        cache.get_many(&keys[2..], Duration::from_secs(5)).await;
-        assert_eq!(src.calls.load(Ordering::SeqCst), 2);
+        let r = cache.get_many(&keys[2..], Duration::from_secs(5)).await;
+        assert_eq!(r[&key("n/missing")], Err(FetchError::NotFound));
+        assert_eq!(src.calls.load(Ordering::SeqCst), 1, "not found: remembered");
+        let short = CachedSource::new(src.clone(), Duration::from_secs(60), Metrics::new())
+            .with_negative_ttl(Duration::from_millis(50));
+        short.get_many(&keys[2..], Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        short.get_many(&keys[2..], Duration::from_secs(5)).await;
+        assert_eq!(
+            src.calls.load(Ordering::SeqCst),
+            3,
+            "asked again once it expired"
+        );
     }
 
     #[tokio::test]
@@ -427,6 +472,10 @@ mod tests {
         assert!(
             matches!(&r[&key("n/a")], Err(e) if e.is_transient()),
             "{r:?}"
+        );
+        assert!(
+            cache.negative.get(&key("n/a")).await.is_none(),
+            "a transient failure is not remembered"
         );
     }
 

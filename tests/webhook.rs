@@ -714,6 +714,61 @@ async fn with_sm_injector_down_pods_without_its_annotations_are_still_admitted()
 
 #[tokio::test]
 #[ignore = "needs the test bed: run ./tests/run"]
+async fn dry_runs_cannot_spend_the_secrets_manager_quota() {
+    let (_bed, client, ns, inj) = setup("fanout").await;
+    let calls = || inj.metric("sm_injector_secretsmanager_calls_total");
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let before = calls().await;
+    // Eleven pinned versions need eleven calls: denied before any is made.
+    let mut pins = serde_json::Map::new();
+    for i in 0..11 {
+        pins.insert(
+            format!("sm-injector.io/env.V{i}"),
+            json!(format!("{ns}/s?versionId=v{i}#k")),
+        );
+    }
+    let e = pods
+        .create(
+            &dry,
+            &pod("fanout", serde_json::Value::Object(pins), one_container()),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("the pod's references need 11 Secrets Manager calls")
+            && e.to_string().contains("at most 10 per pod"),
+        "{e}"
+    );
+    assert_eq!(calls().await, before, "no call for a pod over the cap");
+    // A missing secret, asked again and again: one call, then remembered.
+    for _ in 0..5 {
+        let e = pods
+            .create(
+                &dry,
+                &pod(
+                    "missing",
+                    json!({"sm-injector.io/env.K": format!("{ns}/nope#k")}),
+                    one_container(),
+                ),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("not found in Secrets Manager"),
+            "{e}"
+        );
+    }
+    assert_eq!(calls().await, before + 1.0, "one call for five dry runs");
+    inj.stop(&client).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
 async fn explicit_env_is_kept_with_a_warning_and_dry_run_writes_nothing() {
     let (bed, client, ns, inj) = setup("warn").await;
     bed.put_secret(&format!("{ns}/s"), r#"{"k":"from-sm","j":"jj"}"#)
@@ -1143,6 +1198,7 @@ async fn render_gives_the_same_pod_as_the_webhook() {
     let settings = sm_injector::admission::Settings {
         min_refresh: Duration::from_secs(60),
         aws_deadline: Duration::from_secs(5),
+        max_aws_calls: sm_injector::admission::MAX_AWS_CALLS,
     };
     let rendered = sm_injector::render::render(vec![doc], &source, &settings, false)
         .await

@@ -85,6 +85,7 @@ pub async fn start(bed: &TestBed, namespaces: &[&str], opts: Options) -> Injecto
         settings: Settings {
             min_refresh: opts.min_refresh,
             aws_deadline: opts.aws_deadline,
+            max_aws_calls: sm_injector::admission::MAX_AWS_CALLS,
         },
     });
 
