@@ -226,7 +226,11 @@ struct ServeArgs {
     /// Largest accepted AdmissionReview body, in bytes.
     #[arg(long, env = "SM_INJECTOR_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     max_body_bytes: usize,
-    /// How long in-flight requests may take to finish after SIGTERM.
+    /// After SIGTERM, how long readiness reads false while admissions are still
+    /// served (the API server's endpoints take a few seconds to follow).
+    #[arg(long, env = "SM_INJECTOR_SHUTDOWN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    shutdown_delay: Duration,
+    /// Then, how long in-flight requests may take to finish.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     drain: Duration,
     /// Log as JSON lines.
@@ -351,6 +355,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             admission_deadline: a.admission_deadline,
             max_body_bytes: a.max_body_bytes,
             cert_poll: Duration::from_secs(10),
+            shutdown_delay: a.shutdown_delay,
             drain: a.drain,
         },
         tls,

@@ -17,6 +17,8 @@ use axum_server::tls_rustls::RustlsConfig;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::admission::Webhook;
 
 #[derive(Debug, Clone)]
@@ -29,7 +31,11 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// How often the certificate files are checked for changes.
     pub cert_poll: Duration,
-    /// How long in-flight requests may take to finish after SIGTERM.
+    /// After SIGTERM, how long readiness reads false while admissions are
+    /// still served, so that the API server stops routing here first (the
+    /// endpoints take a few seconds to follow).
+    pub shutdown_delay: Duration,
+    /// Then, how long in-flight requests may take to finish.
     pub drain: Duration,
 }
 
@@ -161,14 +167,17 @@ pub fn admission_router(
         .with_state(AppState { webhook, deadline })
 }
 
-/// `/healthz`, `/readyz` and `/metrics`.
-pub fn probe_router(webhook: Arc<Webhook>) -> Router {
+/// `/healthz`, `/readyz` and `/metrics`. Readiness is false until the
+/// Namespace cache is synced, and again once `stopping` is set.
+pub fn probe_router(webhook: Arc<Webhook>, stopping: Arc<AtomicBool>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
-            get(|State(w): State<Arc<Webhook>>| async move {
-                if w.namespaces.is_ready() {
+            get(move |State(w): State<Arc<Webhook>>| async move {
+                if stopping.load(Ordering::Relaxed) {
+                    (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+                } else if w.namespaces.is_ready() {
                     (StatusCode::OK, "ok")
                 } else {
                     (
@@ -248,11 +257,17 @@ pub async fn run(
         settings.cert_poll,
     ));
     let handle = axum_server::Handle::<std::net::SocketAddr>::new();
-    let drain = settings.drain;
+    let (delay, drain) = (settings.shutdown_delay, settings.drain);
+    let stopping = Arc::new(AtomicBool::new(false));
     {
-        let handle = handle.clone();
+        let (handle, stopping) = (handle.clone(), stopping.clone());
         tokio::spawn(async move {
             shutdown.await;
+            // No admission is lost in a rolling update or a drain: not ready
+            // first, still serving until the API server has moved on.
+            stopping.store(true, Ordering::Relaxed);
+            tracing::info!(delay = %humantime::format_duration(delay), "shutting down: not ready, still serving");
+            tokio::time::sleep(delay).await;
             tracing::info!("shutting down: draining in-flight requests");
             handle.graceful_shutdown(Some(drain));
         });
@@ -263,7 +278,7 @@ pub async fn run(
         settings.admission_deadline,
         settings.max_body_bytes,
     );
-    let probes = probe_router(webhook);
+    let probes = probe_router(webhook, stopping);
     // The probe port lives as long as the TLS server: it is aborted once that has drained.
     let probe_server = axum::serve(probe_listener, probes);
     let probe_task = tokio::spawn(async move { probe_server.await });

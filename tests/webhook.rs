@@ -769,6 +769,56 @@ async fn dry_runs_cannot_spend_the_secrets_manager_quota() {
 
 #[tokio::test]
 #[ignore = "needs the test bed: run ./tests/run"]
+async fn on_shutdown_it_turns_unready_first_and_keeps_serving_for_the_delay() {
+    let bed = testbed();
+    let client = bed.client().await;
+    let ns = namespace(&client, "restart", &[INJECT]).await;
+    let mut inj = injector::start(
+        bed,
+        &[&ns],
+        Options {
+            shutdown_delay: Duration::from_secs(4),
+            ..Default::default()
+        },
+    )
+    .await;
+    bed.put_secret(&format!("{ns}/s"), r#"{"k":"v"}"#).await;
+    let probe = inj.probe_port;
+    let ready = || async move { injector::http_get(probe, "/readyz").await.0 };
+    assert_eq!(ready().await, 200);
+    inj.begin_shutdown();
+    let t = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(2),
+        "readiness to turn false",
+        || async { (ready().await == 503).then_some(()) },
+    )
+    .await;
+    // The API server may still route here: admissions are still answered.
+    for i in 0..3 {
+        let p = create_one(
+            &client,
+            &ns,
+            &format!("during-{i}"),
+            json!({"sm-injector.io/env.K": format!("{ns}/s#k")}),
+        )
+        .await
+        .expect("admitted during the shutdown delay");
+        assert!(p.spec.unwrap().containers[0].env.is_some());
+    }
+    assert!(!inj.finished() && t.elapsed() < Duration::from_secs(4));
+    eventually(
+        Duration::from_secs(15),
+        "the server to stop after the delay",
+        || async { inj.finished().then_some(()) },
+    )
+    .await;
+    assert!(t.elapsed() >= Duration::from_secs(4), "{:?}", t.elapsed());
+    inj.stop(&client).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
 async fn explicit_env_is_kept_with_a_warning_and_dry_run_writes_nothing() {
     let (bed, client, ns, inj) = setup("warn").await;
     bed.put_secret(&format!("{ns}/s"), r#"{"k":"from-sm","j":"jj"}"#)

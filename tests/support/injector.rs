@@ -40,6 +40,8 @@ pub struct Options {
     pub min_refresh: Duration,
     /// Record written backing Secrets in an inventory in this namespace.
     pub inventory: Option<String>,
+    /// Not ready, still serving, for this long after shutdown begins.
+    pub shutdown_delay: Duration,
 }
 
 impl Default for Options {
@@ -50,6 +52,7 @@ impl Default for Options {
             cache_ttl: Duration::from_secs(300),
             min_refresh: Duration::from_secs(60),
             inventory: None,
+            shutdown_delay: Duration::ZERO,
         }
     }
 }
@@ -107,6 +110,7 @@ pub async fn start(bed: &TestBed, namespaces: &[&str], opts: Options) -> Injecto
             admission_deadline: Duration::from_secs(8),
             max_body_bytes: 4 * 1024 * 1024,
             cert_poll: Duration::from_secs(1),
+            shutdown_delay: opts.shutdown_delay,
             drain: Duration::from_secs(5),
         },
         tls,
