@@ -233,6 +233,12 @@ struct ServeArgs {
     /// Then, how long in-flight requests may take to finish.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     drain: Duration,
+    /// An HTTP/1.1 request's headers must arrive within this time.
+    #[arg(long, env = "SM_INJECTOR_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    header_read_timeout: Duration,
+    /// An admission request's body must arrive within this time (else 408).
+    #[arg(long, env = "SM_INJECTOR_BODY_READ_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    body_read_timeout: Duration,
     /// Log as JSON lines.
     #[arg(long, env = "SM_INJECTOR_LOG_JSON")]
     log_json: bool,
@@ -354,6 +360,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             tls_key: a.tls_key,
             admission_deadline: a.admission_deadline,
             max_body_bytes: a.max_body_bytes,
+            header_read_timeout: a.header_read_timeout,
+            body_read_timeout: a.body_read_timeout,
             cert_poll: Duration::from_secs(10),
             shutdown_delay: a.shutdown_delay,
             drain: a.drain,

@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -29,6 +27,11 @@ pub struct ServerSettings {
     /// webhook configuration's `timeoutSeconds`).
     pub admission_deadline: Duration,
     pub max_body_bytes: usize,
+    /// An HTTP/1.1 request's headers must arrive within this time, and its
+    /// body within `body_read_timeout`: slow or half-sent requests are cut off
+    /// instead of holding connections.
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
     /// How often the certificate files are checked for changes.
     pub cert_poll: Duration,
     /// After SIGTERM, how long readiness reads false while admissions are
@@ -43,7 +46,12 @@ pub struct ServerSettings {
 struct AppState {
     webhook: Arc<Webhook>,
     deadline: Duration,
+    body_timeout: Duration,
+    max_body_bytes: usize,
 }
+
+/// HTTP/2 streams one connection may have open at once.
+const MAX_CONCURRENT_STREAMS: u32 = 250;
 
 /// HTTP 400 with `reason` for the caller; the log gets only `log`, since a
 /// parse error can quote part of the body.
@@ -52,13 +60,26 @@ fn bad_request(reason: String, log: String) -> Response {
     (StatusCode::BAD_REQUEST, reason).into_response()
 }
 
-async fn mutate(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
-    let body = match body {
-        Ok(b) => b,
-        Err(e) => {
+async fn mutate(State(st): State<AppState>, body: axum::body::Body) -> Response {
+    let read = axum::body::to_bytes(body, st.max_body_bytes);
+    let body = match tokio::time::timeout(st.body_timeout, read).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
             st.webhook.metrics.admission("invalid", 0.0);
-            let reason = format!("cannot read the request body: {}", e.body_text());
+            let reason = format!(
+                "cannot read the request body (at most {} bytes): {e}",
+                st.max_body_bytes
+            );
             return bad_request(reason.clone(), reason);
+        }
+        Err(_) => {
+            st.webhook.metrics.admission("invalid", 0.0);
+            let reason = format!(
+                "the request body did not arrive within {}",
+                humantime::format_duration(st.body_timeout)
+            );
+            tracing::info!(%reason, "admission request refused");
+            return (StatusCode::REQUEST_TIMEOUT, reason).into_response();
         }
     };
     let review: AdmissionReview<Pod> = match serde_json::from_slice(&body) {
@@ -160,11 +181,17 @@ pub fn admission_router(
     webhook: Arc<Webhook>,
     deadline: Duration,
     max_body_bytes: usize,
+    body_timeout: Duration,
 ) -> Router {
     Router::new()
         .route("/mutate", post(mutate))
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .with_state(AppState { webhook, deadline })
+        .with_state(AppState {
+            webhook,
+            deadline,
+            body_timeout,
+            max_body_bytes,
+        })
 }
 
 /// `/healthz`, `/readyz` and `/metrics`. Readiness is false until the
@@ -277,15 +304,22 @@ pub async fn run(
         webhook.clone(),
         settings.admission_deadline,
         settings.max_body_bytes,
+        settings.body_read_timeout,
     );
     let probes = probe_router(webhook, stopping);
     // The probe port lives as long as the TLS server: it is aborted once that has drained.
     let probe_server = axum::serve(probe_listener, probes);
     let probe_task = tokio::spawn(async move { probe_server.await });
-    let served = axum_server::from_tcp_rustls(tls_listener, tls)?
-        .handle(handle)
-        .serve(app.into_make_service())
-        .await;
+    let mut server = axum_server::from_tcp_rustls(tls_listener, tls)?.handle(handle);
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(settings.header_read_timeout);
+    server
+        .http_builder()
+        .http2()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+    let served = server.serve(app.into_make_service()).await;
     reloader.abort();
     probe_task.abort();
     served?;

@@ -819,6 +819,90 @@ async fn on_shutdown_it_turns_unready_first_and_keeps_serving_for_the_delay() {
 
 #[tokio::test]
 #[ignore = "needs the test bed: run ./tests/run"]
+async fn slow_and_half_sent_requests_are_cut_off_and_do_not_delay_admissions() {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let bed = testbed();
+    let client = bed.client().await;
+    let ns = namespace(&client, "slow", &[INJECT]).await;
+    let inj = injector::start(
+        bed,
+        &[&ns],
+        Options {
+            header_read_timeout: Duration::from_secs(1),
+            body_read_timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    bed.put_secret(&format!("{ns}/s"), r#"{"k":"v"}"#).await;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(bed.ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let tls = std::sync::Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    // 400 connections: half stop in the middle of the headers, half in the
+    // middle of the body.
+    let mut conns = vec![];
+    for i in 0..400 {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", inj.port))
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut c = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let part = if i % 2 == 0 {
+            "POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Ty"
+        } else {
+            "POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"apiVersion\""
+        };
+        c.write_all(part.as_bytes()).await.unwrap();
+        c.flush().await.unwrap();
+        conns.push(c);
+    }
+    // An admission through the API server is not delayed by them.
+    let t = std::time::Instant::now();
+    let p = create_one(
+        &client,
+        &ns,
+        "meanwhile",
+        json!({"sm-injector.io/env.K": format!("{ns}/s#k")}),
+    )
+    .await
+    .unwrap();
+    assert!(p.spec.unwrap().containers[0].env.is_some());
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    // Every one is cut off by the timeouts: closed, or answered 408.
+    for (i, mut c) in conns.into_iter().enumerate() {
+        let mut buf = vec![0u8; 4096];
+        let mut seen = String::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match c.read(&mut buf).await {
+                    Ok(0) | Err(_) => return true,
+                    Ok(n) => {
+                        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+                        if seen.contains(" 408 ") {
+                            return true;
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        assert_eq!(closed, Ok(true), "connection {i} still open: {seen:?}");
+    }
+    inj.stop(&client).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
 async fn explicit_env_is_kept_with_a_warning_and_dry_run_writes_nothing() {
     let (bed, client, ns, inj) = setup("warn").await;
     bed.put_secret(&format!("{ns}/s"), r#"{"k":"from-sm","j":"jj"}"#)

@@ -42,6 +42,9 @@ pub struct Options {
     pub inventory: Option<String>,
     /// Not ready, still serving, for this long after shutdown begins.
     pub shutdown_delay: Duration,
+    /// Headers, then a body, must arrive within these.
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
 }
 
 impl Default for Options {
@@ -53,6 +56,8 @@ impl Default for Options {
             min_refresh: Duration::from_secs(60),
             inventory: None,
             shutdown_delay: Duration::ZERO,
+            header_read_timeout: Duration::from_secs(5),
+            body_read_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -109,6 +114,8 @@ pub async fn start(bed: &TestBed, namespaces: &[&str], opts: Options) -> Injecto
             tls_key: dir.join("tls.key"),
             admission_deadline: Duration::from_secs(8),
             max_body_bytes: 4 * 1024 * 1024,
+            header_read_timeout: opts.header_read_timeout,
+            body_read_timeout: opts.body_read_timeout,
             cert_poll: Duration::from_secs(1),
             shutdown_delay: opts.shutdown_delay,
             drain: Duration::from_secs(5),
