@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the mutating admission webhook.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Issue the webhook's serving certificate and write the TLS Secret and the
     /// MutatingWebhookConfiguration with its caBundle (see certs/README.md).
     Certs(CertsArgs),
@@ -394,7 +394,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(a) => {
             init_tracing(a.log_json);
-            serve(a).await
+            serve(*a).await
         }
         Command::Certs(a) => certs(a),
         Command::Render(a) => {
