@@ -27,6 +27,13 @@ pub struct Settings {
 
 /// The default of [`Settings::max_aws_calls`].
 pub const MAX_AWS_CALLS: usize = 10;
+/// Bytes of a pod's `sm-injector.io/` annotations (keys and values, not the
+/// ones sm-injector writes).
+pub const MAX_ANNOTATION_BYTES: usize = 64 * 1024;
+/// Secret references (`env.<VAR>` entries and `env-from` references) per pod.
+pub const MAX_REFERENCES: usize = 250;
+/// Selected containers times references: bounds the patch.
+pub const MAX_INJECTIONS: usize = 2_500;
 
 pub struct Webhook {
     pub source: CachedSource,
@@ -100,15 +107,41 @@ pub async fn plan_pod(
 ) -> Planned {
     let empty = Default::default();
     let anns = pod.metadata.annotations.as_ref().unwrap_or(&empty);
+    // Bounded work whatever a tenant sends: caps checked before the work.
+    let bytes: usize = anns
+        .iter()
+        .filter(|(k, _)| k.starts_with(annotations::PREFIX))
+        .filter(|(k, _)| !annotations::OUTPUT_KEYS.contains(&k.as_str()))
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    if bytes > MAX_ANNOTATION_BYTES {
+        return Planned::Denied(vec![format!(
+            "the pod's sm-injector.io/ annotations hold {bytes} bytes; at most {MAX_ANNOTATION_BYTES}"
+        )]);
+    }
     let inj = match annotations::parse(anns, settings.min_refresh) {
         Ok(None) => return Planned::Nothing,
         Ok(Some(i)) => i,
         Err(errors) => return Planned::Denied(errors.iter().map(ToString::to_string).collect()),
     };
+    let references = inj.env.len() + inj.env_from.len();
+    if references > MAX_REFERENCES {
+        return Planned::Denied(vec![format!(
+            "the pod has {references} secret references; at most {MAX_REFERENCES}"
+        )]);
+    }
     let targets = match patch::select(pod, inj.containers.as_deref()) {
         Ok(t) => t,
         Err(e) => return Planned::Denied(vec![e]),
     };
+    let injections = targets.len() * references;
+    if injections > MAX_INJECTIONS {
+        return Planned::Denied(vec![format!(
+            "{} containers x {references} references = {injections} injections; at most {MAX_INJECTIONS} (select containers with {})",
+            targets.len(),
+            annotations::CONTAINERS
+        )]);
+    }
     let rule = match rule.await {
         Ok(r) => r,
         Err(e) => return Planned::Denied(vec![e]),
@@ -218,6 +251,76 @@ impl Webhook {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::AccessRule;
+    use crate::source::{CachedSource, StaticSource};
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    async fn planned(pod: serde_json::Value) -> Result<(), Vec<String>> {
+        let pod: Pod = serde_json::from_value(pod).unwrap();
+        let source = CachedSource::new(
+            Arc::new(StaticSource::new(HashMap::new())),
+            Duration::from_secs(60),
+            Metrics::new(),
+        );
+        let settings = Settings {
+            min_refresh: Duration::from_secs(60),
+            aws_deadline: Duration::from_secs(1),
+            max_aws_calls: MAX_AWS_CALLS,
+        };
+        let rule = async { Ok(AccessRule::for_namespace("n", None)) };
+        match plan_pod(&pod, rule, &source, &settings).await {
+            Planned::Denied(e) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    #[tokio::test]
+    async fn over_cap_pods_are_denied_quickly_naming_the_cap() {
+        let containers: Vec<serde_json::Value> = (0..300)
+            .map(|i| serde_json::json!({"name": format!("c{i}"), "image": "x"}))
+            .collect();
+        let refs = |n: usize| -> serde_json::Map<String, serde_json::Value> {
+            (0..n)
+                .map(|i| {
+                    (
+                        format!("sm-injector.io/env.V{i}"),
+                        serde_json::json!(format!("n/s#k{i}")),
+                    )
+                })
+                .collect()
+        };
+        let t = Instant::now();
+        let e = planned(serde_json::json!({"metadata": {"annotations": refs(300)}, "spec": {"containers": containers}}))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e,
+            vec![format!(
+                "the pod has 300 secret references; at most {MAX_REFERENCES}"
+            )]
+        );
+        let e = planned(serde_json::json!({"metadata": {"annotations": refs(20)}, "spec": {"containers": containers}}))
+            .await
+            .unwrap_err();
+        assert!(
+            e[0].starts_with("300 containers x 20 references = 6000 injections; at most 2500"),
+            "{e:?}"
+        );
+        let big = serde_json::json!({"sm-injector.io/env.X": "x".repeat(70_000)});
+        let e = planned(serde_json::json!({"metadata": {"annotations": big}, "spec": {"containers": [{"name": "c"}]}}))
+            .await
+            .unwrap_err();
+        assert!(
+            e[0].contains("annotations hold 70020 bytes; at most 65536"),
+            "{e:?}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+    }
 
     #[test]
     fn denial_messages_are_bounded_whatever_the_input() {
