@@ -215,10 +215,10 @@ pub fn object(
     value: &SecretValue,
     version: &Version,
     form: Form,
-    data: BTreeMap<String, ByteString>,
     refreshed_at: &str,
-) -> Secret {
-    Secret {
+) -> Result<Secret, ContentError> {
+    let data = data(value, form)?;
+    Ok(Secret {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
             namespace: Some(namespace.to_string()),
@@ -240,7 +240,7 @@ pub fn object(
         type_: Some("Opaque".into()),
         data: Some(data),
         ..Default::default()
-    }
+    })
 }
 
 #[cfg(test)]
@@ -305,9 +305,10 @@ mod tests {
             &v,
             &Version::current(),
             Form::Keys,
-            d,
             "2026-01-01T00:00:00Z",
-        );
+        )
+        .unwrap();
+        assert_eq!(s.data.as_ref(), Some(&d));
         let m = &s.metadata;
         assert_eq!(m.labels.as_ref().unwrap()[MANAGED_BY_LABEL], "sm-injector");
         let a = m.annotations.as_ref().unwrap();

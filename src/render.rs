@@ -169,22 +169,14 @@ pub async fn render(
             if !seen.insert((ns.clone(), b.name.clone())) {
                 continue;
             }
-            let data = match backing::data(value, b.form) {
-                Ok(d) => d,
-                Err(e) => {
-                    errors.push(format!("{what}: {e}"));
-                    continue;
-                }
-            };
-            let secret = backing::object(
-                &ns,
-                &b.name,
-                value,
-                &b.version,
-                b.form,
-                data,
-                &now_rfc3339(),
-            );
+            let secret =
+                match backing::object(&ns, &b.name, value, &b.version, b.form, &now_rfc3339()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        errors.push(format!("{what}: {e}"));
+                        continue;
+                    }
+                };
             let mut v = serde_json::to_value(&secret).expect("a Secret serializes");
             if !show_values {
                 mask(&mut v);

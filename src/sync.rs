@@ -93,17 +93,15 @@ impl Syncer {
                         let r = self
                             .known
                             .try_get_with(key, async {
-                                let data = backing::data(value, b.form)
-                                    .map_err(|e| Stale::Failed(e.to_string()))?;
                                 let obj = backing::object(
                                     namespace,
                                     &b.name,
                                     value,
                                     &b.version,
                                     b.form,
-                                    data,
                                     &now_rfc3339(),
-                                );
+                                )
+                                .map_err(|e| NotWritten::Failed(e.to_string()))?;
                                 match write_backing(&api, &obj, value).await {
                                     Ok(Written::Wrote | Written::Created) => {
                                         self.metrics.secret_write("apply");
@@ -111,9 +109,9 @@ impl Syncer {
                                     }
                                     Ok(Written::Current) => Ok(()),
                                     Ok(Written::Newer { version_id, keys }) => {
-                                        Err(Stale::Newer { version_id, keys })
+                                        Err(NotWritten::Newer { version_id, keys })
                                     }
-                                    Err(e) => Err(Stale::Failed(format!(
+                                    Err(e) => Err(NotWritten::Failed(format!(
                                         "could not write the backing Secret {namespace}/{}: {e}",
                                         b.name
                                     ))),
@@ -122,11 +120,11 @@ impl Syncer {
                             .await;
                         match r.map_err(|e| (*e).clone()) {
                             Ok(()) => Ok(Done::Nothing),
-                            Err(Stale::Failed(e)) => Err(e),
+                            Err(NotWritten::Failed(e)) => Err(e),
                             // Another writer holds a later observation: the pod
                             // reads that (it names the Secret, not a value), so
                             // its keys must be there; the cached value is dropped.
-                            Err(Stale::Newer { version_id, keys }) => {
+                            Err(NotWritten::Newer { version_id, keys }) => {
                                 let missing = missing_keys(&b.required_keys, &keys);
                                 if missing.is_empty() {
                                     Ok(Done::Stale(b.fetch.clone()))
@@ -231,7 +229,7 @@ enum Done {
 /// Why a shared write did not leave the Secret at the cached version (not
 /// cached, so the next admission tries again).
 #[derive(Debug, Clone)]
-enum Stale {
+enum NotWritten {
     Newer {
         version_id: String,
         keys: BTreeSet<String>,
@@ -428,16 +426,8 @@ mod tests {
     fn start(v: SecretValue) -> (H, tokio::task::JoinHandle<Result<Written, String>>) {
         let (svc, h) = mock::pair::<Request<Body>, Response<Body>>();
         let api: Api<Secret> = Api::namespaced(kube::Client::new(svc, "n"), "n");
-        let data = backing::data(&v, Form::Keys).unwrap();
-        let obj = backing::object(
-            "n",
-            "sm-n-db-1",
-            &v,
-            &Version::current(),
-            Form::Keys,
-            data,
-            "now",
-        );
+        let obj =
+            backing::object("n", "sm-n-db-1", &v, &Version::current(), Form::Keys, "now").unwrap();
         (
             h,
             tokio::spawn(async move { write_backing(&api, &obj, &v).await }),

@@ -56,14 +56,12 @@ fn metric(metrics: &Metrics, prefix: &str) -> f64 {
 }
 
 fn refresher_for(
-    bed: &TestBed,
     client: &kube::Client,
     aws: aws_sdk_secretsmanager::Client,
     metrics: &Metrics,
     inventory_ns: &str,
     grace: Option<Duration>,
 ) -> Refresher {
-    let _ = bed;
     Refresher::new(
         client.clone(),
         Arc::new(AwsSource::new(aws, metrics.clone())),
@@ -106,7 +104,7 @@ async fn start_refresher(
 ) -> Running {
     let metrics = Metrics::new();
     let aws = aws_at(bed, endpoint).await;
-    let r = refresher_for(bed, client, aws, &metrics, inventory_ns, grace);
+    let r = refresher_for(client, aws, &metrics, inventory_ns, grace);
     let (tx, rx) = tokio::sync::watch::channel(true);
     Running {
         task: tokio::spawn(r.run(rx)),
@@ -653,7 +651,7 @@ async fn a_stopped_refresher_hands_the_lease_over_and_the_process_exits() {
         let (client, metrics, lease_ns) = (client.clone(), metrics.clone(), lease_ns.clone());
         async move {
             let aws = aws_at(bed, None).await;
-            let r = refresher_for(bed, &client, aws, &metrics, &lease_ns, None);
+            let r = refresher_for(&client, aws, &metrics, &lease_ns, None);
             r.run_with_lease(&lease_ns, "handover", id.to_string(), 4)
                 .await
         }

@@ -1,6 +1,6 @@
 //! What the pods sm-injector mutated use, from their records
 //! ([`crate::annotations::INJECTED`]). Pure: fed by a pod metadata watch with
-//! [`Index::apply`], [`Index::delete`] and [`Index::reset`], and tested without
+//! [`Index::apply`], [`Index::delete`] and [`Index::restart`], and tested without
 //! an API server (in the manner of linkerd's policy-controller indexes).
 //!
 //! A record is on a pod, and any tenant who can create pods can write one. So
@@ -225,33 +225,6 @@ impl Index {
         self.pods.clear();
     }
 
-    /// Replaces everything. Returns the refusals not reported before.
-    pub fn reset<'a>(
-        &mut self,
-        pods: impl IntoIterator<Item = &'a PartialObjectMeta<Pod>>,
-    ) -> Vec<(String, String, String)> {
-        let before = std::mem::take(&mut self.refused);
-        self.pods.clear();
-        let mut out = vec![];
-        for p in pods {
-            if let Some(reason) = self.apply(p) {
-                let m = &p.metadata;
-                let key = (
-                    m.namespace.clone().unwrap_or_default(),
-                    m.name.clone().unwrap_or_default(),
-                );
-                if !before.contains(&key) {
-                    out.push((key.0, key.1, reason));
-                }
-            }
-        }
-        out
-    }
-
-    pub fn pods(&self) -> usize {
-        self.pods.len()
-    }
-
     /// Every backing Secret in use, with the shortest interval among its pods.
     pub fn in_use(&self) -> BTreeMap<Key, Want> {
         let mut out: BTreeMap<Key, Want> = BTreeMap::new();
@@ -422,14 +395,7 @@ mod tests {
         // A refused pod that later carries a good record is taken.
         assert_eq!(ix.apply(&pod("n", "forged", Some(good), json!({}))), None);
         assert_eq!(ix.in_use().len(), 1);
-        // A reset reports only refusals it had not reported.
-        let pods = [
-            pod("n", "junk", Some("{no".into()), json!({})),
-            pod("n", "new", Some("[]".into()), json!({})),
-        ];
-        let again = ix.reset(pods.iter());
-        assert_eq!(again.len(), 1);
-        assert_eq!(again[0].1, "new");
+        // A watch re-list (restart, then every pod again) reports nothing again.
         ix.restart();
         assert_eq!(
             ix.apply(&pod("n", "junk", Some("{no".into()), json!({}))),

@@ -367,16 +367,15 @@ impl Refresher {
         if believed.as_deref() == Some(value.version_id.as_str()) {
             return Ok(Outcome::Current(value.version_id));
         }
-        let data = backing::data(&value, want.form).map_err(|e| Failure::Content(e.to_string()))?;
         let obj = backing::object(
             &key.namespace,
             &key.backing,
             &value,
             &want.fetch.version,
             want.form,
-            data,
             &now_rfc3339(),
-        );
+        )
+        .map_err(|e| Failure::Content(e.to_string()))?;
         self.inventory
             .record(&key.namespace, [key.backing.as_str()])
             .await
