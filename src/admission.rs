@@ -23,17 +23,12 @@ pub struct Settings {
     /// The most Secrets Manager calls one pod's references may need (20
     /// current versions a call, one call per pinned version), dry runs included.
     pub max_aws_calls: usize,
+    /// Bounds on what one pod may ask for.
+    pub caps: plan::Caps,
 }
 
 /// The default of [`Settings::max_aws_calls`].
 pub const MAX_AWS_CALLS: usize = 10;
-/// Bytes of a pod's `sm-injector.io/` annotations (keys and values, not the
-/// ones sm-injector writes).
-pub const MAX_ANNOTATION_BYTES: usize = 64 * 1024;
-/// Secret references (`env.<VAR>` entries and `env-from` references) per pod.
-pub const MAX_REFERENCES: usize = 250;
-/// Selected containers times references: bounds the patch.
-pub const MAX_INJECTIONS: usize = 2_500;
 
 pub struct Webhook {
     pub source: CachedSource,
@@ -114,9 +109,11 @@ pub async fn plan_pod(
         .filter(|(k, _)| !annotations::OUTPUT_KEYS.contains(&k.as_str()))
         .map(|(k, v)| k.len() + v.len())
         .sum();
-    if bytes > MAX_ANNOTATION_BYTES {
+    let caps = &settings.caps;
+    if bytes > caps.annotation_bytes {
         return Planned::Denied(vec![format!(
-            "the pod's sm-injector.io/ annotations hold {bytes} bytes; at most {MAX_ANNOTATION_BYTES}"
+            "the pod's sm-injector.io/ annotations hold {bytes} bytes; at most {} (--max-annotation-bytes)",
+            caps.annotation_bytes
         )]);
     }
     let inj = match annotations::parse(anns, settings.min_refresh) {
@@ -125,9 +122,10 @@ pub async fn plan_pod(
         Err(errors) => return Planned::Denied(errors.iter().map(ToString::to_string).collect()),
     };
     let references = inj.env.len() + inj.env_from.len();
-    if references > MAX_REFERENCES {
+    if references > caps.references {
         return Planned::Denied(vec![format!(
-            "the pod has {references} secret references; at most {MAX_REFERENCES}"
+            "the pod has {references} secret references; at most {} (--max-references)",
+            caps.references
         )]);
     }
     let targets = match patch::select(pod, inj.containers.as_deref()) {
@@ -135,10 +133,11 @@ pub async fn plan_pod(
         Err(e) => return Planned::Denied(vec![e]),
     };
     let injections = targets.len() * references;
-    if injections > MAX_INJECTIONS {
+    if injections > caps.injections {
         return Planned::Denied(vec![format!(
-            "{} containers x {references} references = {injections} injections; at most {MAX_INJECTIONS} (select containers with {})",
+            "{} containers x {references} references = {injections} injections; at most {} (--max-injections; select containers with {})",
             targets.len(),
+            caps.injections,
             annotations::CONTAINERS
         )]);
     }
@@ -154,12 +153,12 @@ pub async fn plan_pod(
     let calls = plan::aws_calls(&keys);
     if calls > settings.max_aws_calls {
         return Planned::Denied(vec![format!(
-            "the pod's references need {calls} Secrets Manager calls (20 current versions a call, one per pinned version); at most {} per pod",
+            "the pod's references need {calls} Secrets Manager calls (20 current versions a call, one per pinned version); at most {} per pod (--max-secretsmanager-calls-per-pod)",
             settings.max_aws_calls
         )]);
     }
     let results = source.get_many(&keys, settings.aws_deadline).await;
-    match plan::resolve(&inj, &rule, &results) {
+    match plan::resolve(&inj, &rule, &results, caps) {
         Ok(plan) => Planned::Plan { plan, targets },
         Err(e) => Planned::Denied(e),
     }
@@ -267,6 +266,7 @@ mod tests {
             min_refresh: Duration::from_secs(60),
             aws_deadline: Duration::from_secs(1),
             max_aws_calls: MAX_AWS_CALLS,
+            caps: Default::default(),
         };
         let rule = async { Ok(AccessRule::for_namespace("n", None)) };
         match plan_pod(&pod, rule, &source, &settings).await {
@@ -297,7 +297,7 @@ mod tests {
         assert_eq!(
             e,
             vec![format!(
-                "the pod has 300 secret references; at most {MAX_REFERENCES}"
+                "the pod has 300 secret references; at most 250 (--max-references)"
             )]
         );
         let e = planned(serde_json::json!({"metadata": {"annotations": refs(20)}, "spec": {"containers": containers}}))

@@ -9,11 +9,12 @@ use clap::{Parser, Subcommand};
 use sm_injector::admission::{Settings, Webhook};
 use sm_injector::metrics::Metrics;
 use sm_injector::namespaces::Namespaces;
-use sm_injector::plan::MAX_BACKING_PER_POD;
+use sm_injector::plan::{Caps, MAX_BACKING_PER_POD};
 use sm_injector::refresh::{self, Refresher, index::Limits, inventory::Inventory};
 use sm_injector::server::{self, ServerSettings};
 use sm_injector::source::{AwsSource, CachedSource};
 use sm_injector::sync::Syncer;
+use sm_injector::tls::TlsFiles;
 
 #[derive(Parser)]
 #[command(
@@ -85,6 +86,7 @@ async fn render(a: RenderArgs) -> anyhow::Result<bool> {
         min_refresh: a.min_refresh_interval,
         aws_deadline: Duration::from_secs(30),
         max_aws_calls: sm_injector::admission::MAX_AWS_CALLS,
+        caps: Default::default(),
     };
     match render::render(docs, &source, &settings, a.show_values).await {
         Ok(r) => {
@@ -203,6 +205,26 @@ struct ServeArgs {
         default_value = "/etc/sm-injector/tls/tls.key"
     )]
     tls_key: PathBuf,
+    /// Require a client certificate signed by this PEM CA bundle: only the API
+    /// server (given a webhook client certificate through its
+    /// AdmissionConfiguration) may call /mutate. Reloaded when it changes.
+    #[arg(long, env = "SM_INJECTOR_CLIENT_CA_FILE")]
+    client_ca_file: Option<PathBuf>,
+    /// TLS connections open at once; more are closed on arrival.
+    #[arg(long, env = "SM_INJECTOR_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+    /// Bytes of a pod's sm-injector.io/ annotations; a pod with more is denied.
+    #[arg(long, env = "SM_INJECTOR_MAX_ANNOTATION_BYTES", default_value_t = Caps::default().annotation_bytes)]
+    max_annotation_bytes: usize,
+    /// Secret references (env.<VAR> and env-from entries) per pod.
+    #[arg(long, env = "SM_INJECTOR_MAX_REFERENCES", default_value_t = Caps::default().references)]
+    max_references: usize,
+    /// Selected containers times references per pod.
+    #[arg(long, env = "SM_INJECTOR_MAX_INJECTIONS", default_value_t = Caps::default().injections)]
+    max_injections: usize,
+    /// Keys of one secret injected with env-from.
+    #[arg(long, env = "SM_INJECTOR_MAX_ENV_FROM_KEYS", default_value_t = Caps::default().env_from_keys)]
+    max_env_from_keys: usize,
     /// Each admission is answered within this time; keep it below the webhook's timeoutSeconds.
     #[arg(long, env = "SM_INJECTOR_ADMISSION_DEADLINE", default_value = "8s", value_parser = humantime::parse_duration)]
     admission_deadline: Duration,
@@ -345,6 +367,12 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             min_refresh: a.min_refresh_interval,
             aws_deadline: a.aws_deadline,
             max_aws_calls: a.max_secretsmanager_calls_per_pod,
+            caps: Caps {
+                annotation_bytes: a.max_annotation_bytes,
+                references: a.max_references,
+                injections: a.max_injections,
+                env_from_keys: a.max_env_from_keys,
+            },
         },
     });
     let tls = std::net::TcpListener::bind(a.listen)
@@ -356,8 +384,12 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let server = server::run(
         webhook,
         ServerSettings {
-            tls_cert: a.tls_cert,
-            tls_key: a.tls_key,
+            tls: TlsFiles {
+                cert: a.tls_cert,
+                key: a.tls_key,
+                client_ca: a.client_ca_file,
+            },
+            max_connections: a.max_connections,
             admission_deadline: a.admission_deadline,
             max_body_bytes: a.max_body_bytes,
             header_read_timeout: a.header_read_timeout,

@@ -43,6 +43,7 @@ struct Inner {
     in_use: Gauge,
     failing_secrets: Gauge,
     revoked_secrets: Gauge,
+    connections_refused: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -151,6 +152,12 @@ impl Metrics {
             "Backing Secrets in use that their namespace may no longer read (leader only)",
             revoked_secrets.clone(),
         );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "TLS connections closed on arrival because --max-connections were open",
+            connections_refused.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -169,6 +176,7 @@ impl Metrics {
                 in_use,
                 failing_secrets,
                 revoked_secrets,
+                connections_refused,
             }),
         }
     }
@@ -179,6 +187,10 @@ impl Metrics {
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
         self.inner.admission_seconds.observe(seconds);
+    }
+
+    pub fn connection_refused(&self) {
+        self.inner.connections_refused.inc();
     }
 
     pub fn aws_call(&self, operation: &'static str, secrets: u64) {

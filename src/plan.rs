@@ -26,6 +26,32 @@ pub enum Content {
     Unreachable { reason: String },
 }
 
+/// Bounds on what one pod may ask for, each checked before the work it
+/// bounds; a pod over one is denied with a reason naming the cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    /// Bytes of a pod's `sm-injector.io/` annotations (keys and values, not
+    /// the ones sm-injector writes).
+    pub annotation_bytes: usize,
+    /// Secret references (`env.<VAR>` and `env-from` entries) per pod.
+    pub references: usize,
+    /// Selected containers times references: bounds the patch.
+    pub injections: usize,
+    /// Keys of one secret injected with `env-from`.
+    pub env_from_keys: usize,
+}
+
+impl Default for Caps {
+    fn default() -> Self {
+        Caps {
+            annotation_bytes: 64 * 1024,
+            references: 250,
+            injections: 2_500,
+            env_from_keys: 500,
+        }
+    }
+}
+
 /// At most this many backing Secrets per pod. The refresher refuses records
 /// with more entries, so one pod cannot make it fetch without bound.
 pub const MAX_BACKING_PER_POD: usize = 100;
@@ -253,6 +279,7 @@ pub fn resolve(
     inj: &Injection,
     rule: &AccessRule,
     results: &CachedResults,
+    caps: &Caps,
 ) -> Result<Plan, Vec<String>> {
     let mut b = Builder {
         rule,
@@ -287,6 +314,16 @@ pub fn resolve(
         if let Content::Fresh { value } = &b.backing[&name].content
             && let Ok(fields) = value.json_fields()
         {
+            if fields.len() > caps.env_from_keys {
+                b.errors.push(format!(
+                    "{}: secret {:?} has {} keys; env-from injects at most {} (--max-env-from-keys)",
+                    e.annotation,
+                    value.name,
+                    fields.len(),
+                    caps.env_from_keys
+                ));
+                continue;
+            }
             let prefix = e.prefix.as_deref().unwrap_or("");
             let bad: Vec<&String> = fields
                 .keys()
@@ -495,7 +532,7 @@ mod tests {
                 Ok(value("arrakis/redis", r#"{"host":"r","port":6379}"#)),
             ),
         ]);
-        let p = resolve(&i, &rule, &res).unwrap();
+        let p = resolve(&i, &rule, &res, &Caps::default()).unwrap();
         assert_eq!(p.backing.len(), 3, "one backing Secret per secret");
         assert_eq!(p.env.len(), 3);
         let discord = backing::name("arrakis/discord", &cur(), Form::Keys);
@@ -528,6 +565,38 @@ mod tests {
     }
 
     #[test]
+    fn env_from_of_a_secret_with_too_many_keys_is_denied_naming_the_cap() {
+        let i = inj(&[("sm-injector.io/env-from", "n/wide")]);
+        let rule = AccessRule::for_namespace("n", None);
+        let wide: serde_json::Map<String, serde_json::Value> =
+            (0..6).map(|k| (format!("K{k}"), "v".into())).collect();
+        let res = results(vec![(
+            "n/wide",
+            cur(),
+            Ok(value(
+                "n/wide",
+                &serde_json::Value::Object(wide).to_string(),
+            )),
+        )]);
+        let caps = Caps {
+            env_from_keys: 5,
+            ..Caps::default()
+        };
+        let e = resolve(&i, &rule, &res, &caps).unwrap_err();
+        assert_eq!(
+            e,
+            vec![
+                "sm-injector.io/env-from: secret \"n/wide\" has 6 keys; env-from injects at most 5 (--max-env-from-keys)"
+            ]
+        );
+        let caps = Caps {
+            env_from_keys: 6,
+            ..Caps::default()
+        };
+        assert_eq!(resolve(&i, &rule, &res, &caps).unwrap().env_from.len(), 1);
+    }
+
+    #[test]
     fn whole_value_uses_the_raw_form() {
         let i = inj(&[
             ("sm-injector.io/env.CFG", "n/cfg"),
@@ -535,7 +604,7 @@ mod tests {
         ]);
         let rule = AccessRule::for_namespace("n", None);
         let res = results(vec![("n/cfg", cur(), Ok(value("n/cfg", r#"{"k":"v"}"#)))]);
-        let p = resolve(&i, &rule, &res).unwrap();
+        let p = resolve(&i, &rule, &res, &Caps::default()).unwrap();
         assert_eq!(p.backing.len(), 2);
         let raw = p.env.iter().find(|e| e.var == "CFG").unwrap();
         assert_eq!(raw.key, RAW_KEY);
@@ -560,7 +629,7 @@ mod tests {
         let i = inj(&[("sm-injector.io/env.X", &format!("{arn}#pw"))]);
         assert!(precheck(&i, &rule).is_empty(), "ARNs wait for AWS's answer");
         let res = results(vec![(arn, cur(), Ok(value("team-b/db", r#"{"pw":"x"}"#)))]);
-        let e = resolve(&i, &rule, &res).unwrap_err();
+        let e = resolve(&i, &rule, &res, &Caps::default()).unwrap_err();
         assert!(
             e[0].contains("(secret \"team-b/db\") is not allowed in namespace \"team-a\""),
             "{e:?}"
@@ -583,7 +652,7 @@ mod tests {
             ("n/dotted", cur(), Ok(value("n/dotted", r#"{"a.b":"v"}"#))),
             ("n/gone", cur(), Err(FetchError::NotFound)),
         ]);
-        let e = resolve(&i, &rule, &res).unwrap_err();
+        let e = resolve(&i, &rule, &res, &Caps::default()).unwrap_err();
         let all = e.join("\n");
         assert_eq!(e.len(), 5, "{all}");
         assert!(all.contains("sm-injector.io/env.A: secret \"n/plain\" is not a JSON object, so \"n/plain#k\" cannot select a key"), "{all}");
@@ -607,14 +676,26 @@ mod tests {
             ("sm-injector.io/env.A", "n/s#k1"),
             ("sm-injector.io/env.B", "n/s#k2"),
         ]);
-        let p = resolve(&i, &rule, &results(vec![("n/s", cur(), down())])).unwrap();
+        let p = resolve(
+            &i,
+            &rule,
+            &results(vec![("n/s", cur(), down())]),
+            &Caps::default(),
+        )
+        .unwrap();
         assert!(matches!(p.backing[0].content, Content::Unreachable { .. }));
         let required = &p.backing[0].required_keys;
         assert_eq!(required.iter().collect::<Vec<_>>(), ["k1", "k2"]);
 
         let arn = "arn:aws:secretsmanager:eu-west-1:1:secret:n/s-AbCdEf";
         let i = inj(&[("sm-injector.io/env.A", arn)]);
-        let e = resolve(&i, &rule, &results(vec![(arn, cur(), down())])).unwrap_err();
+        let e = resolve(
+            &i,
+            &rule,
+            &results(vec![(arn, cur(), down())]),
+            &Caps::default(),
+        )
+        .unwrap_err();
         assert!(e[0].contains("could not be reached"), "{e:?}");
     }
 
@@ -635,7 +716,7 @@ mod tests {
                 Ok(value("n/s", r#"{"k":"old"}"#)),
             ),
         ]);
-        let p = resolve(&i, &rule, &res).unwrap();
+        let p = resolve(&i, &rule, &res, &Caps::default()).unwrap();
         let paths: Vec<(&str, &str)> = p
             .mounts
             .iter()
@@ -661,7 +742,7 @@ mod tests {
             (arn, cur(), Ok(value("n/s", r#"{"k":"v"}"#))),
             ("n/s", cur(), Ok(value("n/s", r#"{"k":"v"}"#))),
         ]);
-        let p = resolve(&i, &rule, &res).unwrap();
+        let p = resolve(&i, &rule, &res, &Caps::default()).unwrap();
         assert_eq!(
             p.backing.len(),
             2,
@@ -698,7 +779,7 @@ mod tests {
                 .map(|id| (id.as_str(), cur(), Ok(value(id, r#"{"k":"v"}"#))))
                 .collect(),
         );
-        let e = resolve(&i, &rule, &res).unwrap_err();
+        let e = resolve(&i, &rule, &res, &Caps::default()).unwrap_err();
         assert_eq!(
             e,
             vec![format!(
@@ -716,7 +797,7 @@ mod tests {
             ("sm-injector.io/env.A", &format!("{sneaky}#k")),
             ("sm-injector.io/mount-path", "/secrets"),
         ]);
-        let e = resolve(&with_mount, &rule, &res).unwrap_err();
+        let e = resolve(&with_mount, &rule, &res, &Caps::default()).unwrap_err();
         assert_eq!(e.len(), 1);
         assert!(
             e[0].starts_with("sm-injector.io/mount-path: secret \"n/../../etc/ssl\" cannot be mounted under \"/secrets\""),
@@ -724,7 +805,7 @@ mod tests {
         );
         // As an env var only, such a name is fine: no path is made from it.
         let env_only = inj(&[("sm-injector.io/env.A", &format!("{sneaky}#k"))]);
-        assert!(resolve(&env_only, &rule, &res).is_ok());
+        assert!(resolve(&env_only, &rule, &res, &Caps::default()).is_ok());
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! metrics endpoint, as thin shells around [`Webhook::review`].
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,11 +17,16 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::admission::Webhook;
+use crate::connections;
+use crate::tls::TlsFiles;
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
-    pub tls_cert: PathBuf,
-    pub tls_key: PathBuf,
+    /// The serving certificate and key, and the CA of required client
+    /// certificates if any.
+    pub tls: TlsFiles,
+    /// Connections open at once; more are closed on arrival.
+    pub max_connections: usize,
     /// Every admission is answered within this time (keep it below the
     /// webhook configuration's `timeoutSeconds`).
     pub admission_deadline: Duration,
@@ -229,30 +233,25 @@ pub fn probe_router(webhook: Arc<Webhook>, stopping: Arc<AtomicBool>) -> Router 
         .with_state(webhook)
 }
 
-/// Reloads the certificate when either file changes. Kubernetes updates mounted
-/// Secrets by swapping a symlink, so the files are polled, not watched.
-async fn reload_certs(config: RustlsConfig, cert: PathBuf, key: PathBuf, every: Duration) {
-    let read = || async {
-        (
-            tokio::fs::read(&cert).await.ok(),
-            tokio::fs::read(&key).await.ok(),
-        )
-    };
-    let mut last = read().await;
+/// Rebuilds the TLS configuration when a file changes. Kubernetes updates
+/// mounted Secrets by swapping a symlink, so the files are polled, not watched.
+async fn reload_certs(config: RustlsConfig, files: TlsFiles, every: Duration) {
+    let mut last = files.read().await;
     loop {
         tokio::time::sleep(every).await;
-        let now = read().await;
+        let now = files.read().await;
         if now == last {
             continue;
         }
-        if let (Some(c), Some(k)) = (&now.0, &now.1) {
-            match config.reload_from_pem(c.clone(), k.clone()).await {
-                Ok(()) => tracing::info!(cert = %cert.display(), "serving certificate reloaded"),
-                // A half-written pair: keep the old one and try again next time.
-                Err(e) => {
-                    tracing::warn!(error = %e, "certificate files changed but do not load yet");
-                    continue;
-                }
+        match files.config(&now) {
+            Ok(c) => {
+                config.reload_from_config(c);
+                tracing::info!(cert = %files.cert.display(), "serving certificate reloaded");
+            }
+            // A half-written set: keep the old one and try again next time.
+            Err(e) => {
+                tracing::warn!(error = %e, "certificate files changed but do not load yet");
+                continue;
             }
         }
         last = now;
@@ -268,21 +267,13 @@ pub async fn run(
     probe_listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let tls = RustlsConfig::from_pem_file(&settings.tls_cert, &settings.tls_key)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot load the serving certificate {} / key {}: {e}",
-                settings.tls_cert.display(),
-                settings.tls_key.display()
-            )
-        })?;
-    let reloader = tokio::spawn(reload_certs(
-        tls.clone(),
-        settings.tls_cert.clone(),
-        settings.tls_key.clone(),
-        settings.cert_poll,
-    ));
+    let files = settings.tls.clone();
+    let tls = RustlsConfig::from_config(
+        files
+            .config(&files.read().await)
+            .map_err(|e| anyhow::anyhow!("cannot load the TLS files: {e}"))?,
+    );
+    let reloader = tokio::spawn(reload_certs(tls.clone(), files, settings.cert_poll));
     let handle = axum_server::Handle::<std::net::SocketAddr>::new();
     let (delay, drain) = (settings.shutdown_delay, settings.drain);
     let stopping = Arc::new(AtomicBool::new(false));
@@ -306,11 +297,19 @@ pub async fn run(
         settings.max_body_bytes,
         settings.body_read_timeout,
     );
+    let limit = connections::Limit::new(
+        axum_server::accept::DefaultAcceptor,
+        settings.max_connections,
+        webhook.metrics.clone(),
+    );
     let probes = probe_router(webhook, stopping);
     // The probe port lives as long as the TLS server: it is aborted once that has drained.
     let probe_server = axum::serve(probe_listener, probes);
     let probe_task = tokio::spawn(async move { probe_server.await });
-    let mut server = axum_server::from_tcp_rustls(tls_listener, tls)?.handle(handle);
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls).acceptor(limit);
+    let mut server = axum_server::from_tcp(tls_listener)?
+        .acceptor(acceptor)
+        .handle(handle);
     server
         .http_builder()
         .http1()

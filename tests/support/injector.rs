@@ -16,6 +16,7 @@ use sm_injector::namespaces::Namespaces;
 use sm_injector::server::{self, ServerSettings};
 use sm_injector::source::{AwsSource, CachedSource};
 use sm_injector::sync::Syncer;
+use sm_injector::tls::TlsFiles;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{TestBed, eventually};
@@ -45,6 +46,8 @@ pub struct Options {
     /// Headers, then a body, must arrive within these.
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
+    /// TLS connections open at once.
+    pub max_connections: usize,
 }
 
 impl Default for Options {
@@ -58,6 +61,7 @@ impl Default for Options {
             shutdown_delay: Duration::ZERO,
             header_read_timeout: Duration::from_secs(5),
             body_read_timeout: Duration::from_secs(5),
+            max_connections: 1024,
         }
     }
 }
@@ -94,6 +98,7 @@ pub async fn start(bed: &TestBed, namespaces: &[&str], opts: Options) -> Injecto
             min_refresh: opts.min_refresh,
             aws_deadline: opts.aws_deadline,
             max_aws_calls: sm_injector::admission::MAX_AWS_CALLS,
+            caps: Default::default(),
         },
     });
 
@@ -110,8 +115,12 @@ pub async fn start(bed: &TestBed, namespaces: &[&str], opts: Options) -> Injecto
     let task = tokio::spawn(server::run(
         webhook.clone(),
         ServerSettings {
-            tls_cert: dir.join("tls.crt"),
-            tls_key: dir.join("tls.key"),
+            tls: TlsFiles {
+                cert: dir.join("tls.crt"),
+                key: dir.join("tls.key"),
+                client_ca: None,
+            },
+            max_connections: opts.max_connections,
             admission_deadline: Duration::from_secs(8),
             max_body_bytes: 4 * 1024 * 1024,
             header_read_timeout: opts.header_read_timeout,

@@ -39,6 +39,10 @@ pub struct TestBed {
     /// The cluster CA (PEM); it also signs the webhook serving certificates of tests.
     pub ca_pem: String,
     ca: Mutex<Ca>,
+    /// The CA of the client certificate the API server presents to every
+    /// webhook (its AdmissionConfiguration's kubeConfigFile), for
+    /// `serve --client-ca-file`.
+    pub webhook_client_ca: PathBuf,
 }
 
 /// The test bed, or why it could not start (so that every test fails with
@@ -297,6 +301,42 @@ fn start() -> TestBed {
         &ca.client("system:kube-controller-manager", &["system:masters"])
             .unwrap(),
     );
+    // The API server authenticates to webhooks with a certificate of its own
+    // CA, so that a webhook can require it (serve --client-ca-file).
+    let webhook_ca = Ca::new(
+        "sm-injector-testbed-webhook-client-ca",
+        Duration::from_secs(7 * 86400),
+    )
+    .unwrap();
+    write(&pki.join("webhook-client-ca.crt"), &webhook_ca.cert_pem());
+    put(
+        "webhook-client",
+        &webhook_ca
+            .client("kube-apiserver-webhook-client", &[])
+            .unwrap(),
+    );
+    write(
+        &pki.join("webhook-kubeconfig.yaml"),
+        &format!(
+            "apiVersion: v1\nkind: Config\nusers:\n- name: '*'\n  user:\n    client-certificate: {}\n    client-key: {}\n",
+            pki.join("webhook-client.crt").display(),
+            pki.join("webhook-client.key").display()
+        ),
+    );
+    let webhook_admission = |plugin: &str| {
+        format!(
+            "- name: {plugin}\n  configuration:\n    apiVersion: apiserver.config.k8s.io/v1\n    kind: WebhookAdmissionConfiguration\n    kubeConfigFile: {}\n",
+            pki.join("webhook-kubeconfig.yaml").display()
+        )
+    };
+    write(
+        &pki.join("admission.yaml"),
+        &format!(
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: AdmissionConfiguration\nplugins:\n{}{}",
+            webhook_admission("MutatingAdmissionWebhook"),
+            webhook_admission("ValidatingAdmissionWebhook")
+        ),
+    );
     let sa = rcgen::KeyPair::generate().unwrap();
     write(&pki.join("sa.key"), &sa.serialize_pem());
     write(&pki.join("sa.pub"), &sa.public_key_pem());
@@ -354,6 +394,7 @@ fn start() -> TestBed {
             format!("--tls-cert-file={}", p("apiserver.crt")),
             format!("--tls-private-key-file={}", p("apiserver.key")),
             format!("--client-ca-file={}", p("ca.crt")),
+            format!("--admission-control-config-file={}", p("admission.yaml")),
             format!("--service-account-issuer={apiserver}"),
             format!("--service-account-key-file={}", p("sa.pub")),
             format!("--service-account-signing-key-file={}", p("sa.key")),
@@ -457,6 +498,7 @@ fn start() -> TestBed {
         moto: format!("http://127.0.0.1:{mp}"),
         ca_pem: ca.cert_pem(),
         ca: Mutex::new(ca),
+        webhook_client_ca: pki.join("webhook-client-ca.crt"),
     }
 }
 

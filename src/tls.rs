@@ -1,0 +1,131 @@
+//! The serving TLS configuration: the certificate and key, and optionally the
+//! CA whose client certificates are required (the API server's webhook client
+//! certificate), read from files and rebuilt when they change. rustls speaks
+//! TLS 1.2 and 1.3 only.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+
+/// Where the serving certificate, its key and the client CA live.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, a client must present a certificate signed by this CA.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// The files' bytes, compared to notice a change.
+pub type Contents = Vec<Option<Vec<u8>>>;
+
+impl TlsFiles {
+    fn paths(&self) -> impl Iterator<Item = &Path> {
+        [Some(&self.cert), Some(&self.key), self.client_ca.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|p| p.as_path())
+    }
+
+    pub async fn read(&self) -> Contents {
+        let mut out = Vec::new();
+        for p in self.paths() {
+            out.push(tokio::fs::read(p).await.ok());
+        }
+        out
+    }
+
+    /// Builds the server configuration from `contents` (as [`Self::read`]
+    /// returned them); the error names the file that does not load.
+    pub fn config(&self, contents: &Contents) -> io::Result<Arc<ServerConfig>> {
+        let file = |i: usize| -> io::Result<&[u8]> {
+            let path = self.paths().nth(i).expect("one content per path");
+            contents[i]
+                .as_deref()
+                .ok_or_else(|| invalid(path, "cannot be read"))
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(file(0)?)
+            .collect::<Result<_, _>>()
+            .map_err(|e| invalid(&self.cert, &e.to_string()))?;
+        if certs.is_empty() {
+            return Err(invalid(&self.cert, "holds no PEM certificate"));
+        }
+        let key = PrivateKeyDer::from_pem_slice(file(1)?)
+            .map_err(|e| invalid(&self.key, &e.to_string()))?;
+        let builder = ServerConfig::builder();
+        let builder = match &self.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(path) => {
+                let mut roots = RootCertStore::empty();
+                for c in CertificateDer::pem_slice_iter(file(2)?) {
+                    let c = c.map_err(|e| invalid(path, &e.to_string()))?;
+                    roots.add(c).map_err(|e| invalid(path, &e.to_string()))?;
+                }
+                if roots.is_empty() {
+                    return Err(invalid(path, "holds no PEM certificate"));
+                }
+                let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+                    .build()
+                    .map_err(|e| invalid(path, &e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
+            .with_single_cert(certs, key)
+            .map_err(|e| invalid(&self.key, &e.to_string()))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+fn invalid(path: &Path, why: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{}: {why}", path.display()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::Ca;
+    use std::time::Duration;
+
+    fn files(dir: &Path, client_ca: bool) -> TlsFiles {
+        let ca = Ca::new("t", Duration::from_secs(3600)).unwrap();
+        let pem = ca.server("s", &["localhost"]).unwrap();
+        std::fs::write(dir.join("tls.crt"), &pem.cert).unwrap();
+        std::fs::write(dir.join("tls.key"), &pem.key).unwrap();
+        std::fs::write(dir.join("ca.crt"), ca.cert_pem()).unwrap();
+        TlsFiles {
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+            client_ca: client_ca.then(|| dir.join("ca.crt")),
+        }
+    }
+
+    #[tokio::test]
+    async fn builds_with_and_without_a_client_ca_and_names_a_bad_file() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let f = files(dir.path(), false);
+        let c = f.config(&f.read().await).unwrap();
+        assert_eq!(c.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+
+        let f = files(dir.path(), true);
+        f.config(&f.read().await).unwrap();
+
+        std::fs::write(dir.path().join("ca.crt"), "not a certificate").unwrap();
+        let err = f.config(&f.read().await).unwrap_err().to_string();
+        assert!(err.contains("ca.crt") && err.contains("no PEM"), "{err}");
+        std::fs::remove_file(dir.path().join("tls.key")).unwrap();
+        let err = f.config(&f.read().await).unwrap_err().to_string();
+        assert!(err.contains("tls.key: cannot be read"), "{err}");
+    }
+}

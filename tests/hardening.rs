@@ -1,0 +1,229 @@
+//! A bad day, end to end: only the API server may call /mutate, connections
+//! are capped, and a rolling restart of two replicas loses no admission.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::json;
+use support::injector::{self, Options};
+use support::{TestBed, namespace, testbed};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const INJECT: (&str, &str) = ("sm-injector.io/inject", "enabled");
+
+fn pod(name: &str, reference: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "annotations": {"sm-injector.io/env.K": reference}},
+        "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]}
+    }))
+    .unwrap()
+}
+
+fn binary() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_BIN_EXE_sm-injector"))
+}
+
+/// A TLS client trusting the test bed's CA, presenting `cert` if given.
+fn tls_client(bed: &TestBed, cert: Option<(&str, &str)>) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(bed.ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let b = rustls::ClientConfig::builder().with_root_certificates(roots);
+    Arc::new(match cert {
+        None => b.with_no_client_auth(),
+        Some((c, k)) => b
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(c.as_bytes())
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_slice(k.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    })
+}
+
+/// Posts an AdmissionReview for a pod in `ns` straight to the webhook: the
+/// HTTP status line, or the error that ended the exchange.
+async fn direct_post(
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+    ns: &str,
+) -> Result<String, String> {
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "forged", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "operation": "CREATE", "userInfo": {"username": "system:admin"}, "namespace": ns,
+            "object": serde_json::to_value(pod("forged", &format!("{ns}/s#k"))).unwrap()
+        }
+    })
+    .to_string();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let mut c = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let req = format!(
+        "POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{review}",
+        review.len()
+    );
+    c.write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut out = Vec::new();
+    match c.read_to_end(&mut out).await {
+        Ok(_) if !out.is_empty() => Ok(String::from_utf8_lossy(&out)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()),
+        Ok(_) => Err("closed without an answer".into()),
+        Err(e) => Err(format!("read: {e}")),
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn with_a_client_ca_only_the_api_server_may_call_mutate() {
+    let bed = testbed();
+    let client = bed.client().await;
+    let ns = namespace(&client, "mtls", &[INJECT]).await;
+    bed.put_secret(&format!("{ns}/s"), r#"{"k":"v"}"#).await;
+    let ca = format!("--client-ca-file={}", bed.webhook_client_ca.display());
+    let server = support::serve_process(
+        bed,
+        binary(),
+        &format!("mtls-{ns}"),
+        &[&ca, &format!("--lease-namespace={ns}")],
+    )
+    .await;
+    support::start_url_webhook(bed, &client, &format!("mtls-{ns}"), server.port, &[&ns]).await;
+
+    // The API server presents its webhook client certificate: admitted and injected.
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    support::eventually(Duration::from_secs(30), "an injected pod", || async {
+        let p = pods
+            .create(
+                &PostParams::default(),
+                &pod(&format!("app-{}", rand_suffix()), &format!("{ns}/s#k")),
+            )
+            .await
+            .ok()?;
+        p.spec?.containers[0].env.is_some().then_some(())
+    })
+    .await;
+    let admitted = injector::metric_sum(server.probe, "sm_injector_admissions_total").await;
+    assert!(admitted >= 1.0);
+
+    // Anyone else is refused before a byte of HTTP: no certificate, or one
+    // from another CA (here the cluster's own, which the API server trusts).
+    let none = direct_post(server.port, tls_client(bed, None), &ns).await;
+    assert!(none.is_err(), "{none:?}");
+    let admin = std::fs::read_to_string(bed.dir.join("pki/admin.crt")).unwrap();
+    let admin_key = std::fs::read_to_string(bed.dir.join("pki/admin.key")).unwrap();
+    let other = direct_post(
+        server.port,
+        tls_client(bed, Some((&admin, &admin_key))),
+        &ns,
+    )
+    .await;
+    assert!(other.is_err(), "{other:?}");
+    // The API server's certificate does get an answer (the check is the CA, not the port).
+    let ok_cert = std::fs::read_to_string(bed.dir.join("pki/webhook-client.crt")).unwrap();
+    let ok_key = std::fs::read_to_string(bed.dir.join("pki/webhook-client.key")).unwrap();
+    let answered = direct_post(server.port, tls_client(bed, Some((&ok_cert, &ok_key))), &ns).await;
+    assert_eq!(answered.as_deref(), Ok("HTTP/1.1 200 OK"), "{answered:?}");
+    // The refused posts reached no admission.
+    assert_eq!(
+        injector::metric_sum(server.probe, "sm_injector_admissions_total").await,
+        admitted + 1.0
+    );
+    unsafe { libc::kill(server.pid as i32, libc::SIGKILL) };
+}
+
+fn rand_suffix() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    )
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn connections_over_the_cap_are_closed_on_arrival_and_admissions_go_on() {
+    let bed = testbed();
+    let client = bed.client().await;
+    let ns = namespace(&client, "conns", &[INJECT]).await;
+    bed.put_secret(&format!("{ns}/s"), r#"{"k":"v"}"#).await;
+    let inj = injector::start(
+        bed,
+        &[&ns],
+        Options {
+            max_connections: 8,
+            ..Default::default()
+        },
+    )
+    .await;
+    // Six idle TCP connections (a slow client's) take six of the eight slots.
+    let mut idle = vec![];
+    for _ in 0..6 {
+        idle.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", inj.port))
+                .await
+                .unwrap(),
+        );
+    }
+    // The API server still gets through.
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    let p = pods
+        .create(
+            &PostParams::default(),
+            &pod("meanwhile", &format!("{ns}/s#k")),
+        )
+        .await
+        .unwrap();
+    assert!(p.spec.unwrap().containers[0].env.is_some());
+    // Filling every slot, the next connection is closed at once.
+    for _ in 0..4 {
+        idle.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", inj.port))
+                .await
+                .unwrap(),
+        );
+    }
+    let refused = inj.metric("sm_injector_connections_refused_total").await;
+    assert!(refused >= 1.0, "{refused}");
+    let mut extra = tokio::net::TcpStream::connect(("127.0.0.1", inj.port))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "not closed: {read:?}"
+    );
+    // Slots come back when connections close.
+    drop(idle);
+    drop(extra);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let p = pods
+        .create(&PostParams::default(), &pod("after", &format!("{ns}/s#k")))
+        .await
+        .unwrap();
+    assert!(p.spec.unwrap().containers[0].env.is_some());
+    inj.stop(&client).await;
+}
