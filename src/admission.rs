@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 
+use crate::cache::CachedSource;
 use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
 use crate::policy::AccessRule;
-use crate::source::CachedSource;
 use crate::sync::Syncer;
 use crate::{annotations, patch, plan};
 
@@ -96,6 +96,7 @@ pub enum Planned {
 /// check their contents.
 pub async fn plan_pod(
     pod: &Pod,
+    namespace: &str,
     rule: impl std::future::Future<Output = Result<AccessRule, String>>,
     source: &CachedSource,
     settings: &Settings,
@@ -157,7 +158,9 @@ pub async fn plan_pod(
             settings.max_aws_calls
         )]);
     }
-    let results = source.get_many(&keys, settings.aws_deadline).await;
+    let results = source
+        .get_many(namespace, &keys, settings.aws_deadline)
+        .await;
     match plan::resolve(&inj, &rule, &results, caps) {
         Ok(plan) => Planned::Plan { plan, targets },
         Err(e) => Planned::Denied(e),
@@ -209,6 +212,7 @@ impl Webhook {
         };
         let (plan, targets) = match plan_pod(
             pod,
+            namespace,
             self.namespaces.rule(namespace),
             &self.source,
             &self.settings,
@@ -225,7 +229,7 @@ impl Webhook {
         };
         if !ensured.stale.is_empty() {
             // A backing Secret holds a later observation than the cache.
-            self.source.invalidate(&ensured.stale).await;
+            self.source.invalidate(namespace, &ensured.stale).await;
         }
         let mut warnings = ensured.warnings;
         let (patch, patch_warnings) = patch::build(pod, &plan, &targets);
@@ -250,8 +254,9 @@ impl Webhook {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::CachedSource;
     use crate::policy::AccessRule;
-    use crate::source::{CachedSource, StaticSource};
+    use crate::source::StaticSource;
     use std::collections::HashMap;
     use std::sync::Arc;
 
@@ -269,7 +274,7 @@ mod tests {
             caps: Default::default(),
         };
         let rule = async { Ok(AccessRule::for_namespace("n", None)) };
-        match plan_pod(&pod, rule, &source, &settings).await {
+        match plan_pod(&pod, "n", rule, &source, &settings).await {
             Planned::Denied(e) => Err(e),
             _ => Ok(()),
         }

@@ -8,6 +8,7 @@
 pub mod admission;
 pub mod annotations;
 pub mod backing;
+pub mod cache;
 pub mod certs;
 pub mod connections;
 pub mod metrics;

@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use sm_injector::admission::{Settings, Webhook};
+use sm_injector::cache::CachedSource;
 use sm_injector::metrics::Metrics;
 use sm_injector::namespaces::Namespaces;
 use sm_injector::plan::{Caps, MAX_BACKING_PER_POD};
 use sm_injector::refresh::{self, Refresher, index::Limits, inventory::Inventory};
 use sm_injector::server::{self, ServerSettings};
-use sm_injector::source::{AwsSource, CachedSource};
+use sm_injector::source::AwsSource;
 use sm_injector::sync::Syncer;
 use sm_injector::tls::TlsFiles;
 

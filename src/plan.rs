@@ -10,10 +10,11 @@ use serde::Serialize;
 
 use crate::annotations::{self, Injection};
 use crate::backing::{self, Form, RAW_KEY};
+use crate::cache::CachedResults;
 use crate::policy::AccessRule;
 use crate::reference::{SecretRef, Version};
 use crate::secret::{ContentError, SecretValue};
-use crate::source::{CachedResults, FetchError, FetchKey};
+use crate::source::{FetchError, FetchKey};
 
 /// What a backing Secret holds this time.
 #[derive(Debug, Clone)]

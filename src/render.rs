@@ -12,10 +12,10 @@ use serde_json::{Value, json};
 use crate::admission::{Planned, Settings, plan_pod};
 use crate::annotations::ALLOWED_SECRETS;
 use crate::backing;
+use crate::cache::CachedSource;
 use crate::plan::Content;
 use crate::policy::AccessRule;
 use crate::secret::Payload;
-use crate::source::CachedSource;
 use crate::sync::now_rfc3339;
 
 /// Where the pod template of each supported kind is.
@@ -132,7 +132,7 @@ pub async fn render(
             }
         };
         let rule = AccessRule::for_namespace(&ns, rules.get(&ns).cloned().flatten().as_deref());
-        let (plan, targets) = match plan_pod(&pod, ready(Ok(rule)), source, settings).await {
+        let (plan, targets) = match plan_pod(&pod, &ns, ready(Ok(rule)), source, settings).await {
             Planned::Nothing => {
                 out.push(doc);
                 continue;

@@ -1,9 +1,8 @@
-//! Where secret values come from: the [`SecretSource`] trait, its AWS Secrets
-//! Manager implementation, and [`CachedSource`], the TTL cache in front of it.
+//! Where secret values come from: the [`SecretSource`] trait and its AWS
+//! Secrets Manager implementation ([`crate::cache::CachedSource`] is the TTL
+//! cache in front of it).
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
 
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
@@ -257,226 +256,15 @@ impl SecretSource for StaticSource {
     }
 }
 
-/// A TTL cache in front of a [`SecretSource`]. Keys missing at the same time are
-/// asked for in one `fetch` (so one batch call), and concurrent misses of the same
-/// key share one load. Definite refusals (not found, access denied, any other
-/// refusal) are remembered for a shorter time, so that retried pods and dry runs
-/// do not spend the account's quota; transient errors are not remembered.
-#[derive(Clone)]
-pub struct CachedSource {
-    inner: Arc<dyn SecretSource>,
-    cache: moka::future::Cache<FetchKey, Arc<SecretValue>>,
-    negative: moka::future::Cache<FetchKey, FetchError>,
-    metrics: Metrics,
-}
-
-/// The default time a definite refusal is remembered.
-pub const NEGATIVE_TTL: Duration = Duration::from_secs(30);
-
-fn negative_cache(ttl: Duration) -> moka::future::Cache<FetchKey, FetchError> {
-    moka::future::Cache::builder()
-        .max_capacity(100_000)
-        .time_to_live(ttl)
-        .build()
-}
-
-pub type CachedResults = HashMap<FetchKey, Result<Arc<SecretValue>, FetchError>>;
-
-impl CachedSource {
-    pub fn new(inner: Arc<dyn SecretSource>, ttl: Duration, metrics: Metrics) -> Self {
-        CachedSource {
-            inner,
-            cache: moka::future::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(ttl)
-                .build(),
-            negative: negative_cache(NEGATIVE_TTL),
-            metrics,
-        }
-    }
-
-    /// Remembers definite refusals for `ttl` (zero: not at all).
-    pub fn with_negative_ttl(mut self, ttl: Duration) -> Self {
-        self.negative = negative_cache(ttl);
-        self
-    }
-
-    /// Forgets `keys`: the next lookup asks the source (a writer found that a
-    /// backing Secret holds a later observation than the cached value).
-    pub async fn invalidate(&self, keys: &[FetchKey]) {
-        for k in keys {
-            self.cache.invalidate(k).await;
-        }
-    }
-
-    /// The values of `keys`, from the cache where fresh, else from the source.
-    /// Keys not answered within `deadline` come back as [`FetchError::Unreachable`].
-    pub async fn get_many(&self, keys: &[FetchKey], deadline: Duration) -> CachedResults {
-        let mut out = CachedResults::new();
-        let mut missing = vec![];
-        for k in keys {
-            if out.contains_key(k) || missing.contains(k) {
-                continue;
-            }
-            match self.cache.get(k).await {
-                Some(v) => {
-                    out.insert(k.clone(), Ok(v));
-                }
-                None => match self.negative.get(k).await {
-                    Some(e) => {
-                        out.insert(k.clone(), Err(e));
-                    }
-                    None => missing.push(k.clone()),
-                },
-            }
-        }
-        self.metrics.cache(out.len() as u64, missing.len() as u64);
-        if missing.is_empty() {
-            return out;
-        }
-        let inner = self.inner.clone();
-        let batch_keys = missing.clone();
-        let batch = async move { Arc::new(inner.fetch(&batch_keys).await) }
-            .boxed()
-            .shared();
-        let loads = missing.iter().map(|k| {
-            let batch = batch.clone();
-            async move {
-                let r = self
-                    .cache
-                    .try_get_with_by_ref(k, async {
-                        match batch.await.get(k) {
-                            Some(Ok(v)) => Ok(Arc::new(v.clone())),
-                            Some(Err(e)) => Err(e.clone()),
-                            None => {
-                                Err(FetchError::Unreachable("no answer for this secret".into()))
-                            }
-                        }
-                    })
-                    .await
-                    .map_err(|e: Arc<FetchError>| (*e).clone());
-                (k.clone(), r)
-            }
-        });
-        match tokio::time::timeout(deadline, join_all(loads)).await {
-            Ok(results) => {
-                for (k, r) in &results {
-                    if let Err(e) = r
-                        && !e.is_transient()
-                    {
-                        self.negative.insert(k.clone(), e.clone()).await;
-                    }
-                }
-                out.extend(results)
-            }
-            Err(_) => {
-                for k in missing {
-                    out.insert(
-                        k,
-                        Err(FetchError::Unreachable(format!(
-                            "no answer within {}",
-                            humantime::format_duration(deadline)
-                        ))),
-                    );
-                }
-            }
-        }
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    struct Counting {
-        calls: AtomicUsize,
-        keys: AtomicUsize,
-        inner: StaticSource,
-        delay: Duration,
-    }
-
-    impl SecretSource for Counting {
-        fn fetch<'a>(&'a self, keys: &'a [FetchKey]) -> BoxFuture<'a, FetchResults> {
-            async move {
-                self.calls.fetch_add(1, Ordering::SeqCst);
-                self.keys.fetch_add(keys.len(), Ordering::SeqCst);
-                tokio::time::sleep(self.delay).await;
-                self.inner.fetch(keys).await
-            }
-            .boxed()
-        }
-    }
 
     fn key(id: &str) -> FetchKey {
         FetchKey {
             id: id.into(),
             version: Version::current(),
         }
-    }
-
-    fn counting(delay: Duration) -> Arc<Counting> {
-        Arc::new(Counting {
-            calls: AtomicUsize::new(0),
-            keys: AtomicUsize::new(0),
-            inner: StaticSource::new(HashMap::from([
-                ("n/a".into(), Payload::String("A".into())),
-                ("n/b".into(), Payload::String("B".into())),
-            ])),
-            delay,
-        })
-    }
-
-    #[tokio::test]
-    async fn misses_are_batched_shared_and_then_cached() {
-        let src = counting(Duration::from_millis(50));
-        let cache = CachedSource::new(src.clone(), Duration::from_secs(60), Metrics::new());
-        let keys = vec![key("n/a"), key("n/b"), key("n/missing")];
-        // Twenty concurrent admissions asking for the same three secrets.
-        let all = join_all((0..20).map(|_| cache.get_many(&keys, Duration::from_secs(5)))).await;
-        assert_eq!(src.calls.load(Ordering::SeqCst), 1, "one batched load");
-        for r in &all {
-            assert_eq!(
-                r[&key("n/a")].as_ref().unwrap().payload,
-                Payload::String("A".into())
-            );
-            assert_eq!(r[&key("n/missing")], Err(FetchError::NotFound));
-        }
-        // Values are cached; so is a definite refusal, for a shorter time.
-        let r = cache.get_many(&keys[..2], Duration::from_secs(5)).await;
-        assert!(r.values().all(Result::is_ok));
-        assert_eq!(src.calls.load(Ordering::SeqCst), 1);
-        let r = cache.get_many(&keys[2..], Duration::from_secs(5)).await;
-        assert_eq!(r[&key("n/missing")], Err(FetchError::NotFound));
-        assert_eq!(src.calls.load(Ordering::SeqCst), 1, "not found: remembered");
-        let short = CachedSource::new(src.clone(), Duration::from_secs(60), Metrics::new())
-            .with_negative_ttl(Duration::from_millis(50));
-        short.get_many(&keys[2..], Duration::from_secs(5)).await;
-        tokio::time::sleep(Duration::from_millis(120)).await;
-        short.get_many(&keys[2..], Duration::from_secs(5)).await;
-        assert_eq!(
-            src.calls.load(Ordering::SeqCst),
-            3,
-            "asked again once it expired"
-        );
-    }
-
-    #[tokio::test]
-    async fn deadline_turns_into_unreachable() {
-        let src = counting(Duration::from_secs(10));
-        let cache = CachedSource::new(src, Duration::from_secs(60), Metrics::new());
-        let r = cache
-            .get_many(&[key("n/a")], Duration::from_millis(20))
-            .await;
-        assert!(
-            matches!(&r[&key("n/a")], Err(e) if e.is_transient()),
-            "{r:?}"
-        );
-        assert!(
-            cache.negative.get(&key("n/a")).await.is_none(),
-            "a transient failure is not remembered"
-        );
     }
 
     /// The AWS half of the I/O against a mocked Secrets Manager

@@ -1324,7 +1324,7 @@ async fn render_gives_the_same_pod_as_the_webhook() {
     doc["metadata"]["namespace"] = json!(ns);
     let metrics = sm_injector::metrics::Metrics::new();
     let aws = aws_sdk_secretsmanager::Client::new(&bed.aws_config().await);
-    let source = sm_injector::source::CachedSource::new(
+    let source = sm_injector::cache::CachedSource::new(
         std::sync::Arc::new(sm_injector::source::AwsSource::new(aws, metrics.clone())),
         Duration::from_secs(60),
         metrics,
