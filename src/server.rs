@@ -297,6 +297,22 @@ pub async fn run(
         settings.max_body_bytes,
         settings.body_read_timeout,
     );
+    // While stopping, every HTTP/1.1 response closes its connection, so that
+    // the API server's keep-alive connections move to other replicas during
+    // the delay instead of being cut when it ends.
+    let closing = stopping.clone();
+    let app = app.layer(axum::middleware::map_response(move |mut r: Response| {
+        let stopping = closing.load(Ordering::Relaxed);
+        async move {
+            if stopping {
+                r.headers_mut().insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
+            }
+            r
+        }
+    }));
     let limit = connections::Limit::new(
         axum_server::accept::DefaultAcceptor,
         settings.max_connections,

@@ -227,3 +227,121 @@ async fn connections_over_the_cap_are_closed_on_arrival_and_admissions_go_on() {
     assert!(p.spec.unwrap().containers[0].env.is_some());
     inj.stop(&client).await;
 }
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn a_rolling_restart_of_two_replicas_loses_no_admission() {
+    use support::balancer::{Backend, Balancer};
+    let bed = testbed();
+    let client = bed.client().await;
+    let ns = namespace(&client, "rolling", &[INJECT]).await;
+    bed.put_secret(&format!("{ns}/s"), r#"{"k":"v"}"#).await;
+    let lease = format!("--lease-namespace={ns}");
+    let replica = |id: &str| {
+        let name = format!("{id}-{ns}");
+        let lease = lease.clone();
+        async move {
+            support::serve_process(
+                bed,
+                binary(),
+                &name,
+                &[&lease, "--shutdown-delay=2s", "--drain=10s"],
+            )
+            .await
+        }
+    };
+    let (a, b) = (replica("a").await, replica("b").await);
+    let service = Balancer::start(
+        vec![
+            Backend {
+                port: a.port,
+                probe: a.probe,
+            },
+            Backend {
+                port: b.port,
+                probe: b.probe,
+            },
+        ],
+        Duration::from_secs(1),
+    )
+    .await;
+    // Through 0.0.0.0 the API server speaks HTTP/1.1, as to a Service.
+    support::register_webhook(
+        bed,
+        &client,
+        &format!("rolling-{ns}"),
+        &format!("0.0.0.0:{}", service.port),
+        &[&ns],
+    )
+    .await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    support::eventually(
+        Duration::from_secs(30),
+        "the webhook to take effect",
+        || async {
+            let dry = PostParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            let p = pods
+                .create(&dry, &pod("canary", &format!("{ns}/s#k")))
+                .await
+                .ok()?;
+            p.spec?.containers[0].env.is_some().then_some(())
+        },
+    )
+    .await;
+
+    // 200 pods in five waves of 40 at once, 0.8 s apart (wider than the API
+    // server's 25 idle connections, so that each wave opens new ones through
+    // the Service); replica a gets SIGTERM after the first wave, as in a
+    // rolling update or a node drain. The Service follows readiness within
+    // 1 s, as endpoints do within a second or two.
+    let created = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clients = (0..40).map(|c| {
+        let (pods, created, ns) = (pods.clone(), created.clone(), ns.clone());
+        async move {
+            let mut failures = vec![];
+            for i in 0..5 {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                let name = format!("p-{c}-{i}");
+                match pods
+                    .create(&PostParams::default(), &pod(&name, &format!("{ns}/s#k")))
+                    .await
+                {
+                    Ok(p) if p.spec.as_ref().unwrap().containers[0].env.is_some() => {}
+                    Ok(_) => failures.push(format!("{name}: admitted without injection")),
+                    Err(e) => failures.push(format!("{name}: {e}")),
+                }
+                created.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            failures
+        }
+    });
+    let stop_a = async {
+        while created.load(std::sync::atomic::Ordering::SeqCst) < 40 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        unsafe { libc::kill(a.pid as i32, libc::SIGTERM) };
+        std::time::Instant::now()
+    };
+    let (failures, stopped_at) = futures::join!(futures::future::join_all(clients), stop_a);
+    let failures: Vec<String> = failures.into_iter().flatten().collect();
+    eprintln!(
+        "routed: a {} b {}",
+        service.routed[0].load(std::sync::atomic::Ordering::SeqCst),
+        service.routed[1].load(std::sync::atomic::Ordering::SeqCst)
+    );
+    assert!(failures.is_empty(), "lost admissions: {failures:#?}");
+    // Replica a did stop during the burst (its probe port is closed), and b
+    // took the rest.
+    assert!(stopped_at.elapsed() > Duration::from_secs(3));
+    assert_eq!(
+        injector::http_get(a.probe, "/healthz").await.0,
+        0,
+        "a still up"
+    );
+    let b_served = injector::metric_sum(b.probe, "sm_injector_admissions_total").await;
+    assert!(b_served > 0.0);
+    unsafe { libc::kill(b.pid as i32, libc::SIGKILL) };
+}

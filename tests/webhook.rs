@@ -806,6 +806,18 @@ async fn on_shutdown_it_turns_unready_first_and_keeps_serving_for_the_delay() {
         .expect("admitted during the shutdown delay");
         assert!(p.spec.unwrap().containers[0].env.is_some());
     }
+    // Each HTTP/1.1 answer now closes its connection, so that the API
+    // server's keep-alive connections move to other replicas meanwhile.
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "-i", "--http1.1", "--cacert"])
+        .arg(bed.dir.join("pki/ca.crt"))
+        .args(["-d", "{}"])
+        .arg(format!("https://127.0.0.1:{}/mutate", inj.port))
+        .output()
+        .await
+        .expect("curl");
+    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
     assert!(!inj.finished() && t.elapsed() < Duration::from_secs(4));
     eventually(
         Duration::from_secs(15),

@@ -12,6 +12,7 @@
 //! tests, since the harness exits through `exit`).
 #![allow(dead_code)]
 
+pub mod balancer;
 pub mod injector;
 pub mod install;
 
@@ -600,7 +601,7 @@ impl TestBed {
         self.ca
             .lock()
             .unwrap()
-            .server("webhook", &["127.0.0.1", "localhost"])
+            .server("webhook", &["127.0.0.1", "localhost", "0.0.0.0"])
             .unwrap()
     }
 
@@ -841,6 +842,19 @@ pub async fn start_url_webhook(
     port: u16,
     namespaces: &[&str],
 ) {
+    register_webhook(bed, client, name, &format!("127.0.0.1:{port}"), namespaces).await
+}
+
+/// [`start_url_webhook`] at `host_port`. The API server speaks HTTP/2 to
+/// loopback URL webhooks and HTTP/1.1 to all others (as to a Service); use
+/// host `0.0.0.0`, which Linux routes to loopback, to get HTTP/1.1.
+pub async fn register_webhook(
+    bed: &TestBed,
+    client: &kube::Client,
+    name: &str,
+    host_port: &str,
+    namespaces: &[&str],
+) {
     use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
     let config: MutatingWebhookConfiguration = serde_json::from_value(serde_json::json!({
         "metadata": {"name": name},
@@ -851,7 +865,7 @@ pub async fn start_url_webhook(
             "failurePolicy": "Fail",
             "reinvocationPolicy": "IfNeeded",
             "timeoutSeconds": 10,
-            "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate"), "caBundle": bed.ca_bundle_b64()},
+            "clientConfig": {"url": format!("https://{host_port}/mutate"), "caBundle": bed.ca_bundle_b64()},
             "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
             // As shipped (manifests/mutatingwebhookconfiguration.yaml).
             "matchConditions": [{"name": "has-sm-injector-annotations", "expression":
