@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod balancer;
+pub mod faults;
 pub mod injector;
 pub mod install;
 
@@ -792,6 +793,18 @@ pub async fn serve_process_as(
     kubeconfig: &Path,
     extra_args: &[&str],
 ) -> ServeProcess {
+    serve_process_at(bed, binary, name, kubeconfig, extra_args, &bed.moto).await
+}
+
+/// [`serve_process_as`] with Secrets Manager at `aws_endpoint`.
+pub async fn serve_process_at(
+    bed: &TestBed,
+    binary: &Path,
+    name: &str,
+    kubeconfig: &Path,
+    extra_args: &[&str],
+    aws_endpoint: &str,
+) -> ServeProcess {
     let dir = bed.dir.join(name);
     fs::create_dir_all(&dir).unwrap();
     let pem = bed.serving_cert();
@@ -814,7 +827,7 @@ pub async fn serve_process_as(
         &args,
         &[
             ("KUBECONFIG", &kubeconfig),
-            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", &bed.moto),
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", aws_endpoint),
             ("AWS_ACCESS_KEY_ID", "testing"),
             ("AWS_SECRET_ACCESS_KEY", "testing"),
             ("AWS_REGION", "us-east-1"),

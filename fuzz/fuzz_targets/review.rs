@@ -1,0 +1,94 @@
+//! What the network sends to /mutate: AdmissionReview decoding, then the
+//! review itself (annotations, access rule, fetch from an in-memory secrets
+//! source, plan, patch) and the response's encoding. The patch must apply to
+//! the pod it was built for, and the patched pod must still be a pod.
+#![no_main]
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use libfuzzer_sys::fuzz_target;
+use sm_injector::admission::{Planned, Settings, plan_pod};
+use sm_injector::cache::CachedSource;
+use sm_injector::metrics::Metrics;
+use sm_injector::policy::AccessRule;
+use sm_injector::secret::Payload;
+use sm_injector::source::StaticSource;
+use sm_injector::{patch, server};
+
+struct World {
+    rt: tokio::runtime::Runtime,
+    source: CachedSource,
+    settings: Settings,
+}
+
+fn world() -> &'static World {
+    static W: OnceLock<World> = OnceLock::new();
+    W.get_or_init(|| {
+        let values = HashMap::from([
+            ("n/json".to_string(), Payload::String(r#"{"user":"S3CRET-user","pw":"S3CRET-pw","url":"S3CRET-url"}"#.into())),
+            ("n/raw".to_string(), Payload::String("S3CRET plain text".into())),
+            ("n/bin".to_string(), Payload::Binary(vec![0, 159, 146, 150])),
+            ("n/bad-keys".to_string(), Payload::String(r#"{"a b":"S3CRET-1","2x":"S3CRET-2"}"#.into())),
+        ]);
+        World {
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap(),
+            source: CachedSource::new(
+                Arc::new(StaticSource::new(values)),
+                Duration::from_secs(3600),
+                Metrics::new(),
+            ),
+            settings: Settings {
+                min_refresh: Duration::from_secs(60),
+                aws_deadline: Duration::from_secs(1),
+                max_aws_calls: 10,
+                caps: Default::default(),
+            },
+        }
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(review) = serde_json::from_slice::<AdmissionReview<Pod>>(data) else {
+        return;
+    };
+    let Ok(req) = AdmissionRequest::<Pod>::try_from(review) else {
+        return;
+    };
+    let Some(pod) = &req.object else {
+        return;
+    };
+    let w = world();
+    let ns = req.namespace.clone().unwrap_or_else(|| "n".into());
+    let rule = async { Ok(AccessRule::for_namespace(&ns, None)) };
+    let planned = w.rt.block_on(plan_pod(pod, &ns, rule, &w.source, &w.settings));
+    let response = match planned {
+        Planned::Nothing => AdmissionResponse::from(&req),
+        Planned::Denied(reasons) => {
+            let m = sm_injector::admission::denial_message(&reasons);
+            assert!(m.len() < 64 * 1024, "denial message of {} bytes", m.len());
+            AdmissionResponse::from(&req).deny(m)
+        }
+        Planned::Plan { plan, targets } => {
+            let (p, _warnings) = patch::build(pod, &plan, &targets);
+            let mut doc = serde_json::to_value(pod).unwrap();
+            json_patch::patch(&mut doc, &p).expect("the patch applies to its pod");
+            let patched: Pod = serde_json::from_value(doc).expect("the patched pod is a pod");
+            let _ = patched;
+            // Values reach the pod through Secret references, never inline.
+            let text = serde_json::to_string(&p).unwrap();
+            if !data.windows(6).any(|w| w == b"S3CRET") {
+                assert!(!text.contains("S3CRET"), "a secret value in the patch: {text}");
+            }
+            AdmissionResponse::from(&req).with_patch(p).unwrap()
+        }
+    };
+    let wire = server::encode_review(&response);
+    serde_json::from_slice::<serde_json::Value>(&wire).expect("the answer is JSON");
+});
