@@ -53,6 +53,11 @@ fn all_containers(pod: &Pod) -> Vec<(Target, &Container)> {
 /// The containers to inject into: those named by `sm-injector.io/containers`,
 /// or every container and init container. An unknown name is an error.
 pub fn select(pod: &Pod, wanted: Option<&[String]>) -> Result<Vec<Target>, String> {
+    // The API server always sends one; a forged review may not, and a patch
+    // adding under /spec would not apply.
+    if pod.spec.is_none() {
+        return Err("the pod has no spec".into());
+    }
     let all = all_containers(pod);
     let Some(wanted) = wanted else {
         return Ok(all.into_iter().map(|(t, _)| t).collect());
@@ -323,6 +328,16 @@ mod tests {
                 "volumes": [{"name": "v", "emptyDir": {}}]
             }
         }))
+    }
+
+    #[test]
+    fn a_pod_without_spec_is_refused_rather_than_given_a_patch_that_cannot_apply() {
+        // Found by fuzz/fuzz_targets/review.rs: /spec/volumes was added to a
+        // pod that had no /spec.
+        let p = pod(json!({"metadata": {"name": "p"}}));
+        assert_eq!(select(&p, None), Err("the pod has no spec".to_string()));
+        let p = pod(json!({"metadata": {"name": "p"}, "spec": {"containers": []}}));
+        assert_eq!(select(&p, None), Ok(vec![]));
     }
 
     #[test]

@@ -29,10 +29,21 @@ fn world() -> &'static World {
     static W: OnceLock<World> = OnceLock::new();
     W.get_or_init(|| {
         let values = HashMap::from([
-            ("n/json".to_string(), Payload::String(r#"{"user":"S3CRET-user","pw":"S3CRET-pw","url":"S3CRET-url"}"#.into())),
-            ("n/raw".to_string(), Payload::String("S3CRET plain text".into())),
+            (
+                "n/json".to_string(),
+                Payload::String(
+                    r#"{"user":"S3CRET-user","pw":"S3CRET-pw","url":"S3CRET-url"}"#.into(),
+                ),
+            ),
+            (
+                "n/raw".to_string(),
+                Payload::String("S3CRET plain text".into()),
+            ),
             ("n/bin".to_string(), Payload::Binary(vec![0, 159, 146, 150])),
-            ("n/bad-keys".to_string(), Payload::String(r#"{"a b":"S3CRET-1","2x":"S3CRET-2"}"#.into())),
+            (
+                "n/bad-keys".to_string(),
+                Payload::String(r#"{"a b":"S3CRET-1","2x":"S3CRET-2"}"#.into()),
+            ),
         ]);
         World {
             rt: tokio::runtime::Builder::new_current_thread()
@@ -58,7 +69,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(review) = serde_json::from_slice::<AdmissionReview<Pod>>(data) else {
         return;
     };
-    let Ok(req) = AdmissionRequest::<Pod>::try_from(review) else {
+    let Ok(req): Result<AdmissionRequest<Pod>, _> = review.try_into() else {
         return;
     };
     let Some(pod) = &req.object else {
@@ -67,7 +78,8 @@ fuzz_target!(|data: &[u8]| {
     let w = world();
     let ns = req.namespace.clone().unwrap_or_else(|| "n".into());
     let rule = async { Ok(AccessRule::for_namespace(&ns, None)) };
-    let planned = w.rt.block_on(plan_pod(pod, &ns, rule, &w.source, &w.settings));
+    let planned =
+        w.rt.block_on(plan_pod(pod, &ns, rule, &w.source, &w.settings));
     let response = match planned {
         Planned::Nothing => AdmissionResponse::from(&req),
         Planned::Denied(reasons) => {
@@ -84,7 +96,10 @@ fuzz_target!(|data: &[u8]| {
             // Values reach the pod through Secret references, never inline.
             let text = serde_json::to_string(&p).unwrap();
             if !data.windows(6).any(|w| w == b"S3CRET") {
-                assert!(!text.contains("S3CRET"), "a secret value in the patch: {text}");
+                assert!(
+                    !text.contains("S3CRET"),
+                    "a secret value in the patch: {text}"
+                );
             }
             AdmissionResponse::from(&req).with_patch(p).unwrap()
         }
