@@ -39,6 +39,8 @@ type History = Arc<Mutex<HashMap<String, BTreeSet<String>>>>;
 struct Tally {
     admitted: usize,
     denied: BTreeMap<String, usize>,
+    /// One message of each denial class, shortened.
+    examples: BTreeMap<String, String>,
     denied_without_reason: usize,
     not_ours: Vec<String>,
     wrong: Vec<String>,
@@ -49,6 +51,7 @@ fn reason_class(message: &str) -> String {
     let m = message.to_lowercase();
     for (needle, class) in [
         ("throttl", "throttled"),
+        ("dispatch failure", "connection to Secrets Manager failed"),
         ("unreachable", "Secrets Manager unreachable"),
         ("no answer within", "Secrets Manager unreachable"),
         ("not found", "secret not found"),
@@ -205,7 +208,7 @@ async fn main() {
     let pod = |name: &str, ns: &str, i: usize, phase: usize| -> Pod {
         let mut ann = json!({
             "sm-injector.io/env.A": format!("{ns}/s{}#v", i % SECRETS),
-            "sm-injector.io/env-from.B_": format!("{ns}/s{}", (i + 1) % SECRETS),
+            "sm-injector.io/env-from.B": format!("{ns}/s{}", (i + 1) % SECRETS),
             "sm-injector.io/refresh-interval": "5s",
         });
         if i.is_multiple_of(5) {
@@ -226,10 +229,13 @@ async fn main() {
                 dry_run: true,
                 ..Default::default()
             };
-            let p = api
-                .create(&dry, &pod("canary", &tenants[0], 1, 0))
-                .await
-                .ok()?;
+            let p = match api.create(&dry, &pod("canary", &tenants[0], 1, 0)).await {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("canary: {e}");
+                    return None;
+                }
+            };
             p.spec?.containers[0].env.is_some().then_some(())
         },
     )
@@ -311,7 +317,11 @@ async fn main() {
                             if reason.is_empty() {
                                 t.denied_without_reason += 1;
                             }
-                            *t.denied.entry(reason_class(reason)).or_default() += 1;
+                            let class = reason_class(reason);
+                            *t.denied.entry(class.clone()).or_default() += 1;
+                            t.examples
+                                .entry(class)
+                                .or_insert_with(|| reason.chars().take(200).collect());
                         }
                         Err(e) => t.not_ours.push(e.to_string()),
                     }
@@ -365,6 +375,15 @@ async fn main() {
         totals.2 += t.not_ours.len();
         totals.3 += t.wrong.len();
         totals.4 += t.denied_without_reason;
+    }
+    println!("one denial message of each kind:");
+    let mut seen = BTreeSet::new();
+    for (_, t, _, _) in &rows {
+        for (class, m) in &t.examples {
+            if seen.insert(class.clone()) {
+                println!("  {class}: {m}");
+            }
+        }
     }
     println!(
         "total: {} admitted, {} denied ({} without a reason), {} answers not sm-injector's (5xx or failed calls), {} admitted with a wrong or missing value",

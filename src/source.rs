@@ -191,15 +191,38 @@ impl AwsSource {
 fn classify<E, R>(e: &SdkError<E, R>) -> FetchError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
+    R: std::fmt::Debug + 'static,
 {
     match e {
         SdkError::ServiceError(se) => FetchError::from_code(se.err().code(), se.err().message()),
         SdkError::TimeoutError(_) => FetchError::Unreachable("timed out".into()),
-        other => FetchError::Unreachable(
-            aws_smithy_types::error::display::DisplayErrorContext(other).to_string(),
-        ),
+        other => FetchError::Unreachable(error_chain(other)),
     }
+}
+
+/// An error and its sources, each shown once, without the Debug dump the
+/// SDK's own context display appends: `dispatch failure: io error: connection
+/// closed before message completed`.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = vec![];
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    let mut out = parts.join(": ");
+    if out.len() > 300 {
+        let cut = (0..=300)
+            .rev()
+            .find(|i| out.is_char_boundary(*i))
+            .unwrap_or(0);
+        out.truncate(cut);
+        out.push_str("...");
+    }
+    out
 }
 
 impl SecretSource for AwsSource {
@@ -381,5 +404,24 @@ mod tests {
             FetchError::from_code(Some("InvalidRequestException"), None),
             FetchError::Rejected(_)
         ));
+    }
+
+    #[test]
+    fn a_failed_connection_reads_as_its_cause_without_a_debug_dump() {
+        use aws_sdk_secretsmanager::error::ConnectorError;
+        use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueError;
+        let io = std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection closed before message completed",
+        );
+        let e: SdkError<GetSecretValueError, ()> =
+            SdkError::dispatch_failure(ConnectorError::io(Box::new(io)));
+        let FetchError::Unreachable(m) = classify(&e) else {
+            panic!("not unreachable");
+        };
+        assert_eq!(
+            m,
+            "dispatch failure: io error: connection closed before message completed"
+        );
     }
 }

@@ -345,3 +345,80 @@ async fn a_rolling_restart_of_two_replicas_loses_no_admission() {
     assert!(b_served > 0.0);
     unsafe { libc::kill(b.pid as i32, libc::SIGKILL) };
 }
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn over_cap_pods_are_denied_quickly_while_another_tenant_is_admitted() {
+    let bed = testbed();
+    let client = bed.client().await;
+    let hostile = namespace(&client, "hostile", &[INJECT]).await;
+    let normal = namespace(&client, "normal", &[INJECT]).await;
+    bed.put_secret(&format!("{normal}/s"), r#"{"k":"v"}"#).await;
+    let inj = injector::start(bed, &[&hostile, &normal], Options::default()).await;
+    // 300 containers, and 300 or 20 references.
+    let big = |name: &str, refs: usize| -> Pod {
+        let annotations: serde_json::Map<String, serde_json::Value> = (0..refs)
+            .map(|i| {
+                (
+                    format!("sm-injector.io/env.V{i}"),
+                    json!(format!("{hostile}/s#k{i}")),
+                )
+            })
+            .collect();
+        let containers: Vec<serde_json::Value> = (0..300)
+            .map(|i| json!({"name": format!("c{i}"), "image": "registry.invalid/app:1"}))
+            .collect();
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {"containers": containers}
+        }))
+        .unwrap()
+    };
+    let hostile_api = Api::<Pod>::namespaced(client.clone(), &hostile);
+    let normal_api = Api::<Pod>::namespaced(client.clone(), &normal);
+    let denied = |name: String, refs: usize| {
+        let api = hostile_api.clone();
+        let p = big(&name, refs);
+        async move {
+            let t = std::time::Instant::now();
+            let e = api.create(&PostParams::default(), &p).await.unwrap_err();
+            (e.to_string(), t.elapsed())
+        }
+    };
+    let attacks = futures::future::join_all(
+        (0..6).map(|i| denied(format!("big-{i}"), if i % 2 == 0 { 300 } else { 20 })),
+    );
+    let meanwhile = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t = std::time::Instant::now();
+        let p = normal_api
+            .create(
+                &PostParams::default(),
+                &pod("meanwhile", &format!("{normal}/s#k")),
+            )
+            .await
+            .unwrap();
+        (p, t.elapsed())
+    };
+    let (attacks, (p, took)) = futures::join!(attacks, meanwhile);
+    assert!(p.spec.unwrap().containers[0].env.is_some());
+    assert!(
+        took < Duration::from_secs(2),
+        "the normal pod took {took:?}"
+    );
+    for (i, (e, t)) in attacks.iter().enumerate() {
+        let expected = if i % 2 == 0 {
+            "the pod has 300 secret references; at most 250 (--max-references)"
+        } else {
+            "300 containers x 20 references = 6000 injections; at most 2500 (--max-injections"
+        };
+        assert!(e.contains(expected), "{e}");
+        assert!(*t < Duration::from_secs(2), "denied after {t:?}");
+    }
+    // Nothing was asked of Secrets Manager for them: the one call is the
+    // normal pod's.
+    let calls =
+        injector::metric_sum(inj.probe_port, "sm_injector_secretsmanager_calls_total").await;
+    assert_eq!(calls, 1.0);
+    inj.stop(&client).await;
+}
