@@ -1,43 +1,85 @@
-//! Admission throughput and latency on a warm cache, with the server's memory.
+//! The warm admission path against its floor, and pod creation end to end.
 //!
-//! `./tests/bench` (or `cargo bench --bench admission` with the test bed's
-//! variables set) starts the test bed, runs the release `sm-injector serve` as
-//! its own process (configured like in a cluster: KUBECONFIG and
-//! AWS_ENDPOINT_URL_SECRETS_MANAGER), warms it with one pod, then drives
-//! `POST /mutate` over TLS with N keep-alive HTTP/1.1 connections, each sending
-//! requests back to back, for N in 1, 8, 32 and 64. The load generator shares
-//! the machine's cores with the server. It prints admissions/s, latency
-//! percentiles, the server's RSS, and the Secrets Manager calls it made.
+//! `./tests/bench` starts the test bed and two servers, each pinned to CPU 0:
+//! the release `sm-injector serve` (as in a cluster: KUBECONFIG,
+//! AWS_ENDPOINT_URL_SECRETS_MANAGER to moto) and `examples/noop_webhook.rs`,
+//! a webhook built from the same crates that only decodes the review and
+//! answers a one-operation patch. `wrk` (Debian's), pinned to CPU 1, posts
+//! AdmissionReviews over TLS with HTTP/1.1 keep-alive (what kube-apiserver
+//! speaks to webhooks) for 5 s at 1 and 8 connections. For each server and
+//! pod shape it prints admissions/s, CPU time per admission (the server's
+//! utime+stime from /proc/<pid>/stat over the run, divided by the admissions),
+//! latency percentiles, denials and errors (counted from the answers), and
+//! RSS; then the ratio of sm-injector's CPU per admission to the floor's.
+//! Last, pod creation through the real API server, sequentially and from 16
+//! clients, with sm-injector registered and with the no-op webhook registered.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
 use serde_json::json;
 use support::injector::metric_sum as metric;
 
-const LEVELS: &[usize] = &[1, 8, 32, 64];
-const WARMUP: Duration = Duration::from_secs(1);
-const MEASURE: Duration = Duration::from_secs(5);
+const SECONDS: u32 = 5;
 
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+fn proc_field(pid: u32, file: &str, name: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
 }
 
-fn review(ns: &str) -> Vec<u8> {
+fn rss_mib(pid: u32) -> f64 {
+    proc_field(pid, "status", "VmRSS:") as f64 / 1024.0
+}
+
+/// utime + stime of a process, all its threads, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+fn pin(pid: u32, cpu: u32) {
+    let ok = Command::new("taskset")
+        .args(["-a", "-c", "-p", &cpu.to_string(), &pid.to_string()])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(ok, "taskset could not pin {pid} to CPU {cpu}");
+}
+
+/// The seed pod (`refs == 0`: its 3 env references and 1 env-from), or a pod
+/// with `refs` env references to the keys of 5 secrets.
+fn review(ns: &str, refs: usize) -> Vec<u8> {
+    let mut annotations = json!({
+        "sm-injector.io/env.DISCORD_BOT_TOKEN": format!("{ns}/discord#bot_token"),
+        "sm-injector.io/env.DISCORD_APPLICATION_ID": format!("{ns}/discord#application_id"),
+        "sm-injector.io/env.DATABASE_URL": format!("{ns}/postgres#url"),
+        "sm-injector.io/env-from.REDIS": format!("{ns}/redis")
+    });
+    if refs > 0 {
+        annotations = (0..refs)
+            .map(|i| {
+                (
+                    format!("sm-injector.io/env.V{i}"),
+                    json!(format!("{ns}/wide{}#k{}", i % 5, i)),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+    }
     serde_json::to_vec(&json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
@@ -57,14 +99,10 @@ fn review(ns: &str) -> Vec<u8> {
                     "generateName": "bot-7d9f8c6b5-",
                     "namespace": ns,
                     "labels": {"app": "bot", "pod-template-hash": "7d9f8c6b5"},
-                    "annotations": {
-                        "sm-injector.io/env.DISCORD_BOT_TOKEN": format!("{ns}/discord#bot_token"),
-                        "sm-injector.io/env.DISCORD_APPLICATION_ID": format!("{ns}/discord#application_id"),
-                        "sm-injector.io/env.DATABASE_URL": format!("{ns}/postgres#url"),
-                        "sm-injector.io/env-from.REDIS": format!("{ns}/redis")
-                    }
+                    "annotations": annotations
                 },
                 "spec": {
+                    "initContainers": [{"name": "migrate", "image": "registry.example/bot:1.4.2", "args": ["migrate"]}],
                     "containers": [
                         {"name": "bot", "image": "registry.example/bot:1.4.2", "env": [{"name": "LOG_LEVEL", "value": "info"}],
                          "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
@@ -81,106 +119,164 @@ fn review(ns: &str) -> Vec<u8> {
     .unwrap()
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+/// wrk's Lua: POST the body, count answers that are not `allowed: true`.
+const WRK_SCRIPT: &str = r#"
+local f = io.open(os.getenv("BENCH_BODY"), "rb")
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) denied = 0 end
+function response(status, headers, body)
+  if status == 200 and not string.find(body, '"allowed":true', 1, true) then
+    denied = denied + 1
+  end
+end
+function done(summary, latency, requests)
+  local d = 0
+  for _, t in ipairs(threads) do d = d + t:get("denied") end
+  io.write(string.format("RESULT %d %d %d %d %d %.1f %.1f %.1f %.1f\n",
+    summary.requests, d, summary.errors.status, summary.errors.connect + summary.errors.read + summary.errors.write,
+    summary.errors.timeout, latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+"#;
 
-async fn connect(port: u16, tls: Arc<rustls::ClientConfig>) -> Sender {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    tcp.set_nodelay(true).unwrap();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let stream = tokio_rustls::TlsConnector::from(tls)
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    let (sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    sender
+struct Run {
+    rate: f64,
+    cpu_us: f64,
+    p50_us: f64,
+    p99_us: f64,
+    denied: u64,
+    errors: u64,
+    rss: f64,
 }
 
-async fn post(sender: &mut Sender, body: &Bytes) -> Duration {
-    let req = hyper::Request::post("/mutate")
-        .header("content-type", "application/json")
-        .header("host", "127.0.0.1")
-        .body(Full::new(body.clone()))
-        .unwrap();
-    let start = Instant::now();
-    let resp = sender.send_request(req).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let took = start.elapsed();
-    debug_assert!(bytes.windows(14).any(|w| w == b"\"allowed\":true"));
-    took
-}
-
-/// N connections, each sending back to back: (admissions/s, sorted latencies).
-async fn run_level(
-    port: u16,
-    tls: Arc<rustls::ClientConfig>,
-    body: Bytes,
-    n: usize,
-) -> (f64, Vec<Duration>) {
-    let mut senders = Vec::new();
-    for _ in 0..n {
-        senders.push(connect(port, tls.clone()).await);
+/// `wrk` on CPU 1 against `port` for SECONDS with `conns` connections.
+fn wrk(port: u16, pid: u32, body: &Path, script: &Path, conns: usize) -> Run {
+    let cpu0 = cpu_seconds(pid);
+    let out = Command::new("taskset")
+        .args([
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            &format!("-c{conns}"),
+            &format!("-d{SECONDS}s"),
+            "-s",
+        ])
+        .arg(script)
+        .arg(format!("https://127.0.0.1:{port}/mutate"))
+        .env("BENCH_BODY", body)
+        .output()
+        .expect("wrk (apt-get install wrk)");
+    let cpu = cpu_seconds(pid) - cpu0;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("RESULT "))
+        .unwrap_or_else(|| panic!("wrk: {text}{}", String::from_utf8_lossy(&out.stderr)));
+    let v: Vec<f64> = line[7..].split(' ').map(|x| x.parse().unwrap()).collect();
+    Run {
+        rate: v[0] / SECONDS as f64,
+        cpu_us: cpu * 1e6 / v[0],
+        p50_us: v[5],
+        p99_us: v[7],
+        denied: v[1] as u64,
+        errors: (v[2] + v[3] + v[4]) as u64,
+        rss: rss_mib(pid),
     }
-    let start = Instant::now();
-    let measure_from = start + WARMUP;
-    let end = measure_from + MEASURE;
-    let tasks: Vec<_> = senders
-        .into_iter()
-        .map(|mut s| {
-            let body = body.clone();
-            tokio::spawn(async move {
-                let mut lat = Vec::with_capacity(100_000);
-                loop {
-                    let sent = Instant::now();
-                    if sent >= end {
-                        break;
-                    }
-                    let d = post(&mut s, &body).await;
-                    if sent >= measure_from {
-                        lat.push(d);
-                    }
-                }
-                lat
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all.sort();
-    (all.len() as f64 / MEASURE.as_secs_f64(), all)
 }
 
-fn pct(sorted: &[Duration], p: f64) -> String {
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
-        return "-".into();
+        return 0.0;
     }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    format!("{:.3}", sorted[i].as_secs_f64() * 1000.0)
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e3
 }
 
-#[tokio::main(flavor = "multi_thread")]
+/// Pod creations through the API server: (p50 ms, p99 ms, failures).
+async fn create_pods(
+    client: &kube::Client,
+    ns: &str,
+    refs: serde_json::Value,
+    n: usize,
+    clients: usize,
+) -> (f64, f64, usize) {
+    let api = Api::<Pod>::namespaced(client.clone(), ns);
+    let results: Vec<(Duration, bool)> = futures::stream::iter(0..n)
+        .map(|_| {
+            let api = api.clone();
+            let p: Pod = serde_json::from_value(json!({
+                "metadata": {"generateName": "e2e-", "labels": {"app": "e2e"}, "annotations": refs.clone()},
+                "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]}
+            }))
+            .unwrap();
+            async move {
+                let t = Instant::now();
+                let ok = api.create(&PostParams::default(), &p).await.is_ok();
+                (t.elapsed(), ok)
+            }
+        })
+        .buffer_unordered(clients)
+        .collect()
+        .await;
+    let mut lat: Vec<Duration> = results.iter().map(|r| r.0).collect();
+    lat.sort();
+    let failures = results.iter().filter(|r| !r.1).count();
+    (percentile(&lat, 0.5), percentile(&lat, 0.99), failures)
+}
+
+fn noop_binary() -> PathBuf {
+    // target/release/deps/admission-... -> target/release/examples/noop_webhook
+    let exe = std::env::current_exe().unwrap();
+    let p = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/noop_webhook");
+    assert!(
+        p.is_file(),
+        "{} is missing: cargo build --release --example noop_webhook",
+        p.display()
+    );
+    p
+}
+
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     if !std::env::args().any(|a| a == "--bench") {
-        println!("admission benchmark: run it with ./tests/bench (cargo bench --bench admission)");
+        println!("admission benchmark: run it with ./tests/bench");
         return;
     }
     let bed = support::testbed();
     let client = bed.client().await;
     let ns = support::namespace(&client, "bench", &[("sm-injector.io/inject", "enabled")]).await;
     let sm = bed.aws().await;
-    for (name, value) in [
-        ("discord", r#"{"bot_token":"tok","application_id":123}"#),
-        ("postgres", r#"{"url":"postgres://app:pw@db:5432/app"}"#),
-        ("redis", r#"{"HOST":"redis","PORT":6379}"#),
-    ] {
+    let mut secrets = vec![
+        (
+            "discord".to_string(),
+            r#"{"bot_token":"tok","application_id":123}"#.to_string(),
+        ),
+        (
+            "postgres".into(),
+            r#"{"url":"postgres://app:pw@db:5432/app"}"#.into(),
+        ),
+        ("redis".into(), r#"{"HOST":"redis","PORT":6379}"#.into()),
+    ];
+    for w in 0..5 {
+        let keys: serde_json::Map<String, serde_json::Value> = (0..20)
+            .filter(|i| i % 5 == w)
+            .map(|i| (format!("k{i}"), json!(format!("v{i}"))))
+            .collect();
+        secrets.push((
+            format!("wide{w}"),
+            serde_json::Value::Object(keys).to_string(),
+        ));
+    }
+    for (name, value) in &secrets {
         sm.create_secret()
             .name(format!("{ns}/{name}"))
             .secret_string(value)
@@ -188,75 +284,141 @@ async fn main() {
             .await
             .unwrap();
     }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("post.lua");
+    std::fs::write(&script, WRK_SCRIPT).unwrap();
+    let pem = bed.serving_cert();
+    std::fs::write(dir.path().join("tls.crt"), &pem.cert).unwrap();
+    std::fs::write(dir.path().join("tls.key"), &pem.key).unwrap();
 
     let server = support::serve_process(
         bed,
-        std::path::Path::new(env!("CARGO_BIN_EXE_sm-injector")),
+        Path::new(env!("CARGO_BIN_EXE_sm-injector")),
         "sm-injector",
         &[],
     )
     .await;
-    let (port, probe, pid) = (server.port, server.probe, server.pid);
+    let noop_port = support::free_port();
+    let noop = support::spawn(
+        &bed.dir,
+        "noop-webhook",
+        &noop_binary(),
+        &[
+            format!("127.0.0.1:{noop_port}"),
+            dir.path().join("tls.crt").display().to_string(),
+            dir.path().join("tls.key").display().to_string(),
+        ],
+    );
+    let noop_pid = noop.id();
+    std::mem::forget(noop);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss = rss_mib(server.pid);
+    pin(server.pid, 0);
+    pin(noop_pid, 0);
 
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile_certs(&bed.ca_pem) {
-        roots.add(c).unwrap();
-    }
-    let tls = Arc::new(
-        rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    );
-    let body = Bytes::from(review(&ns));
-
-    // Warm the cache and the backing Secrets with one admission.
-    let mut s = connect(port, tls.clone()).await;
-    let first = post(&mut s, &body).await;
-    let aws_after_warmup = metric(probe, "sm_injector_secretsmanager_calls_total").await;
-    let (rss0, _) = rss_kib(pid);
     println!(
-        "sm-injector admission benchmark (warm cache, TLS, HTTP/1.1 keep-alive, load generator on the same {} cores)",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
+        "warm admissions over TLS, HTTP/1.1 keep-alive; each server pinned to CPU 0, wrk (1 thread) to CPU 1; {SECONDS} s a row"
     );
     println!(
-        "request body {} bytes; first (cold) admission {:.1} ms; RSS after warm-up {:.1} MiB",
-        body.len(),
-        first.as_secs_f64() * 1000.0,
-        rss0 as f64 / 1024.0
+        "{:<14} {:<9} {:>5} {:>12} {:>10} {:>8} {:>8} {:>7} {:>7} {:>8}",
+        "server",
+        "pod",
+        "conns",
+        "admissions/s",
+        "CPU us/adm",
+        "p50 us",
+        "p99 us",
+        "denied",
+        "errors",
+        "RSS MiB"
     );
-    println!(
-        "{:>6} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "conns", "admissions/s", "p50 ms", "p99 ms", "p999 ms", "max ms", "RSS MiB"
-    );
-    for &n in LEVELS {
-        let (rate, lat) = run_level(port, tls.clone(), body.clone(), n).await;
-        let (rss, _) = rss_kib(pid);
+    let mut ratios = vec![];
+    for (shape, refs) in [("seed", 0usize), ("20 refs", 20)] {
+        let body = dir.path().join(format!("review-{refs}.json"));
+        std::fs::write(&body, review(&ns, refs)).unwrap();
+        // Warm sm-injector: the first admission fetches and writes.
+        let warm = wrk(server.port, server.pid, &body, &script, 1);
+        assert_eq!(warm.denied + warm.errors, 0, "warm-up denied or failed");
+        let aws_before = metric(server.probe, "sm_injector_secretsmanager_calls_total").await;
+        let writes_before = metric(server.probe, "sm_injector_backing_secret_writes_total").await;
+        for conns in [1usize, 8] {
+            let mut cpu = vec![];
+            for (name, port, pid) in [
+                ("no-op floor", noop_port, noop_pid),
+                ("sm-injector", server.port, server.pid),
+            ] {
+                let r = wrk(port, pid, &body, &script, conns);
+                println!(
+                    "{:<14} {:<9} {:>5} {:>12.0} {:>10.1} {:>8.0} {:>8.0} {:>7} {:>7} {:>8.1}",
+                    name,
+                    shape,
+                    conns,
+                    r.rate,
+                    r.cpu_us,
+                    r.p50_us,
+                    r.p99_us,
+                    r.denied,
+                    r.errors,
+                    r.rss
+                );
+                cpu.push(r.cpu_us);
+            }
+            ratios.push(format!("{shape}, {conns} conns: {:.2}x", cpu[1] / cpu[0]));
+        }
+        let aws = metric(server.probe, "sm_injector_secretsmanager_calls_total").await - aws_before;
+        let writes =
+            metric(server.probe, "sm_injector_backing_secret_writes_total").await - writes_before;
         println!(
-            "{:>6} {:>12.0} {:>9} {:>9} {:>9} {:>9} {:>9.1}",
-            n,
-            rate,
-            pct(&lat, 0.50),
-            pct(&lat, 0.99),
-            pct(&lat, 0.999),
-            pct(&lat, 1.0),
-            rss as f64 / 1024.0
+            "  ({shape}: Secrets Manager calls during the load: {aws}, backing Secret writes: {writes})"
         );
     }
-    let (_, peak) = rss_kib(pid);
-    let aws_total = metric(probe, "sm_injector_secretsmanager_calls_total").await;
-    let writes = metric(probe, "sm_injector_backing_secret_writes_total").await;
     println!(
-        "peak RSS {:.1} MiB; Secrets Manager calls: {aws_after_warmup} during warm-up, {} during the load; backing Secret writes: {writes}",
-        peak as f64 / 1024.0,
-        aws_total - aws_after_warmup
+        "sm-injector CPU per admission / floor's: {}",
+        ratios.join("; ")
     );
-}
+    println!(
+        "sm-injector RSS: {idle_rss:.1} MiB idle (after start), {:.1} MiB peak",
+        proc_field(server.pid, "status", "VmHWM:") as f64 / 1024.0
+    );
 
-fn rustls_pemfile_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .unwrap()
+    // End to end: pod creation through the API server, the webhook
+    // registered by a non-loopback URL so that the API server speaks
+    // HTTP/1.1, as to a Service.
+    let seed_refs = json!({
+        "sm-injector.io/env.DISCORD_BOT_TOKEN": format!("{ns}/discord#bot_token"),
+        "sm-injector.io/env.DATABASE_URL": format!("{ns}/postgres#url"),
+        "sm-injector.io/env-from.REDIS": format!("{ns}/redis")
+    });
+    println!("\npod creation through the API server (seed references), p50 / p99 ms");
+    println!(
+        "{:<22} {:>22} {:>22}",
+        "webhook", "sequential (100)", "16 clients (320)"
+    );
+    for (name, port) in [("no-op webhook", noop_port), ("sm-injector", server.port)] {
+        let config = format!("bench-{name}").replace(' ', "-");
+        support::register_webhook(bed, &client, &config, &format!("0.0.0.0:{port}"), &[&ns]).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        create_pods(&client, &ns, seed_refs.clone(), 20, 4).await; // warm
+        let (s50, s99, sf) = create_pods(&client, &ns, seed_refs.clone(), 100, 1).await;
+        let (c50, c99, cf) = create_pods(&client, &ns, seed_refs.clone(), 320, 16).await;
+        println!(
+            "{:<22} {:>14.1} / {:>5.1} {:>14.1} / {:>5.1}{}",
+            name,
+            s50,
+            s99,
+            c50,
+            c99,
+            if sf + cf > 0 {
+                format!("  ({} failed)", sf + cf)
+            } else {
+                String::new()
+            }
+        );
+        use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+        Api::<MutatingWebhookConfiguration>::all(client.clone())
+            .delete(&config, &Default::default())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
