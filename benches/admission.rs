@@ -153,8 +153,31 @@ struct Run {
     rss: f64,
 }
 
-/// `wrk` on CPU 1 against `port` for SECONDS with `conns` connections.
+/// `wrk` on CPU 1 against `port` for SECONDS with `conns` connections. With
+/// `BENCH_PERF=<file>`, the server is also sampled by `perf record` (cpu-clock,
+/// call graphs) into `<file>-<pid>-<conns>`.
 fn wrk(port: u16, pid: u32, body: &Path, script: &Path, conns: usize) -> Run {
+    let perf = std::env::var("BENCH_PERF").ok().map(|f| {
+        Command::new("perf")
+            .args([
+                "record",
+                "-q",
+                "-e",
+                "cpu-clock",
+                "-F",
+                "2999",
+                "-g",
+                "-p",
+                &pid.to_string(),
+                "-o",
+            ])
+            .arg(format!("{f}-{pid}-{conns}"))
+            .args(["--", "sleep", &SECONDS.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("perf")
+    });
     let cpu0 = cpu_seconds(pid);
     let out = Command::new("taskset")
         .args([
@@ -172,6 +195,9 @@ fn wrk(port: u16, pid: u32, body: &Path, script: &Path, conns: usize) -> Run {
         .output()
         .expect("wrk (apt-get install wrk)");
     let cpu = cpu_seconds(pid) - cpu0;
+    if let Some(mut p) = perf {
+        let _ = p.wait();
+    }
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text
         .lines()
