@@ -317,11 +317,12 @@ async fn main() {
     std::fs::write(dir.path().join("tls.crt"), &pem.cert).unwrap();
     std::fs::write(dir.path().join("tls.key"), &pem.key).unwrap();
 
+    let lease = format!("--lease-namespace={ns}");
     let server = support::serve_process(
         bed,
         Path::new(env!("CARGO_BIN_EXE_sm-injector")),
         "sm-injector",
-        &[],
+        &[&lease],
     )
     .await;
     let noop_port = support::free_port();

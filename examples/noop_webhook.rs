@@ -34,7 +34,7 @@ async fn mutate(body: Bytes) -> axum::response::Response {
     let response = AdmissionResponse::from(&req).with_patch(patch).unwrap();
     (
         [(header::CONTENT_TYPE, "application/json")],
-        sm_injector::server::encode_review(&response),
+        sm_injector::wire::encode(&response),
     )
         .into_response()
 }

@@ -24,3 +24,4 @@ pub mod server;
 pub mod source;
 pub mod sync;
 pub mod tls;
+pub mod wire;

@@ -1,6 +1,7 @@
 //! What the network sends to /mutate: AdmissionReview decoding, then the
 //! review itself (annotations, access rule, fetch from an in-memory secrets
-//! source, plan, patch) and the response's encoding. The patch must apply to
+//! source, plan, patch) and the response's encoding. The server reads a slim
+//! pod; where k8s-openapi's full Pod also decodes, both give the same patch. The patch must apply to
 //! the pod it was built for, and the patched pod must still be a pod.
 #![no_main]
 
@@ -17,7 +18,7 @@ use sm_injector::metrics::Metrics;
 use sm_injector::policy::AccessRule;
 use sm_injector::secret::Payload;
 use sm_injector::source::StaticSource;
-use sm_injector::{patch, server};
+use sm_injector::patch;
 
 struct World {
     rt: tokio::runtime::Runtime,
@@ -66,12 +67,14 @@ fn world() -> &'static World {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(review) = serde_json::from_slice::<AdmissionReview<Pod>>(data) else {
+    // As the server reads it: the slim pod.
+    let Ok(req) = sm_injector::wire::decode(data) else {
         return;
     };
-    let Ok(req): Result<AdmissionRequest<Pod>, _> = review.try_into() else {
-        return;
-    };
+    // As k8s-openapi reads it, when it does: the patch must be the same.
+    let full: Option<AdmissionRequest<Pod>> = serde_json::from_slice::<AdmissionReview<Pod>>(data)
+        .ok()
+        .and_then(|r| r.try_into().ok());
     let Some(pod) = &req.object else {
         return;
     };
@@ -88,7 +91,26 @@ fuzz_target!(|data: &[u8]| {
             AdmissionResponse::from(&req).deny(m)
         }
         Planned::Plan { plan, targets } => {
-            let (p, _warnings) = patch::build(pod, &plan, &targets);
+            let (p, warnings) = patch::build(pod, &plan, &targets);
+            if let Some(full) = full.as_ref().and_then(|f| f.object.as_ref()) {
+                let wanted = pod
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("sm-injector.io/containers"))
+                    .map(|v| v.split(',').map(|s| s.trim().to_string()).collect::<Vec<_>>());
+                if let Ok(tf) = patch::select(full, wanted.as_deref())
+                    && tf == targets
+                {
+                    let (pf, wf) = patch::build(full, &plan, &tf);
+                    assert_eq!(
+                        serde_json::to_value(&p).unwrap(),
+                        serde_json::to_value(&pf).unwrap(),
+                        "the slim pod's patch differs"
+                    );
+                    assert_eq!(warnings, wf);
+                }
+            }
             let mut doc = serde_json::to_value(pod).unwrap();
             json_patch::patch(&mut doc, &p).expect("the patch applies to its pod");
             let patched: Pod = serde_json::from_value(doc).expect("the patched pod is a pod");
@@ -104,6 +126,6 @@ fuzz_target!(|data: &[u8]| {
             AdmissionResponse::from(&req).with_patch(p).unwrap()
         }
     };
-    let wire = server::encode_review(&response);
+    let wire = sm_injector::wire::encode(&response);
     serde_json::from_slice::<serde_json::Value>(&wire).expect("the answer is JSON");
 });
