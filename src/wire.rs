@@ -192,7 +192,9 @@ pub fn encode(r: &AdmissionResponse) -> Vec<u8> {
     .expect("an admission response serializes");
     let patch_len = r.patch.as_ref().map_or(0, |p| p.len().div_ceil(3) * 4);
     let mut out = Vec::with_capacity(rest.len() + patch_len + 128);
-    out.extend_from_slice(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":"#);
+    out.extend_from_slice(
+        br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":"#,
+    );
     match &r.patch {
         Some(p) => {
             out.extend_from_slice(br#"{"patchType":"JSONPatch","patch":""#);

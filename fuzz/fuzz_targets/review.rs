@@ -15,10 +15,10 @@ use libfuzzer_sys::fuzz_target;
 use sm_injector::admission::{Planned, Settings, plan_pod};
 use sm_injector::cache::CachedSource;
 use sm_injector::metrics::Metrics;
+use sm_injector::patch;
 use sm_injector::policy::AccessRule;
 use sm_injector::secret::Payload;
 use sm_injector::source::StaticSource;
-use sm_injector::patch;
 
 struct World {
     rt: tokio::runtime::Runtime,
@@ -98,7 +98,11 @@ fuzz_target!(|data: &[u8]| {
                     .annotations
                     .as_ref()
                     .and_then(|a| a.get("sm-injector.io/containers"))
-                    .map(|v| v.split(',').map(|s| s.trim().to_string()).collect::<Vec<_>>());
+                    .map(|v| {
+                        v.split(',')
+                            .map(|s| s.trim().to_string())
+                            .collect::<Vec<_>>()
+                    });
                 if let Ok(tf) = patch::select(full, wanted.as_deref())
                     && tf == targets
                 {
