@@ -1,0 +1,47 @@
+//! The command line: `serve`, `certs` and `render`, each in its own module.
+
+mod certs;
+mod render;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Injects AWS Secrets Manager secrets into Kubernetes pods as env vars"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Serve the mutating admission webhook.
+    Serve(Box<serve::ServeArgs>),
+    /// Issue the webhook's serving certificate and write the TLS Secret and the
+    /// MutatingWebhookConfiguration with its caBundle (see certs/README.md).
+    Certs(certs::CertsArgs),
+    /// Print what the webhook would make of the pod templates in a manifest
+    /// (Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob), plus
+    /// the backing Secrets, values masked. Other documents pass through.
+    Render(render::RenderArgs),
+}
+
+/// Runs the command; `render` exits 1 when a pod would be denied.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(a) => {
+            serve::init_tracing(a.log_json);
+            serve::serve(*a).await
+        }
+        Command::Certs(a) => certs::certs(a),
+        Command::Render(a) => {
+            if !render::render(a).await? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}

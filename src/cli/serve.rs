@@ -1,0 +1,250 @@
+//! `sm-injector serve`: the webhook, its refresher and their flags.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sm_injector::admission::{Settings, Webhook};
+use sm_injector::cache::CachedSource;
+use sm_injector::metrics::Metrics;
+use sm_injector::namespaces::Namespaces;
+use sm_injector::plan::{Caps, MAX_BACKING_PER_POD};
+use sm_injector::refresh::{self, Refresher, index::Limits, inventory::Inventory};
+use sm_injector::server::{self, ServerSettings};
+use sm_injector::source::AwsSource;
+use sm_injector::sync::Syncer;
+use sm_injector::tls::TlsFiles;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Address of the HTTPS admission endpoint (POST /mutate).
+    #[arg(long, env = "SM_INJECTOR_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: std::net::SocketAddr,
+    /// Address of the plain-HTTP endpoint for /healthz, /readyz and /metrics.
+    #[arg(long, env = "SM_INJECTOR_PROBE_LISTEN", default_value = "0.0.0.0:9090")]
+    probe_listen: std::net::SocketAddr,
+    /// PEM certificate chain served on --listen; reloaded when it changes.
+    #[arg(
+        long,
+        env = "SM_INJECTOR_TLS_CERT",
+        default_value = "/etc/sm-injector/tls/tls.crt"
+    )]
+    tls_cert: PathBuf,
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "SM_INJECTOR_TLS_KEY",
+        default_value = "/etc/sm-injector/tls/tls.key"
+    )]
+    tls_key: PathBuf,
+    /// Require a client certificate signed by this PEM CA bundle: only the API
+    /// server (given a webhook client certificate through its
+    /// AdmissionConfiguration) may call /mutate. Reloaded when it changes.
+    #[arg(long, env = "SM_INJECTOR_CLIENT_CA_FILE")]
+    client_ca_file: Option<PathBuf>,
+    /// TLS connections open at once; more are closed on arrival.
+    #[arg(long, env = "SM_INJECTOR_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+    /// Bytes of a pod's sm-injector.io/ annotations; a pod with more is denied.
+    #[arg(long, env = "SM_INJECTOR_MAX_ANNOTATION_BYTES", default_value_t = Caps::default().annotation_bytes)]
+    max_annotation_bytes: usize,
+    /// Secret references (env.<VAR> and env-from entries) per pod.
+    #[arg(long, env = "SM_INJECTOR_MAX_REFERENCES", default_value_t = Caps::default().references)]
+    max_references: usize,
+    /// Selected containers times references per pod.
+    #[arg(long, env = "SM_INJECTOR_MAX_INJECTIONS", default_value_t = Caps::default().injections)]
+    max_injections: usize,
+    /// Keys of one secret injected with env-from.
+    #[arg(long, env = "SM_INJECTOR_MAX_ENV_FROM_KEYS", default_value_t = Caps::default().env_from_keys)]
+    max_env_from_keys: usize,
+    /// Each admission is answered within this time; keep it below the webhook's timeoutSeconds.
+    #[arg(long, env = "SM_INJECTOR_ADMISSION_DEADLINE", default_value = "8s", value_parser = humantime::parse_duration)]
+    admission_deadline: Duration,
+    /// How long Secrets Manager may take before it counts as unreachable.
+    #[arg(long, env = "SM_INJECTOR_AWS_DEADLINE", default_value = "5s", value_parser = humantime::parse_duration)]
+    aws_deadline: Duration,
+    /// The most Secrets Manager calls one pod's references may need (20 current
+    /// versions a call, one per pinned version); a pod needing more is denied.
+    #[arg(long, env = "SM_INJECTOR_MAX_SECRETSMANAGER_CALLS_PER_POD", default_value_t = sm_injector::admission::MAX_AWS_CALLS)]
+    max_secretsmanager_calls_per_pod: usize,
+    /// How long a missing secret, a missing key's secret or an AWS refusal is
+    /// remembered, so that retries and dry runs do not spend the account's quota.
+    #[arg(long, env = "SM_INJECTOR_NEGATIVE_CACHE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    negative_cache_ttl: Duration,
+    /// How long a fetched secret version is served from memory before Secrets Manager is asked again.
+    #[arg(long, env = "SM_INJECTOR_CACHE_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
+    cache_ttl: Duration,
+    /// The shortest refresh-interval a pod may ask for.
+    #[arg(long, env = "SM_INJECTOR_MIN_REFRESH_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    min_refresh_interval: Duration,
+    /// Largest accepted AdmissionReview body, in bytes.
+    #[arg(long, env = "SM_INJECTOR_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// After SIGTERM, how long readiness reads false while admissions are still
+    /// served (the API server's endpoints take a few seconds to follow).
+    #[arg(long, env = "SM_INJECTOR_SHUTDOWN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    shutdown_delay: Duration,
+    /// Then, how long in-flight requests may take to finish.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    drain: Duration,
+    /// An HTTP/1.1 request's headers must arrive within this time.
+    #[arg(long, env = "SM_INJECTOR_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    header_read_timeout: Duration,
+    /// An admission request's body must arrive within this time (else 408).
+    #[arg(long, env = "SM_INJECTOR_BODY_READ_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    body_read_timeout: Duration,
+    /// Log as JSON lines.
+    #[arg(long, env = "SM_INJECTOR_LOG_JSON")]
+    pub log_json: bool,
+    /// The refresher (on the replica holding the Lease) plans at least this
+    /// often, in memory (no API call); also the first retry delay after a failure.
+    #[arg(long, env = "SM_INJECTOR_REFRESH_TICK", default_value = "30s", value_parser = humantime::parse_duration)]
+    refresh_tick: Duration,
+    /// The Lease that elects the refresher; in --lease-namespace.
+    #[arg(
+        long,
+        env = "SM_INJECTOR_LEASE_NAME",
+        default_value = "sm-injector-refresher"
+    )]
+    lease_name: String,
+    /// The namespace of the Lease (sm-injector's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "sm-injector")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long the Lease is held without renewal before another replica takes over.
+    #[arg(long, default_value_t = 15)]
+    lease_seconds: u64,
+    /// A backing Secret that no pod has used for this long is deleted.
+    #[arg(long, env = "SM_INJECTOR_GC_GRACE", default_value = "24h", value_parser = humantime::parse_duration)]
+    gc_grace: Duration,
+}
+
+pub fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let client = kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!("cannot build a Kubernetes client (in-cluster config or KUBECONFIG): {e}")
+    })?;
+    let aws: Arc<dyn sm_injector::source::SecretSource> =
+        Arc::new(AwsSource::from_env(metrics.clone()).await);
+    let namespaces = Namespaces::start(client.clone());
+    let inventory = Inventory::new(
+        client.clone(),
+        &a.lease_namespace,
+        &format!("{}-inventory", a.lease_name),
+        a.cache_ttl,
+    );
+    let refresher = Refresher::new(
+        client.clone(),
+        aws.clone(),
+        namespaces.clone(),
+        metrics.clone(),
+        inventory.clone(),
+        refresh::Settings {
+            tick: a.refresh_tick,
+            limits: Limits {
+                max_entries: MAX_BACKING_PER_POD,
+                min_interval: a.min_refresh_interval,
+            },
+            aws_deadline: a.aws_deadline,
+            gc_grace: Some(a.gc_grace),
+            concurrency: 16,
+        },
+    );
+    let identity = a.identity.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "sm-injector".into()),
+            std::process::id()
+        )
+    });
+    let (lease_ns, lease_name, lease_seconds) = (
+        a.lease_namespace.clone(),
+        a.lease_name.clone(),
+        a.lease_seconds,
+    );
+    let refresher = tokio::spawn(async move {
+        refresher
+            .run_with_lease(&lease_ns, &lease_name, identity, lease_seconds)
+            .await
+    });
+    let webhook = Arc::new(Webhook {
+        source: CachedSource::new(aws, a.cache_ttl, metrics.clone())
+            .with_negative_ttl(a.negative_cache_ttl),
+        syncer: Syncer::new(client.clone(), a.cache_ttl, metrics.clone()).with_inventory(inventory),
+        namespaces,
+        metrics,
+        settings: Settings {
+            min_refresh: a.min_refresh_interval,
+            aws_deadline: a.aws_deadline,
+            max_aws_calls: a.max_secretsmanager_calls_per_pod,
+            caps: Caps {
+                annotation_bytes: a.max_annotation_bytes,
+                references: a.max_references,
+                injections: a.max_injections,
+                env_from_keys: a.max_env_from_keys,
+            },
+        },
+    });
+    let tls = std::net::TcpListener::bind(a.listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", a.listen))?;
+    let probes = tokio::net::TcpListener::bind(a.probe_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", a.probe_listen))?;
+    tracing::info!(listen = %a.listen, probes = %a.probe_listen, "serving admissions");
+    let server = server::run(
+        webhook,
+        ServerSettings {
+            tls: TlsFiles {
+                cert: a.tls_cert,
+                key: a.tls_key,
+                client_ca: a.client_ca_file,
+            },
+            max_connections: a.max_connections,
+            admission_deadline: a.admission_deadline,
+            max_body_bytes: a.max_body_bytes,
+            header_read_timeout: a.header_read_timeout,
+            body_read_timeout: a.body_read_timeout,
+            cert_poll: Duration::from_secs(10),
+            shutdown_delay: a.shutdown_delay,
+            drain: a.drain,
+        },
+        tls,
+        probes,
+        shutdown_signal(),
+    );
+    // A replica whose refresher or Lease task stopped exits (the Lease is
+    // released on the way), so that another one takes over.
+    tokio::select! {
+        r = server => r,
+        r = refresher => {
+            let why = match r {
+                Ok(e) => e.to_string(),
+                Err(e) => format!("the refresher task failed: {e}"),
+            };
+            tracing::error!(error = %why, "the refresher stopped; exiting so that another replica takes over");
+            anyhow::bail!("the refresher stopped: {why}")
+        }
+    }
+}
