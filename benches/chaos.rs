@@ -35,6 +35,19 @@ const MEMORY_LIMIT_MIB: f64 = 128.0;
 /// Every value each secret has had: admitted pods must resolve to one of them.
 type History = Arc<Mutex<HashMap<String, BTreeSet<String>>>>;
 
+/// Records `value` as one `id` has held (before it is written), and returns
+/// the secret's JSON.
+fn remember(history: &History, id: &str, value: String) -> String {
+    let json = json!({ "v": value }).to_string();
+    history
+        .lock()
+        .unwrap()
+        .entry(id.to_string())
+        .or_default()
+        .insert(value);
+    json
+}
+
 #[derive(Default)]
 struct Tally {
     admitted: usize,
@@ -172,14 +185,8 @@ async fn main() {
             support::namespace(&client, "chaos", &[("sm-injector.io/inject", "enabled")]).await;
         for j in 0..SECRETS {
             let id = format!("{ns}/s{j}");
-            let v = format!("{id}-r0");
-            history
-                .lock()
-                .unwrap()
-                .entry(id.clone())
-                .or_default()
-                .insert(v.clone());
-            bed.put_secret(&id, &json!({"v": v}).to_string()).await;
+            let v = remember(&history, &id, format!("{id}-r0"));
+            bed.put_secret(&id, &v).await;
         }
         tenants.push(ns);
     }
@@ -220,26 +227,7 @@ async fn main() {
         }))
         .unwrap()
     };
-    support::eventually(
-        Duration::from_secs(30),
-        "the webhook to take effect",
-        || async {
-            let api = Api::<Pod>::namespaced(client.clone(), &tenants[0]);
-            let dry = PostParams {
-                dry_run: true,
-                ..Default::default()
-            };
-            let p = match api.create(&dry, &pod("canary", &tenants[0], 1, 0)).await {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("canary: {e}");
-                    return None;
-                }
-            };
-            p.spec?.containers[0].env.is_some().then_some(())
-        },
-    )
-    .await;
+    support::until_injected(&client, &tenants[0], &pod("canary", &tenants[0], 1, 0)).await;
 
     let phases = [
         Mode::Healthy,
@@ -254,14 +242,8 @@ async fn main() {
         // This phase's new secrets exist before it starts.
         for ns in &tenants {
             let id = format!("{ns}/fresh-{phase}");
-            history
-                .lock()
-                .unwrap()
-                .entry(id.clone())
-                .or_default()
-                .insert(format!("{id}-r0"));
-            bed.put_secret(&id, &json!({"v": format!("{id}-r0")}).to_string())
-                .await;
+            let v = remember(&history, &id, format!("{id}-r0"));
+            bed.put_secret(&id, &v).await;
         }
         proxy.set(mode);
         let requests_before = proxy.requests.load(std::sync::atomic::Ordering::SeqCst);
@@ -272,16 +254,10 @@ async fn main() {
             for ns in &tenants {
                 for j in 0..SECRETS {
                     let id = format!("{ns}/s{j}");
-                    let v = format!("{id}-r{}", phase + 1);
-                    history
-                        .lock()
-                        .unwrap()
-                        .entry(id.clone())
-                        .or_default()
-                        .insert(v.clone());
+                    let v = remember(&history, &id, format!("{id}-r{}", phase + 1));
                     sm.put_secret_value()
                         .secret_id(&id)
-                        .secret_string(json!({"v": v}).to_string())
+                        .secret_string(v)
                         .send()
                         .await
                         .unwrap();

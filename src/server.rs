@@ -117,15 +117,9 @@ async fn mutate(State(st): State<AppState>, body: axum::body::Body) -> Response 
     };
     (
         [(header::CONTENT_TYPE, "application/json")],
-        encode_review(&response),
+        wire::encode(&response),
     )
         .into_response()
-}
-
-/// Serializes the response to `admission.k8s.io/v1` AdmissionReview JSON
-/// ([`crate::wire::encode`]).
-pub fn encode_review(r: &AdmissionResponse) -> Vec<u8> {
-    wire::encode(r)
 }
 
 /// The admission router (exposed for tests and benchmarks).

@@ -111,18 +111,12 @@ async fn with_a_client_ca_only_the_api_server_may_call_mutate() {
     support::start_url_webhook(bed, &client, &format!("mtls-{ns}"), server.port, &[&ns]).await;
 
     // The API server presents its webhook client certificate: admitted and injected.
-    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
-    support::eventually(Duration::from_secs(30), "an injected pod", || async {
-        let p = pods
-            .create(
-                &PostParams::default(),
-                &pod(&format!("app-{}", rand_suffix()), &format!("{ns}/s#k")),
-            )
-            .await
-            .ok()?;
-        p.spec?.containers[0].env.is_some().then_some(())
-    })
-    .await;
+    support::until_injected(&client, &ns, &pod("canary", &format!("{ns}/s#k"))).await;
+    let p = Api::<Pod>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &pod("app", &format!("{ns}/s#k")))
+        .await
+        .unwrap();
+    assert!(p.spec.unwrap().containers[0].env.is_some());
     let admitted = injector::metric_sum(server.probe, "sm_injector_admissions_total").await;
     assert!(admitted >= 1.0);
 
@@ -150,16 +144,6 @@ async fn with_a_client_ca_only_the_api_server_may_call_mutate() {
         admitted + 1.0
     );
     unsafe { libc::kill(server.pid as i32, libc::SIGKILL) };
-}
-
-fn rand_suffix() -> String {
-    format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    )
 }
 
 #[tokio::test]
@@ -274,23 +258,8 @@ async fn a_rolling_restart_of_two_replicas_loses_no_admission() {
         &[&ns],
     )
     .await;
+    support::until_injected(&client, &ns, &pod("canary", &format!("{ns}/s#k"))).await;
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
-    support::eventually(
-        Duration::from_secs(30),
-        "the webhook to take effect",
-        || async {
-            let dry = PostParams {
-                dry_run: true,
-                ..Default::default()
-            };
-            let p = pods
-                .create(&dry, &pod("canary", &format!("{ns}/s#k")))
-                .await
-                .ok()?;
-            p.spec?.containers[0].env.is_some().then_some(())
-        },
-    )
-    .await;
 
     // 200 pods in five waves of 40 at once, 0.8 s apart (wider than the API
     // server's 25 idle connections, so that each wave opens new ones through

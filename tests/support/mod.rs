@@ -26,7 +26,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use sm_injector::certs::{Ca, Pem};
@@ -707,6 +707,25 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Waits until a dry-run creation of `pod` in `ns` comes back with env
+/// injected into its first container: the webhook just registered is called.
+pub async fn until_injected(client: &kube::Client, ns: &str, pod: &Pod) {
+    let api = Api::<Pod>::namespaced(client.clone(), ns);
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the webhook to take effect",
+        || async {
+            let p = api.create(&dry, pod).await.ok()?;
+            p.spec?.containers.first()?.env.is_some().then_some(())
+        },
+    )
+    .await
 }
 
 /// A webhook that labels every pod `testbed-mutated=yes`.
