@@ -72,6 +72,15 @@ fn deny(req: &AdmissionRequest<Pod>, reasons: Vec<String>) -> Answer {
     }
 }
 
+/// The allowing response carrying `patch`, a JSON patch's bytes. kube's
+/// `with_patch` takes a typed patch only to serialize it; [`crate::wire::encode`]
+/// writes `patchType: JSONPatch` for any response with a patch.
+pub fn mutated<K: kube::Resource>(req: &AdmissionRequest<K>, patch: Vec<u8>) -> AdmissionResponse {
+    let mut response = AdmissionResponse::from(req);
+    response.patch = Some(patch);
+    response
+}
+
 fn unchanged(req: &AdmissionRequest<Pod>) -> Answer {
     Answer {
         response: AdmissionResponse::from(req),
@@ -234,10 +243,7 @@ impl Webhook {
         let mut warnings = ensured.warnings;
         let (patch, patch_warnings) = patch::build(pod, &plan, &targets);
         warnings.extend(patch_warnings);
-        let mut response = match AdmissionResponse::from(req).with_patch(patch) {
-            Ok(r) => r,
-            Err(e) => return deny(req, vec![format!("internal error: {e}")]),
-        };
+        let mut response = mutated(req, patch);
         if !warnings.is_empty() {
             for w in &warnings {
                 tracing::info!(namespace, pod = pod_name(req), warning = %w, "admission warning");

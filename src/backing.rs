@@ -125,21 +125,28 @@ pub fn name_scoped(
     }
     h.update(secret_name.as_bytes());
     h.update([0]);
-    h.update(version.to_string().as_bytes());
+    // `Version`'s text, without building it.
+    match version {
+        Version::Stage(s) => h.update([b"versionStage=", s.as_bytes()].concat()),
+        Version::Id(s) => h.update([b"versionId=", s.as_bytes()].concat()),
+    }
     h.update([0]);
     h.update(form.as_str().as_bytes());
-    let hash: String = h.finalize()[..4]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     // 63 - "sm-" - "-" - 8 hex = 51
     readable.truncate(51);
     let readable = readable.trim_matches('-');
-    if readable.is_empty() {
-        format!("sm-{hash}")
-    } else {
-        format!("sm-{readable}-{hash}")
+    let mut out = String::with_capacity(3 + readable.len() + 9);
+    out.push_str("sm-");
+    if !readable.is_empty() {
+        out.push_str(readable);
+        out.push('-');
     }
+    for b in &h.finalize()[..4] {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
+    }
+    out
 }
 
 /// What a writer does with a backing Secret that exists.
@@ -286,6 +293,32 @@ mod tests {
                 "{n}"
             );
         }
+    }
+
+    #[test]
+    fn names_are_stable_across_releases() {
+        // Backing Secrets outlive a release: an upgrade must find them under
+        // the same names.
+        let names = [
+            name("arrakis/discord", &Version::current(), Form::Keys),
+            name("arrakis/discord", &Version::Id("abc".into()), Form::Raw),
+            name_scoped(
+                "db",
+                Some("eu-west-1:123456789012"),
+                &Version::Stage("AWSPREVIOUS".into()),
+                Form::Keys,
+            ),
+            name("@@", &Version::current(), Form::Keys),
+        ];
+        assert_eq!(
+            names,
+            [
+                "sm-arrakis-discord-4ce282e9",
+                "sm-arrakis-discord-pinned-raw-9395d881",
+                "sm-db-awsprevious-4a6e8a60",
+                "sm-83c742a1"
+            ]
+        );
     }
 
     #[test]

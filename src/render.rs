@@ -149,7 +149,10 @@ pub async fn render(
         let (patch, w) = crate::patch::build(&pod, &plan, &targets);
         warnings.extend(w.into_iter().map(|w| format!("{what}: {w}")));
         let mut template = template;
-        if let Err(e) = json_patch::patch(&mut template, &patch) {
+        let applied = serde_json::from_slice::<json_patch::Patch>(&patch)
+            .map_err(|e| e.to_string())
+            .and_then(|p| json_patch::patch(&mut template, &p).map_err(|e| e.to_string()));
+        if let Err(e) = applied {
             errors.push(format!("{what}: internal error applying the patch: {e}"));
             continue;
         }

@@ -347,10 +347,7 @@ mod tests {
             assert_eq!(ts, tf);
             let (ps, ws) = patch::build(&s, &plan, &ts);
             let (pf, wf) = patch::build(&f, &plan, &tf);
-            assert_eq!(
-                serde_json::to_value(&ps).unwrap(),
-                serde_json::to_value(&pf).unwrap()
-            );
+            assert_eq!(ps, pf);
             assert_eq!(ws, wf);
             assert!(!ws.is_empty(), "the sample exercises the warnings");
         }

@@ -2,16 +2,13 @@
 //! its own output adds nothing (re-invocation), and a container's own env values
 //! are kept with a warning.
 
-use json_patch::{AddOperation, Patch, PatchOperation};
-use jsonptr::PointerBuf;
-use k8s_openapi::api::core::v1::{
-    Container, EnvFromSource, EnvVar, EnvVarSource, Pod, SecretEnvSource, SecretKeySelector,
-    SecretVolumeSource, Volume, VolumeMount,
-};
-use serde_json::Value;
+mod json;
+
+use k8s_openapi::api::core::v1::{Container, EnvFromSource, EnvVar, Pod};
 
 use crate::annotations::{CONTAINERS, INJECTED, INJECTED_LABEL};
-use crate::plan::Plan;
+use crate::plan::{self, Plan};
+use json::{Item, Ops};
 
 /// A container the pod's annotations select: its list and index in the spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,26 +82,8 @@ pub fn select(pod: &Pod, wanted: Option<&[String]>) -> Result<Vec<Target>, Strin
         .collect())
 }
 
-fn ptr(tokens: &[&str]) -> PointerBuf {
-    PointerBuf::from_tokens(tokens.iter().copied())
-}
-
-fn add(path: PointerBuf, value: Value) -> PatchOperation {
-    PatchOperation::Add(AddOperation { path, value })
-}
-
-fn to_value<T: serde::Serialize>(v: &T) -> Value {
-    serde_json::to_value(v).expect("k8s-openapi types serialize")
-}
-
 /// Appends `items` to the array at `base/field`, adding the array when absent.
-fn append(
-    ops: &mut Vec<PatchOperation>,
-    base: &[&str],
-    field: &str,
-    exists: bool,
-    items: Vec<Value>,
-) {
+fn append(ops: &mut Ops, base: &[&str], field: &str, exists: bool, items: &[Item]) {
     if items.is_empty() {
         return;
     }
@@ -113,37 +92,58 @@ fn append(
     if exists {
         path.push("-");
         for item in items {
-            ops.push(add(ptr(&path), item));
+            ops.item(&path, *item);
         }
     } else {
-        ops.push(add(ptr(&path), Value::Array(items)));
+        ops.list(&path, items);
     }
 }
 
 /// Like [`append`], but `items` go before what the list holds.
-fn prepend(
-    ops: &mut Vec<PatchOperation>,
-    base: &[&str],
-    field: &str,
-    exists: bool,
-    items: Vec<Value>,
-) {
+fn prepend(ops: &mut Ops, base: &[&str], field: &str, exists: bool, items: &[Item]) {
     if !exists {
         return append(ops, base, field, exists, items);
     }
-    for (i, item) in items.into_iter().enumerate() {
+    for (i, item) in items.iter().enumerate() {
         let index = i.to_string();
         let mut path: Vec<&str> = base.to_vec();
         path.extend([field, index.as_str()]);
-        ops.push(add(ptr(&path), item));
+        ops.item(&path, *item);
     }
 }
 
-/// The patch and the admission warnings for `pod`.
-pub fn build(pod: &Pod, plan: &Plan, targets: &[Target]) -> (Patch, Vec<String>) {
-    let mut ops = vec![];
+/// Whether `x` is the env entry sm-injector injects for `e`.
+fn is_ours(x: &EnvVar, e: &plan::EnvVar) -> bool {
+    let Some(from) = &x.value_from else {
+        return false;
+    };
+    let Some(r) = &from.secret_key_ref else {
+        return false;
+    };
+    x.value.is_none()
+        && from.config_map_key_ref.is_none()
+        && from.field_ref.is_none()
+        && from.resource_field_ref.is_none()
+        && r.name == e.secret
+        && r.key == e.key
+        && r.optional.is_none()
+}
+
+/// Whether `x` is the envFrom source sm-injector injects for `e`.
+fn is_our_source(x: &EnvFromSource, e: &plan::EnvFrom) -> bool {
+    x.prefix == e.prefix
+        && x.config_map_ref.is_none()
+        && x.secret_ref
+            .as_ref()
+            .is_some_and(|r| r.name == e.secret && r.optional.is_none())
+}
+
+/// The patch (JSON) and the admission warnings for `pod`.
+pub fn build(pod: &Pod, plan: &Plan, targets: &[Target]) -> (Vec<u8>, Vec<String>) {
+    let mut ops = Ops::new();
     let mut warnings = vec![];
     let all = all_containers(pod);
+    let mut items = Vec::with_capacity(plan.env.len().max(plan.env_from.len()));
 
     for t in targets {
         let c = all
@@ -155,59 +155,39 @@ pub fn build(pod: &Pod, plan: &Plan, targets: &[Target]) -> (Patch, Vec<String>)
         let base = ["spec", t.list, index.as_str()];
 
         let existing_env = c.env.as_deref().unwrap_or_default();
-        let mut env = vec![];
+        items.clear();
         for e in &plan.env {
-            let ours = EnvVar {
-                name: e.var.clone(),
-                value: None,
-                value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector {
-                        name: e.secret.clone(),
-                        key: e.key.clone(),
-                        optional: None,
-                    }),
-                    ..Default::default()
-                }),
-            };
             match existing_env.iter().find(|x| x.name == e.var) {
-                Some(x) if *x == ours => {}
+                Some(x) if is_ours(x, e) => {}
                 Some(_) => warnings.push(format!(
                     "container {:?} already sets {}; its own value is kept and sm-injector's is not injected",
                     c.name, e.var
                 )),
-                None => env.push(to_value(&ours)),
+                None => items.push(Item::Env(e)),
             }
         }
-        append(&mut ops, &base, "env", c.env.is_some(), env);
+        append(&mut ops, &base, "env", c.env.is_some(), &items);
 
         let existing_from = c.env_from.as_deref().unwrap_or_default();
-        let mut env_from = vec![];
+        items.clear();
         for e in &plan.env_from {
-            let ours = EnvFromSource {
-                prefix: e.prefix.clone(),
-                secret_ref: Some(SecretEnvSource {
-                    name: e.secret.clone(),
-                    optional: None,
-                }),
-                config_map_ref: None,
-            };
-            if !existing_from.contains(&ours) {
-                env_from.push(to_value(&ours));
+            if !existing_from.iter().any(|x| is_our_source(x, e)) {
+                items.push(Item::EnvFrom(e));
             }
         }
         // Of two envFrom sources with the same key, the later wins: ours go
         // first, so that the container's own sources keep their keys (as its
         // own env values are kept).
-        if !env_from.is_empty() && !existing_from.is_empty() {
+        if !items.is_empty() && !existing_from.is_empty() {
             warnings.push(format!(
                 "container {:?} has envFrom sources of its own; a key they share with the injected secrets keeps the container's value",
                 c.name
             ));
         }
-        prepend(&mut ops, &base, "envFrom", c.env_from.is_some(), env_from);
+        prepend(&mut ops, &base, "envFrom", c.env_from.is_some(), &items);
 
         let existing_mounts = c.volume_mounts.as_deref().unwrap_or_default();
-        let mut mounts = vec![];
+        items.clear();
         for m in &plan.mounts {
             if existing_mounts.iter().any(|x| x.name == m.secret) {
                 continue;
@@ -219,71 +199,51 @@ pub fn build(pod: &Pod, plan: &Plan, targets: &[Target]) -> (Patch, Vec<String>)
                 ));
                 continue;
             }
-            mounts.push(to_value(&VolumeMount {
-                name: m.secret.clone(),
-                mount_path: m.path.clone(),
-                read_only: Some(true),
-                ..Default::default()
-            }));
+            items.push(Item::Mount(m));
         }
         append(
             &mut ops,
             &base,
             "volumeMounts",
             c.volume_mounts.is_some(),
-            mounts,
+            &items,
         );
     }
 
     if !plan.mounts.is_empty() {
         let spec = pod.spec.as_ref();
         let existing = spec.and_then(|s| s.volumes.as_deref()).unwrap_or_default();
-        let volumes = plan
-            .mounts
-            .iter()
-            .filter(|m| !existing.iter().any(|v| v.name == m.secret))
-            .map(|m| {
-                to_value(&Volume {
-                    name: m.secret.clone(),
-                    secret: Some(SecretVolumeSource {
-                        secret_name: Some(m.secret.clone()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-            })
-            .collect();
+        items.clear();
+        items.extend(
+            plan.mounts
+                .iter()
+                .filter(|m| !existing.iter().any(|v| v.name == m.secret))
+                .map(Item::Volume),
+        );
         let has_volumes = spec.is_some_and(|s| s.volumes.is_some());
-        append(&mut ops, &["spec"], "volumes", has_volumes, volumes);
+        append(&mut ops, &["spec"], "volumes", has_volumes, &items);
     }
 
     // The label lets the refresher watch only the pods sm-injector mutated.
-    let label = Value::String("true".into());
     if pod.metadata.labels.is_some() {
-        ops.push(add(ptr(&["metadata", "labels", INJECTED_LABEL]), label));
+        ops.string(&["metadata", "labels", INJECTED_LABEL], "true");
     } else {
-        ops.push(add(
-            ptr(&["metadata", "labels"]),
-            serde_json::json!({ INJECTED_LABEL: label }),
-        ));
+        ops.map(&["metadata", "labels"], INJECTED_LABEL, "true");
     }
-    let record = Value::String(plan.record());
+    let record = plan.record();
     if pod.metadata.annotations.is_some() {
-        ops.push(add(ptr(&["metadata", "annotations", INJECTED]), record));
+        ops.string(&["metadata", "annotations", INJECTED], &record);
     } else {
-        ops.push(add(
-            ptr(&["metadata", "annotations"]),
-            serde_json::json!({ INJECTED: record }),
-        ));
+        ops.map(&["metadata", "annotations"], INJECTED, &record);
     }
-    (Patch(ops), warnings)
+    (ops.finish(), warnings)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::plan::{self, EnvFrom, Mount};
-    use serde_json::json;
+    use serde_json::{Value, json};
     use std::time::Duration;
 
     fn pod(v: Value) -> Pod {
@@ -310,9 +270,13 @@ mod tests {
         }
     }
 
-    fn apply(p: &Pod, patch: &Patch) -> Pod {
+    fn ops(patch: &[u8]) -> json_patch::Patch {
+        serde_json::from_slice(patch).expect("the patch is a JSON patch")
+    }
+
+    fn apply(p: &Pod, patch: &[u8]) -> Pod {
         let mut v = serde_json::to_value(p).unwrap();
-        json_patch::patch(&mut v, patch).unwrap();
+        json_patch::patch(&mut v, &ops(patch)).unwrap();
         serde_json::from_value(v).unwrap()
     }
 
@@ -418,9 +382,10 @@ mod tests {
             serde_json::to_value(&twice).unwrap()
         );
         assert_eq!(
-            patch2.0.len(),
+            ops(&patch2).0.len(),
             2,
-            "only the label and the record annotation are set again: {patch2:?}"
+            "only the label and the record annotation are set again: {:?}",
+            ops(&patch2)
         );
     }
 
