@@ -6,7 +6,11 @@
 //! a webhook built from the same crates that only decodes the review and
 //! answers a one-operation patch. `wrk` (Debian's), pinned to CPU 1, posts
 //! AdmissionReviews over TLS with HTTP/1.1 keep-alive (what kube-apiserver
-//! speaks to webhooks) for 5 s at 1 and 8 connections. For each server and
+//! speaks to webhooks) for 5 s at 1 and 8 connections, flat out, and at 8
+//! connections paced (4 ms between an answer and the next request, the same
+//! rate for both servers: flat out, a server that answers more slowly also
+//! pays for waking the idle load generator on each answer, since loopback
+//! TCP delivers in the sender's context). For each server and
 //! pod shape it prints admissions/s, CPU time per admission (the server's
 //! utime+stime from /proc/<pid>/stat over the run, divided by the admissions),
 //! latency percentiles, denials and errors (counted from the answers), and
@@ -28,6 +32,8 @@ use serde_json::json;
 use support::injector::metric_sum as metric;
 
 const SECONDS: u32 = 5;
+/// The pause of a paced connection between an answer and its next request.
+const PACE_MS: u32 = 4;
 
 fn proc_field(pid: u32, file: &str, name: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/{file}"))
@@ -314,6 +320,15 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("post.lua");
     std::fs::write(&script, WRK_SCRIPT).unwrap();
+    // The same load at a fixed pace: each connection waits PACE_MS between
+    // an answer and its next request, so both servers get about the same
+    // rate, well below either's capacity.
+    let paced = dir.path().join("paced.lua");
+    std::fs::write(
+        &paced,
+        format!("{WRK_SCRIPT}\nfunction delay() return {PACE_MS} end\n"),
+    )
+    .unwrap();
     let pem = bed.serving_cert();
     std::fs::write(dir.path().join("tls.crt"), &pem.cert).unwrap();
     std::fs::write(dir.path().join("tls.key"), &pem.key).unwrap();
@@ -345,10 +360,10 @@ async fn main() {
     pin(noop_pid, 0);
 
     println!(
-        "warm admissions over TLS, HTTP/1.1 keep-alive; each server pinned to CPU 0, wrk (1 thread) to CPU 1; {SECONDS} s a row"
+        "warm admissions over TLS, HTTP/1.1 keep-alive; each server pinned to CPU 0, wrk (1 thread) to CPU 1; {SECONDS} s a row; paced: each connection waits {PACE_MS} ms between an answer and its next request"
     );
     println!(
-        "{:<14} {:<9} {:>5} {:>12} {:>10} {:>8} {:>8} {:>7} {:>7} {:>8}",
+        "{:<14} {:<9} {:>9} {:>12} {:>10} {:>8} {:>8} {:>7} {:>7} {:>8}",
         "server",
         "pod",
         "conns",
@@ -369,18 +384,22 @@ async fn main() {
         assert_eq!(warm.denied + warm.errors, 0, "warm-up denied or failed");
         let aws_before = metric(server.probe, "sm_injector_secretsmanager_calls_total").await;
         let writes_before = metric(server.probe, "sm_injector_backing_secret_writes_total").await;
-        for conns in [1usize, 8] {
+        for (load, conns, script) in [
+            ("1", 1usize, &script),
+            ("8", 8, &script),
+            ("8 paced", 8, &paced),
+        ] {
             let mut cpu = vec![];
             for (name, port, pid) in [
                 ("no-op floor", noop_port, noop_pid),
                 ("sm-injector", server.port, server.pid),
             ] {
-                let r = wrk(port, pid, &body, &script, conns);
+                let r = wrk(port, pid, &body, script, conns);
                 println!(
-                    "{:<14} {:<9} {:>5} {:>12.0} {:>10.1} {:>8.0} {:>8.0} {:>7} {:>7} {:>8.1}",
+                    "{:<14} {:<9} {:>9} {:>12.0} {:>10.1} {:>8.0} {:>8.0} {:>7} {:>7} {:>8.1}",
                     name,
                     shape,
-                    conns,
+                    load,
                     r.rate,
                     r.cpu_us,
                     r.p50_us,
@@ -391,7 +410,7 @@ async fn main() {
                 );
                 cpu.push(r.cpu_us);
             }
-            ratios.push(format!("{shape}, {conns} conns: {:.2}x", cpu[1] / cpu[0]));
+            ratios.push(format!("{shape}, {load} conns: {:.2}x", cpu[1] / cpu[0]));
         }
         let aws = metric(server.probe, "sm_injector_secretsmanager_calls_total").await - aws_before;
         let writes =

@@ -25,8 +25,20 @@ pub struct Ops {
     count: usize,
 }
 
+/// Whether `s` can be written between quotes as it is (no quote, backslash
+/// or control character).
+fn plain(s: &str) -> bool {
+    s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
+}
+
 fn string(out: &mut Vec<u8>, s: &str) {
-    serde_json::to_writer(out, s).expect("a string serializes");
+    if plain(s) {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(out, s).expect("a string serializes");
+    }
 }
 
 impl Item<'_> {
@@ -84,18 +96,19 @@ impl Ops {
         }
         self.count += 1;
         self.out.extend_from_slice(br#"{"op":"add","path":"#);
-        let mut pointer = String::with_capacity(64);
+        self.out.push(b'"');
         for t in path {
-            pointer.push('/');
-            for c in t.chars() {
-                match c {
-                    '~' => pointer.push_str("~0"),
-                    '/' => pointer.push_str("~1"),
-                    c => pointer.push(c),
-                }
+            self.out.push(b'/');
+            if plain(t) && !t.contains(['~', '/']) {
+                self.out.extend_from_slice(t.as_bytes());
+            } else {
+                // JSON Pointer's escapes, then JSON's (without the quotes).
+                let t = t.replace('~', "~0").replace('/', "~1");
+                let quoted = serde_json::to_vec(&t).expect("a string serializes");
+                self.out.extend_from_slice(&quoted[1..quoted.len() - 1]);
             }
         }
-        string(&mut self.out, &pointer);
+        self.out.push(b'"');
         self.out.extend_from_slice(br#","value":"#);
         value(&mut self.out);
         self.out.push(b'}');
@@ -180,6 +193,7 @@ mod tests {
         );
         ops.string(&["metadata", "labels", "a.io/b~c"], "x\"y");
         ops.map(&["metadata", "annotations"], "k/1", "{\"v\":1}");
+        ops.string(&["metadata", "annotations", "q\"\\/\u{7}é"], "é\u{7}");
         let bytes = ops.finish();
         let v: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(
@@ -194,13 +208,15 @@ mod tests {
                 {"op": "add", "path": "/spec/containers/0/volumeMounts/-", "value":
                     {"name": "m", "mountPath": "/x/\u{1}", "readOnly": true}},
                 {"op": "add", "path": "/metadata/labels/a.io~1b~0c", "value": "x\"y"},
-                {"op": "add", "path": "/metadata/annotations", "value": {"k/1": "{\"v\":1}"}}
+                {"op": "add", "path": "/metadata/annotations", "value": {"k/1": "{\"v\":1}"}},
+                {"op": "add", "path": "/metadata/annotations/q\"\\~1\u{7}é", "value": "é\u{7}"}
             ])
         );
         let typed: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
-        let mut doc = json!({"metadata": {"labels": {}}, "spec": {"containers": [{"env": [], "volumeMounts": []}]}});
+        let mut doc = json!({"metadata": {"labels": {}, "annotations": {}}, "spec": {"containers": [{"env": [], "volumeMounts": []}]}});
         json_patch::patch(&mut doc, &typed).unwrap();
         assert_eq!(doc["metadata"]["labels"]["a.io/b~c"], "x\"y");
+        assert_eq!(doc["metadata"]["annotations"]["q\"\\/\u{7}é"], "é\u{7}");
         assert_eq!(Ops::new().finish(), b"[]");
     }
 }
