@@ -166,7 +166,32 @@ pub fn webhook_files(
         ("tls.key", serving.key.clone()),
         ("tls-secret.yaml", to_yaml(&secret)?),
         ("mutatingwebhookconfiguration.yaml", to_yaml(&webhook)?),
+        ("kustomization.yaml", component(&ca.cert_pem())),
     ])
+}
+
+/// A kustomize Component carrying the TLS Secret and the webhook's
+/// `caBundle`, for an overlay of `manifests/` to include: every
+/// `kubectl apply -k` of that overlay then applies the `caBundle` too, where
+/// re-applying the base alone after `kubectl apply -f` of the filled-in
+/// configuration would remove it.
+fn component(ca_pem: &str) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    format!(
+        "# Written by `sm-injector certs`: include it in an overlay of manifests/\n\
+         # (components: [<this folder>]) so that every apply carries the caBundle.\n\
+         apiVersion: kustomize.config.k8s.io/v1alpha1\n\
+         kind: Component\n\
+         resources:\n\
+         - tls-secret.yaml\n\
+         patches:\n\
+         - target: {{group: admissionregistration.k8s.io, kind: MutatingWebhookConfiguration, name: sm-injector}}\n  \
+         patch: |-\n    \
+         - op: add\n      \
+         path: /webhooks/0/clientConfig/caBundle\n      \
+         value: {b64}\n"
+    )
 }
 
 /// Files of [`webhook_files`] that hold a private key (the TLS Secret
@@ -216,6 +241,16 @@ mod tests {
             (svc.name.as_str(), svc.namespace.as_str()),
             ("smi", "infra")
         );
+        let k: serde_json::Value = serde_yaml_ng::from_str(&get("kustomization.yaml")).unwrap();
+        assert_eq!(k["kind"], "Component");
+        assert_eq!(k["resources"][0], "tls-secret.yaml");
+        let ops: serde_json::Value =
+            serde_yaml_ng::from_str(k["patches"][0]["patch"].as_str().unwrap()).unwrap();
+        use base64::Engine;
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(ops[0]["value"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(pem, ca.cert_pem().into_bytes());
         let s: Secret = serde_yaml_ng::from_str(&get("tls-secret.yaml")).unwrap();
         assert_eq!(s.type_.as_deref(), Some("kubernetes.io/tls"));
         assert_eq!(s.metadata.namespace.as_deref(), Some("infra"));

@@ -14,8 +14,9 @@ pub struct CertsArgs {
     /// The name of the TLS Secret the Deployment mounts.
     #[arg(long, default_value = "sm-injector-tls")]
     secret_name: String,
-    /// Where to write ca.crt, ca.key, tls.crt, tls.key, tls-secret.yaml and
-    /// mutatingwebhookconfiguration.yaml.
+    /// Where to write ca.crt, ca.key, tls.crt, tls.key, tls-secret.yaml,
+    /// mutatingwebhookconfiguration.yaml and kustomization.yaml (a kustomize
+    /// Component with the Secret and the caBundle).
     #[arg(long, default_value = "certs/generated")]
     out_dir: PathBuf,
     /// Validity of the issued certificates.
@@ -72,7 +73,7 @@ pub fn certs(a: CertsArgs) -> anyhow::Result<()> {
         println!("wrote {}", path.display());
     }
     println!(
-        "next: kubectl apply -k manifests/ && kubectl apply -f {0}/tls-secret.yaml -f {0}/mutatingwebhookconfiguration.yaml\nkeep {0}/ca.key out of the cluster; pass it with --ca-cert/--ca-key to rotate the serving certificate with the same caBundle",
+        "next: include {0} in an overlay of manifests/ (components: [...], see examples/kustomize/) and kubectl apply -k that overlay: each apply then keeps the caBundle\nkeep {0}/ca.key out of the cluster; pass it with --ca-cert/--ca-key to rotate the serving certificate with the same caBundle",
         a.out_dir.display()
     );
     Ok(())

@@ -25,6 +25,7 @@ pub async fn from_manifests(bed: &TestBed) -> Installed {
     for kind in [
         "namespace/sm-injector",
         "serviceaccount/sm-injector",
+        "priorityclass.scheduling.k8s.io/sm-injector",
         "clusterrole.rbac.authorization.k8s.io/sm-injector",
         "clusterrolebinding.rbac.authorization.k8s.io/sm-injector",
         "deployment.apps/sm-injector",
@@ -37,12 +38,17 @@ pub async fn from_manifests(bed: &TestBed) -> Installed {
     ] {
         assert!(applied.contains(kind), "{kind} not in {applied}");
     }
+    run_installed(bed, "sm-injector").await
+}
 
+/// Runs the binary as the ServiceAccount `sm-injector` of `namespace` (its
+/// Lease there), out of process, and points the webhook at it by URL.
+pub async fn run_installed(bed: &TestBed, namespace: &str) -> Installed {
     let token = bed
         .kubectl_run(
             &[
                 "-n",
-                "sm-injector",
+                namespace,
                 "create",
                 "token",
                 "sm-injector",
@@ -51,7 +57,7 @@ pub async fn from_manifests(bed: &TestBed) -> Installed {
             None,
         )
         .expect("TokenRequest for the ServiceAccount");
-    let sa_kubeconfig = bed.dir.join("sm-injector-sa.kubeconfig");
+    let sa_kubeconfig = bed.dir.join(format!("{namespace}-sa.kubeconfig"));
     std::fs::write(
         &sa_kubeconfig,
         format!(
@@ -63,7 +69,9 @@ pub async fn from_manifests(bed: &TestBed) -> Installed {
     )
     .unwrap();
     let binary = std::path::Path::new(env!("CARGO_BIN_EXE_sm-injector"));
-    let server = super::serve_process_as(bed, binary, "sm-injector-sa", &sa_kubeconfig, &[]).await;
+    let lease = format!("--lease-namespace={namespace}");
+    let name = format!("{namespace}-sa");
+    let server = super::serve_process_as(bed, binary, &name, &sa_kubeconfig, &[&lease]).await;
     let patch = json!([{"op": "replace", "path": "/webhooks/0/clientConfig", "value": {
         "url": format!("https://127.0.0.1:{}/mutate", server.port),
         "caBundle": bed.ca_bundle_b64()

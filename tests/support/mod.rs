@@ -86,7 +86,9 @@ fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
-fn component(var: &str, what: &str) -> PathBuf {
+/// The path a test component's variable names; a failure when unset or
+/// missing (never a skip).
+pub fn component(var: &str, what: &str) -> PathBuf {
     match std::env::var_os(var) {
         Some(p) if Path::new(&p).exists() => PathBuf::from(p),
         Some(p) => panic!(
@@ -285,7 +287,7 @@ fn start() -> TestBed {
     // Certificates: a CA, the apiserver's serving certificate, client
     // certificates for the admin (system:masters) and the controller-manager,
     // and the service-account signing key.
-    let ca = Ca::new("sm-injector-testbed-ca", Duration::from_secs(7 * 86400)).unwrap();
+    let ca = Ca::new("sm-injector-testbed-ca", Duration::from_secs(365 * 86400)).unwrap();
     let pki = dir.join("pki");
     let put = |name: &str, pem: &Pem| {
         write(&pki.join(format!("{name}.crt")), &pem.cert);
