@@ -44,6 +44,7 @@ struct Inner {
     failing_secrets: Gauge,
     revoked_secrets: Gauge,
     connections_refused: Counter,
+    cert_expiry: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -158,6 +159,20 @@ impl Metrics {
             "TLS connections closed on arrival because --max-connections were open",
             connections_refused.clone(),
         );
+        let cert_expiry = Gauge::default();
+        registry.register(
+            "serving_certificate_expiry_timestamp_seconds",
+            "Unix time at which the serving certificate in use expires",
+            cert_expiry.clone(),
+        );
+        registry.register(
+            "build",
+            "The version of sm-injector running",
+            prometheus_client::metrics::info::Info::new(vec![(
+                "version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            )]),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -177,6 +192,7 @@ impl Metrics {
                 failing_secrets,
                 revoked_secrets,
                 connections_refused,
+                cert_expiry,
             }),
         }
     }
@@ -189,6 +205,10 @@ impl Metrics {
         self.inner.admission_seconds.observe(seconds);
     }
 
+    /// Each time the serving certificate is loaded.
+    pub fn serving_certificate_expiry(&self, unix_seconds: i64) {
+        self.inner.cert_expiry.set(unix_seconds);
+    }
     pub fn connection_refused(&self) {
         self.inner.connections_refused.inc();
     }
@@ -266,7 +286,19 @@ mod tests {
         m.admission("mutated", 0.001);
         m.aws_call("BatchGetSecretValue", 3);
         m.cache(2, 1);
+        m.serving_certificate_expiry(1_900_000_000);
         let text = m.encode();
+        assert!(
+            text.contains(&format!(
+                "sm_injector_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("sm_injector_serving_certificate_expiry_timestamp_seconds 1900000000"),
+            "{text}"
+        );
         assert!(
             text.contains(r#"sm_injector_admissions_total{outcome="mutated"} 1"#),
             "{text}"

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::admission::Webhook;
 use crate::connections;
+use crate::metrics::Metrics;
 use crate::tls::TlsFiles;
 use crate::wire;
 
@@ -177,7 +178,7 @@ pub fn probe_router(webhook: Arc<Webhook>, stopping: Arc<AtomicBool>) -> Router 
 
 /// Rebuilds the TLS configuration when a file changes. Kubernetes updates
 /// mounted Secrets by swapping a symlink, so the files are polled, not watched.
-async fn reload_certs(config: RustlsConfig, files: TlsFiles, every: Duration) {
+async fn reload_certs(config: RustlsConfig, files: TlsFiles, every: Duration, metrics: Metrics) {
     let mut last = files.read().await;
     loop {
         tokio::time::sleep(every).await;
@@ -188,6 +189,9 @@ async fn reload_certs(config: RustlsConfig, files: TlsFiles, every: Duration) {
         match files.config(&now) {
             Ok(c) => {
                 config.reload_from_config(c);
+                if let Some(t) = crate::tls::not_after(&now) {
+                    metrics.serving_certificate_expiry(t);
+                }
                 tracing::info!(cert = %files.cert.display(), "serving certificate reloaded");
             }
             // A half-written set: keep the old one and try again next time.
@@ -210,12 +214,21 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let files = settings.tls.clone();
+    let contents = files.read().await;
     let tls = RustlsConfig::from_config(
         files
-            .config(&files.read().await)
+            .config(&contents)
             .map_err(|e| anyhow::anyhow!("cannot load the TLS files: {e}"))?,
     );
-    let reloader = tokio::spawn(reload_certs(tls.clone(), files, settings.cert_poll));
+    if let Some(t) = crate::tls::not_after(&contents) {
+        webhook.metrics.serving_certificate_expiry(t);
+    }
+    let reloader = tokio::spawn(reload_certs(
+        tls.clone(),
+        files,
+        settings.cert_poll,
+        webhook.metrics.clone(),
+    ));
     let handle = axum_server::Handle::<std::net::SocketAddr>::new();
     let (delay, drain) = (settings.shutdown_delay, settings.drain);
     let stopping = Arc::new(AtomicBool::new(false));

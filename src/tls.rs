@@ -84,6 +84,15 @@ impl TlsFiles {
     }
 }
 
+/// When the serving certificate (the first in the file) expires, as Unix
+/// seconds; `None` when `contents` hold none that parses.
+pub fn not_after(contents: &Contents) -> Option<i64> {
+    let pem = contents.first()?.as_deref()?;
+    let der = CertificateDer::pem_slice_iter(pem).next()?.ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 fn invalid(path: &Path, why: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
@@ -120,6 +129,12 @@ mod tests {
 
         let f = files(dir.path(), true);
         f.config(&f.read().await).unwrap();
+        let expiry = not_after(&f.read().await).expect("the certificate's expiry");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!((expiry - now - 3600).abs() < 120, "{expiry} vs {now}");
 
         std::fs::write(dir.path().join("ca.crt"), "not a certificate").unwrap();
         let err = f.config(&f.read().await).unwrap_err().to_string();
