@@ -22,6 +22,7 @@ pub mod render;
 pub mod secret;
 pub mod server;
 pub mod source;
+pub mod status;
 pub mod sync;
 pub mod tls;
 pub mod wire;

@@ -227,5 +227,37 @@ async fn main() {
                 .unwrap_or_default()
         );
     }
+    // What an admin asks: which workloads use which secret, at which version.
+    let status = |format: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sm-injector"))
+            .args(["status", "--namespace", "arrakis", "-o", format])
+            .env("KUBECONFIG", &bed.kubeconfig)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&status("json")).unwrap();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for r in &rows {
+        assert_eq!(r["pods"].as_array().unwrap().len(), 2, "{r}");
+        assert_eq!(
+            r["workloads"],
+            serde_json::json!(["Deployment/arrakis-bot"]),
+            "{r}"
+        );
+        assert!(
+            r["versionId"].as_str().is_some_and(|v| !v.is_empty()),
+            "{r}"
+        );
+    }
+    println!("7. sm-injector status --namespace arrakis (metadata only, never Secret data):");
+    for line in status("table").lines() {
+        println!("     {line}");
+    }
     println!("every value matches Secrets Manager; no value is in any pod spec. Cleaning up.");
 }

@@ -1,8 +1,9 @@
-//! The command line: `serve`, `certs` and `render`, each in its own module.
+//! The command line: `serve`, `certs`, `render` and `status`, each in its own module.
 
 mod certs;
 mod render;
 mod serve;
+mod status;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,10 @@ pub enum Command {
     /// (Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob), plus
     /// the backing Secrets, values masked. Other documents pass through.
     Render(render::RenderArgs),
+    /// Show the backing Secrets, their versions and last refresh, the pods and
+    /// workloads using them, what restarts when they rotate, and failures
+    /// (metadata only, never Secret data).
+    Status(status::StatusArgs),
 }
 
 /// Runs the command; `render` exits 1 when a pod would be denied.
@@ -37,6 +42,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             serve::serve(*a).await
         }
         Command::Certs(a) => certs::certs(a),
+        Command::Status(a) => status::status(a).await,
         Command::Render(a) => {
             if !render::render(a).await? {
                 std::process::exit(1);
