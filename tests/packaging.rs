@@ -224,9 +224,8 @@ async fn the_relocated_overlay_keeps_its_ca_bundle_and_admits_pods() {
     );
 }
 
-#[test]
-#[ignore = "needs helm: run ./tests/run"]
-fn the_chart_renders_the_objects_of_the_kustomize_base() {
+/// `helm template` of the chart in namespace sm-injector, with `extra` flags.
+fn template(extra: &[&str]) -> std::collections::BTreeMap<String, serde_json::Value> {
     let mut c = helm();
     c.args([
         "template",
@@ -237,7 +236,14 @@ fn the_chart_renders_the_objects_of_the_kustomize_base() {
         "--kube-version",
         "1.33.0",
     ]);
-    let mut chart = objects(&run(c).unwrap());
+    c.args(extra);
+    objects(&run(c).unwrap())
+}
+
+#[test]
+#[ignore = "needs helm: run ./tests/run"]
+fn the_chart_renders_the_objects_of_the_kustomize_base() {
+    let mut chart = template(&[]);
     let base = objects(
         &run({
             let mut k = Command::new("kubectl");
@@ -312,19 +318,7 @@ fn the_chart_renders_the_objects_of_the_kustomize_base() {
         &std::fs::read_to_string(repo.join("monitoring/alerts.rules.yaml")).unwrap(),
     )
     .unwrap();
-    let mut c = helm();
-    c.args([
-        "template",
-        "sm-injector",
-        "charts/sm-injector",
-        "--namespace",
-        "sm-injector",
-        "--kube-version",
-        "1.33.0",
-        "--set",
-        "prometheusRule.enabled=true",
-    ]);
-    let with_rules = objects(&run(c).unwrap());
+    let with_rules = template(&["--set", "prometheusRule.enabled=true"]);
     assert_eq!(with_rules["PrometheusRule/sm-injector"]["spec"], rules);
     let shipped =
         objects(&std::fs::read_to_string(repo.join("monitoring/prometheusrule.yaml")).unwrap());
