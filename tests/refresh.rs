@@ -661,7 +661,11 @@ async fn a_stopped_refresher_hands_the_lease_over_and_the_process_exits() {
         (holder().await? == "a").then_some(())
     })
     .await;
-    assert_eq!(metric(&metrics, "sm_injector_refresh_leader "), 1.0);
+    // The gauge is set just after the Lease is taken: a moment later.
+    eventually(Duration::from_secs(10), "a's leader gauge", || async {
+        (metric(&metrics, "sm_injector_refresh_leader ") == 1.0).then_some(())
+    })
+    .await;
     let b = tokio::spawn(replica("b"));
     // a's refresher task dies: b leads within the Lease's duration.
     a.abort();
