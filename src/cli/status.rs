@@ -61,25 +61,11 @@ pub async fn status(a: StatusArgs) -> anyhow::Result<()> {
         }
     }
     for (ns, kind, name) in wanted {
-        use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-        let meta = match kind {
-            "Deployment" => Api::<Deployment>::namespaced(client.clone(), &ns)
-                .get_metadata_opt(&name)
-                .await
-                .map(|o| o.map(|o| o.metadata)),
-            "StatefulSet" => Api::<StatefulSet>::namespaced(client.clone(), &ns)
-                .get_metadata_opt(&name)
-                .await
-                .map(|o| o.map(|o| o.metadata)),
-            _ => Api::<DaemonSet>::namespaced(client.clone(), &ns)
-                .get_metadata_opt(&name)
-                .await
-                .map(|o| o.map(|o| o.metadata)),
-        };
-        if let Ok(Some(m)) = meta {
+        let api = sm_injector::refresh::workloads::api(&client, &ns, kind);
+        if let Ok(Some(o)) = api.get_metadata_opt(&name).await {
             inputs.workloads.insert(
                 (ns, format!("{kind}/{name}")),
-                m.annotations.unwrap_or_default(),
+                o.metadata.annotations.unwrap_or_default(),
             );
         }
     }

@@ -14,7 +14,8 @@ use crate::annotations::{RESTART_ON_ROTATION, ROTATED_VERSIONS};
 use crate::backing;
 use crate::sync::kube_reason;
 
-fn api(client: &kube::Client, ns: &str, kind: &str) -> Api<kube::core::DynamicObject> {
+/// The API of a workload kind (`Deployment`, `StatefulSet`, else `DaemonSet`).
+pub fn api(client: &kube::Client, ns: &str, kind: &str) -> Api<kube::core::DynamicObject> {
     use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
     use kube::core::ApiResource;
     let resource = match kind {
