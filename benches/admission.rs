@@ -161,8 +161,8 @@ struct Run {
 
 /// `wrk` on CPU 1 against `port` for SECONDS with `conns` connections. With
 /// `BENCH_PERF=<file>`, the server is also sampled by `perf record` (cpu-clock,
-/// call graphs) into `<file>-<pid>-<conns>`.
-fn wrk(port: u16, pid: u32, body: &Path, script: &Path, conns: usize) -> Run {
+/// call graphs) into `<file>-<pid>-<row>`.
+fn wrk(port: u16, pid: u32, body: &Path, script: &Path, conns: usize, row: &str) -> Run {
     let perf = std::env::var("BENCH_PERF").ok().map(|f| {
         Command::new("perf")
             .args([
@@ -178,7 +178,7 @@ fn wrk(port: u16, pid: u32, body: &Path, script: &Path, conns: usize) -> Run {
                 &pid.to_string(),
                 "-o",
             ])
-            .arg(format!("{f}-{pid}-{conns}"))
+            .arg(format!("{f}-{pid}-{}", row.replace(' ', "-")))
             .args(["--", "sleep", &SECONDS.to_string()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -380,7 +380,7 @@ async fn main() {
         let body = dir.path().join(format!("review-{refs}.json"));
         std::fs::write(&body, review(&ns, refs)).unwrap();
         // Warm sm-injector: the first admission fetches and writes.
-        let warm = wrk(server.port, server.pid, &body, &script, 1);
+        let warm = wrk(server.port, server.pid, &body, &script, 1, "warm-up");
         assert_eq!(warm.denied + warm.errors, 0, "warm-up denied or failed");
         let aws_before = metric(server.probe, "sm_injector_secretsmanager_calls_total").await;
         let writes_before = metric(server.probe, "sm_injector_backing_secret_writes_total").await;
@@ -394,7 +394,7 @@ async fn main() {
                 ("no-op floor", noop_port, noop_pid),
                 ("sm-injector", server.port, server.pid),
             ] {
-                let r = wrk(port, pid, &body, script, conns);
+                let r = wrk(port, pid, &body, script, conns, &format!("{shape}-{load}"));
                 println!(
                     "{:<14} {:<9} {:>9} {:>12.0} {:>10.1} {:>8.0} {:>8.0} {:>7} {:>7} {:>8.1}",
                     name,

@@ -106,7 +106,7 @@ pub enum Planned {
 pub async fn plan_pod(
     pod: &Pod,
     namespace: &str,
-    rule: impl std::future::Future<Output = Result<AccessRule, String>>,
+    rule: impl std::future::Future<Output = Result<std::sync::Arc<AccessRule>, String>>,
     source: &CachedSource,
     settings: &Settings,
 ) -> Planned {
@@ -279,7 +279,7 @@ mod tests {
             max_aws_calls: MAX_AWS_CALLS,
             caps: Default::default(),
         };
-        let rule = async { Ok(AccessRule::for_namespace("n", None)) };
+        let rule = async { Ok(Arc::new(AccessRule::for_namespace("n", None))) };
         match plan_pod(&pod, "n", rule, &source, &settings).await {
             Planned::Denied(e) => Err(e),
             _ => Ok(()),

@@ -92,8 +92,10 @@ pub fn parse(
     annotations: &BTreeMap<String, String>,
     min_refresh: Duration,
 ) -> Result<Option<Injection>, Vec<AnnotationError>> {
+    // Sized once: a pod's env references are most of its annotations here.
+    let envs = annotations.keys().filter(|k| k.starts_with(ENV)).count();
     let mut inj = Injection {
-        env: vec![],
+        env: Vec::with_capacity(envs),
         env_from: vec![],
         containers: None,
         mount_path: None,
@@ -123,8 +125,10 @@ pub fn parse(
                 }),
                 Err(e) => errors.push(err(key, format!("{value:?}: {e}"))),
             }
-        } else if key == ENV_FROM || key.starts_with(&format!("{ENV_FROM}.")) {
-            let prefix = key.strip_prefix(&format!("{ENV_FROM}."));
+        } else if let Some(after) = key.strip_prefix(ENV_FROM)
+            && (after.is_empty() || after.starts_with('.'))
+        {
+            let prefix = after.strip_prefix('.');
             if let Some(p) = prefix
                 && !valid_env_name(p)
             {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::future::{FutureExt, join_all};
 
+use crate::lookup::{Hashing, TenantKey};
 use crate::metrics::Metrics;
 use crate::secret::SecretValue;
 use crate::source::{FetchError, FetchKey, SecretSource};
@@ -23,22 +24,22 @@ use crate::source::{FetchError, FetchKey, SecretSource};
 #[derive(Clone)]
 pub struct CachedSource {
     inner: Arc<dyn SecretSource>,
-    cache: moka::future::Cache<(Arc<str>, FetchKey), Arc<SecretValue>>,
-    negative: moka::future::Cache<FetchKey, FetchError>,
+    cache: moka::future::Cache<(Arc<str>, FetchKey), Arc<SecretValue>, Hashing>,
+    negative: moka::future::Cache<FetchKey, FetchError, Hashing>,
     metrics: Metrics,
 }
 
 /// The default time a definite refusal is remembered.
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(30);
 
-fn negative_cache(ttl: Duration) -> moka::future::Cache<FetchKey, FetchError> {
+fn negative_cache(ttl: Duration) -> moka::future::Cache<FetchKey, FetchError, Hashing> {
     moka::future::Cache::builder()
         .max_capacity(100_000)
         .time_to_live(ttl)
-        .build()
+        .build_with_hasher(Hashing::default())
 }
 
-pub type CachedResults = HashMap<FetchKey, Result<Arc<SecretValue>, FetchError>>;
+pub type CachedResults = HashMap<FetchKey, Result<Arc<SecretValue>, FetchError>, Hashing>;
 
 impl CachedSource {
     pub fn new(inner: Arc<dyn SecretSource>, ttl: Duration, metrics: Metrics) -> Self {
@@ -47,7 +48,7 @@ impl CachedSource {
             cache: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(ttl)
-                .build(),
+                .build_with_hasher(Hashing::default()),
             negative: negative_cache(NEGATIVE_TTL),
             metrics,
         }
@@ -77,14 +78,13 @@ impl CachedSource {
         keys: &[FetchKey],
         deadline: Duration,
     ) -> CachedResults {
-        let tenant: Arc<str> = tenant.into();
-        let mut out = CachedResults::new();
+        let mut out = CachedResults::with_capacity_and_hasher(keys.len(), Hashing::default());
         let mut missing = vec![];
         for k in keys {
             if out.contains_key(k) || missing.contains(k) {
                 continue;
             }
-            match self.cache.get(&(tenant.clone(), k.clone())).await {
+            match self.cache.get(&TenantKey(tenant, k)).await {
                 Some(v) => {
                     out.insert(k.clone(), Ok(v));
                 }
@@ -100,6 +100,7 @@ impl CachedSource {
         if missing.is_empty() {
             return out;
         }
+        let tenant: Arc<str> = tenant.into();
         let inner = self.inner.clone();
         let batch_keys = missing.clone();
         let batch = async move { Arc::new(inner.fetch(&batch_keys).await) }

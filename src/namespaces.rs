@@ -11,7 +11,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 
 use crate::annotations::{ALLOWED_SECRETS, INJECT_ENABLED, INJECT_LABEL, REFRESH_NOW};
-use crate::policy::AccessRule;
+use crate::policy::{AccessRule, Rules};
 use crate::refresh::planner::NamespaceFacts;
 use crate::sync::kube_reason;
 
@@ -20,6 +20,7 @@ pub struct Namespaces {
     api: Api<Namespace>,
     store: Store<Namespace>,
     ready: Arc<AtomicBool>,
+    rules: Arc<Rules>,
 }
 
 impl Namespaces {
@@ -49,7 +50,12 @@ impl Namespaces {
                 }
             });
         }
-        Namespaces { api, store, ready }
+        Namespaces {
+            api,
+            store,
+            ready,
+            rules: Default::default(),
+        }
     }
 
     /// True once the first full list has arrived.
@@ -88,24 +94,22 @@ impl Namespaces {
         })
     }
 
-    pub async fn rule(&self, namespace: &str) -> Result<AccessRule, String> {
-        let rule = |ns: &Namespace| {
-            let ann = ns
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(ALLOWED_SECRETS));
-            AccessRule::for_namespace(namespace, ann.map(String::as_str))
-        };
+    /// The access rule of `namespace`: from the watched cache, else read.
+    pub async fn rule(&self, namespace: &str) -> Result<Arc<AccessRule>, String> {
         if let Some(ns) = self.store.get(&ObjectRef::new(namespace)) {
-            return Ok(rule(&ns));
+            return Ok(self.rules.get(namespace, allowed(&ns)));
         }
         match self.api.get(namespace).await {
-            Ok(ns) => Ok(rule(&ns)),
+            Ok(ns) => Ok(self.rules.get(namespace, allowed(&ns))),
             Err(e) => Err(format!(
                 "could not read Namespace {namespace:?} for its access rule: {}",
                 kube_reason(&e)
             )),
         }
     }
+}
+
+/// The Namespace's `sm-injector.io/allowed-secrets` annotation.
+fn allowed(ns: &Namespace) -> Option<&String> {
+    ns.metadata.annotations.as_ref()?.get(ALLOWED_SECRETS)
 }

@@ -6,12 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
-
 use crate::annotations::{self, Injection};
 use crate::backing::{self, Form, RAW_KEY};
 use crate::cache::CachedResults;
 use crate::policy::AccessRule;
+#[cfg(test)]
+use crate::record::Record;
 use crate::reference::{SecretRef, Version};
 use crate::secret::{ContentError, SecretValue};
 use crate::source::{FetchError, FetchKey};
@@ -105,13 +105,15 @@ pub struct Plan {
 
 /// The version selectors a pod needs fetched, in a stable order.
 pub fn fetch_keys(inj: &Injection) -> Vec<FetchKey> {
+    // Sorted and deduplicated before anything is copied.
     refs(inj)
-        .map(|(r, _)| FetchKey {
-            id: r.id.clone(),
-            version: r.version.clone(),
-        })
+        .map(|(r, _)| (r.id.as_str(), &r.version))
         .collect::<BTreeSet<_>>()
         .into_iter()
+        .map(|(id, version)| FetchKey {
+            id: id.to_string(),
+            version: version.clone(),
+        })
         .collect()
 }
 
@@ -159,11 +161,29 @@ struct Builder<'a> {
     results: &'a CachedResults,
     backing: BTreeMap<String, Backing>,
     errors: Vec<String>,
+    /// References already resolved to a backing Secret (id, version, form):
+    /// many references to the keys of one secret make one backing Secret,
+    /// checked and named once.
+    resolved: Vec<(&'a str, &'a Version, Form, String)>,
 }
 
-impl Builder<'_> {
+impl<'a> Builder<'a> {
     /// Resolves one reference into a backing Secret of `form`; returns its name.
-    fn backing_for(&mut self, r: &SecretRef, ann: &str, form: Form) -> Option<String> {
+    fn backing_for(&mut self, r: &'a SecretRef, ann: &str, form: Form) -> Option<String> {
+        if let Some((.., name)) = self
+            .resolved
+            .iter()
+            .find(|(id, v, f, _)| *f == form && *id == r.id && **v == r.version)
+        {
+            return Some(name.clone());
+        }
+        let name = self.resolve_backing(r, ann, form)?;
+        self.resolved
+            .push((r.id.as_str(), &r.version, form, name.clone()));
+        Some(name)
+    }
+
+    fn resolve_backing(&mut self, r: &SecretRef, ann: &str, form: Form) -> Option<String> {
         let key = FetchKey {
             id: r.id.clone(),
             version: r.version.clone(),
@@ -287,8 +307,9 @@ pub fn resolve(
         results,
         backing: BTreeMap::new(),
         errors: vec![],
+        resolved: vec![],
     };
-    let mut env = vec![];
+    let mut env = Vec::with_capacity(inj.env.len());
     for e in &inj.env {
         let form = if e.reference.key.is_some() {
             Form::Keys
@@ -404,50 +425,6 @@ pub fn resolve(
         mounts,
         refresh_interval: inj.refresh_interval,
     })
-}
-
-/// The record sm-injector writes on the pod ([`annotations::INJECTED`]): which
-/// backing Secrets it uses, for what, and how often they are to be refreshed.
-#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct Record {
-    pub refresh_interval: String,
-    pub secrets: Vec<RecordEntry>,
-}
-
-#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct RecordEntry {
-    pub backing: String,
-    pub secret: String,
-    /// [`Version`]'s text: `versionStage=<stage>` or `versionId=<id>`.
-    pub version: String,
-    /// `keys` or `raw` ([`Form`]).
-    pub form: String,
-    /// The full ARN, when the pod's reference named the secret by ARN: the
-    /// refresher fetches exactly that (its account and region).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub arn: Option<String>,
-}
-
-impl Plan {
-    pub fn record(&self) -> String {
-        let r = Record {
-            refresh_interval: humantime::format_duration(self.refresh_interval).to_string(),
-            secrets: self
-                .backing
-                .iter()
-                .map(|b| RecordEntry {
-                    backing: b.name.clone(),
-                    secret: b.secret_name.clone(),
-                    version: b.version.to_string(),
-                    form: b.form.as_str().to_string(),
-                    arn: b.arn.clone(),
-                })
-                .collect(),
-        };
-        serde_json::to_string(&r).expect("a record serializes")
-    }
 }
 
 #[cfg(test)]

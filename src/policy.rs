@@ -1,6 +1,8 @@
 //! Who may read what (SPEC section 4): the access rule of one namespace.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 use wildmatch::WildMatch;
 
@@ -50,6 +52,42 @@ impl AccessRule {
 
     pub fn namespace(&self) -> &str {
         &self.namespace
+    }
+}
+
+/// Compiled rules by namespace, each with the annotation it was built from:
+/// an admission reuses its namespace's rule until the annotation changes
+/// (building one per admission showed in profiles of the warm path).
+#[derive(Default)]
+pub struct Rules {
+    memo: Mutex<HashMap<String, Kept>>,
+}
+
+/// A namespace's annotation and the rule built from it.
+type Kept = (Option<String>, Arc<AccessRule>);
+
+/// Namespaces whose rules [`Rules`] keeps; past this it starts over (it also
+/// holds namespaces since deleted).
+const MAX_RULES: usize = 10_000;
+
+impl Rules {
+    /// [`AccessRule::for_namespace`], built once per annotation value.
+    pub fn get(&self, namespace: &str, annotation: Option<&String>) -> Arc<AccessRule> {
+        let mut memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((seen, rule)) = memo.get(namespace)
+            && seen.as_ref() == annotation
+        {
+            return rule.clone();
+        }
+        let rule = Arc::new(AccessRule::for_namespace(
+            namespace,
+            annotation.map(String::as_str),
+        ));
+        if memo.len() >= MAX_RULES {
+            memo.clear();
+        }
+        memo.insert(namespace.to_string(), (annotation.cloned(), rule.clone()));
+        rule
     }
 }
 
@@ -105,6 +143,28 @@ mod tests {
         assert!(r.allows("team-a/only"));
         assert!(!r.allows("team-a/other"));
         assert!(r.to_string().contains(ALLOWED_SECRETS));
+    }
+
+    #[test]
+    fn a_kept_rule_follows_its_namespace_annotation() {
+        let rules = Rules::default();
+        let a = rules.get("team", None);
+        assert!(Arc::ptr_eq(&a, &rules.get("team", None)), "built once");
+        assert!(a.allows("team/x") && !a.allows("shared/x"));
+        let widened = "team/*,shared/*".to_string();
+        let b = rules.get("team", Some(&widened));
+        assert!(b.allows("shared/x"), "a changed annotation is a new rule");
+        assert!(Arc::ptr_eq(&b, &rules.get("team", Some(&widened))));
+        let emptied = String::new();
+        assert!(!rules.get("team", Some(&emptied)).allows("team/x"));
+        assert!(rules.get("team", None).allows("team/x"), "and back");
+        // Another namespace with the same annotation has its own rule.
+        assert!(!rules.get("other", None).allows("team/x"));
+        for i in 0..MAX_RULES + 5 {
+            rules.get(&format!("ns{i}"), None);
+        }
+        assert!(rules.memo.lock().unwrap().len() <= MAX_RULES);
+        assert!(rules.get("ns3", None).allows("ns3/x"));
     }
 
     #[test]

@@ -20,6 +20,13 @@ impl Version {
     pub fn is_current(&self) -> bool {
         matches!(self, Version::Stage(s) if s == "AWSCURRENT")
     }
+
+    /// The stage or the version id.
+    pub fn selector(&self) -> &str {
+        match self {
+            Version::Stage(s) | Version::Id(s) => s,
+        }
+    }
 }
 
 impl fmt::Display for Version {
@@ -87,7 +94,7 @@ pub enum RefError {
 }
 
 fn valid_name_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "/_+=.@-".contains(c)
+    c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '+' | '=' | '.' | '@' | '-')
 }
 
 /// Parses one `<ref>`. Surrounding white space is ignored.

@@ -132,7 +132,15 @@ pub async fn render(
             }
         };
         let rule = AccessRule::for_namespace(&ns, rules.get(&ns).cloned().flatten().as_deref());
-        let (plan, targets) = match plan_pod(&pod, &ns, ready(Ok(rule)), source, settings).await {
+        let (plan, targets) = match plan_pod(
+            &pod,
+            &ns,
+            ready(Ok(std::sync::Arc::new(rule))),
+            source,
+            settings,
+        )
+        .await
+        {
             Planned::Nothing => {
                 out.push(doc);
                 continue;

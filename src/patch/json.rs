@@ -83,8 +83,10 @@ impl Item<'_> {
 }
 
 impl Ops {
-    pub fn new() -> Ops {
-        let mut out = Vec::with_capacity(2048);
+    /// Ops whose bytes are expected to take about `bytes` (growing a large
+    /// patch by doubling costs copies and allocator work on every admission).
+    pub fn with_capacity(bytes: usize) -> Ops {
+        let mut out = Vec::with_capacity(bytes);
         out.push(b'[');
         Ops { out, count: 0 }
     }
@@ -138,13 +140,23 @@ impl Ops {
         self.add(path, |out| string(out, value));
     }
 
+    /// Adds at `path` the JSON string that `value` writes.
+    pub fn string_with(&mut self, path: &[&str], value: impl FnOnce(&mut Vec<u8>)) {
+        self.add(path, value);
+    }
+
     /// Adds `{key: value}` at `path`.
     pub fn map(&mut self, path: &[&str], key: &str, value: &str) {
+        self.map_with(path, key, |out| string(out, value));
+    }
+
+    /// Adds `{key: <the JSON string that value writes>}` at `path`.
+    pub fn map_with(&mut self, path: &[&str], key: &str, value: impl FnOnce(&mut Vec<u8>)) {
         self.add(path, |out| {
             out.push(b'{');
             string(out, key);
             out.push(b':');
-            string(out, value);
+            value(out);
             out.push(b'}');
         });
     }
@@ -180,7 +192,7 @@ mod tests {
             secret: "m".into(),
             path: "/x/\u{1}".into(),
         };
-        let mut ops = Ops::new();
+        let mut ops = Ops::with_capacity(64);
         ops.item(&["spec", "containers", "0", "env", "-"], Item::Env(&env));
         ops.list(
             &["spec", "containers", "0", "envFrom"],
@@ -217,6 +229,6 @@ mod tests {
         json_patch::patch(&mut doc, &typed).unwrap();
         assert_eq!(doc["metadata"]["labels"]["a.io/b~c"], "x\"y");
         assert_eq!(doc["metadata"]["annotations"]["q\"\\/\u{7}é"], "é\u{7}");
-        assert_eq!(Ops::new().finish(), b"[]");
+        assert_eq!(Ops::with_capacity(64).finish(), b"[]");
     }
 }

@@ -140,7 +140,11 @@ fn is_our_source(x: &EnvFromSource, e: &plan::EnvFrom) -> bool {
 
 /// The patch (JSON) and the admission warnings for `pod`.
 pub fn build(pod: &Pod, plan: &Plan, targets: &[Target]) -> (Vec<u8>, Vec<String>) {
-    let mut ops = Ops::new();
+    // About what the operations below write, so that the buffer is sized once.
+    let per_container =
+        plan.env.len() * 170 + plan.env_from.len() * 100 + plan.mounts.len() * 120 + 150;
+    let estimate = 512 + targets.len() * per_container + plan.backing.len() * 200;
+    let mut ops = Ops::with_capacity(estimate.min(1 << 20));
     let mut warnings = vec![];
     let all = all_containers(pod);
     let mut items = Vec::with_capacity(plan.env.len().max(plan.env_from.len()));
@@ -230,11 +234,12 @@ pub fn build(pod: &Pod, plan: &Plan, targets: &[Target]) -> (Vec<u8>, Vec<String
     } else {
         ops.map(&["metadata", "labels"], INJECTED_LABEL, "true");
     }
-    let record = plan.record();
+    // The record goes straight into the patch as a JSON string.
+    let record = |out: &mut Vec<u8>| plan.record_string(out);
     if pod.metadata.annotations.is_some() {
-        ops.string(&["metadata", "annotations", INJECTED], &record);
+        ops.string_with(&["metadata", "annotations", INJECTED], record);
     } else {
-        ops.map(&["metadata", "annotations"], INJECTED, &record);
+        ops.map_with(&["metadata", "annotations"], INJECTED, record);
     }
     (ops.finish(), warnings)
 }

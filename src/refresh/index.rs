@@ -18,7 +18,7 @@ use kube::core::PartialObjectMeta;
 
 use crate::annotations::INJECTED;
 use crate::backing::{self, Form};
-use crate::plan::Record;
+use crate::record::Record;
 use crate::reference;
 #[cfg(test)]
 use crate::reference::Version;
@@ -274,7 +274,7 @@ impl Index {
 /// A record as the webhook writes it, for tests.
 #[cfg(test)]
 pub fn record_for(interval: &str, entries: &[(&str, Version, Form, Option<&str>)]) -> String {
-    use crate::plan::RecordEntry;
+    use crate::record::RecordEntry;
     let r = Record {
         refresh_interval: interval.into(),
         secrets: entries

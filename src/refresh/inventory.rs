@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1::Secret;
 use super::index::Key;
 use super::planner::Planner;
 use crate::backing::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::lookup::{Hashing, Strs};
 use crate::metrics::Metrics;
 use crate::sync::kube_reason;
 
@@ -29,7 +30,7 @@ pub struct Inventory {
     api: Api<ConfigMap>,
     prefix: String,
     /// Recorded by this process lately: not recorded again.
-    recorded: moka::future::Cache<(String, String), ()>,
+    recorded: moka::future::Cache<(String, String), (), Hashing>,
 }
 
 impl Inventory {
@@ -41,7 +42,7 @@ impl Inventory {
             recorded: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(ttl)
-                .build(),
+                .build_with_hasher(Hashing::default()),
         }
     }
 
@@ -58,8 +59,8 @@ impl Inventory {
     ) -> Result<(), String> {
         let keys: Vec<(String, String)> = backings
             .into_iter()
+            .filter(|b| !self.recorded.contains_key(&Strs([namespace, b])))
             .map(|b| (namespace.to_string(), b.to_string()))
-            .filter(|k| !self.recorded.contains_key(k))
             .collect();
         if keys.is_empty() {
             return Ok(());

@@ -1,0 +1,111 @@
+//! Borrowed keys for the caches on the admission path: a warm admission looks
+//! up its secrets, the backing Secrets it knows current and the inventory
+//! marks it has written without allocating an owned key for each lookup
+//! (profiles of warm admissions showed those allocations and copies). Each
+//! borrowed key hashes exactly as its owned tuple does (a tuple hashes its
+//! fields in order; `String` and `Arc<str>` hash as `str`), and
+//! [`moka::Equivalent`] compares it with the owned key. They hash with
+//! [`Hashing`] rather than the standard library's SipHash, which showed in the
+//! same profiles.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use crate::source::FetchKey;
+
+/// The hasher of those caches: foldhash, randomly seeded per process (its
+/// `quality` variant; the keys are bounded per pod by the caps, and tenants
+/// cannot see the seed).
+pub type Hashing = foldhash::quality::RandomState;
+
+/// `(tenant, key)`, borrowed: looks up a `(Arc<str>, FetchKey)` key.
+#[derive(Clone, Copy)]
+pub struct TenantKey<'a>(pub &'a str, pub &'a FetchKey);
+
+impl Hash for TenantKey<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.0.hash(h);
+        self.1.hash(h);
+    }
+}
+
+impl moka::Equivalent<(Arc<str>, FetchKey)> for TenantKey<'_> {
+    fn equivalent(&self, key: &(Arc<str>, FetchKey)) -> bool {
+        *key.0 == *self.0 && key.1 == *self.1
+    }
+}
+
+/// A tuple of `N` strings, borrowed: looks up a key of `N` `String`s.
+#[derive(Clone, Copy)]
+pub struct Strs<'a, const N: usize>(pub [&'a str; N]);
+
+impl<const N: usize> Hash for Strs<'_, N> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        for s in self.0 {
+            s.hash(h);
+        }
+    }
+}
+
+impl moka::Equivalent<(String, String)> for Strs<'_, 2> {
+    fn equivalent(&self, key: &(String, String)) -> bool {
+        key.0 == self.0[0] && key.1 == self.0[1]
+    }
+}
+
+impl moka::Equivalent<(String, String, String)> for Strs<'_, 3> {
+    fn equivalent(&self, key: &(String, String, String)) -> bool {
+        key.0 == self.0[0] && key.1 == self.0[1] && key.2 == self.0[2]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::Version;
+    use std::hash::BuildHasher;
+
+    #[test]
+    fn borrowed_keys_hash_and_compare_as_their_owned_tuples() {
+        let s = std::collections::hash_map::RandomState::new();
+        let k = FetchKey {
+            id: "n/db".into(),
+            version: Version::Stage("AWSPENDING".into()),
+        };
+        let owned: (Arc<str>, FetchKey) = ("n".into(), k.clone());
+        assert_eq!(s.hash_one(&owned), s.hash_one(TenantKey("n", &k)));
+        assert!(moka::Equivalent::equivalent(&TenantKey("n", &k), &owned));
+        assert!(!moka::Equivalent::equivalent(&TenantKey("m", &k), &owned));
+        // Field boundaries count: ("ab", "c") is not ("a", "bc").
+        let two = ("ab".to_string(), "c".to_string());
+        assert_eq!(s.hash_one(&two), s.hash_one(Strs(["ab", "c"])));
+        assert_ne!(s.hash_one(&two), s.hash_one(Strs(["a", "bc"])));
+        assert!(!moka::Equivalent::equivalent(&Strs(["a", "bc"]), &two));
+        let three = ("n".to_string(), "b".to_string(), "v1".to_string());
+        assert_eq!(s.hash_one(&three), s.hash_one(Strs(["n", "b", "v1"])));
+        assert!(moka::Equivalent::equivalent(
+            &Strs(["n", "b", "v1"]),
+            &three
+        ));
+        assert!(!moka::Equivalent::equivalent(
+            &Strs(["n", "b", "v2"]),
+            &three
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_moka_cache_finds_owned_keys_by_borrowed_ones() {
+        let c: moka::future::Cache<(String, String, String), ()> = moka::future::Cache::new(10);
+        c.insert(("n".into(), "b".into(), "v1".into()), ()).await;
+        assert!(c.contains_key(&Strs(["n", "b", "v1"])));
+        assert!(!c.contains_key(&Strs(["n", "b", "v2"])));
+        let k = FetchKey {
+            id: "n/db".into(),
+            version: Version::current(),
+        };
+        let t: moka::future::Cache<(Arc<str>, FetchKey), u8> = moka::future::Cache::new(10);
+        t.insert(("n".into(), k.clone()), 7).await;
+        assert_eq!(t.get(&TenantKey("n", &k)).await, Some(7));
+        assert_eq!(t.get(&TenantKey("m", &k)).await, None);
+    }
+}
