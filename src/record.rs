@@ -4,6 +4,8 @@
 //! ([`Record`]); admissions write it straight to JSON text ([`Plan::record`]),
 //! since it goes into every patch.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::plan::Plan;
@@ -31,6 +33,38 @@ pub struct RecordEntry {
     pub arn: Option<String>,
 }
 
+/// `humantime::format_duration`'s text for `d`: written directly for whole
+/// seconds under a day (every usual refresh interval; formatting through
+/// `Display` showed in profiles), through humantime otherwise.
+fn interval(out: &mut Vec<u8>, d: Duration) {
+    let secs = d.as_secs();
+    if d.subsec_nanos() != 0 || secs == 0 || secs >= 86_400 {
+        use std::io::Write;
+        write!(out, "{}", humantime::format_duration(d)).expect("writing to a Vec");
+        return;
+    }
+    let mut first = true;
+    for (n, unit) in [
+        (secs / 3600, b'h'),
+        (secs / 60 % 60, b'm'),
+        (secs % 60, b's'),
+    ] {
+        if n == 0 {
+            continue;
+        }
+        if !first {
+            out.push(b' ');
+        }
+        first = false;
+        // Under 60 (hours: under 24): one or two digits.
+        if n >= 10 {
+            out.push(b'0' + (n / 10) as u8);
+        }
+        out.push(b'0' + (n % 10) as u8);
+        out.push(unit);
+    }
+}
+
 /// Whether `s` needs no escaping in JSON.
 fn plain(s: &str) -> bool {
     s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
@@ -53,7 +87,6 @@ impl Plan {
     /// each of its quotes: `"` for the JSON, `\"` for the same JSON inside a
     /// JSON string.
     fn write_record(&self, out: &mut Vec<u8>, q: &[u8]) {
-        use std::io::Write;
         let field = |out: &mut Vec<u8>, first: bool, name: &str, parts: &[&str]| {
             if !first {
                 out.push(b',');
@@ -70,13 +103,12 @@ impl Plan {
         };
         out.push(b'{');
         // humantime writes digits, unit letters and spaces only.
-        let interval = humantime::format_duration(self.refresh_interval);
         out.extend_from_slice(q);
         out.extend_from_slice(b"refreshInterval");
         out.extend_from_slice(q);
         out.push(b':');
         out.extend_from_slice(q);
-        write!(out, "{interval}").expect("writing to a Vec");
+        interval(out, self.refresh_interval);
         out.extend_from_slice(q);
         out.push(b',');
         out.extend_from_slice(q);
@@ -150,7 +182,6 @@ mod tests {
     use crate::backing::Form;
     use crate::plan::{Backing, Content};
     use crate::source::{FetchError, FetchKey};
-    use std::time::Duration;
 
     fn backing(
         name: &str,
@@ -174,6 +205,25 @@ mod tests {
                 reason: FetchError::Unreachable("test".into()).to_string(),
             },
         }
+    }
+
+    #[test]
+    fn intervals_are_written_as_humantime_writes_them() {
+        let text = |d: Duration| {
+            let mut out = vec![];
+            interval(&mut out, d);
+            String::from_utf8(out).unwrap()
+        };
+        for secs in (0..100_000).chain([86_400 * 3 + 1, 31_557_600, u32::MAX as u64]) {
+            let d = Duration::from_secs(secs);
+            assert_eq!(
+                text(d),
+                humantime::format_duration(d).to_string(),
+                "{secs} s"
+            );
+        }
+        let d = Duration::from_millis(1500);
+        assert_eq!(text(d), "1s 500ms");
     }
 
     /// The record as serde writes it.

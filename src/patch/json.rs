@@ -101,8 +101,15 @@ impl Ops {
         self.out.push(b'"');
         for t in path {
             self.out.push(b'/');
-            if plain(t) && !t.contains(['~', '/']) {
-                self.out.extend_from_slice(t.as_bytes());
+            if plain(t) {
+                // JSON Pointer's escapes only (the label and annotation keys hold a '/').
+                for &b in t.as_bytes() {
+                    match b {
+                        b'~' => self.out.extend_from_slice(b"~0"),
+                        b'/' => self.out.extend_from_slice(b"~1"),
+                        b => self.out.push(b),
+                    }
+                }
             } else {
                 // JSON Pointer's escapes, then JSON's (without the quotes).
                 let t = t.replace('~', "~0").replace('/', "~1");
