@@ -150,10 +150,20 @@ fn denied(r: &SecretRef, canonical: Option<&str>, rule: &AccessRule) -> String {
 /// Denials that need no Secrets Manager call: references by name outside the
 /// namespace's rule. (ARN references are checked once AWS has named the secret.)
 pub fn precheck(inj: &Injection, rule: &AccessRule) -> Vec<String> {
-    refs(inj)
-        .filter(|(r, _)| !r.is_arn() && !rule.allows(&r.id))
-        .map(|(r, ann)| format!("{ann}: {}", denied(r, None, rule)))
-        .collect()
+    // Each secret is matched once, however many of its keys the pod reads.
+    let mut allowed: Vec<&str> = vec![];
+    let mut denials = vec![];
+    for (r, ann) in refs(inj) {
+        if r.is_arn() || allowed.contains(&r.id.as_str()) {
+            continue;
+        }
+        if rule.allows(&r.id) {
+            allowed.push(&r.id);
+        } else {
+            denials.push(format!("{ann}: {}", denied(r, None, rule)));
+        }
+    }
+    denials
 }
 
 struct Builder<'a> {
