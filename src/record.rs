@@ -87,14 +87,17 @@ impl Plan {
     /// each of its quotes: `"` for the JSON, `\"` for the same JSON inside a
     /// JSON string.
     fn write_record(&self, out: &mut Vec<u8>, q: &[u8]) {
-        let field = |out: &mut Vec<u8>, first: bool, name: &str, parts: &[&str]| {
-            if !first {
-                out.push(b',');
-            }
+        let key = |out: &mut Vec<u8>, name: &str| {
             out.extend_from_slice(q);
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(q);
             out.push(b':');
+        };
+        let field = |out: &mut Vec<u8>, first: bool, name: &str, parts: &[&str]| {
+            if !first {
+                out.push(b',');
+            }
+            key(out, name);
             out.extend_from_slice(q);
             parts
                 .iter()
@@ -102,19 +105,14 @@ impl Plan {
             out.extend_from_slice(q);
         };
         out.push(b'{');
+        key(out, "refreshInterval");
         // humantime writes digits, unit letters and spaces only.
-        out.extend_from_slice(q);
-        out.extend_from_slice(b"refreshInterval");
-        out.extend_from_slice(q);
-        out.push(b':');
         out.extend_from_slice(q);
         interval(out, self.refresh_interval);
         out.extend_from_slice(q);
         out.push(b',');
-        out.extend_from_slice(q);
-        out.extend_from_slice(b"secrets");
-        out.extend_from_slice(q);
-        out.extend_from_slice(b":[");
+        key(out, "secrets");
+        out.push(b'[');
         for (i, b) in self.backing.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
