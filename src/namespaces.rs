@@ -86,10 +86,7 @@ impl Namespaces {
                 .as_ref()
                 .and_then(|l| l.get(INJECT_LABEL))
                 .is_some_and(|v| v == INJECT_ENABLED),
-            rule: AccessRule::for_namespace(
-                namespace,
-                annotation(ALLOWED_SECRETS).map(String::as_str),
-            ),
+            rule: AccessRule::for_namespace(namespace, allowed(&ns).map(String::as_str)),
             refresh_now: annotation(REFRESH_NOW).cloned(),
         })
     }

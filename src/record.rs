@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::patch::plain;
 use crate::plan::Plan;
 use crate::reference::Version;
 
@@ -63,11 +64,6 @@ fn interval(out: &mut Vec<u8>, d: Duration) {
         out.push(b'0' + (n % 10) as u8);
         out.push(unit);
     }
-}
-
-/// Whether `s` needs no escaping in JSON.
-fn plain(s: &str) -> bool {
-    s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
 }
 
 impl Plan {

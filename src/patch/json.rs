@@ -27,7 +27,7 @@ pub struct Ops {
 
 /// Whether `s` can be written between quotes as it is (no quote, backslash
 /// or control character).
-fn plain(s: &str) -> bool {
+pub(crate) fn plain(s: &str) -> bool {
     s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
 }
 

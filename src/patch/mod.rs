@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::{Container, EnvFromSource, EnvVar, Pod};
 
 use crate::annotations::{CONTAINERS, INJECTED, INJECTED_LABEL};
 use crate::plan::{self, Plan};
+pub(crate) use json::plain;
 use json::{Item, Ops};
 
 /// A container the pod's annotations select: its list and index in the spec.
