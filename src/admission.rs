@@ -1,15 +1,19 @@
 //! One admission review, from request to response: read the annotations, check
 //! the access rule, fetch the secrets, write the backing Secrets, patch the pod.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 
 use crate::cache::CachedSource;
+use crate::decisions::{self, Decision, Decisions};
 use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
 use crate::policy::AccessRule;
+use crate::secret::SecretValue;
+use crate::source::FetchKey;
 use crate::sync::Syncer;
 use crate::{annotations, patch, plan};
 
@@ -36,6 +40,7 @@ pub struct Webhook {
     pub namespaces: Namespaces,
     pub metrics: Metrics,
     pub settings: Settings,
+    pub decisions: Decisions,
 }
 
 /// The outcome of one review, for the response and the metrics.
@@ -65,9 +70,20 @@ pub fn denial_message(reasons: &[String]) -> String {
     format!("sm-injector: {}", parts.join("; "))
 }
 
-fn deny(req: &AdmissionRequest<Pod>, reasons: Vec<String>) -> Answer {
+/// The denying answer; the log line names the pod and the user, and gives
+/// the reasons (they name annotations, references and AWS/Kubernetes errors,
+/// never values).
+fn deny(req: &AdmissionRequest<Pod>, pod: &str, reasons: Vec<String>) -> Answer {
+    let response = AdmissionResponse::from(req).deny(denial_message(&reasons));
+    tracing::info!(
+        namespace = req.namespace.as_deref().unwrap_or(""),
+        pod,
+        user = req.user_info.username.as_deref().unwrap_or(""),
+        reason = %response.result.message,
+        "admission denied"
+    );
     Answer {
-        response: AdmissionResponse::from(req).deny(denial_message(&reasons)),
+        response,
         outcome: "denied",
     }
 }
@@ -96,6 +112,10 @@ pub enum Planned {
     Plan {
         plan: plan::Plan,
         targets: Vec<patch::Target>,
+        /// What the plan was made from: the access rule, and each value read
+        /// (empty if any was not fetched).
+        rule: Arc<AccessRule>,
+        values: Vec<(FetchKey, Arc<SecretValue>)>,
     },
 }
 
@@ -106,7 +126,7 @@ pub enum Planned {
 pub async fn plan_pod(
     pod: &Pod,
     namespace: &str,
-    rule: impl std::future::Future<Output = Result<std::sync::Arc<AccessRule>, String>>,
+    rule: impl std::future::Future<Output = Result<Arc<AccessRule>, String>>,
     source: &CachedSource,
     settings: &Settings,
 ) -> Planned {
@@ -171,15 +191,30 @@ pub async fn plan_pod(
         .get_many(namespace, &keys, settings.aws_deadline)
         .await;
     match plan::resolve(&inj, &rule, &results, caps) {
-        Ok(plan) => Planned::Plan { plan, targets },
+        Ok(plan) => {
+            let values = results
+                .into_iter()
+                .map(|(k, r)| r.ok().map(|v| (k, v)))
+                .collect::<Option<Vec<_>>>()
+                .unwrap_or_default();
+            Planned::Plan {
+                plan,
+                targets,
+                rule,
+                values,
+            }
+        }
         Err(e) => Planned::Denied(e),
     }
 }
 
-/// The pod's name, or its generateName prefix (pods made by controllers have no name yet).
-fn pod_name(req: &AdmissionRequest<Pod>) -> &str {
-    let meta = req.object.as_ref().map(|p| &p.metadata);
-    meta.and_then(|m| m.name.as_deref().or(m.generate_name.as_deref()))
+/// The pod's name, or its generateName prefix (pods made by controllers have
+/// no name yet), or the request's name.
+fn pod_name<'a>(req: &'a AdmissionRequest<Pod>, pod: &'a Pod) -> &'a str {
+    let m = &pod.metadata;
+    m.name
+        .as_deref()
+        .or(m.generate_name.as_deref())
         .unwrap_or(&req.name)
 }
 
@@ -187,16 +222,6 @@ impl Webhook {
     pub async fn review(&self, req: &AdmissionRequest<Pod>) -> Answer {
         let start = Instant::now();
         let answer = self.decide(req).await;
-        if !answer.response.allowed {
-            // Reasons name annotations, references and AWS/Kubernetes errors, never values.
-            tracing::info!(
-                namespace = req.namespace.as_deref().unwrap_or(""),
-                pod = pod_name(req),
-                user = req.user_info.username.as_deref().unwrap_or(""),
-                reason = %answer.response.result.message,
-                "admission denied"
-            );
-        }
         self.metrics
             .admission(answer.outcome, start.elapsed().as_secs_f64());
         answer
@@ -212,14 +237,23 @@ impl Webhook {
         let Some(pod) = &req.object else {
             return unchanged(req);
         };
+        let name = pod_name(req, pod);
         let Some(namespace) = req
             .namespace
             .as_deref()
             .or(pod.metadata.namespace.as_deref())
         else {
-            return deny(req, vec!["the request names no namespace".into()]);
+            return deny(req, name, vec!["the request names no namespace".into()]);
         };
-        let (plan, targets) = match plan_pod(
+        let key = decisions::key(namespace, pod);
+        if let Some(key) = &key
+            && let Some(d) = self.kept(namespace, key).await
+        {
+            return self
+                .conclude(req, namespace, name, &d.plan, d.patch.clone(), vec![])
+                .await;
+        }
+        let (plan, targets, rule, values) = match plan_pod(
             pod,
             namespace,
             self.namespaces.rule(namespace),
@@ -229,24 +263,68 @@ impl Webhook {
         .await
         {
             Planned::Nothing => return unchanged(req),
-            Planned::Denied(reasons) => return deny(req, reasons),
-            Planned::Plan { plan, targets } => (plan, targets),
+            Planned::Denied(reasons) => return deny(req, name, reasons),
+            Planned::Plan {
+                plan,
+                targets,
+                rule,
+                values,
+            } => (plan, targets, rule, values),
         };
-        let ensured = match self.syncer.ensure(namespace, &plan, req.dry_run).await {
+        let (patch, warnings) = patch::build(pod, &plan, &targets);
+        if let Some(key) = key
+            && let Some(d) = Decision::keepable(rule, values, &plan, &patch, &warnings)
+        {
+            self.decisions.insert(key, d).await;
+        }
+        self.conclude(req, namespace, name, &plan, patch, warnings)
+            .await
+    }
+
+    /// The decision kept under `key`, if what it was made from is unchanged:
+    /// the namespace's rule and each value, the same `Arc`s
+    /// ([`crate::decisions`]).
+    async fn kept(&self, namespace: &str, key: &[u8]) -> Option<Arc<Decision>> {
+        let d = self.decisions.get(key).await?;
+        let rule = self.namespaces.rule(namespace).await.ok()?;
+        if !Arc::ptr_eq(&rule, &d.rule) {
+            return None;
+        }
+        for (k, value) in &d.values {
+            let current = self.source.cached(namespace, k).await?;
+            if !Arc::ptr_eq(&current, value) {
+                return None;
+            }
+        }
+        self.metrics.cache(d.values.len() as u64, 0);
+        self.metrics.decision_reused();
+        Some(d)
+    }
+
+    /// Ensures the plan's backing Secrets and answers with the patch.
+    async fn conclude(
+        &self,
+        req: &AdmissionRequest<Pod>,
+        namespace: &str,
+        pod: &str,
+        plan: &plan::Plan,
+        patch: Vec<u8>,
+        patch_warnings: Vec<String>,
+    ) -> Answer {
+        let ensured = match self.syncer.ensure(namespace, plan, req.dry_run).await {
             Ok(e) => e,
-            Err(e) => return deny(req, e),
+            Err(e) => return deny(req, pod, e),
         };
         if !ensured.stale.is_empty() {
             // A backing Secret holds a later observation than the cache.
             self.source.invalidate(namespace, &ensured.stale).await;
         }
         let mut warnings = ensured.warnings;
-        let (patch, patch_warnings) = patch::build(pod, &plan, &targets);
         warnings.extend(patch_warnings);
         let mut response = mutated(req, patch);
         if !warnings.is_empty() {
             for w in &warnings {
-                tracing::info!(namespace, pod = pod_name(req), warning = %w, "admission warning");
+                tracing::info!(namespace, pod, warning = %w, "admission warning");
             }
             response.warnings = Some(warnings);
         }

@@ -69,6 +69,11 @@ impl CachedSource {
         }
     }
 
+    /// The value of `key` the cache holds for `tenant`, if fresh (no fetch).
+    pub async fn cached(&self, tenant: &str, key: &FetchKey) -> Option<Arc<SecretValue>> {
+        self.cache.get(&TenantKey(tenant, key)).await
+    }
+
     /// The values of `keys` for `tenant` (the namespace asking), from the
     /// cache where fresh, else from the source. Keys not answered within
     /// `deadline` come back as [`FetchError::Unreachable`].

@@ -11,6 +11,7 @@ pub mod backing;
 pub mod cache;
 pub mod certs;
 pub mod connections;
+pub mod decisions;
 pub mod lookup;
 pub mod metrics;
 pub mod namespaces;

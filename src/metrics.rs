@@ -35,6 +35,7 @@ struct Inner {
     aws_secrets_requested: Counter,
     cache_hits: Counter,
     cache_misses: Counter,
+    decisions_reused: Counter,
     secret_writes: Family<OperationLabels, Counter>,
     refresh_failures: Family<ReasonLabels, Counter>,
     refresh_refused: Family<ReasonLabels, Counter>,
@@ -104,6 +105,12 @@ impl Metrics {
             "cache_misses",
             "Secret lookups not in the cache",
             cache_misses.clone(),
+        );
+        let decisions_reused = Counter::default();
+        registry.register(
+            "decisions_reused",
+            "Admissions answered with the decision kept for an identical pod (a ReplicaSet's replicas), its rule and values unchanged",
+            decisions_reused.clone(),
         );
         let secret_writes = Family::<OperationLabels, Counter>::default();
         registry.register(
@@ -183,6 +190,7 @@ impl Metrics {
                 aws_secrets_requested,
                 cache_hits,
                 cache_misses,
+                decisions_reused,
                 secret_writes,
                 refresh_failures,
                 refresh_refused,
@@ -231,6 +239,10 @@ impl Metrics {
     pub fn cache(&self, hits: u64, misses: u64) {
         self.inner.cache_hits.inc_by(hits);
         self.inner.cache_misses.inc_by(misses);
+    }
+
+    pub fn decision_reused(&self) {
+        self.inner.decisions_reused.inc();
     }
 
     pub fn secret_write(&self, operation: &'static str) {

@@ -152,7 +152,7 @@ pub async fn render(
                 ));
                 continue;
             }
-            Planned::Plan { plan, targets } => (plan, targets),
+            Planned::Plan { plan, targets, .. } => (plan, targets),
         };
         let (patch, w) = crate::patch::build(&pod, &plan, &targets);
         warnings.extend(w.into_iter().map(|w| format!("{what}: {w}")));

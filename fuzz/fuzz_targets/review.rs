@@ -90,7 +90,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(m.len() < 64 * 1024, "denial message of {} bytes", m.len());
             AdmissionResponse::from(&req).deny(m)
         }
-        Planned::Plan { plan, targets } => {
+        Planned::Plan { plan, targets, .. } => {
             let (p, warnings) = patch::build(pod, &plan, &targets);
             if let Some(full) = full.as_ref().and_then(|f| f.object.as_ref()) {
                 let wanted = pod

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use sm_injector::admission::{Settings, Webhook};
 use sm_injector::cache::CachedSource;
+use sm_injector::decisions::Decisions;
 use sm_injector::metrics::Metrics;
 use sm_injector::namespaces::Namespaces;
 use sm_injector::plan::{Caps, MAX_BACKING_PER_POD};
@@ -74,6 +75,12 @@ pub struct ServeArgs {
     /// How long a fetched secret version is served from memory before Secrets Manager is asked again.
     #[arg(long, env = "SM_INJECTOR_CACHE_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
     cache_ttl: Duration,
+    /// Bytes of memory (about: the pod's text, its patch and plan) for
+    /// decisions kept for identical pods, such as a ReplicaSet's replicas; 0
+    /// decides every pod afresh. A kept decision is used only while the
+    /// namespace's rule and every secret value it read are unchanged.
+    #[arg(long, env = "SM_INJECTOR_DECISION_CACHE_BYTES", default_value_t = sm_injector::decisions::DEFAULT_MAX_BYTES)]
+    decision_cache_bytes: u64,
     /// The shortest refresh-interval a pod may ask for.
     #[arg(long, env = "SM_INJECTOR_MIN_REFRESH_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
     min_refresh_interval: Duration,
@@ -195,6 +202,7 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         syncer: Syncer::new(client.clone(), a.cache_ttl, metrics.clone()).with_inventory(inventory),
         namespaces,
         metrics,
+        decisions: Decisions::new(a.decision_cache_bytes, a.cache_ttl),
         settings: Settings {
             min_refresh: a.min_refresh_interval,
             aws_deadline: a.aws_deadline,

@@ -95,6 +95,10 @@ pub async fn start(bed: &TestBed, namespaces: &[&str], opts: Options) -> Injecto
         },
         namespaces: Namespaces::start(client.clone()),
         metrics,
+        decisions: sm_injector::decisions::Decisions::new(
+            sm_injector::decisions::DEFAULT_MAX_BYTES,
+            opts.cache_ttl,
+        ),
         settings: Settings {
             min_refresh: opts.min_refresh,
             aws_deadline: opts.aws_deadline,

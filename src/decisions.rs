@@ -1,0 +1,268 @@
+//! Decisions kept for pods that ask for the same thing. The replicas of a
+//! Deployment, the pods of a StatefulSet or of a Job's runs differ in their
+//! names and in the ServiceAccount token volume the API server adds to each
+//! (`kube-api-access-<random>`), but not in what sm-injector reads to decide:
+//! the `sm-injector.io/` annotations, each container's name, env and envFrom,
+//! and whether the pod has labels. That is the [`key`].
+//!
+//! A decision, the plan and its patch, is a function of that key, the
+//! namespace's access rule and the secret values it read (`plan_pod` and
+//! `patch::build` read nothing else of the pod when the plan mounts no file;
+//! the settings are fixed for the process). So it is kept with the rule and
+//! the values it was made from, and it is used again only while the
+//! namespace's rule is the same `Arc` and every value is still the same `Arc`
+//! in the secret cache: any change to either (an annotation edited, a value
+//! expired, refetched or found stale) is a new `Arc`, and the pod is decided
+//! afresh. The backing Secrets are still ensured on every admission
+//! ([`crate::sync::Syncer::ensure`]), as the inventory record is.
+//!
+//! Kept: allowed decisions whose every value was fetched, whose plan mounts no
+//! file (a mount's patch reads the pod's volumes and mounts, which differ per
+//! pod) and whose patch carried no warning. Denials and degraded answers are
+//! always made afresh. The memory is bounded by bytes, and an entry lives no
+//! longer than the secret cache's TTL, so a value is not held past it.
+
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+
+use crate::annotations::PREFIX;
+use crate::lookup::Hashing;
+use crate::plan::{Content, Plan};
+use crate::policy::AccessRule;
+use crate::secret::SecretValue;
+use crate::source::FetchKey;
+
+/// The default bound on the memory of kept decisions: 8 MiB.
+pub const DEFAULT_MAX_BYTES: u64 = 8 << 20;
+
+/// What a decision about `pod` in `namespace` reads of it, as bytes (each
+/// field length-prefixed, so that no two inputs give the same key); `None`
+/// for a pod without `sm-injector.io/` annotations (nothing to decide).
+pub fn key(namespace: &str, pod: &Pod) -> Option<Vec<u8>> {
+    let anns = pod.metadata.annotations.as_ref()?;
+    let mut ours = anns
+        .range::<str, _>((Bound::Included(PREFIX), Bound::Unbounded))
+        .take_while(|(k, _)| k.starts_with(PREFIX));
+    let first = ours.next()?;
+    let mut out = Vec::with_capacity(1024);
+    field(&mut out, namespace.as_bytes());
+    out.push(pod.metadata.labels.is_some() as u8);
+    for (k, v) in std::iter::once(first).chain(ours) {
+        field(&mut out, k.as_bytes());
+        field(&mut out, v.as_bytes());
+    }
+    let spec = pod.spec.as_ref()?;
+    for list in [spec.init_containers.as_deref(), Some(&spec.containers[..])] {
+        out.push(b'[');
+        for c in list.into_iter().flatten() {
+            container(&mut out, c);
+        }
+        out.push(b']');
+    }
+    Some(out)
+}
+
+fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn container(out: &mut Vec<u8>, c: &Container) {
+    field(out, c.name.as_bytes());
+    // JSON tells an absent list from an empty one, as the patch does.
+    json(out, &c.env);
+    json(out, &c.env_from);
+}
+
+/// `v` as JSON (k8s-openapi's types write their fields in a fixed order),
+/// length-prefixed.
+fn json<T: serde::Serialize>(out: &mut Vec<u8>, v: &T) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 8]);
+    serde_json::to_writer(&mut *out, v).expect("k8s-openapi values serialize");
+    let len = (out.len() - start - 8) as u64;
+    out[start..start + 8].copy_from_slice(&len.to_le_bytes());
+}
+
+/// A decision, and what it was made from.
+pub struct Decision {
+    pub rule: Arc<AccessRule>,
+    /// Each secret value read, as the cache held it.
+    pub values: Vec<(FetchKey, Arc<SecretValue>)>,
+    pub plan: Plan,
+    /// The JSON patch's bytes.
+    pub patch: Vec<u8>,
+}
+
+impl Decision {
+    /// The decision for keeping, or `None` when it is not to be kept (see the
+    /// module's documentation).
+    pub fn keepable(
+        rule: Arc<AccessRule>,
+        values: Vec<(FetchKey, Arc<SecretValue>)>,
+        plan: &Plan,
+        patch: &[u8],
+        warnings: &[String],
+    ) -> Option<Decision> {
+        let fetched = plan
+            .backing
+            .iter()
+            .all(|b| matches!(b.content, Content::Fresh { .. }));
+        let keep = fetched && !values.is_empty() && plan.mounts.is_empty() && warnings.is_empty();
+        keep.then(|| Decision {
+            rule,
+            values,
+            plan: plan.clone(),
+            patch: patch.to_vec(),
+        })
+    }
+
+    fn weight(&self, key: usize) -> u32 {
+        let plan = self.plan.backing.len() * 256 + self.plan.env.len() * 96;
+        u32::try_from(key + self.patch.len() + plan + 512).unwrap_or(u32::MAX)
+    }
+}
+
+#[allow(clippy::borrowed_box)] // moka's weigher takes the key by reference
+fn weigh(key: &Box<[u8]>, d: &Arc<Decision>) -> u32 {
+    d.weight(key.len())
+}
+
+#[derive(Clone)]
+pub struct Decisions {
+    cache: Option<moka::future::Cache<Box<[u8]>, Arc<Decision>, Hashing>>,
+}
+
+impl Decisions {
+    /// At most `max_bytes` (about: key, patch and plan) kept, each entry for
+    /// at most `ttl`; `max_bytes == 0` keeps nothing.
+    pub fn new(max_bytes: u64, ttl: Duration) -> Self {
+        let cache = (max_bytes > 0).then(|| {
+            moka::future::Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(weigh)
+                .time_to_live(ttl)
+                .build_with_hasher(Hashing::default())
+        });
+        Decisions { cache }
+    }
+
+    /// The decision kept under `key`, if any. The caller checks that it is
+    /// still current ([`Decision::rule`], [`Decision::values`]).
+    pub async fn get(&self, key: &[u8]) -> Option<Arc<Decision>> {
+        self.cache.as_ref()?.get(key).await
+    }
+
+    pub async fn insert(&self, key: Vec<u8>, decision: Decision) {
+        if let Some(c) = &self.cache {
+            c.insert(key.into_boxed_slice(), Arc::new(decision)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(v: serde_json::Value) -> Pod {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn replica(name: &str, token_volume: &str) -> Pod {
+        pod(json!({
+            "metadata": {
+                "name": name, "generateName": "web-", "labels": {"app": "web"},
+                "annotations": {"sm-injector.io/env.DB": "n/db#url", "other": name},
+                "managedFields": [{"manager": "m", "operation": name}]
+            },
+            "spec": {
+                "containers": [{"name": "app", "image": "x",
+                    "env": [{"name": "X", "value": "1"}],
+                    "volumeMounts": [{"name": token_volume, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]}],
+                "volumes": [{"name": token_volume, "projected": {"sources": []}}]
+            }
+        }))
+    }
+
+    #[test]
+    fn replicas_share_a_key_and_anything_the_decision_reads_changes_it() {
+        let a = key("n", &replica("web-1", "kube-api-access-abcde")).unwrap();
+        // Name, other annotations, managed fields and the token volume differ.
+        assert_eq!(
+            a,
+            key("n", &replica("web-2", "kube-api-access-fghij")).unwrap()
+        );
+
+        let changed = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut v = serde_json::to_value(replica("web-1", "kube-api-access-abcde")).unwrap();
+            f(&mut v);
+            key("n", &pod(v))
+        };
+        let differ = [
+            changed(&|v| {
+                v["metadata"]["annotations"]["sm-injector.io/env.DB"] = json!("n/db#other")
+            }),
+            changed(&|v| v["metadata"]["annotations"]["sm-injector.io/containers"] = json!("app")),
+            changed(&|v| {
+                v["metadata"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("labels")
+                    .map(drop)
+                    .unwrap()
+            }),
+            changed(&|v| v["spec"]["containers"][0]["name"] = json!("app2")),
+            changed(&|v| v["spec"]["containers"][0]["env"][0]["value"] = json!("2")),
+            changed(&|v| v["spec"]["containers"][0]["env"] = json!([])),
+            changed(&|v| {
+                v["spec"]["containers"][0]["envFrom"] = json!([{"secretRef": {"name": "s"}}])
+            }),
+            changed(&|v| {
+                let c = v["spec"]["containers"][0].clone();
+                v["spec"]["initContainers"] = json!([c]);
+            }),
+            changed(&|v| {
+                let c = v["spec"]["containers"][0].clone();
+                v["spec"]["containers"].as_array_mut().unwrap().push(c);
+            }),
+        ];
+        for (i, k) in differ.iter().enumerate() {
+            assert_ne!(k.as_ref(), Some(&a), "change {i} kept the key");
+        }
+        assert_ne!(
+            key("m", &replica("web-1", "t")).unwrap(),
+            a,
+            "the namespace"
+        );
+        // Nothing asked for: no key.
+        assert_eq!(
+            key(
+                "n",
+                &pod(json!({"metadata": {"annotations": {"a": "b"}}, "spec": {"containers": []}}))
+            ),
+            None
+        );
+        assert_eq!(
+            key(
+                "n",
+                &pod(json!({"metadata": {}, "spec": {"containers": []}}))
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn field_boundaries_are_part_of_the_key() {
+        let two = |k1: &str, v1: &str| {
+            pod(json!({"metadata": {"annotations": {k1: v1}}, "spec": {"containers": []}}))
+        };
+        assert_ne!(
+            key("n", &two("sm-injector.io/env.AB", "c")),
+            key("n", &two("sm-injector.io/env.A", "Bc"))
+        );
+    }
+}
