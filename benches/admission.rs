@@ -345,6 +345,15 @@ async fn main() {
         &[&lease],
     )
     .await;
+    // The same binary, deciding every admission afresh: the figures for pods
+    // that do not share a decision (src/decisions.rs).
+    let afresh = support::serve_process(
+        bed,
+        Path::new(env!("CARGO_BIN_EXE_sm-injector")),
+        "sm-injector-afresh",
+        &[&lease, "--decision-cache-bytes=0"],
+    )
+    .await;
     let noop_port = support::free_port();
     let noop = support::spawn(
         &bed.dir,
@@ -361,10 +370,11 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = rss_mib(server.pid);
     pin(server.pid, 0);
+    pin(afresh.pid, 0);
     pin(noop_pid, 0);
 
     println!(
-        "warm admissions over TLS, HTTP/1.1 keep-alive; each server pinned to CPU 0, wrk (1 thread) to CPU 1; each row the median of {REPS} runs of {SECONDS} s, the servers alternating; paced: each connection waits {PACE_MS} ms between an answer and its next request"
+        "warm admissions over TLS, HTTP/1.1 keep-alive; each server pinned to CPU 0, wrk (1 thread) to CPU 1; each row the median of {REPS} runs of {SECONDS} s, the servers alternating; paced: each connection waits {PACE_MS} ms between an answer and its next request; sm-inj afresh: sm-injector with --decision-cache-bytes=0, every admission decided afresh (pods that share no decision)"
     );
     println!(
         "{:<14} {:<9} {:>9} {:>12} {:>10} {:>8} {:>8} {:>7} {:>7} {:>8}",
@@ -383,11 +393,16 @@ async fn main() {
     for (shape, refs) in [("seed", 0usize), ("20 refs", 20)] {
         let body = dir.path().join(format!("review-{refs}.json"));
         std::fs::write(&body, review(&ns, refs)).unwrap();
-        // Warm sm-injector: the first admission fetches and writes.
-        let warm = wrk(server.port, server.pid, &body, &script, 1, "warm-up");
-        assert_eq!(warm.denied + warm.errors, 0, "warm-up denied or failed");
-        let aws_before = metric(server.probe, "sm_injector_secretsmanager_calls_total").await;
-        let writes_before = metric(server.probe, "sm_injector_backing_secret_writes_total").await;
+        // Warm both sm-injectors: the first admission fetches and writes.
+        let mut before = vec![];
+        for sm in [&server, &afresh] {
+            let warm = wrk(sm.port, sm.pid, &body, &script, 1, "warm-up");
+            assert_eq!(warm.denied + warm.errors, 0, "warm-up denied or failed");
+            before.push((
+                metric(sm.probe, "sm_injector_secretsmanager_calls_total").await,
+                metric(sm.probe, "sm_injector_backing_secret_writes_total").await,
+            ));
+        }
         for (load, conns, script) in [
             ("1", 1usize, &script),
             ("8", 8, &script),
@@ -396,8 +411,9 @@ async fn main() {
             let servers = [
                 ("no-op floor", noop_port, noop_pid),
                 ("sm-injector", server.port, server.pid),
+                ("sm-inj afresh", afresh.port, afresh.pid),
             ];
-            let mut runs: [Vec<Run>; 2] = [vec![], vec![]];
+            let mut runs: [Vec<Run>; 3] = [vec![], vec![], vec![]];
             for _ in 0..REPS {
                 for (i, (_, port, pid)) in servers.iter().enumerate() {
                     let row = format!("{shape}-{load}");
@@ -405,10 +421,14 @@ async fn main() {
                 }
             }
             // Each run's ratio is taken against the floor's run next to it.
-            let mut ratio: Vec<f64> = (0..REPS)
-                .map(|r| runs[1][r].cpu_us / runs[0][r].cpu_us)
-                .collect();
-            ratio.sort_by(f64::total_cmp);
+            let ratio = |i: usize| {
+                let mut r: Vec<f64> = (0..REPS)
+                    .map(|r| runs[i][r].cpu_us / runs[0][r].cpu_us)
+                    .collect();
+                r.sort_by(f64::total_cmp);
+                [r[REPS / 2], r[0], r[REPS - 1]]
+            };
+            let (kept, fresh) = (ratio(1), ratio(2));
             for (i, (name, ..)) in servers.iter().enumerate() {
                 let runs = &mut runs[i];
                 runs.sort_by(|a, b| a.cpu_us.total_cmp(&b.cpu_us));
@@ -421,17 +441,19 @@ async fn main() {
                     name, shape, load, r.rate, r.cpu_us, r.p50_us, r.p99_us, denied, errors, r.rss
                 );
             }
-            let cpu = [ratio[REPS / 2], ratio[0], ratio[REPS - 1]];
             ratios.push(format!(
-                "{shape}, {load} conns: {:.2}x ({:.2}-{:.2})",
-                cpu[0], cpu[1], cpu[2]
+                "{shape}, {load} conns: {:.2}x ({:.2}-{:.2}), afresh {:.2}x ({:.2}-{:.2})",
+                kept[0], kept[1], kept[2], fresh[0], fresh[1], fresh[2]
             ));
         }
-        let aws = metric(server.probe, "sm_injector_secretsmanager_calls_total").await - aws_before;
-        let writes =
-            metric(server.probe, "sm_injector_backing_secret_writes_total").await - writes_before;
+        let mut aws = 0.0;
+        let mut writes = 0.0;
+        for (sm, (a, w)) in [&server, &afresh].into_iter().zip(before) {
+            aws += metric(sm.probe, "sm_injector_secretsmanager_calls_total").await - a;
+            writes += metric(sm.probe, "sm_injector_backing_secret_writes_total").await - w;
+        }
         println!(
-            "  ({shape}: Secrets Manager calls during the load: {aws}, backing Secret writes: {writes})"
+            "  ({shape}: Secrets Manager calls during the load: {aws}, backing Secret writes: {writes}; both sm-injectors)"
         );
     }
     println!(
