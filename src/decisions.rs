@@ -38,29 +38,38 @@ use crate::source::FetchKey;
 /// The default bound on the memory of kept decisions: 8 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 8 << 20;
 
-/// What a decision about `pod` in `namespace` reads of it, as bytes (each
-/// field length-prefixed, so that no two inputs give the same key); `None`
-/// for a pod without `sm-injector.io/` annotations (nothing to decide).
+/// What a decision about `pod` in `namespace` reads of it, as bytes; `None`
+/// for a pod without `sm-injector.io/` annotations (nothing to decide). Every
+/// string is length-prefixed and every list count-prefixed, so that the
+/// bytes read back one way only: no two different inputs give the same key,
+/// whatever a tenant writes in its annotations or container names.
 pub fn key(namespace: &str, pod: &Pod) -> Option<Vec<u8>> {
     let anns = pod.metadata.annotations.as_ref()?;
     let mut ours = anns
         .range::<str, _>((Bound::Included(PREFIX), Bound::Unbounded))
-        .take_while(|(k, _)| k.starts_with(PREFIX));
-    let first = ours.next()?;
+        .take_while(|(k, _)| k.starts_with(PREFIX))
+        .peekable();
+    ours.peek()?;
+    let spec = pod.spec.as_ref()?;
     let mut out = Vec::with_capacity(1024);
     field(&mut out, namespace.as_bytes());
     out.push(pod.metadata.labels.is_some() as u8);
-    for (k, v) in std::iter::once(first).chain(ours) {
+    let count = out.len();
+    out.extend_from_slice(&[0; 8]);
+    let mut n = 0u64;
+    for (k, v) in ours {
         field(&mut out, k.as_bytes());
         field(&mut out, v.as_bytes());
+        n += 1;
     }
-    let spec = pod.spec.as_ref()?;
+    out[count..count + 8].copy_from_slice(&n.to_le_bytes());
     for list in [spec.init_containers.as_deref(), Some(&spec.containers[..])] {
-        out.push(b'[');
-        for c in list.into_iter().flatten() {
+        out.push(list.is_some() as u8);
+        let list = list.unwrap_or_default();
+        out.extend_from_slice(&(list.len() as u64).to_le_bytes());
+        for c in list {
             container(&mut out, c);
         }
-        out.push(b']');
     }
     Some(out)
 }
@@ -264,5 +273,35 @@ mod tests {
             key("n", &two("sm-injector.io/env.AB", "c")),
             key("n", &two("sm-injector.io/env.A", "Bc"))
         );
+        // Where the annotations end and the containers begin, and where one
+        // list ends and the next begins.
+        let p = |anns: serde_json::Value, init: serde_json::Value, cs: serde_json::Value| {
+            key(
+                "n",
+                &pod(
+                    json!({"metadata": {"annotations": anns}, "spec": {"initContainers": init, "containers": cs}}),
+                ),
+            )
+        };
+        let a = json!({"sm-injector.io/env.A": "n/s#k"});
+        let ab = json!({"sm-injector.io/env.A": "n/s#k", "sm-injector.io/env.B": "n/s#k"});
+        let c = |name: &str| json!([{"name": name}]);
+        let keys = [
+            p(a.clone(), json!([]), c("x")),
+            p(a.clone(), c("x"), json!([])),
+            p(a.clone(), json!(null), c("x")),
+            p(ab.clone(), json!([]), c("x")),
+            p(a.clone(), json!([]), json!([{"name": "x"}, {"name": "y"}])),
+            p(
+                a,
+                json!([]),
+                json!([{"name": "x"}, {"name": "y", "env": []}]),
+            ),
+        ];
+        for (i, k) in keys.iter().enumerate() {
+            for (j, l) in keys.iter().enumerate().skip(i + 1) {
+                assert_ne!(k, l, "pods {i} and {j} share a key");
+            }
+        }
     }
 }

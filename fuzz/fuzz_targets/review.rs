@@ -109,6 +109,12 @@ fuzz_target!(|data: &[u8]| {
                     let (pf, wf) = patch::build(full, &plan, &tf);
                     assert_eq!(p, pf, "the slim pod's patch differs");
                     assert_eq!(warnings, wf);
+                    // A kept decision's key reads the same of either pod.
+                    assert_eq!(
+                        sm_injector::decisions::key(&ns, pod),
+                        sm_injector::decisions::key(&ns, full),
+                        "the slim pod's decision key differs"
+                    );
                 }
             }
             let mut doc = serde_json::to_value(pod).unwrap();
