@@ -107,26 +107,18 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// The decision for keeping, or `None` when it is not to be kept (see the
-    /// module's documentation).
+    /// Whether a decision made from `values` with `plan` and a patch carrying
+    /// `warnings` is to be kept (see the module's documentation).
     pub fn keepable(
-        rule: Arc<AccessRule>,
-        values: Vec<(FetchKey, Arc<SecretValue>)>,
+        values: &[(FetchKey, Arc<SecretValue>)],
         plan: &Plan,
-        patch: &[u8],
         warnings: &[String],
-    ) -> Option<Decision> {
+    ) -> bool {
         let fetched = plan
             .backing
             .iter()
             .all(|b| matches!(b.content, Content::Fresh { .. }));
-        let keep = fetched && !values.is_empty() && plan.mounts.is_empty() && warnings.is_empty();
-        keep.then(|| Decision {
-            rule,
-            values,
-            plan: plan.clone(),
-            patch: patch.to_vec(),
-        })
+        fetched && !values.is_empty() && plan.mounts.is_empty() && warnings.is_empty()
     }
 
     fn weight(&self, key: usize) -> u32 {
@@ -159,15 +151,21 @@ impl Decisions {
         Decisions { cache }
     }
 
+    /// Whether decisions are kept at all (`max_bytes > 0`): if not, no key
+    /// need be built.
+    pub fn enabled(&self) -> bool {
+        self.cache.is_some()
+    }
+
     /// The decision kept under `key`, if any. The caller checks that it is
     /// still current ([`Decision::rule`], [`Decision::values`]).
     pub async fn get(&self, key: &[u8]) -> Option<Arc<Decision>> {
         self.cache.as_ref()?.get(key).await
     }
 
-    pub async fn insert(&self, key: Vec<u8>, decision: Decision) {
+    pub async fn insert(&self, key: Vec<u8>, decision: Arc<Decision>) {
         if let Some(c) = &self.cache {
-            c.insert(key.into_boxed_slice(), Arc::new(decision)).await;
+            c.insert(key.into_boxed_slice(), decision).await;
         }
     }
 }

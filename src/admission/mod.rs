@@ -127,7 +127,11 @@ impl Webhook {
         else {
             return deny(req, name, vec!["the request names no namespace".into()]);
         };
-        let key = decisions::key(namespace, pod);
+        let key = self
+            .decisions
+            .enabled()
+            .then(|| decisions::key(namespace, pod))
+            .flatten();
         if let Some(key) = &key
             && let Some(d) = self.kept(namespace, key).await
         {
@@ -155,9 +159,19 @@ impl Webhook {
         };
         let (patch, warnings) = patch::build(pod, &plan, &targets);
         if let Some(key) = key
-            && let Some(d) = Decision::keepable(rule, values, &plan, &patch, &warnings)
+            && Decision::keepable(&values, &plan, &warnings)
         {
-            self.decisions.insert(key, d).await;
+            // Kept, then answered from what was kept: the plan is not copied.
+            let d = Arc::new(Decision {
+                rule,
+                values,
+                plan,
+                patch,
+            });
+            self.decisions.insert(key, d.clone()).await;
+            return self
+                .conclude(req, namespace, name, &d.plan, d.patch.clone(), warnings)
+                .await;
         }
         self.conclude(req, namespace, name, &plan, patch, warnings)
             .await
