@@ -36,6 +36,13 @@ pub const ANN_FORM: &str = "sm-injector.io/form";
 /// milliseconds). Every writer compares it before writing ([`decide`]).
 pub const ANN_OBSERVED: &str = "sm-injector.io/observed-at";
 
+/// One backing Secret: (namespace, backing Secret name).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    pub namespace: String,
+    pub backing: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Form {
     Keys,
@@ -212,7 +219,7 @@ pub fn data(value: &SecretValue, form: Form) -> Result<BTreeMap<String, ByteStri
     })
 }
 
-/// The Secret object to create or replace ([`crate::sync::write_backing`],
+/// The Secret object to create or replace ([`crate::store::write_backing`],
 /// field manager [`FIELD_MANAGER`]). It holds `data`, never `stringData`, and a
 /// replace sets exactly that data, so keys removed from the secret go. `name` is the backing Secret's ([`name`] or
 /// [`name_scoped`]).

@@ -1,16 +1,16 @@
 //! [`CachedSource`]: the TTL cache in front of a [`SecretSource`], with
 //! single-flight loading per tenant and a shorter-lived memory of refusals.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::{FutureExt, join_all};
 
-use crate::lookup::{Hashing, TenantKey};
+use crate::fetch::{CachedResults, FetchError, FetchKey, TenantKey};
+use crate::lookup::Hashing;
 use crate::metrics::Metrics;
 use crate::secret::SecretValue;
-use crate::source::{FetchError, FetchKey, SecretSource};
+use crate::source::SecretSource;
 
 /// A TTL cache in front of a [`SecretSource`]. Keys missing at the same time are
 /// asked for in one `fetch` (so one batch call), and concurrent misses of the same
@@ -38,8 +38,6 @@ fn negative_cache(ttl: Duration) -> moka::future::Cache<FetchKey, FetchError, Ha
         .time_to_live(ttl)
         .build_with_hasher(Hashing::default())
 }
-
-pub type CachedResults = HashMap<FetchKey, Result<Arc<SecretValue>, FetchError>, Hashing>;
 
 impl CachedSource {
     pub fn new(inner: Arc<dyn SecretSource>, ttl: Duration, metrics: Metrics) -> Self {
@@ -161,10 +159,12 @@ impl CachedSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fetch::FetchResults;
     use crate::reference::Version;
     use crate::secret::Payload;
-    use crate::source::{FetchResults, StaticSource};
+    use crate::source::StaticSource;
     use futures::future::BoxFuture;
+    use std::collections::HashMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     struct Counting {

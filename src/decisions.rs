@@ -14,7 +14,7 @@
 //! in the secret cache: any change to either (an annotation edited, a value
 //! expired, refetched or found stale) is a new `Arc`, and the pod is decided
 //! afresh. The backing Secrets are still ensured on every admission
-//! ([`crate::sync::Syncer::ensure`]), as the inventory record is.
+//! ([`crate::store::Syncer::ensure`]), as the inventory record is.
 //!
 //! Kept: allowed decisions whose every value was fetched, whose plan mounts no
 //! file (a mount's patch reads the pod's volumes and mounts, which differ per
@@ -29,11 +29,11 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Container, Pod};
 
 use crate::annotations::PREFIX;
+use crate::fetch::FetchKey;
 use crate::lookup::Hashing;
 use crate::plan::{Content, Plan};
 use crate::policy::AccessRule;
 use crate::secret::SecretValue;
-use crate::source::FetchKey;
 
 /// The default bound on the memory of kept decisions: 8 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 8 << 20;

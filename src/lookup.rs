@@ -9,31 +9,11 @@
 //! same profiles.
 
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
-
-use crate::source::FetchKey;
 
 /// The hasher of those caches: foldhash, randomly seeded per process (its
 /// `quality` variant; the keys are bounded per pod by the caps, and tenants
 /// cannot see the seed).
 pub type Hashing = foldhash::quality::RandomState;
-
-/// `(tenant, key)`, borrowed: looks up a `(Arc<str>, FetchKey)` key.
-#[derive(Clone, Copy)]
-pub struct TenantKey<'a>(pub &'a str, pub &'a FetchKey);
-
-impl Hash for TenantKey<'_> {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        self.0.hash(h);
-        self.1.hash(h);
-    }
-}
-
-impl moka::Equivalent<(Arc<str>, FetchKey)> for TenantKey<'_> {
-    fn equivalent(&self, key: &(Arc<str>, FetchKey)) -> bool {
-        *key.0 == *self.0 && key.1 == *self.1
-    }
-}
 
 /// A tuple of `N` strings, borrowed: looks up a key of `N` `String`s.
 #[derive(Clone, Copy)]
@@ -62,20 +42,11 @@ impl moka::Equivalent<(String, String, String)> for Strs<'_, 3> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reference::Version;
     use std::hash::BuildHasher;
 
     #[test]
     fn borrowed_keys_hash_and_compare_as_their_owned_tuples() {
         let s = std::collections::hash_map::RandomState::new();
-        let k = FetchKey {
-            id: "n/db".into(),
-            version: Version::Stage("AWSPENDING".into()),
-        };
-        let owned: (Arc<str>, FetchKey) = ("n".into(), k.clone());
-        assert_eq!(s.hash_one(&owned), s.hash_one(TenantKey("n", &k)));
-        assert!(moka::Equivalent::equivalent(&TenantKey("n", &k), &owned));
-        assert!(!moka::Equivalent::equivalent(&TenantKey("m", &k), &owned));
         // Field boundaries count: ("ab", "c") is not ("a", "bc").
         let two = ("ab".to_string(), "c".to_string());
         assert_eq!(s.hash_one(&two), s.hash_one(Strs(["ab", "c"])));
@@ -99,13 +70,5 @@ mod tests {
         c.insert(("n".into(), "b".into(), "v1".into()), ()).await;
         assert!(c.contains_key(&Strs(["n", "b", "v1"])));
         assert!(!c.contains_key(&Strs(["n", "b", "v2"])));
-        let k = FetchKey {
-            id: "n/db".into(),
-            version: Version::current(),
-        };
-        let t: moka::future::Cache<(Arc<str>, FetchKey), u8> = moka::future::Cache::new(10);
-        t.insert(("n".into(), k.clone()), 7).await;
-        assert_eq!(t.get(&TenantKey("n", &k)).await, Some(7));
-        assert_eq!(t.get(&TenantKey("m", &k)).await, None);
     }
 }

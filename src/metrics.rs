@@ -271,12 +271,13 @@ impl Metrics {
         self.inner.refresh_leader.set(i64::from(leader));
     }
 
-    /// After each planning of the refresher.
-    pub fn refresh_gauges(&self, g: &crate::refresh::planner::Gauges) {
-        self.inner.oldest_due.set(g.oldest_due);
-        self.inner.in_use.set(g.in_use);
-        self.inner.failing_secrets.set(g.failing);
-        self.inner.revoked_secrets.set(g.revoked);
+    /// After each planning of the refresher: backing Secrets in use, failing
+    /// and revoked, and the Unix second the oldest was due.
+    pub fn refresh_gauges(&self, in_use: i64, failing: i64, revoked: i64, oldest_due: i64) {
+        self.inner.oldest_due.set(oldest_due);
+        self.inner.in_use.set(in_use);
+        self.inner.failing_secrets.set(failing);
+        self.inner.revoked_secrets.set(revoked);
     }
 
     /// The OpenMetrics text exposition.

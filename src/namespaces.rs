@@ -11,9 +11,8 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 
 use crate::annotations::{ALLOWED_SECRETS, INJECT_ENABLED, INJECT_LABEL, REFRESH_NOW};
-use crate::policy::{AccessRule, Rules};
-use crate::refresh::planner::NamespaceFacts;
-use crate::sync::kube_reason;
+use crate::kube_error::kube_reason;
+use crate::policy::{AccessRule, NamespaceFacts, Rules};
 
 #[derive(Clone)]
 pub struct Namespaces {

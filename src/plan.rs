@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use crate::annotations::{self, Injection};
 use crate::backing::{self, Form, RAW_KEY};
-use crate::cache::CachedResults;
+use crate::fetch::CachedResults;
+use crate::fetch::{FetchError, FetchKey};
 use crate::policy::AccessRule;
 #[cfg(test)]
 use crate::record::Record;
 use crate::reference::{SecretRef, Version};
 use crate::secret::{ContentError, SecretValue};
-use crate::source::{FetchError, FetchKey};
 
 /// What a backing Secret holds this time.
 #[derive(Debug, Clone)]

@@ -116,6 +116,17 @@ impl fmt::Display for AccessRule {
     }
 }
 
+/// What the refresher needs of a namespace (from the watched Namespace
+/// cache): whether it takes part, its access rule, an admin's forced refresh.
+#[derive(Debug, Clone)]
+pub struct NamespaceFacts {
+    /// It carries `sm-injector.io/inject=enabled`.
+    pub opted_in: bool,
+    pub rule: AccessRule,
+    /// The value of `sm-injector.io/refresh-now`, if any.
+    pub refresh_now: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

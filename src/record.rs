@@ -174,8 +174,8 @@ impl Plan {
 mod tests {
     use super::*;
     use crate::backing::Form;
+    use crate::fetch::{FetchError, FetchKey};
     use crate::plan::{Backing, Content};
-    use crate::source::{FetchError, FetchKey};
 
     fn backing(
         name: &str,

@@ -16,7 +16,7 @@ use crate::cache::CachedSource;
 use crate::plan::Content;
 use crate::policy::AccessRule;
 use crate::secret::Payload;
-use crate::sync::now_rfc3339;
+use crate::store::now_rfc3339;
 
 /// Where the pod template of each supported kind is.
 pub fn template_pointer(kind: &str) -> Option<&'static str> {

@@ -9,67 +9,10 @@ use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use futures::future::{BoxFuture, FutureExt, join_all};
 use k8s_openapi::jiff;
 
+use crate::fetch::{FetchError, FetchKey, FetchResults};
 use crate::metrics::Metrics;
 use crate::reference::Version;
 use crate::secret::{Payload, SecretValue};
-
-/// One version selector of one secret, as a reference names it (name or ARN).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FetchKey {
-    pub id: String,
-    pub version: Version,
-}
-
-/// Why a secret could not be had. Messages come from AWS and never hold values.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FetchError {
-    #[error("not found in Secrets Manager")]
-    NotFound,
-    #[error("access denied by AWS: {0}")]
-    AccessDenied(String),
-    /// Transient: network, throttling, AWS-side errors, or the deadline passed.
-    #[error("Secrets Manager could not be reached: {0}")]
-    Unreachable(String),
-    /// Any other refusal (for example a secret marked for deletion).
-    #[error("Secrets Manager refused the request: {0}")]
-    Rejected(String),
-}
-
-impl FetchError {
-    pub fn is_transient(&self) -> bool {
-        matches!(self, FetchError::Unreachable(_))
-    }
-
-    /// Classifies an AWS error code and message.
-    pub fn from_code(code: Option<&str>, message: Option<&str>) -> Self {
-        let msg = || {
-            let mut s = code.unwrap_or("error").to_string();
-            if let Some(m) = message {
-                s.push_str(": ");
-                s.push_str(m);
-            }
-            s
-        };
-        match code {
-            Some("ResourceNotFoundException") => FetchError::NotFound,
-            Some("AccessDeniedException" | "AccessDenied" | "DecryptionFailure")
-            | Some("UnrecognizedClientException" | "InvalidSignatureException")
-            | Some("ExpiredTokenException") => FetchError::AccessDenied(msg()),
-            Some(
-                "ThrottlingException"
-                | "Throttling"
-                | "TooManyRequestsException"
-                | "RequestLimitExceeded"
-                | "InternalServiceError"
-                | "InternalFailure"
-                | "ServiceUnavailable",
-            ) => FetchError::Unreachable(msg()),
-            _ => FetchError::Rejected(msg()),
-        }
-    }
-}
-
-pub type FetchResults = HashMap<FetchKey, Result<SecretValue, FetchError>>;
 
 /// A source of secret values. Answers every key it is given.
 pub trait SecretSource: Send + Sync + 'static {

@@ -15,8 +15,9 @@ use serde_json::json;
 use sm_injector::metrics::Metrics;
 use sm_injector::namespaces::Namespaces;
 use sm_injector::plan::MAX_BACKING_PER_POD;
-use sm_injector::refresh::{self, Refresher, index::Limits, inventory::Inventory};
+use sm_injector::refresh::{self, Refresher, index::Limits};
 use sm_injector::source::AwsSource;
+use sm_injector::store::inventory::Inventory;
 use support::injector::{self, Options};
 use support::{TestBed, eventually, namespace, namespace_with, testbed};
 

@@ -1241,7 +1241,7 @@ async fn identical_pods_reuse_a_decision_only_while_its_rule_and_values_hold() {
         .send()
         .await
         .unwrap();
-    let key = sm_injector::source::FetchKey {
+    let key = sm_injector::fetch::FetchKey {
         id: format!("{ns}/db"),
         version: sm_injector::reference::Version::Stage("AWSCURRENT".into()),
     };

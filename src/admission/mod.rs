@@ -17,7 +17,7 @@ use crate::cache::CachedSource;
 use crate::decisions::{self, Decision, Decisions};
 use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
-use crate::sync::Syncer;
+use crate::store::Syncer;
 use crate::{patch, plan};
 
 pub struct Webhook {

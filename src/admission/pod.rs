@@ -8,9 +8,9 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::cache::CachedSource;
+use crate::fetch::FetchKey;
 use crate::policy::AccessRule;
 use crate::secret::SecretValue;
-use crate::source::FetchKey;
 use crate::{annotations, patch, plan};
 
 /// Settings of the admission path.

@@ -10,10 +10,11 @@ use sm_injector::decisions::Decisions;
 use sm_injector::metrics::Metrics;
 use sm_injector::namespaces::Namespaces;
 use sm_injector::plan::{Caps, MAX_BACKING_PER_POD};
-use sm_injector::refresh::{self, Refresher, index::Limits, inventory::Inventory};
+use sm_injector::refresh::{self, Refresher, index::Limits};
 use sm_injector::server::{self, ServerSettings};
 use sm_injector::source::AwsSource;
-use sm_injector::sync::Syncer;
+use sm_injector::store::Syncer;
+use sm_injector::store::inventory::Inventory;
 use sm_injector::tls::TlsFiles;
 
 #[derive(clap::Args)]

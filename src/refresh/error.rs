@@ -1,7 +1,7 @@
 //! The refresher's errors: why it stopped (the process exits), and why one
 //! backing Secret could not be refreshed (counted by reason).
 
-use crate::source::FetchError;
+use crate::fetch::FetchError;
 
 /// Why the refresher stopped (the process exits on any of them, so that
 /// another replica takes the Lease).

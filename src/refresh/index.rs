@@ -18,18 +18,13 @@ use kube::core::PartialObjectMeta;
 
 use crate::annotations::INJECTED;
 use crate::backing::{self, Form};
+use crate::fetch::FetchKey;
 use crate::record::Record;
 use crate::reference;
 #[cfg(test)]
 use crate::reference::Version;
-use crate::source::FetchKey;
 
-/// One backing Secret: (namespace, backing Secret name).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Key {
-    pub namespace: String,
-    pub backing: String,
-}
+pub use crate::backing::Key;
 
 /// One entry of a record, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,11 +8,11 @@
 //! [`planner::Planner`] decides, from those and the watched Namespaces, what
 //! is due, revoked or unused; this module carries that out. While nothing is
 //! due it makes no API call at all. Every write goes through
-//! [`crate::sync::write_backing`], so a version never goes backwards.
+//! [`crate::store::write_backing`], so a version never goes backwards.
 
+pub mod collector;
 pub mod error;
 pub mod index;
-pub mod inventory;
 pub mod planner;
 pub mod workloads;
 
@@ -29,13 +29,14 @@ use tokio::sync::watch;
 
 use crate::annotations::INJECTED_LABEL;
 use crate::backing;
+use crate::fetch::{FetchError, FetchKey};
 use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
-use crate::source::{FetchError, FetchKey, SecretSource};
-use crate::sync::{Written, now_rfc3339, write_backing};
+use crate::source::SecretSource;
+use crate::store::inventory::{self, Inventory};
+use crate::store::{Written, now_rfc3339, write_backing};
 pub use error::{Error, Failure};
 use index::{Index, Key, Limits, Want};
-use inventory::Inventory;
 use planner::{Planner, Revoked};
 
 #[derive(Debug, Clone)]
@@ -266,7 +267,7 @@ impl Refresher {
         if !d.due.is_empty() {
             self.refresh(index, planner, d.due).await;
         }
-        inventory::collect(
+        collector::collect(
             &self.client,
             &self.inventory,
             &self.metrics,
@@ -275,7 +276,9 @@ impl Refresher {
             d.delete,
         )
         .await;
-        self.metrics.refresh_gauges(&d.gauges);
+        let g = &d.gauges;
+        self.metrics
+            .refresh_gauges(g.in_use, g.failing, g.revoked, g.oldest_due);
         d.next_wake
     }
 

@@ -8,18 +8,10 @@ use std::hash::{Hash, Hasher};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::index::{Key, Want};
+use crate::fetch::FetchKey;
+#[cfg(test)]
 use crate::policy::AccessRule;
-use crate::source::FetchKey;
-
-/// What the planner needs of a namespace (from the watched Namespace cache).
-#[derive(Debug, Clone)]
-pub struct NamespaceFacts {
-    /// It carries `sm-injector.io/inject=enabled`.
-    pub opted_in: bool,
-    pub rule: AccessRule,
-    /// The value of `sm-injector.io/refresh-now`, if any.
-    pub refresh_now: Option<String>,
-}
+use crate::policy::NamespaceFacts;
 
 /// What the leader remembers of one backing Secret in use.
 #[derive(Debug, Clone)]
@@ -331,8 +323,8 @@ impl Planner {
 mod tests {
     use super::*;
     use crate::backing::Form;
+    use crate::fetch::FetchKey;
     use crate::reference::Version;
-    use crate::source::FetchKey;
 
     const TICK: Duration = Duration::from_secs(30);
     const HOUR: Duration = Duration::from_secs(3600);

@@ -12,7 +12,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use super::index::{Index, Key, Workload};
 use crate::annotations::{RESTART_ON_ROTATION, ROTATED_VERSIONS};
 use crate::backing;
-use crate::sync::kube_reason;
+use crate::kube_error::kube_reason;
 
 /// The API of a workload kind (`Deployment`, `StatefulSet`, else `DaemonSet`).
 pub fn api(client: &kube::Client, ns: &str, kind: &str) -> Api<kube::core::DynamicObject> {

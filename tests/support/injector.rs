@@ -16,7 +16,7 @@ use sm_injector::metrics::Metrics;
 use sm_injector::namespaces::Namespaces;
 use sm_injector::server::{self, ServerSettings};
 use sm_injector::source::AwsSource;
-use sm_injector::sync::Syncer;
+use sm_injector::store::Syncer;
 use sm_injector::tls::TlsFiles;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -86,7 +86,7 @@ pub async fn start(bed: &TestBed, namespaces: &[&str], opts: Options) -> Injecto
         syncer: match &opts.inventory {
             None => Syncer::new(client.clone(), opts.cache_ttl, metrics.clone()),
             Some(ns) => Syncer::new(client.clone(), opts.cache_ttl, metrics.clone())
-                .with_inventory(sm_injector::refresh::inventory::Inventory::new(
+                .with_inventory(sm_injector::store::inventory::Inventory::new(
                     client.clone(),
                     ns,
                     "inventory",

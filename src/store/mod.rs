@@ -1,4 +1,6 @@
-//! Writing backing Secrets to Kubernetes (SPEC section 5).
+//! The store of backing Secrets in Kubernetes (SPEC section 5), used by both
+//! writers: the admission path ([`Syncer::ensure`]) and the refresher
+//! ([`write_backing`], [`inventory`]). It lives in neither.
 //!
 //! Secrets are written by [`write_backing`], the one write every writer
 //! uses (field manager `sm-injector`): it never replaces a later observation
@@ -14,13 +16,16 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 
+pub mod inventory;
+
 use crate::backing::{self, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::fetch::FetchKey;
+use crate::kube_error::kube_reason;
 use crate::lookup::{Hashing, Strs};
 use crate::metrics::Metrics;
 use crate::plan::{Content, Plan};
-use crate::refresh::inventory::Inventory;
 use crate::secret::SecretValue;
-use crate::source::FetchKey;
+use inventory::Inventory;
 
 #[derive(Clone)]
 pub struct Syncer {
@@ -360,14 +365,6 @@ pub async fn write_backing(
             Err(kube::Error::Api(e)) if e.code == 409 && attempts < 5 => continue,
             Err(e) => return Err(kube_reason(&e)),
         }
-    }
-}
-
-/// A Kubernetes error as a short reason (the API server's message when there is one).
-pub fn kube_reason(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) => format!("{} ({})", s.message, s.code),
-        other => other.to_string(),
     }
 }
 

@@ -1,5 +1,5 @@
 //! The collector's inventory: every backing Secret sm-injector has written,
-//! with a mark ([`super::planner::Inventory`]). One ConfigMap per tenant
+//! with a mark ([`crate::refresh::planner::Inventory`]). One ConfigMap per tenant
 //! namespace, in sm-injector's own namespace (`<prefix>-<namespace>`), so no
 //! single object bounds it (1 MiB holds about 20,000 backing Secrets of one
 //! namespace). Every writer records a Secret here *before* writing it, so a
@@ -13,14 +13,10 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 
-use k8s_openapi::api::core::v1::Secret;
-
-use super::index::Key;
-use super::planner::Planner;
+use crate::backing::Key;
 use crate::backing::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::kube_error::kube_reason;
 use crate::lookup::{Hashing, Strs};
-use crate::metrics::Metrics;
-use crate::sync::kube_reason;
 
 /// The label that names the tenant namespace an inventory ConfigMap is for.
 pub const INVENTORY_OF: &str = "sm-injector.io/inventory-of";
@@ -124,46 +120,6 @@ impl Inventory {
         Err(format!(
             "cannot write the inventory ConfigMap {name}: it kept changing"
         ))
-    }
-}
-
-/// The collector: inventory marks, then deletions of what stayed unused
-/// (or revoked) for the grace period.
-pub async fn collect(
-    client: &kube::Client,
-    inventory: &Inventory,
-    metrics: &Metrics,
-    planner: &mut Planner,
-    marks: BTreeMap<Key, Option<String>>,
-    delete: Vec<Key>,
-) {
-    let mut by_ns: BTreeMap<String, BTreeMap<String, Option<String>>> = BTreeMap::new();
-    for (k, m) in marks {
-        by_ns.entry(k.namespace).or_default().insert(k.backing, m);
-    }
-    for key in delete {
-        let api: Api<Secret> = Api::namespaced(client.clone(), &key.namespace);
-        match api.delete(&key.backing, &Default::default()).await {
-            Ok(_) => {
-                metrics.secret_write("delete");
-                tracing::info!(namespace = %key.namespace, backing = %key.backing, "deleted a backing Secret no pod has used (or may use) for the grace period");
-            }
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => {
-                tracing::warn!(namespace = %key.namespace, backing = %key.backing, error = %kube_reason(&e), "could not delete an unused backing Secret");
-                continue;
-            }
-        }
-        planner.deleted(&key);
-        by_ns
-            .entry(key.namespace)
-            .or_default()
-            .insert(key.backing, None);
-    }
-    for (ns, marks) in by_ns {
-        if let Err(e) = inventory.mark(&ns, &marks).await {
-            tracing::warn!(namespace = %ns, error = %e, "garbage collection skipped");
-        }
     }
 }
 

@@ -1,0 +1,122 @@
+//! What is asked of Secrets Manager and what comes back, as plain types shared
+//! by the admission path, the cache and the refresher: [`FetchKey`],
+//! [`FetchError`] (classified from AWS's error codes) and the result maps.
+//! No I/O.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use crate::lookup::Hashing;
+use crate::reference::Version;
+use crate::secret::SecretValue;
+
+/// One version selector of one secret, as a reference names it (name or ARN).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FetchKey {
+    pub id: String,
+    pub version: Version,
+}
+
+/// Why a secret could not be had. Messages come from AWS and never hold values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    #[error("not found in Secrets Manager")]
+    NotFound,
+    #[error("access denied by AWS: {0}")]
+    AccessDenied(String),
+    /// Transient: network, throttling, AWS-side errors, or the deadline passed.
+    #[error("Secrets Manager could not be reached: {0}")]
+    Unreachable(String),
+    /// Any other refusal (for example a secret marked for deletion).
+    #[error("Secrets Manager refused the request: {0}")]
+    Rejected(String),
+}
+
+impl FetchError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, FetchError::Unreachable(_))
+    }
+
+    /// Classifies an AWS error code and message.
+    pub fn from_code(code: Option<&str>, message: Option<&str>) -> Self {
+        let msg = || {
+            let mut s = code.unwrap_or("error").to_string();
+            if let Some(m) = message {
+                s.push_str(": ");
+                s.push_str(m);
+            }
+            s
+        };
+        match code {
+            Some("ResourceNotFoundException") => FetchError::NotFound,
+            Some("AccessDeniedException" | "AccessDenied" | "DecryptionFailure")
+            | Some("UnrecognizedClientException" | "InvalidSignatureException")
+            | Some("ExpiredTokenException") => FetchError::AccessDenied(msg()),
+            Some(
+                "ThrottlingException"
+                | "Throttling"
+                | "TooManyRequestsException"
+                | "RequestLimitExceeded"
+                | "InternalServiceError"
+                | "InternalFailure"
+                | "ServiceUnavailable",
+            ) => FetchError::Unreachable(msg()),
+            _ => FetchError::Rejected(msg()),
+        }
+    }
+}
+
+/// What a [`crate::source::SecretSource`] answers, one result per key asked.
+pub type FetchResults = HashMap<FetchKey, Result<SecretValue, FetchError>>;
+
+/// What [`crate::cache::CachedSource`] answers: values shared with the cache.
+pub type CachedResults = HashMap<FetchKey, Result<Arc<SecretValue>, FetchError>, Hashing>;
+
+/// `(tenant, key)`, borrowed: looks up a `(Arc<str>, FetchKey)` key.
+#[derive(Clone, Copy)]
+pub struct TenantKey<'a>(pub &'a str, pub &'a FetchKey);
+
+impl Hash for TenantKey<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.0.hash(h);
+        self.1.hash(h);
+    }
+}
+
+impl moka::Equivalent<(Arc<str>, FetchKey)> for TenantKey<'_> {
+    fn equivalent(&self, key: &(Arc<str>, FetchKey)) -> bool {
+        *key.0 == *self.0 && key.1 == *self.1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::BuildHasher;
+
+    #[test]
+    fn a_borrowed_tenant_key_hashes_and_compares_as_its_owned_tuple() {
+        let s = std::collections::hash_map::RandomState::new();
+        let k = FetchKey {
+            id: "n/db".into(),
+            version: Version::Stage("AWSPENDING".into()),
+        };
+        let owned: (Arc<str>, FetchKey) = ("n".into(), k.clone());
+        assert_eq!(s.hash_one(&owned), s.hash_one(TenantKey("n", &k)));
+        assert!(moka::Equivalent::equivalent(&TenantKey("n", &k), &owned));
+        assert!(!moka::Equivalent::equivalent(&TenantKey("m", &k), &owned));
+    }
+
+    #[tokio::test]
+    async fn a_moka_cache_finds_owned_keys_by_borrowed_ones() {
+        let k = FetchKey {
+            id: "n/db".into(),
+            version: Version::current(),
+        };
+        let t: moka::future::Cache<(Arc<str>, FetchKey), u8> = moka::future::Cache::new(10);
+        t.insert(("n".into(), k.clone()), 7).await;
+        assert_eq!(t.get(&TenantKey("n", &k)).await, Some(7));
+        assert_eq!(t.get(&TenantKey("m", &k)).await, None);
+    }
+}
