@@ -25,8 +25,14 @@ pub const INJECTED: &str = "sm-injector.io/injected";
 /// Written by sm-injector on a workload's pod template when a rotation rolls it.
 /// Never read as input.
 pub const ROTATED_VERSIONS: &str = "sm-injector.io/rotated-versions";
+/// Written by sm-injector on the pods it mutates: the version each backing
+/// Secret held when the pod was admitted (what its containers read), as a
+/// JSON object of backing Secret name to version id. The refresher rolls a
+/// `restart-on-rotation` workload whose pods recorded another version than
+/// the Secret holds. Never read as input.
+pub const VERSIONS: &str = "sm-injector.io/versions";
 /// The keys under `sm-injector.io/` that sm-injector writes itself.
-pub const OUTPUT_KEYS: &[&str] = &[INJECTED, ROTATED_VERSIONS];
+pub const OUTPUT_KEYS: &[&str] = &[INJECTED, ROTATED_VERSIONS, VERSIONS];
 
 /// Namespace annotation of SPEC section 4.
 pub const ALLOWED_SECRETS: &str = "sm-injector.io/allowed-secrets";

@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::jiff;
 use kube::api::ObjectMeta;
 use sha2::{Digest, Sha256};
 
@@ -32,9 +31,6 @@ pub const ANN_SELECTOR: &str = "sm-injector.io/version-selector";
 pub const ANN_VERSION_ID: &str = "sm-injector.io/version-id";
 pub const ANN_REFRESHED: &str = "sm-injector.io/refreshed-at";
 pub const ANN_FORM: &str = "sm-injector.io/form";
-/// When Secrets Manager was asked for the version the Secret holds (RFC 3339,
-/// milliseconds). Every writer compares it before writing ([`decide`]).
-pub const ANN_OBSERVED: &str = "sm-injector.io/observed-at";
 
 /// One backing Secret: (namespace, backing Secret name).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -156,53 +152,6 @@ pub fn name_scoped(
     out
 }
 
-/// What a writer does with a backing Secret that exists.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// It holds an older observation of another version: overwrite it.
-    Write,
-    /// It holds this version already.
-    Current,
-    /// It holds another version observed later than ours (a rotation another
-    /// writer saw first, or our cached value is stale): leave it.
-    Newer { version_id: String },
-}
-
-/// The one rule for every writer (admission and refresher, every replica): a
-/// backing Secret is never overwritten with a value observed earlier than the
-/// one it holds. `existing` is the Secret's annotations. Ordering by the time
-/// Secrets Manager was asked, not by the versions' creation dates, lets a
-/// deliberate rollback in Secrets Manager (moving AWSCURRENT back) through
-/// while a stale cache cannot roll a rotation back.
-pub fn decide(
-    existing: &BTreeMap<String, String>,
-    version_id: &str,
-    observed_at: jiff::Timestamp,
-) -> Decision {
-    match existing.get(ANN_VERSION_ID) {
-        Some(v) if v == version_id => return Decision::Current,
-        None => return Decision::Write,
-        Some(_) => {}
-    }
-    let theirs = existing
-        .get(ANN_OBSERVED)
-        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
-    match theirs {
-        Some(t) if t >= observed_at => Decision::Newer {
-            version_id: existing[ANN_VERSION_ID].clone(),
-        },
-        _ => Decision::Write,
-    }
-}
-
-/// A timestamp as written in [`ANN_OBSERVED`]: RFC 3339, milliseconds, UTC.
-pub fn format_observed(t: jiff::Timestamp) -> String {
-    t.round(jiff::Unit::Millisecond)
-        .unwrap_or(t)
-        .strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
-}
-
 /// The data of a backing Secret of `form` for `value`.
 pub fn data(value: &SecretValue, form: Form) -> Result<BTreeMap<String, ByteString>, ContentError> {
     Ok(match form {
@@ -247,7 +196,6 @@ pub fn object(
                 (ANN_VERSION_ID.to_string(), value.version_id.clone()),
                 (ANN_FORM.to_string(), form.as_str().to_string()),
                 (ANN_REFRESHED.to_string(), refreshed_at.to_string()),
-                (ANN_OBSERVED.to_string(), format_observed(value.observed_at)),
             ])),
             ..Default::default()
         },
@@ -370,53 +318,5 @@ mod tests {
         let remote = name_scoped("team/db", arn_scope(arn).as_deref(), &cur, Form::Keys);
         assert_ne!(local, remote);
         assert!(remote.starts_with("sm-team-db-"), "{remote}");
-    }
-
-    #[test]
-    fn a_write_never_replaces_a_later_observation() {
-        let t = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
-        let held = |v: &str, at: Option<&str>| {
-            let mut a = BTreeMap::from([(ANN_VERSION_ID.to_string(), v.to_string())]);
-            if let Some(at) = at {
-                a.insert(ANN_OBSERVED.to_string(), at.to_string());
-            }
-            a
-        };
-        let at = t("2026-01-01T00:00:10Z");
-        let rotated = held("v2", Some(&format_observed(at)));
-        // A cache warmed before the rotation: refused, whatever the version.
-        assert_eq!(
-            decide(&rotated, "v1", t("2026-01-01T00:00:05Z")),
-            Decision::Newer {
-                version_id: "v2".into()
-            }
-        );
-        assert_eq!(
-            decide(&rotated, "v1", at),
-            Decision::Newer {
-                version_id: "v2".into()
-            },
-            "ties keep what is there"
-        );
-        assert_eq!(
-            decide(&rotated, "v2", t("2026-01-01T00:00:01Z")),
-            Decision::Current
-        );
-        // A later observation wins: a rotation, or a rollback made in Secrets Manager.
-        assert_eq!(
-            decide(&rotated, "v1", t("2026-01-01T00:00:11Z")),
-            Decision::Write
-        );
-        assert_eq!(
-            decide(&rotated, "v3", t("2026-01-01T00:01:00Z")),
-            Decision::Write
-        );
-        // Secrets written before the rule (no observation) or not ours to judge.
-        assert_eq!(decide(&held("v1", None), "v2", at), Decision::Write);
-        assert_eq!(decide(&BTreeMap::new(), "v2", at), Decision::Write);
-        assert_eq!(
-            format_observed(t("2026-01-01T00:00:10.123456Z")),
-            "2026-01-01T00:00:10.123Z"
-        );
     }
 }

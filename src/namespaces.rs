@@ -62,6 +62,21 @@ impl Namespaces {
         self.ready.load(Ordering::Relaxed)
     }
 
+    /// Whether the watched cache has the Namespace `namespace`.
+    pub fn exists(&self, namespace: &str) -> bool {
+        self.store.get(&ObjectRef::new(namespace)).is_some()
+    }
+
+    /// The UID of the Namespace `namespace`, from the watched cache: a
+    /// namespace deleted and made again has another.
+    pub fn uid(&self, namespace: &str) -> Option<String> {
+        self.store
+            .get(&ObjectRef::new(namespace))?
+            .metadata
+            .uid
+            .clone()
+    }
+
     /// An annotation of a Namespace, from the watched cache.
     pub fn annotation(&self, namespace: &str, key: &str) -> Option<String> {
         self.store

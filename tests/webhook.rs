@@ -1232,10 +1232,11 @@ async fn identical_pods_reuse_a_decision_only_while_its_rule_and_values_hold() {
     assert_eq!(reused().await, 3.0);
 
     // A new value: once the cache holds it, the kept decision no longer
-    // applies, and the replica's backing Secret is written with the new value
-    // before the pod is admitted. (The cached value is dropped, as a stale one
-    // is, and a dry run of another pod loads the new one without writing.)
-    sm.put_secret_value()
+    // applies. Admissions never move a backing Secret to another version
+    // (only the refresher's leader does): the replica is admitted against
+    // what its Secret holds, and the cached value is dropped as stale.
+    let rotated = sm
+        .put_secret_value()
         .secret_id(format!("{ns}/db"))
         .secret_string(r#"{"url":"two"}"#)
         .send()
@@ -1259,6 +1260,49 @@ async fn identical_pods_reuse_a_decision_only_while_its_rule_and_values_hold() {
         .await
         .unwrap();
     assert!(inj.webhook.source.cached(&ns, &key).await.is_some());
+    let p = create(&client, &ns, &replica).await.unwrap();
+    let versions = p.metadata.annotations.clone().unwrap()["sm-injector.io/versions"].clone();
+    assert_eq!(db_url(p).await, b"one", "the Secret keeps its version");
+    assert!(
+        !versions.contains(rotated.version_id().unwrap()),
+        "the pod records what its Secret holds: {versions}"
+    );
+    assert!(inj.webhook.source.cached(&ns, &key).await.is_none());
+    assert_eq!(reused().await, 3.0);
+    // The leader's write (the same one the refresher makes) moves it; then
+    // replicas are admitted on the new version, and decided once again.
+    let value = sm_injector::secret::SecretValue::new(
+        rotated.arn().unwrap().to_string(),
+        format!("{ns}/db"),
+        rotated.version_id().unwrap().to_string(),
+        sm_injector::secret::Payload::String(r#"{"url":"two"}"#.into()),
+    );
+    let backing = sm_injector::backing::name(
+        &format!("{ns}/db"),
+        &sm_injector::reference::Version::current(),
+        sm_injector::backing::Form::Keys,
+    );
+    let obj = sm_injector::backing::object(
+        &ns,
+        &backing,
+        &value,
+        &sm_injector::reference::Version::current(),
+        sm_injector::backing::Form::Keys,
+        "now",
+    )
+    .unwrap();
+    let written = sm_injector::store::write_backing(
+        &Api::namespaced(client.clone(), &ns),
+        &obj,
+        sm_injector::store::rule::Writer::Leader,
+        &|| true,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        written,
+        sm_injector::store::Written::Rotated { .. }
+    ));
     let p = create(&client, &ns, &replica).await.unwrap();
     assert_eq!(db_url(p).await, b"two");
     assert_eq!(reused().await, 3.0);

@@ -207,16 +207,23 @@ impl Webhook {
         patch: Vec<u8>,
         patch_warnings: Vec<String>,
     ) -> Answer {
-        let ensured = match self.syncer.ensure(namespace, plan, req.dry_run).await {
+        let uid = self.namespaces.uid(namespace);
+        let ensured = match self
+            .syncer
+            .ensure(namespace, uid.as_deref(), plan, req.dry_run)
+            .await
+        {
             Ok(e) => e,
             Err(e) => return deny(req, pod, e),
         };
         if !ensured.stale.is_empty() {
-            // A backing Secret holds a later observation than the cache.
+            // A backing Secret holds another version than the cache.
             self.source.invalidate(namespace, &ensured.stale).await;
         }
         let mut warnings = ensured.warnings;
         warnings.extend(patch_warnings);
+        let mut patch = patch;
+        patch::record_versions(&mut patch, &ensured.versions);
         let mut response = mutated(req, patch);
         if !warnings.is_empty() {
             for w in &warnings {

@@ -187,16 +187,16 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             std::process::id()
         )
     });
-    let (lease_ns, lease_name, lease_seconds) = (
-        a.lease_namespace.clone(),
-        a.lease_name.clone(),
-        a.lease_seconds,
-    );
-    let refresher = tokio::spawn(async move {
-        refresher
-            .run_with_lease(&lease_ns, &lease_name, identity, lease_seconds)
-            .await
-    });
+    // SIGTERM stops the refresher at once (the Lease is released, so another
+    // replica takes over within a second or two) while admissions drain.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let lease = refresh::lease::LeaseSettings {
+        namespace: a.lease_namespace.clone(),
+        name: a.lease_name.clone(),
+        identity,
+        seconds: a.lease_seconds,
+    };
+    let mut refresher = tokio::spawn(refresher.run_with_lease(lease, stopping.clone()));
     let webhook = Arc::new(Webhook {
         source: CachedSource::new(aws, a.cache_ttl, metrics.clone())
             .with_negative_ttl(a.negative_cache_ttl),
@@ -241,13 +241,21 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         },
         tls,
         probes,
-        shutdown_signal(),
+        async move {
+            shutdown_signal().await;
+            stop.send_replace(true);
+        },
     );
+    let mut server = std::pin::pin!(server);
     // A replica whose refresher or Lease task stopped exits (the Lease is
-    // released on the way), so that another one takes over.
+    // released on the way), so that another one takes over; during a
+    // shutdown, the refresher stopping is expected and the server finishes.
     tokio::select! {
-        r = server => r,
-        r = refresher => {
+        r = &mut server => r,
+        r = &mut refresher => {
+            if *stopping.borrow() {
+                return server.await;
+            }
             let why = match r {
                 Ok(e) => e.to_string(),
                 Err(e) => format!("the refresher task failed: {e}"),

@@ -245,6 +245,28 @@ pub fn build(pod: &Pod, plan: &Plan, targets: &[Target]) -> (Vec<u8>, Vec<String
     (ops.finish(), warnings)
 }
 
+/// Adds to a patch made by [`build`] (whose ops make sure the pod has an
+/// annotations map) the record of the version each backing Secret holds
+/// ([`crate::annotations::VERSIONS`]): known only once the backing Secrets are ensured, so kept
+/// decisions share the rest of the patch.
+pub fn record_versions(patch: &mut Vec<u8>, versions: &[(String, String)]) {
+    if versions.is_empty() || patch.last() != Some(&b']') {
+        return;
+    }
+    let map: std::collections::BTreeMap<&str, &str> = versions
+        .iter()
+        .map(|(b, v)| (b.as_str(), v.as_str()))
+        .collect();
+    let text = serde_json::to_string(&map).expect("a map serializes");
+    patch.pop();
+    patch.extend_from_slice(br#","#);
+    patch.extend_from_slice(
+        br#"{"op":"add","path":"/metadata/annotations/sm-injector.io~1versions","value":"#,
+    );
+    patch.extend_from_slice(&serde_json::to_vec(&text).expect("a string serializes"));
+    patch.extend_from_slice(b"}]");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,6 +488,43 @@ mod tests {
                 .unwrap()
                 .len(),
             from.len()
+        );
+    }
+
+    #[test]
+    fn the_versions_held_are_recorded_after_the_rest_of_the_patch() {
+        use crate::annotations::VERSIONS;
+        use std::collections::BTreeMap;
+        let p = pod(
+            json!({"metadata": {"annotations": {"sm-injector.io/env.DB": "n/db#url"}},
+            "spec": {"containers": [{"name": "app"}]}}),
+        );
+        let (mut bytes, _) = build(&p, &plan(), &select(&p, None).unwrap());
+        record_versions(
+            &mut bytes,
+            &[
+                ("sm-n-db-1".into(), "v\"2".into()),
+                ("sm-x".into(), "v9".into()),
+            ],
+        );
+        let patched = apply(&p, &bytes);
+        let recorded: BTreeMap<String, String> =
+            serde_json::from_str(&patched.metadata.annotations.unwrap()[VERSIONS]).unwrap();
+        assert_eq!(recorded["sm-n-db-1"], "v\"2");
+        assert_eq!(recorded["sm-x"], "v9");
+        // Without an annotations map on the pod, and with nothing to record.
+        let bare = pod(json!({"spec": {"containers": [{"name": "app"}]}}));
+        let (mut bytes, _) = build(&bare, &plan(), &select(&bare, None).unwrap());
+        let before = bytes.clone();
+        record_versions(&mut bytes, &[]);
+        assert_eq!(bytes, before);
+        record_versions(&mut bytes, &[("sm-n-db-1".into(), "v1".into())]);
+        assert!(
+            apply(&bare, &bytes)
+                .metadata
+                .annotations
+                .unwrap()
+                .contains_key(VERSIONS)
         );
     }
 }

@@ -16,7 +16,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::PartialObjectMeta;
 
-use crate::annotations::INJECTED;
+use super::rollout::Behind;
+use crate::annotations::{INJECTED, VERSIONS};
 use crate::backing::{self, Form};
 use crate::fetch::FetchKey;
 use crate::record::Record;
@@ -51,6 +52,10 @@ struct PodUse {
     entries: Vec<Entry>,
     interval: Duration,
     workload: Option<Workload>,
+    /// The version of each backing Secret the pod's admission saw it hold
+    /// ([`VERSIONS`]): what its containers read. Empty for pods admitted
+    /// before sm-injector recorded it.
+    versions: BTreeMap<String, String>,
 }
 
 /// One backing Secret in use, over every pod that uses it.
@@ -130,6 +135,22 @@ pub fn read_record(
     Some(Ok((entries, interval)))
 }
 
+/// The versions a pod recorded ([`VERSIONS`]), for its record's entries
+/// only; none when the annotation is absent or unreadable.
+fn read_versions(
+    annotations: &BTreeMap<String, String>,
+    entries: &[Entry],
+) -> BTreeMap<String, String> {
+    let Some(text) = annotations.get(VERSIONS) else {
+        return BTreeMap::new();
+    };
+    let Ok(mut all) = serde_json::from_str::<BTreeMap<String, String>>(text) else {
+        return BTreeMap::new();
+    };
+    all.retain(|b, _| entries.iter().any(|e| &e.backing == b));
+    all
+}
+
 /// The workload a pod belongs to, from its own metadata: a ReplicaSet's pod
 /// belongs to the Deployment whose name the ReplicaSet's name carries before
 /// the pod's `pod-template-hash` (the Deployment controller's naming); bare
@@ -187,12 +208,15 @@ impl Index {
             Some(Ok((entries, interval))) => {
                 self.refused.remove(&key);
                 let workload = workload(m);
+                let annotations = m.annotations.as_ref().unwrap_or(&empty);
+                let versions = read_versions(annotations, &entries);
                 self.pods.insert(
                     key,
                     PodUse {
                         entries,
                         interval,
                         workload,
+                        versions,
                     },
                 );
                 None
@@ -238,6 +262,50 @@ impl Index {
                 want.interval = want.interval.min(p.interval);
             }
         }
+        out
+    }
+
+    /// The workloads (not bare pods) some of whose pods run another version
+    /// of a backing Secret than it holds now (`holds`, as the leader verified
+    /// it): a pod that recorded a version behind it, or one that recorded
+    /// none when the leader has just rotated the Secret (`rotated`). Each
+    /// with what a rollout brings it to ([`Behind`]).
+    pub fn behind(
+        &self,
+        holds: &HashMap<&Key, &str>,
+        rotated: &BTreeSet<Key>,
+    ) -> BTreeMap<(String, Workload), Behind> {
+        let mut out: BTreeMap<(String, Workload), Behind> = BTreeMap::new();
+        for ((ns, _), p) in &self.pods {
+            let Some(w) = p.workload.as_ref().filter(|w| w.kind != "Pod") else {
+                continue;
+            };
+            let mut stale = BTreeSet::new();
+            let mut wanted = BTreeMap::new();
+            for e in &p.entries {
+                let key = Key {
+                    namespace: ns.clone(),
+                    backing: e.backing.clone(),
+                };
+                let Some(held) = holds.get(&key) else {
+                    continue;
+                };
+                wanted.insert(e.backing.clone(), held.to_string());
+                let behind = match p.versions.get(&e.backing) {
+                    Some(ran) => ran != held,
+                    None => rotated.contains(&key),
+                };
+                if behind {
+                    stale.insert(e.backing.clone());
+                }
+            }
+            // Every pod's backing Secrets, so that the template's record names
+            // them all; only pods that are behind make it a candidate.
+            let b = out.entry((ns.clone(), w.clone())).or_default();
+            b.wanted.extend(wanted);
+            b.stale.extend(stale);
+        }
+        out.retain(|_, b| !b.stale.is_empty());
         out
     }
 
@@ -458,5 +526,60 @@ mod tests {
         };
         let w = ix.workloads_using(&BTreeSet::from([key]));
         assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn workloads_are_behind_when_their_pods_ran_another_version() {
+        use crate::annotations::VERSIONS;
+        let mut ix = Index::new(LIMITS);
+        let rec = record_for(
+            "1h",
+            &[
+                ("n/db", cur(), Form::Keys, None),
+                ("n/x", cur(), Form::Raw, None),
+            ],
+        );
+        let (db, x) = (
+            backing::name("n/db", &cur(), Form::Keys),
+            backing::name("n/x", &cur(), Form::Raw),
+        );
+        let owned = |name: &str, versions: Option<String>| {
+            let mut extra = json!({"ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db", "uid": "u", "controller": true}]});
+            if let Some(v) = versions {
+                extra["annotations"] = json!({INJECTED: rec, VERSIONS: v});
+            }
+            pod("n", name, Some(rec.clone()), extra)
+        };
+        let v = |d: &str| Some(format!(r#"{{"{db}":"{d}","{x}":"x1"}}"#));
+        ix.apply(&owned("db-0", v("v1")));
+        ix.apply(&owned("db-1", v("v2")));
+        let k = |b: &str| Key {
+            namespace: "n".into(),
+            backing: b.into(),
+        };
+        let (kdb, kx) = (k(&db), k(&x));
+        let holds = HashMap::from([(&kdb, "v2"), (&kx, "x1")]);
+        let none = BTreeSet::new();
+        let b = ix.behind(&holds, &none);
+        assert_eq!(b.len(), 1);
+        let behind = b.values().next().unwrap();
+        assert_eq!(behind.stale, BTreeSet::from([db.clone()]));
+        assert_eq!(behind.wanted[&db], "v2");
+        assert_eq!(behind.wanted[&x], "x1");
+        // Caught up: nothing behind.
+        ix.apply(&owned("db-0", v("v2")));
+        assert!(ix.behind(&holds, &none).is_empty());
+        // A pod from before versions were recorded counts only when the
+        // leader has just moved its Secret.
+        ix.apply(&owned("db-0", None));
+        assert!(ix.behind(&holds, &none).is_empty());
+        assert_eq!(ix.behind(&holds, &BTreeSet::from([kdb.clone()])).len(), 1);
+        // A version the leader has not verified yet is not compared.
+        let unknown = HashMap::from([(&kx, "x2")]);
+        let b = ix.behind(&unknown, &none);
+        assert_eq!(
+            b.values().next().unwrap().stale,
+            BTreeSet::from([x.clone()])
+        );
     }
 }

@@ -13,10 +13,12 @@
 pub mod collector;
 pub mod error;
 pub mod index;
+pub mod lease;
 pub mod planner;
+pub mod rollout;
 pub mod workloads;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -29,15 +31,17 @@ use tokio::sync::watch;
 
 use crate::annotations::INJECTED_LABEL;
 use crate::backing;
-use crate::fetch::{FetchError, FetchKey};
+use crate::fetch::{FetchError, FetchKey, FetchResults};
 use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
 use crate::source::SecretSource;
 use crate::store::inventory::{self, Inventory};
+use crate::store::rule::Writer;
 use crate::store::{Written, now_rfc3339, write_backing};
 pub use error::{Error, Failure};
 use index::{Index, Key, Limits, Want};
 use planner::{Planner, Revoked};
+use rollout::Rollouts;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -64,10 +68,14 @@ pub struct Refresher {
 }
 
 enum Outcome {
-    /// Written with a new version (rolls workloads that ask for it).
-    Rotated(String),
+    /// Moved from another version.
+    Rotated { to: String, from: String },
+    /// Its content had been changed; restored.
+    Repaired(String),
     /// Holds this version (found, or written where it was missing).
     Current(String),
+    /// The Lease was lost before writing.
+    NotLeading,
 }
 
 impl Refresher {
@@ -97,32 +105,21 @@ impl Refresher {
         }
     }
 
-    /// Runs while this replica holds the Lease `lease_name` in `namespace`.
-    /// Returns only on failure; dropping the leader channel on the way out
-    /// makes the Lease task release the Lease.
+    /// Runs while this replica holds the Lease ([`lease::elect`]), until
+    /// `stop` turns true; then the Lease is released before this returns.
+    /// Dropping this future (or the refresher failing) drops the election,
+    /// which releases the Lease too.
     pub async fn run_with_lease(
         self,
-        namespace: &str,
-        lease_name: &str,
-        identity: String,
-        lease_seconds: u64,
+        lease: lease::LeaseSettings,
+        stop: watch::Receiver<bool>,
     ) -> Error {
-        let manager = kube_lease_manager::LeaseManagerBuilder::new(self.client.clone(), lease_name)
-            .with_namespace(namespace)
-            .with_identity(identity)
-            .with_duration(lease_seconds)
-            .with_grace(lease_seconds.div_ceil(3).max(1))
-            .build()
-            .await;
-        let manager = match manager {
-            Ok(m) => m,
-            Err(e) => return Error::Lease(e.to_string()),
-        };
-        let (leader, task) = manager.watch().await;
-        let err = self.run(leader).await;
-        // The receiver is gone: the Lease task releases the Lease and ends.
-        let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
-        err
+        let (tx, rx) = watch::channel(false);
+        let election = lease::elect(self.client.clone(), lease, tx, stop);
+        tokio::select! {
+            e = election => e,
+            e = self.run(rx) => e,
+        }
     }
 
     /// Refreshes while `leader` is true; returns why it stopped.
@@ -131,8 +128,14 @@ impl Refresher {
             if *leader.borrow_and_update() {
                 tracing::info!("this replica leads the refresher");
                 self.metrics.refresh_leader(true);
+                // Overdue from the start of this leadership until its first
+                // pass: a leader whose watches never sync shows as overdue.
+                let started = planner::unix(SystemTime::now());
+                self.metrics.refresh_gauges(0, 0, 0, started);
                 let r = self.lead(&mut leader).await;
+                // Leader-only gauges: a follower exports none of them.
                 self.metrics.refresh_leader(false);
+                self.metrics.refresh_gauges(0, 0, 0, 0);
                 if let Err(e) = r {
                     return e;
                 }
@@ -159,6 +162,7 @@ impl Refresher {
         let (mut pods, mut cms) = (std::pin::pin!(pods), std::pin::pin!(cms));
         let mut index = Index::new(self.settings.limits);
         let mut planner = Planner::new(self.settings.tick);
+        let mut rollouts = Rollouts::default();
         let mut shards: HashMap<String, Vec<(Key, String)>> = HashMap::new();
         let (mut pods_synced, mut cms_synced) = (false, false);
         let soon = || tokio::time::Instant::now() + Duration::from_millis(300);
@@ -211,7 +215,8 @@ impl Refresher {
                 }
                 _ = tokio::time::sleep_until(wake), if pods_synced && cms_synced => {
                     let marks = shards.values().flatten().cloned().collect();
-                    let next = self.pass(&index, &mut planner, &marks).await;
+                    let leading = || *leader.borrow();
+                    let next = self.pass(&index, &mut planner, &mut rollouts, &marks, &leading).await;
                     let pause = next
                         .duration_since(SystemTime::now())
                         .unwrap_or_default()
@@ -227,7 +232,9 @@ impl Refresher {
         &self,
         index: &Index,
         planner: &mut Planner,
+        rollouts: &mut Rollouts,
         marks: &planner::Inventory,
+        leading: &(dyn Fn() -> bool + Sync),
     ) -> SystemTime {
         let now = SystemTime::now();
         let in_use = index.in_use();
@@ -264,16 +271,33 @@ impl Refresher {
             )
             .await;
         }
-        if !d.due.is_empty() {
-            self.refresh(index, planner, d.due).await;
+        let rotated = if d.due.is_empty() {
+            BTreeSet::new()
+        } else {
+            self.refresh(index, planner, d.due, leading).await
+        };
+        // Level-triggered rollouts: whatever the pods run against what the
+        // Secrets hold, whoever wrote it.
+        let candidates = rollouts.to_check(index.behind(&planner.versions(), &rotated));
+        if !candidates.is_empty() {
+            workloads::roll(&self.client, rollouts, candidates, leading).await;
         }
+        let vanished = if self.namespaces.is_ready() {
+            planner.vanished(marks, |ns| self.namespaces.exists(ns), now)
+        } else {
+            vec![]
+        };
         collector::collect(
             &self.client,
             &self.inventory,
             &self.metrics,
             planner,
-            d.marks,
-            d.delete,
+            collector::Work {
+                marks: d.marks,
+                delete: d.delete,
+                vanished,
+            },
+            leading,
         )
         .await;
         let g = &d.gauges;
@@ -282,28 +306,24 @@ impl Refresher {
         d.next_wake
     }
 
-    /// Fetches the due ones (each secret version once) and writes those whose
-    /// version changed.
-    async fn refresh(&self, index: &Index, planner: &mut Planner, due: Vec<(Key, Want)>) {
+    /// Fetches the due ones (each secret version once, in batches that each
+    /// have the AWS deadline) and brings each backing Secret to what Secrets
+    /// Manager holds now. Returns the backing Secrets moved to another version.
+    async fn refresh(
+        &self,
+        index: &Index,
+        planner: &mut Planner,
+        due: Vec<(Key, Want)>,
+        leading: &(dyn Fn() -> bool + Sync),
+    ) -> BTreeSet<Key> {
         let mut keys: Vec<FetchKey> = due.iter().map(|(_, w)| w.fetch.clone()).collect();
         keys.sort();
         keys.dedup();
-        let deadline = self.settings.aws_deadline;
-        let results = match tokio::time::timeout(deadline, self.source.fetch(&keys)).await {
-            Ok(r) => r,
-            Err(_) => keys
-                .iter()
-                .map(|k| {
-                    let why = format!("no answer within {}", humantime::format_duration(deadline));
-                    (k.clone(), Err(FetchError::Unreachable(why)))
-                })
-                .collect(),
-        };
+        let results = fetch_batches(self.source.as_ref(), &keys, self.settings.aws_deadline).await;
         let jobs = due.into_iter().map(|(key, want)| {
-            let believed = planner.version(&key).map(str::to_string);
             let value = results.get(&want.fetch).cloned();
             async move {
-                let r = self.refresh_one(&key, &want, value, believed).await;
+                let r = self.refresh_one(&key, &want, value, leading).await;
                 (key, want, r)
             }
         });
@@ -312,15 +332,20 @@ impl Refresher {
             .collect()
             .await;
         let now = SystemTime::now();
-        let (mut rotated, mut failing) = (BTreeMap::new(), BTreeMap::new());
+        let (mut rotated, mut failing) = (BTreeSet::new(), BTreeMap::new());
         for (key, want, r) in outcomes {
             match r {
-                Ok(Outcome::Rotated(v)) => {
-                    tracing::info!(namespace = %key.namespace, secret = %want.secret, version = %v, backing = %key.backing, "backing Secret refreshed to a new version");
+                Ok(Outcome::Rotated { to, from }) => {
+                    tracing::info!(namespace = %key.namespace, secret = %want.secret, version = %to, previous = %from, backing = %key.backing, "backing Secret moved to the version Secrets Manager holds");
+                    planner.succeeded(&key, &to, &want, now);
+                    rotated.insert(key);
+                }
+                Ok(Outcome::Repaired(v)) => {
+                    tracing::warn!(namespace = %key.namespace, secret = %want.secret, version = %v, backing = %key.backing, "backing Secret had been changed; restored what its version holds");
                     planner.succeeded(&key, &v, &want, now);
-                    rotated.insert(key, v);
                 }
                 Ok(Outcome::Current(v)) => planner.succeeded(&key, &v, &want, now),
+                Ok(Outcome::NotLeading) => {}
                 Err(e) => {
                     self.metrics.refresh_failure(e.metric_label());
                     tracing::warn!(namespace = %key.namespace, secret = %want.secret, backing = %key.backing, error = %e, "refresh failed; the backing Secret is kept as it is");
@@ -329,9 +354,6 @@ impl Refresher {
                     }
                 }
             }
-        }
-        if !rotated.is_empty() {
-            workloads::roll(&self.client, index, &rotated).await;
         }
         if !failing.is_empty() {
             workloads::warn(
@@ -343,14 +365,18 @@ impl Refresher {
             )
             .await;
         }
+        rotated
     }
 
+    /// Brings one backing Secret to `value`: reads what it holds (every pass,
+    /// even when the version is believed current), and writes when anything
+    /// differs ([`write_backing`] as the leader).
     async fn refresh_one(
         &self,
         key: &Key,
         want: &Want,
         value: Option<Result<crate::secret::SecretValue, FetchError>>,
-        believed: Option<String>,
+        leading: &(dyn Fn() -> bool + Sync),
     ) -> Result<Outcome, Failure> {
         let value = match value {
             Some(Ok(v)) => v,
@@ -367,9 +393,6 @@ impl Refresher {
                 want.fetch.id, value.name, want.secret
             )));
         }
-        if believed.as_deref() == Some(value.version_id.as_str()) {
-            return Ok(Outcome::Current(value.version_id));
-        }
         let obj = backing::object(
             &key.namespace,
             &key.backing,
@@ -379,26 +402,63 @@ impl Refresher {
             &now_rfc3339(),
         )
         .map_err(|e| Failure::Content(e.to_string()))?;
-        self.inventory
-            .record(&key.namespace, [key.backing.as_str()])
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.namespace);
+        let written = write_backing(&api, &obj, Writer::Leader, leading)
             .await
             .map_err(Failure::Kubernetes)?;
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.namespace);
-        match write_backing(&api, &obj, &value)
-            .await
-            .map_err(Failure::Kubernetes)?
-        {
-            Written::Wrote => {
-                self.metrics.secret_write("refresh");
-                Ok(Outcome::Rotated(value.version_id))
-            }
-            Written::Created => {
-                self.metrics.secret_write("refresh");
-                Ok(Outcome::Current(value.version_id))
-            }
-            Written::Current => Ok(Outcome::Current(value.version_id)),
-            // Another writer saw a later version first.
-            Written::Newer { version_id, .. } => Ok(Outcome::Current(version_id)),
+        if matches!(
+            written,
+            Written::Created | Written::Rotated { .. } | Written::Repaired
+        ) {
+            self.metrics.secret_write("refresh");
+        }
+        let v = value.version_id;
+        Ok(match written {
+            Written::Rotated { from } => Outcome::Rotated { to: v, from },
+            Written::Repaired => Outcome::Repaired(v),
+            Written::NotLeading => Outcome::NotLeading,
+            // Created where it was missing (a hand deletion): the pods read
+            // it now, at this version.
+            Written::Created | Written::Current | Written::Differs { .. } => Outcome::Current(v),
+        })
+    }
+}
+
+/// Fetches `keys` in batches of [`planner::BATCH`], each with its own
+/// `deadline`, so that one slow call fails only its own batch.
+pub async fn fetch_batches(
+    source: &dyn SecretSource,
+    keys: &[FetchKey],
+    deadline: Duration,
+) -> FetchResults {
+    let mut batches = Vec::new();
+    for batch in keys.chunks(planner::BATCH) {
+        batches.push(fetch_batch(source, batch, deadline));
+    }
+    let mut results = futures::stream::iter(batches).buffer_unordered(4);
+    let mut out = FetchResults::new();
+    while let Some(r) = results.next().await {
+        out.extend(r);
+    }
+    out
+}
+
+async fn fetch_batch(
+    source: &dyn SecretSource,
+    batch: &[FetchKey],
+    deadline: Duration,
+) -> FetchResults {
+    match tokio::time::timeout(deadline, source.fetch(batch)).await {
+        Ok(r) => r,
+        Err(_) => {
+            let why = format!("no answer within {}", humantime::format_duration(deadline));
+            batch
+                .iter()
+                .map(|k| (k.clone(), Err(FetchError::Unreachable(why.clone()))))
+                .collect()
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

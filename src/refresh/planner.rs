@@ -12,6 +12,7 @@ use crate::fetch::FetchKey;
 #[cfg(test)]
 use crate::policy::AccessRule;
 use crate::policy::NamespaceFacts;
+use crate::store::inventory::NUDGE;
 
 /// What the leader remembers of one backing Secret in use.
 #[derive(Debug, Clone)]
@@ -81,14 +82,27 @@ pub struct Planner {
     states: HashMap<Key, State>,
     revoked: HashSet<Key>,
     forced: HashMap<String, String>,
-    /// Deleted by this leader: if a pod uses one again, it is written now.
-    deleted: HashSet<Key>,
+    /// Backing Secrets that left use (or were deleted by the collector) lately,
+    /// and when: one that comes back (a namespace made again, a Deployment
+    /// scaled up from zero) is checked at once, not after its interval.
+    gone: HashMap<Key, SystemTime>,
+    /// The last nudge mark handled per backing Secret ([`NUDGE`]).
+    nudges: HashMap<Key, String>,
+    /// Namespaces that have inventory marks and no Namespace, and since when.
+    absent: HashMap<String, SystemTime>,
 }
 
-/// Secrets per `BatchGetSecretValue` call.
-const BATCH: usize = 20;
+/// How long a backing Secret that left use is remembered as [`Planner::gone`].
+pub const RECHECK_WINDOW: Duration = Duration::from_secs(3600);
 
-fn unix(t: SystemTime) -> i64 {
+/// How long a namespace must be absent before its inventory is dropped (its
+/// backing Secrets went with it).
+pub const ABSENT_GRACE: Duration = Duration::from_secs(60);
+
+/// Secrets per `BatchGetSecretValue` call.
+pub const BATCH: usize = 20;
+
+pub fn unix(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
@@ -118,7 +132,9 @@ impl Planner {
             states: HashMap::new(),
             revoked: HashSet::new(),
             forced: HashMap::new(),
-            deleted: HashSet::new(),
+            gone: HashMap::new(),
+            nudges: HashMap::new(),
+            absent: HashMap::new(),
         }
     }
 
@@ -167,7 +183,7 @@ impl Planner {
             valid.insert(key);
             let first = if !self.started {
                 now + spread(&want.fetch, want.interval.min(Duration::from_secs(30)))
-            } else if self.deleted.remove(key) {
+            } else if self.gone.remove(key).is_some() {
                 now
             } else {
                 now + want.interval + spread(&want.fetch, want.interval / 10)
@@ -189,6 +205,19 @@ impl Planner {
                 }
                 forced_now.insert(key.namespace.clone(), value.clone());
             }
+            // An admission found the Secret differing from what it fetched.
+            match inventory.get(key) {
+                Some(mark) if mark.starts_with(NUDGE) => {
+                    if self.nudges.get(key) != Some(mark) {
+                        self.nudges.insert(key.clone(), mark.clone());
+                        state.next_attempt = now;
+                    }
+                    d.marks.insert(key.clone(), Some(String::new()));
+                }
+                _ => {
+                    self.nudges.remove(key);
+                }
+            }
             if state.next_attempt <= now {
                 d.due.push((key.clone(), want.clone()));
             } else {
@@ -198,8 +227,16 @@ impl Planner {
         self.fill_batches(in_use, &valid, &mut d, now);
         self.forced.extend(forced_now);
         self.started = true;
+        for k in self.states.keys().filter(|k| !in_use.contains_key(*k)) {
+            self.gone.insert(k.clone(), now);
+        }
         self.states.retain(|k, _| in_use.contains_key(k));
         self.revoked.retain(|k| in_use.contains_key(k));
+        self.nudges.retain(|k, _| in_use.contains_key(k));
+        self.gone
+            .retain(|_, at| now.duration_since(*at).unwrap_or_default() < RECHECK_WINDOW);
+        let namespaces: HashSet<&str> = in_use.keys().map(|k| k.namespace.as_str()).collect();
+        self.forced.retain(|ns, _| namespaces.contains(ns.as_str()));
 
         if let Some(grace) = grace {
             for key in &valid {
@@ -268,6 +305,10 @@ impl Planner {
             let Some(s) = self.states.get(*k) else {
                 continue;
             };
+            // A copy backing off after failures waits for its own time.
+            if s.failures > 0 && s.next_attempt > now {
+                continue;
+            }
             if !fetched.contains(&w.fetch) && s.next_attempt <= now + w.interval / 10 {
                 let t = soon.entry(&w.fetch).or_insert(s.next_attempt);
                 *t = (*t).min(s.next_attempt);
@@ -281,7 +322,11 @@ impl Planner {
             fetched.insert(f.clone());
         }
         for (k, w) in waiting {
-            if fetched.contains(&w.fetch) {
+            let backing_off = self
+                .states
+                .get(k)
+                .is_some_and(|s| s.failures > 0 && s.next_attempt > now);
+            if fetched.contains(&w.fetch) && !backing_off {
                 d.due.push((k.clone(), w.clone()));
             }
         }
@@ -313,9 +358,42 @@ impl Planner {
         s.failures == 1
     }
 
-    /// The collector deleted `key`.
-    pub fn deleted(&mut self, key: &Key) {
-        self.deleted.insert(key.clone());
+    /// The collector deleted `key`: if a pod uses it again, it is checked at once.
+    pub fn deleted(&mut self, key: &Key, now: SystemTime) {
+        self.gone.insert(key.clone(), now);
+    }
+
+    /// Every backing Secret whose version this leader has verified, with it.
+    pub fn versions(&self) -> HashMap<&Key, &str> {
+        self.states
+            .iter()
+            .filter_map(|(k, s)| Some((k, s.version.as_deref()?)))
+            .collect()
+    }
+
+    /// The namespaces whose inventory ConfigMap is to be dropped: they have
+    /// marks in `inventory` and have had no Namespace (`exists`) for
+    /// [`ABSENT_GRACE`]. Ask only once the Namespace cache is in sync.
+    pub fn vanished(
+        &mut self,
+        inventory: &Inventory,
+        exists: impl Fn(&str) -> bool,
+        now: SystemTime,
+    ) -> Vec<String> {
+        let with_marks: BTreeSet<&str> = inventory.keys().map(|k| k.namespace.as_str()).collect();
+        self.absent
+            .retain(|ns, _| with_marks.contains(ns.as_str()) && !exists(ns));
+        let mut out = vec![];
+        for ns in with_marks {
+            if exists(ns) {
+                continue;
+            }
+            let since = *self.absent.entry(ns.to_string()).or_insert(now);
+            if now.duration_since(since).unwrap_or_default() >= ABSENT_GRACE {
+                out.push(ns.to_string());
+            }
+        }
+        out
     }
 }
 
@@ -527,10 +605,10 @@ mod tests {
         let d = p.plan(&in_use, |_| None, &inv, grace, t(0));
         assert!(d.marks.is_empty() && d.delete.is_empty());
         // A Secret deleted and then used again is written at once.
-        p.deleted(&a);
+        p.deleted(&a, t(0));
         let mut p2 = Planner::new(TICK);
         p2.plan(&BTreeMap::new(), facts, &Inventory::new(), None, t(0));
-        p2.deleted(&a);
+        p2.deleted(&a, t(0));
         assert_eq!(
             p2.plan(&in_use, facts, &Inventory::new(), None, t(1))
                 .due
@@ -630,5 +708,100 @@ mod tests {
                 "interval {i}: {calls} calls"
             );
         }
+    }
+
+    #[test]
+    fn a_key_that_comes_back_or_is_nudged_is_due_at_once() {
+        let mut p = Planner::new(TICK);
+        let a = key("n", "a");
+        let in_use = BTreeMap::from([(a.clone(), want("n/a", HOUR))]);
+        p.plan(&in_use, facts, &Inventory::new(), None, t(0));
+        p.succeeded(&a, "v1", &want("n/a", HOUR), t(30));
+        // The namespace is deleted (its pods go) and made again.
+        p.plan(&BTreeMap::new(), facts, &Inventory::new(), None, t(40));
+        assert_eq!(
+            p.plan(&in_use, facts, &Inventory::new(), None, t(50))
+                .due
+                .len(),
+            1,
+            "checked at once, not after its interval"
+        );
+        p.succeeded(&a, "v1", &want("n/a", HOUR), t(50));
+        // An admission saw another version: due once per nudge, and the mark
+        // is cleared whether or not the collector runs.
+        let nudged = Inventory::from([(a.clone(), format!("{NUDGE}v2"))]);
+        let d = p.plan(&in_use, facts, &nudged, None, t(60));
+        assert_eq!(d.due.len(), 1);
+        assert_eq!(d.marks[&a], Some(String::new()));
+        p.succeeded(&a, "v2", &want("n/a", HOUR), t(60));
+        assert!(p.plan(&in_use, facts, &nudged, None, t(61)).due.is_empty());
+        let again = Inventory::from([(a.clone(), format!("{NUDGE}v3"))]);
+        assert_eq!(p.plan(&in_use, facts, &again, None, t(62)).due.len(), 1);
+        // Long gone keys are forgotten.
+        let b = key("n", "b");
+        let with_b = BTreeMap::from([(b.clone(), want("n/b", HOUR))]);
+        p.plan(&with_b, facts, &Inventory::new(), None, t(100));
+        p.plan(&BTreeMap::new(), facts, &Inventory::new(), None, t(200));
+        p.plan(
+            &BTreeMap::new(),
+            facts,
+            &Inventory::new(),
+            None,
+            t(200 + 3601),
+        );
+        assert!(
+            p.plan(&with_b, facts, &Inventory::new(), None, t(200 + 3602))
+                .due
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_failing_copy_keeps_its_own_backoff_while_its_siblings_are_fetched() {
+        let open = |ns: &str| {
+            Some(NamespaceFacts {
+                opted_in: true,
+                rule: AccessRule::for_namespace(ns, Some("s*")),
+                refresh_now: None,
+            })
+        };
+        let mut p = Planner::new(TICK);
+        let (a, b) = (key("n1", "a"), key("n2", "a"));
+        let in_use = BTreeMap::from([
+            (a.clone(), want("shared", HOUR)),
+            (b.clone(), want("shared", HOUR)),
+        ]);
+        p.plan(&in_use, open, &Inventory::new(), None, t(0));
+        let d = p.plan(&in_use, open, &Inventory::new(), None, t(31));
+        assert_eq!(d.due.len(), 2);
+        p.succeeded(&a, "v1", &want("shared", HOUR), t(31));
+        for _ in 0..5 {
+            p.failed(&b, HOUR, t(31));
+        }
+        // `a` comes due again (forced); `b` is backing off for 8 ticks.
+        let forced = |ns: &str| {
+            Some(NamespaceFacts {
+                refresh_now: (ns == "n1").then(|| "*@1".to_string()),
+                ..open(ns).unwrap()
+            })
+        };
+        let d = p.plan(&in_use, forced, &Inventory::new(), None, t(40));
+        assert_eq!(d.due.iter().map(|(k, _)| k).collect::<Vec<_>>(), [&a]);
+    }
+
+    #[test]
+    fn the_inventory_of_a_namespace_gone_for_a_minute_is_dropped() {
+        let mut p = Planner::new(TICK);
+        let inv = Inventory::from([
+            (key("gone", "a"), String::new()),
+            (key("here", "b"), String::new()),
+        ]);
+        let exists = |ns: &str| ns == "here";
+        assert!(p.vanished(&inv, exists, t(0)).is_empty());
+        assert!(p.vanished(&inv, exists, t(59)).is_empty());
+        assert_eq!(p.vanished(&inv, exists, t(61)), vec!["gone".to_string()]);
+        // Back meanwhile (made again): its clock starts over.
+        assert!(p.vanished(&inv, |_| true, t(62)).is_empty());
+        assert!(p.vanished(&inv, exists, t(63)).is_empty());
     }
 }

@@ -1,5 +1,5 @@
-//! What the refresher does to workloads: rolls those that ask for it when a
-//! secret they use rotates, and records Warning Events on those whose secrets
+//! What the refresher does to workloads: rolls those that ask for it when
+//! their pods run another version of a secret than its backing Secret holds, and records Warning Events on those whose secrets
 //! fail to refresh or lose their access. Workloads come from the index (the
 //! pods' own metadata), so nothing is read per pod.
 
@@ -10,6 +10,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 
 use super::index::{Index, Key, Workload};
+use super::rollout::{Behind, Rollouts, roll_to};
 use crate::annotations::{RESTART_ON_ROTATION, ROTATED_VERSIONS};
 use crate::backing;
 use crate::kube_error::kube_reason;
@@ -26,41 +27,59 @@ pub fn api(client: &kube::Client, ns: &str, kind: &str) -> Api<kube::core::Dynam
     Api::namespaced_with(client.clone(), ns, &resource)
 }
 
-/// Rolls the Deployments, StatefulSets and DaemonSets that carry
-/// `sm-injector.io/restart-on-rotation: "true"` and whose pods use a backing
-/// Secret in `rotated` (→ its new version): their pod template gets the new
-/// versions in [`ROTATED_VERSIONS`], so their own controller rolls them.
-pub async fn roll(client: &kube::Client, index: &Index, rotated: &BTreeMap<Key, String>) -> usize {
-    let keys: BTreeSet<Key> = rotated.keys().cloned().collect();
+/// Rolls, among `candidates` (workloads whose pods are behind, not yet
+/// settled), those that carry `sm-injector.io/restart-on-rotation: "true"`
+/// and whose template does not already name the versions they are behind on
+/// ([`rollout::roll_to`]): their pod template gets the versions in
+/// [`ROTATED_VERSIONS`], under the `resourceVersion` that was read, so their
+/// own controller rolls them, once. `leading` is asked right before each
+/// write. Returns how many were rolled.
+pub async fn roll(
+    client: &kube::Client,
+    rollouts: &mut Rollouts,
+    candidates: Vec<((String, Workload), Behind)>,
+    leading: &(dyn Fn() -> bool + Sync),
+) -> usize {
     let mut rolled = 0;
-    for ((ns, w), uses) in index.workloads_using(&keys) {
-        if w.kind == "Pod" {
-            continue;
-        }
+    for ((ns, w), behind) in candidates {
         let api = api(client, &ns, w.kind);
-        let opted_in = api
-            .get_metadata(&w.name)
-            .await
-            .ok()
-            .and_then(|o| o.metadata.annotations)
-            .and_then(|a| a.get(RESTART_ON_ROTATION).cloned())
+        let obj = match api.get(&w.name).await {
+            Ok(o) => o,
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                rollouts.settled((ns, w), behind.wanted);
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(namespace = %ns, kind = w.kind, name = %w.name, error = %kube_reason(&e), "could not read the workload to roll it; trying again next pass");
+                continue;
+            }
+        };
+        let opted_in = obj
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(RESTART_ON_ROTATION))
             .is_some_and(|v| v == "true");
-        if !opted_in {
+        let template: BTreeMap<String, String> = obj
+            .data
+            .pointer("/spec/template/metadata/annotations")
+            .and_then(|a| a.get(ROTATED_VERSIONS))
+            .and_then(|v| v.as_str())
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or_default();
+        let Some(to) = roll_to(&template, &behind).filter(|_| opted_in) else {
+            rollouts.settled((ns, w), behind.wanted);
             continue;
+        };
+        if !leading() {
+            return rolled;
         }
-        let versions: BTreeMap<&String, &String> = uses
-            .iter()
-            .filter_map(|b| {
-                let key = Key {
-                    namespace: ns.clone(),
-                    backing: b.clone(),
-                };
-                rotated.get_key_value(&key).map(|(k, v)| (&k.backing, v))
-            })
-            .collect();
-        let patch = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {
-            ROTATED_VERSIONS: serde_json::to_string(&versions).expect("a map serializes")
-        }}}}});
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": obj.metadata.resource_version},
+            "spec": {"template": {"metadata": {"annotations": {
+                ROTATED_VERSIONS: serde_json::to_string(&to).expect("a map serializes")
+            }}}}
+        });
         let pp = PatchParams {
             field_manager: Some(backing::FIELD_MANAGER.into()),
             ..Default::default()
@@ -68,10 +87,11 @@ pub async fn roll(client: &kube::Client, index: &Index, rotated: &BTreeMap<Key, 
         match api.patch(&w.name, &pp, &Patch::Merge(&patch)).await {
             Ok(_) => {
                 rolled += 1;
-                tracing::info!(namespace = %ns, kind = w.kind, name = %w.name, "rolling the workload: a secret it injects has a new version");
+                tracing::info!(namespace = %ns, kind = w.kind, name = %w.name, secrets = ?behind.stale, "rolling the workload: its pods run another version of a secret than its backing Secret holds");
+                rollouts.settled((ns, w), behind.wanted);
             }
             Err(e) => {
-                tracing::warn!(namespace = %ns, kind = w.kind, name = %w.name, error = %kube_reason(&e), "could not roll the workload")
+                tracing::warn!(namespace = %ns, kind = w.kind, name = %w.name, error = %kube_reason(&e), "could not roll the workload; trying again next pass")
             }
         }
     }

@@ -21,6 +21,16 @@ use crate::lookup::{Hashing, Strs};
 /// The label that names the tenant namespace an inventory ConfigMap is for.
 pub const INVENTORY_OF: &str = "sm-injector.io/inventory-of";
 
+/// The start of a mark that asks the refresher's leader to check a backing
+/// Secret now: an admission fetched a version the Secret does not hold.
+pub const NUDGE: &str = "due:";
+
+/// The mark an admission leaves when it fetched `version` and the backing
+/// Secret holds something else.
+pub fn nudge_mark(version: &str) -> String {
+    format!("{NUDGE}{version}")
+}
+
 #[derive(Clone)]
 pub struct Inventory {
     api: Api<ConfigMap>,
@@ -120,6 +130,22 @@ impl Inventory {
         Err(format!(
             "cannot write the inventory ConfigMap {name}: it kept changing"
         ))
+    }
+}
+
+impl Inventory {
+    /// Deletes the inventory ConfigMap of `namespace` (a namespace that is
+    /// gone, and its backing Secrets with it).
+    pub async fn drop_namespace(&self, namespace: &str) -> Result<(), String> {
+        let name = format!("{}-{namespace}", self.prefix);
+        match self.api.delete(&name, &Default::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(format!(
+                "cannot delete the inventory ConfigMap {name}: {}",
+                kube_reason(&e)
+            )),
+        }
     }
 }
 

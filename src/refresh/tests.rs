@@ -1,0 +1,196 @@
+//! The refresher's I/O shell against a mocked API server (`tower-test`) and a
+//! slow secret source: which requests a rollout makes, and that a slow batch
+//! fails only its own secrets.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt};
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use kube::client::Body;
+use serde_json::{Value, json};
+use tower_test::mock::{self, Handle};
+
+use super::index::Workload;
+use super::rollout::{Behind, Rollouts};
+use super::*;
+use crate::annotations::{RESTART_ON_ROTATION, ROTATED_VERSIONS};
+use crate::reference::Version;
+use crate::secret::{Payload, SecretValue};
+
+type H = Handle<Request<Body>, Response<Body>>;
+
+async fn answer(h: &mut H, code: u16, body: Value) -> (String, String, Value) {
+    let (req, send) = tokio::time::timeout(Duration::from_secs(5), h.next_request())
+        .await
+        .expect("a request within 5 s")
+        .expect("a request");
+    let (parts, b) = req.into_parts();
+    let bytes = b.collect().await.unwrap().to_bytes();
+    send.send_response(
+        Response::builder()
+            .status(code)
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap(),
+    );
+    (
+        parts.method.to_string(),
+        parts.uri.path().to_string(),
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn deployment(opted_in: bool, rotated: Option<&str>) -> Value {
+    let mut d = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "n", "resourceVersion": "41", "annotations": {}},
+        "spec": {"template": {"metadata": {"annotations": {}}}}});
+    if opted_in {
+        d["metadata"]["annotations"][RESTART_ON_ROTATION] = json!("true");
+    }
+    if let Some(r) = rotated {
+        d["spec"]["template"]["metadata"]["annotations"][ROTATED_VERSIONS] = json!(r);
+    }
+    d
+}
+
+fn web() -> (String, Workload) {
+    (
+        "n".into(),
+        Workload {
+            kind: "Deployment",
+            name: "web".into(),
+        },
+    )
+}
+
+fn behind_on_db(version: &str) -> Behind {
+    Behind {
+        wanted: BTreeMap::from([("sm-db".into(), version.into())]),
+        stale: ["sm-db".to_string()].into(),
+    }
+}
+
+/// Runs one `roll` over `web` behind on sm-db@`version`; returns the mock's
+/// handle and the task (rolled count, the Rollouts after).
+fn start_roll(version: &str, leading: bool) -> (H, tokio::task::JoinHandle<(usize, Rollouts)>) {
+    let (svc, h) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "n");
+    let candidates = vec![(web(), behind_on_db(version))];
+    let t = tokio::spawn(async move {
+        let mut r = Rollouts::default();
+        let leading = move || leading;
+        let n = workloads::roll(&client, &mut r, candidates, &leading).await;
+        (n, r)
+    });
+    (h, t)
+}
+
+async fn done<T>(t: tokio::task::JoinHandle<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), t)
+        .await
+        .expect("no further request")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_workload_behind_is_rolled_once_under_its_resource_version() {
+    let (mut h, t) = start_roll("v2", true);
+    let (method, path, _) = answer(&mut h, 200, deployment(true, None)).await;
+    assert_eq!(
+        (method.as_str(), path.as_str()),
+        ("GET", "/apis/apps/v1/namespaces/n/deployments/web")
+    );
+    let (method, _, body) = answer(&mut h, 200, deployment(true, Some("{}"))).await;
+    assert_eq!(method, "PATCH");
+    assert_eq!(body["metadata"]["resourceVersion"], "41");
+    let record = body["spec"]["template"]["metadata"]["annotations"][ROTATED_VERSIONS]
+        .as_str()
+        .unwrap();
+    assert_eq!(record, r#"{"sm-db":"v2"}"#);
+    let (rolled, mut r) = done(t).await;
+    assert_eq!(rolled, 1);
+    assert!(
+        r.to_check(BTreeMap::from([(web(), behind_on_db("v2"))]))
+            .is_empty(),
+        "settled: the old pods still running cost no further read"
+    );
+}
+
+#[tokio::test]
+async fn a_template_that_names_the_version_is_not_rolled_again_by_another_leader() {
+    let (mut h, t) = start_roll("v2", true);
+    answer(&mut h, 200, deployment(true, Some(r#"{"sm-db":"v2"}"#))).await;
+    assert_eq!(done(t).await.0, 0, "no PATCH");
+    // Rolled for an earlier version: rolled now.
+    let (mut h, t) = start_roll("v3", true);
+    answer(&mut h, 200, deployment(true, Some(r#"{"sm-db":"v2"}"#))).await;
+    let (method, _, _) = answer(&mut h, 200, deployment(true, None)).await;
+    assert_eq!(method, "PATCH");
+    assert_eq!(done(t).await.0, 1);
+}
+
+#[tokio::test]
+async fn a_workload_that_does_not_ask_or_a_lost_lease_rolls_nothing() {
+    let (mut h, t) = start_roll("v2", true);
+    answer(&mut h, 200, deployment(false, None)).await;
+    assert_eq!(done(t).await.0, 0);
+    let (mut h, t) = start_roll("v2", false);
+    answer(&mut h, 200, deployment(true, None)).await;
+    let (rolled, mut r) = done(t).await;
+    assert_eq!(rolled, 0, "read, not written");
+    assert_eq!(
+        r.to_check(BTreeMap::from([(web(), behind_on_db("v2"))]))
+            .len(),
+        1,
+        "not settled: the next leader looks again"
+    );
+}
+
+/// Answers each key after `delay` when its id starts with "slow".
+struct Slow;
+
+impl SecretSource for Slow {
+    fn fetch<'a>(&'a self, keys: &'a [FetchKey]) -> BoxFuture<'a, FetchResults> {
+        async move {
+            if keys.iter().any(|k| k.id.starts_with("slow")) {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+            keys.iter()
+                .map(|k| {
+                    let v = SecretValue::new(
+                        format!("arn:{}", k.id),
+                        k.id.clone(),
+                        "v1".into(),
+                        Payload::String("x".into()),
+                    );
+                    (k.clone(), Ok(v))
+                })
+                .collect()
+        }
+        .boxed()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_batch_fails_only_its_own_secrets() {
+    let key = |id: String| FetchKey {
+        id,
+        version: Version::current(),
+    };
+    // Batches are cut in order: the first 20 (one slow) and the next 20.
+    let mut keys: Vec<FetchKey> = (0..40).map(|i| key(format!("n/s{i:02}"))).collect();
+    keys[3] = key("slow/one".into());
+    let out = fetch_batches(&Slow, &keys, Duration::from_secs(5)).await;
+    assert_eq!(out.len(), 40);
+    let failed: Vec<&FetchKey> = out
+        .iter()
+        .filter(|(_, r)| r.is_err())
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(failed.len(), 20, "the slow call's batch only");
+    assert!(keys[20..].iter().all(|k| out[k].is_ok()));
+    assert!(
+        matches!(&out[&keys[3]], Err(FetchError::Unreachable(m)) if m.contains("no answer within 5s"))
+    );
+}
