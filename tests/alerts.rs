@@ -211,6 +211,64 @@ async fn settled(probe: u16, n: f64) {
     .await;
 }
 
+/// `input`'s series with the label `instance` = `name`, as Prometheus
+/// scraping several replicas sees them.
+fn labelled(input: Vec<serde_json::Value>, name: &str) -> Vec<serde_json::Value> {
+    input
+        .into_iter()
+        .map(|mut v| {
+            let series = v["series"].as_str().unwrap().to_string();
+            v["series"] = json!(match series.split_once('{') {
+                Some((metric, rest)) => format!("{metric}{{instance=\"{name}\",{rest}"),
+                None => format!("{series}{{instance=\"{name}\"}}"),
+            });
+            v
+        })
+        .collect()
+}
+
+/// A ServiceAccount `blind` in `ns` with what the refresher needs there and
+/// Namespaces, but not pods: its pod watch never syncs.
+fn blind_rbac(ns: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: blind, namespace: {ns}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: blind, namespace: {ns}}}
+rules:
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["get", "list", "watch", "create", "update", "patch"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: blind, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: blind}}
+subjects: [{{kind: ServiceAccount, name: blind, namespace: {ns}}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: {ns}-blind}}
+rules:
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get", "list", "watch"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: {ns}-blind}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {ns}-blind}}
+subjects: [{{kind: ServiceAccount, name: blind, namespace: {ns}}}]
+"#
+    )
+}
+
 fn pod(name: &str, annotations: serde_json::Value) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "annotations": annotations},
@@ -379,6 +437,86 @@ async fn each_alert_fires_in_its_failure_and_none_when_healthy() {
     let firing = ["SmInjectorNoRefresher", "SmInjectorCertificateExpiring"];
     check(
         "no leader, certificate expiring",
+        series(&a, &b),
+        b.at,
+        &firing,
+        &others(&firing, &[]),
+    );
+
+    // A hand-over: the leader pauses past its Lease and a successor takes
+    // over; the old leader, resumed, exports none of the leader-only gauges,
+    // so nothing fires over both replicas' series.
+    pods.delete("fast", &Default::default()).await.unwrap();
+    let successor = support::serve_process_at(
+        bed,
+        binary,
+        "alerts-successor",
+        &bed.kubeconfig,
+        &[
+            &lease,
+            "--refresh-tick=1s",
+            "--min-refresh-interval=2s",
+            "--cache-ttl=1h",
+        ],
+        &proxy.url,
+    )
+    .await;
+    let leads = |probe: u16| async move {
+        support::injector::metric_sum(probe, "sm_injector_refresh_leader").await
+    };
+    unsafe { libc::kill(server.pid as i32, libc::SIGSTOP) };
+    support::eventually(Duration::from_secs(60), "the successor to lead", || async {
+        (leads(successor.probe).await == 1.0).then_some(())
+    })
+    .await;
+    unsafe { libc::kill(server.pid as i32, libc::SIGCONT) };
+    support::eventually(
+        Duration::from_secs(60),
+        "the old leader to step down",
+        || async {
+            let due = support::injector::metric_sum(
+                server.probe,
+                "sm_injector_refresh_oldest_due_timestamp_seconds",
+            )
+            .await;
+            (leads(server.probe).await == 0.0 && due == 0.0).then_some(())
+        },
+    )
+    .await;
+    settled(successor.probe, 5.0).await;
+    let (a1, a2) = (scrape(server.probe).await, scrape(successor.probe).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (b1, b2) = (scrape(server.probe).await, scrape(successor.probe).await);
+    let mut input = labelled(series(&a1, &b1), "old");
+    input.extend(labelled(series(&a2, &b2), "new"));
+    check("after a hand-over", input, b2.at, &[], &ALERTS);
+
+    // A leader whose pod watch never syncs (its identity may not list pods):
+    // overdue from the start of its leadership, not "due now" forever.
+    bed.kubectl_run(&["apply", "-f", "-"], Some(&blind_rbac(&ns)))
+        .unwrap();
+    let kubeconfig = support::install::sa_kubeconfig(bed, &ns, "blind");
+    let blind = support::serve_process_at(
+        bed,
+        binary,
+        "alerts-blind",
+        &kubeconfig,
+        &[&lease, "--lease-name=blind"],
+        &proxy.url,
+    )
+    .await;
+    support::eventually(
+        Duration::from_secs(30),
+        "the blind replica to lead",
+        || async { (leads(blind.probe).await == 1.0).then_some(()) },
+    )
+    .await;
+    let a = scrape(blind.probe).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let b = scrape(blind.probe).await;
+    let firing = ["SmInjectorRefreshOverdue"];
+    check(
+        "a leader whose watches never sync",
         series(&a, &b),
         b.at,
         &firing,

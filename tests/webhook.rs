@@ -1271,34 +1271,15 @@ async fn identical_pods_reuse_a_decision_only_while_its_rule_and_values_hold() {
     assert_eq!(reused().await, 3.0);
     // The leader's write (the same one the refresher makes) moves it; then
     // replicas are admitted on the new version, and decided once again.
-    let value = sm_injector::secret::SecretValue::new(
-        rotated.arn().unwrap().to_string(),
-        format!("{ns}/db"),
-        rotated.version_id().unwrap().to_string(),
-        sm_injector::secret::Payload::String(r#"{"url":"two"}"#.into()),
-    );
-    let backing = sm_injector::backing::name(
-        &format!("{ns}/db"),
-        &sm_injector::reference::Version::current(),
-        sm_injector::backing::Form::Keys,
-    );
-    let obj = sm_injector::backing::object(
+    let written = support::leader_write(
+        &client,
         &ns,
-        &backing,
-        &value,
-        &sm_injector::reference::Version::current(),
-        sm_injector::backing::Form::Keys,
-        "now",
+        &format!("{ns}/db"),
+        rotated.arn().unwrap(),
+        rotated.version_id().unwrap(),
+        r#"{"url":"two"}"#,
     )
-    .unwrap();
-    let written = sm_injector::store::write_backing(
-        &Api::namespaced(client.clone(), &ns),
-        &obj,
-        sm_injector::store::rule::Writer::Leader,
-        &|| true,
-    )
-    .await
-    .unwrap();
+    .await;
     assert!(matches!(
         written,
         sm_injector::store::Written::Rotated { .. }

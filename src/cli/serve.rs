@@ -251,7 +251,13 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     // released on the way), so that another one takes over; during a
     // shutdown, the refresher stopping is expected and the server finishes.
     tokio::select! {
-        r = &mut server => r,
+        r = &mut server => {
+            // Drained: the refresher releases the Lease before the process ends.
+            if *stopping.borrow() {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut refresher).await;
+            }
+            r
+        }
         r = &mut refresher => {
             if *stopping.borrow() {
                 return server.await;

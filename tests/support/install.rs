@@ -44,30 +44,7 @@ pub async fn from_manifests(bed: &TestBed) -> Installed {
 /// Runs the binary as the ServiceAccount `sm-injector` of `namespace` (its
 /// Lease there), out of process, and points the webhook at it by URL.
 pub async fn run_installed(bed: &TestBed, namespace: &str) -> Installed {
-    let token = bed
-        .kubectl_run(
-            &[
-                "-n",
-                namespace,
-                "create",
-                "token",
-                "sm-injector",
-                "--duration=2h",
-            ],
-            None,
-        )
-        .expect("TokenRequest for the ServiceAccount");
-    let sa_kubeconfig = bed.dir.join(format!("{namespace}-sa.kubeconfig"));
-    std::fs::write(
-        &sa_kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: sa\n  user:\n    token: {}\ncontexts:\n- name: test\n  context: {{cluster: test, user: sa}}\ncurrent-context: test\n",
-            bed.apiserver,
-            bed.dir.join("pki/ca.crt").display(),
-            token.trim()
-        ),
-    )
-    .unwrap();
+    let sa_kubeconfig = sa_kubeconfig(bed, namespace, "sm-injector");
     let binary = std::path::Path::new(env!("CARGO_BIN_EXE_sm-injector"));
     let lease = format!("--lease-namespace={namespace}");
     let name = format!("{namespace}-sa");
@@ -92,4 +69,27 @@ pub async fn run_installed(bed: &TestBed, namespace: &str) -> Installed {
         sa_kubeconfig,
         port: server.port,
     }
+}
+
+/// A kubeconfig holding a TokenRequest token (2 hours) for the
+/// ServiceAccount `sa` of `namespace`: that identity's rights only.
+pub fn sa_kubeconfig(bed: &TestBed, namespace: &str, sa: &str) -> PathBuf {
+    let token = bed
+        .kubectl_run(
+            &["-n", namespace, "create", "token", sa, "--duration=2h"],
+            None,
+        )
+        .expect("TokenRequest for the ServiceAccount");
+    let path = bed.dir.join(format!("{namespace}-{sa}.kubeconfig"));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: sa\n  user:\n    token: {}\ncontexts:\n- name: test\n  context: {{cluster: test, user: sa}}\ncurrent-context: test\n",
+            bed.apiserver,
+            bed.dir.join("pki/ca.crt").display(),
+            token.trim()
+        ),
+    )
+    .unwrap();
+    path
 }

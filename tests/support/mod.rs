@@ -826,6 +826,19 @@ pub async fn serve_process_at(
     extra_args: &[&str],
     aws_endpoint: &str,
 ) -> ServeProcess {
+    serve_process_env(bed, binary, name, kubeconfig, extra_args, aws_endpoint, &[]).await
+}
+
+/// [`serve_process_at`] with more environment variables (`LD_PRELOAD`, ...).
+pub async fn serve_process_env(
+    bed: &TestBed,
+    binary: &Path,
+    name: &str,
+    kubeconfig: &Path,
+    extra_args: &[&str],
+    aws_endpoint: &str,
+    extra_env: &[(&str, &str)],
+) -> ServeProcess {
     let dir = bed.dir.join(name);
     fs::create_dir_all(&dir).unwrap();
     let pem = bed.serving_cert();
@@ -841,20 +854,16 @@ pub async fn serve_process_at(
         format!("--tls-key={}", dir.join("tls.key").display()),
     ];
     args.extend(extra_args.iter().map(|a| a.to_string()));
-    let child = spawn_env(
-        &bed.dir,
-        name,
-        binary,
-        &args,
-        &[
-            ("KUBECONFIG", &kubeconfig),
-            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", aws_endpoint),
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-            ("AWS_REGION", "us-east-1"),
-            ("RUST_LOG", "warn"),
-        ],
-    );
+    let mut env = vec![
+        ("KUBECONFIG", kubeconfig.as_str()),
+        ("AWS_ENDPOINT_URL_SECRETS_MANAGER", aws_endpoint),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_REGION", "us-east-1"),
+        ("RUST_LOG", "warn"),
+    ];
+    env.extend_from_slice(extra_env);
+    let child = spawn_env(&bed.dir, name, binary, &args, &env);
     let pid = child.id();
     // Stopped at exit with the other children (its pid is in CHILDREN).
     std::mem::forget(child);
@@ -915,4 +924,36 @@ pub async fn register_webhook(
         .create(&PostParams::default(), &config)
         .await
         .unwrap();
+}
+
+/// Writes `secret`'s version `version_id` (`text`, a JSON object) into its
+/// AWSCURRENT keys-form backing Secret in `ns`, as the refresher's leader
+/// does (the same write): for tests that play a leader which wrote a version
+/// and died before anything else.
+pub async fn leader_write(
+    client: &kube::Client,
+    ns: &str,
+    secret: &str,
+    arn: &str,
+    version_id: &str,
+    text: &str,
+) -> sm_injector::store::Written {
+    use sm_injector::backing::{self, Form};
+    use sm_injector::reference::Version;
+    let value = sm_injector::secret::SecretValue::new(
+        arn.to_string(),
+        secret.to_string(),
+        version_id.to_string(),
+        sm_injector::secret::Payload::String(text.to_string()),
+    );
+    let name = backing::name(secret, &Version::current(), Form::Keys);
+    let obj = backing::object(ns, &name, &value, &Version::current(), Form::Keys, "now").unwrap();
+    sm_injector::store::write_backing(
+        &Api::namespaced(client.clone(), ns),
+        &obj,
+        sm_injector::store::rule::Writer::Leader,
+        &|| true,
+    )
+    .await
+    .unwrap()
 }

@@ -4,7 +4,10 @@
 //! it was and shows in the alerting gauge; the Lease moves when a replica's
 //! refresher stops.
 
+#[path = "../support/mod.rs"]
 mod support;
+
+mod level;
 
 use std::sync::Arc;
 use std::time::Duration;
