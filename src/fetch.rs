@@ -31,11 +31,29 @@ pub enum FetchError {
     /// Any other refusal (for example a secret marked for deletion).
     #[error("Secrets Manager refused the request: {0}")]
     Rejected(String),
+    /// sm-injector's own credentials were refused: expired, not (yet) valid,
+    /// or signed with a clock too far off. About sm-injector, not the secret:
+    /// transient, never remembered as a refusal.
+    #[error(
+        "sm-injector's AWS credentials were refused (expired, invalid, or the clock is off): {0}"
+    )]
+    Credentials(String),
+    /// sm-injector is not configured to call AWS at all: no region, or no
+    /// credentials anywhere in the chain. Transient for the secret; the
+    /// process reports it (`/readyz` fails with the reason).
+    #[error("sm-injector is not configured for AWS: {0}")]
+    Configuration(String),
 }
 
 impl FetchError {
+    /// Not about the secret: Secrets Manager could not be reached, or
+    /// sm-injector's own credentials or configuration are at fault. Such an
+    /// error is never remembered, and an existing backing Secret serves.
     pub fn is_transient(&self) -> bool {
-        matches!(self, FetchError::Unreachable(_))
+        matches!(
+            self,
+            FetchError::Unreachable(_) | FetchError::Credentials(_) | FetchError::Configuration(_)
+        )
     }
 
     /// Classifies an AWS error code and message.
@@ -50,9 +68,20 @@ impl FetchError {
         };
         match code {
             Some("ResourceNotFoundException") => FetchError::NotFound,
-            Some("AccessDeniedException" | "AccessDenied" | "DecryptionFailure")
-            | Some("UnrecognizedClientException" | "InvalidSignatureException")
-            | Some("ExpiredTokenException") => FetchError::AccessDenied(msg()),
+            Some("AccessDeniedException" | "AccessDenied" | "DecryptionFailure") => {
+                FetchError::AccessDenied(msg())
+            }
+            Some(
+                "UnrecognizedClientException"
+                | "InvalidSignatureException"
+                | "SignatureDoesNotMatch"
+                | "ExpiredTokenException"
+                | "ExpiredToken"
+                | "InvalidClientTokenId"
+                | "RequestExpired"
+                | "RequestTimeTooSkewed"
+                | "RequestInTheFuture",
+            ) => FetchError::Credentials(msg()),
             Some(
                 "ThrottlingException"
                 | "Throttling"

@@ -45,6 +45,23 @@ pub struct ServerSettings {
     pub shutdown_delay: Duration,
     /// Then, how long in-flight requests may take to finish.
     pub drain: Duration,
+    /// Set when the replica lacks something it cannot work without (an AWS
+    /// region or any credentials): `/readyz` fails with the reason.
+    pub unready: Unready,
+}
+
+/// Why the replica is not ready although it serves, if anything.
+#[derive(Debug, Clone, Default)]
+pub struct Unready(Arc<std::sync::RwLock<Option<String>>>);
+
+impl Unready {
+    pub fn set(&self, why: String) {
+        *self.0.write().expect("not poisoned") = Some(why);
+    }
+
+    pub fn get(&self) -> Option<String> {
+        self.0.read().expect("not poisoned").clone()
+    }
 }
 
 #[derive(Clone)]
@@ -161,21 +178,24 @@ fn admission_router(
 }
 
 /// `/healthz`, `/readyz` and `/metrics`. Readiness is false until the
-/// Namespace cache is synced, and again once `stopping` is set.
-pub fn probe_router(webhook: Arc<Webhook>, stopping: Arc<AtomicBool>) -> Router {
+/// Namespace cache is synced, while `unready` holds a reason, and again once
+/// `stopping` is set.
+pub fn probe_router(webhook: Arc<Webhook>, stopping: Arc<AtomicBool>, unready: Unready) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
             get(move |State(w): State<Arc<Webhook>>| async move {
                 if stopping.load(Ordering::Relaxed) {
-                    (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+                    (StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_string())
+                } else if let Some(why) = unready.get() {
+                    (StatusCode::SERVICE_UNAVAILABLE, why)
                 } else if w.namespaces.is_ready() {
-                    (StatusCode::OK, "ok")
+                    (StatusCode::OK, "ok".to_string())
                 } else {
                     (
                         StatusCode::SERVICE_UNAVAILABLE,
-                        "namespace cache not synced yet",
+                        "namespace cache not synced yet".to_string(),
                     )
                 }
             }),
@@ -271,7 +291,7 @@ pub async fn run(
         settings.max_connections,
         webhook.metrics.clone(),
     );
-    let probes = probe_router(webhook, stopping);
+    let probes = probe_router(webhook, stopping, settings.unready.clone());
     // The probe port lives as long as the TLS server: it is aborted once that has drained.
     let probe_server = axum::serve(probe_listener, probes);
     let probe_task = tokio::spawn(async move { probe_server.await });

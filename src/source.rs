@@ -139,8 +139,49 @@ where
     match e {
         SdkError::ServiceError(se) => FetchError::from_code(se.err().code(), se.err().message()),
         SdkError::TimeoutError(_) => FetchError::Unreachable("timed out".into()),
-        other => FetchError::Unreachable(error_chain(other)),
+        other => {
+            let chain = error_chain(other);
+            if configuration_error(&chain) {
+                FetchError::Configuration(chain)
+            } else {
+                FetchError::Unreachable(chain)
+            }
+        }
     }
+}
+
+/// Whether `conf` can call AWS at all: a region, and credentials somewhere in
+/// the chain. Expired or refused credentials are not a configuration error
+/// (they come and go); no provider yielding any is.
+pub async fn check_configuration(conf: &aws_config::SdkConfig) -> Result<(), String> {
+    use aws_credential_types::provider::{ProvideCredentials, error::CredentialsError};
+    if conf.region().is_none() {
+        return Err("no AWS region is configured: set AWS_REGION (or a profile's region)".into());
+    }
+    let Some(provider) = conf.credentials_provider() else {
+        return Err("no AWS credentials provider is configured".into());
+    };
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        provider.provide_credentials(),
+    )
+    .await
+    {
+        Ok(Err(CredentialsError::CredentialsNotLoaded(_))) => Err(
+            "no AWS credentials anywhere in the standard chain (IRSA or EKS Pod Identity, environment, profile, instance role)".into(),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Whether a failure to send a request says sm-injector has no region or
+/// no credentials at all (the SDK fails before any request for those).
+pub fn configuration_error(chain: &str) -> bool {
+    let c = chain.to_ascii_lowercase();
+    c.contains("no providers in chain provided credentials")
+        || c.contains("credentials not loaded")
+        || c.contains("no credentials")
+        || (c.contains("region") && (c.contains("missing") || c.contains("no region")))
 }
 
 /// An error and its sources, each shown once, without the Debug dump the
@@ -343,6 +384,19 @@ mod tests {
             matches!(FetchError::from_code(Some("AccessDeniedException"), Some("no")), FetchError::AccessDenied(m) if m.contains("no"))
         );
         assert!(FetchError::from_code(Some("ThrottlingException"), None).is_transient());
+        // sm-injector's own credentials or clock: transient, so never
+        // remembered as a refusal of the secret (nor charged to it).
+        for code in [
+            "ExpiredTokenException",
+            "InvalidSignatureException",
+            "UnrecognizedClientException",
+            "RequestTimeTooSkewed",
+            "SignatureDoesNotMatch",
+        ] {
+            let e = FetchError::from_code(Some(code), Some("m"));
+            assert!(matches!(e, FetchError::Credentials(_)), "{code}");
+            assert!(e.is_transient(), "{code}");
+        }
         assert!(matches!(
             FetchError::from_code(Some("InvalidRequestException"), None),
             FetchError::Rejected(_)
@@ -366,5 +420,47 @@ mod tests {
             m,
             "dispatch failure: io error: connection closed before message completed"
         );
+    }
+
+    #[tokio::test]
+    async fn a_missing_region_or_credentials_is_a_configuration_error() {
+        use aws_credential_types::provider::error::CredentialsError;
+        use aws_credential_types::provider::{ProvideCredentials, future};
+        use aws_sdk_secretsmanager::config::{Credentials, Region, SharedCredentialsProvider};
+        #[derive(Debug)]
+        struct Nothing;
+        impl ProvideCredentials for Nothing {
+            fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+            where
+                Self: 'a,
+            {
+                future::ProvideCredentials::ready(Err(CredentialsError::not_loaded(
+                    "no providers in chain provided credentials",
+                )))
+            }
+        }
+        let base = || {
+            aws_config::SdkConfig::builder().behavior_version(aws_config::BehaviorVersion::latest())
+        };
+        let e = check_configuration(&base().build()).await.unwrap_err();
+        assert!(e.contains("no AWS region"), "{e}");
+        let regional = || base().region(Region::new("us-east-1"));
+        let e = check_configuration(&regional().build()).await.unwrap_err();
+        assert!(e.contains("provider"), "{e}");
+        let none = regional()
+            .credentials_provider(SharedCredentialsProvider::new(Nothing))
+            .build();
+        let e = check_configuration(&none).await.unwrap_err();
+        assert!(e.contains("standard chain"), "{e}");
+        let fine = regional()
+            .credentials_provider(SharedCredentialsProvider::new(Credentials::for_tests()))
+            .build();
+        assert_eq!(check_configuration(&fine).await, Ok(()));
+        assert!(configuration_error(
+            "failed to construct request: no providers in chain provided credentials"
+        ));
+        assert!(!configuration_error(
+            "dispatch failure: io error: connection refused"
+        ));
     }
 }

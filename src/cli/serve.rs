@@ -154,8 +154,23 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await.map_err(|e| {
         anyhow::anyhow!("cannot build a Kubernetes client (in-cluster config or KUBECONFIG): {e}")
     })?;
-    let aws: Arc<dyn sm_injector::source::SecretSource> =
-        Arc::new(AwsSource::from_env(metrics.clone()).await);
+    let aws_conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let aws: Arc<dyn sm_injector::source::SecretSource> = Arc::new(AwsSource::new(
+        aws_sdk_secretsmanager::Client::new(&aws_conf),
+        metrics.clone(),
+    ));
+    // Without a region or any credentials nothing can be fetched: said once,
+    // clearly, and /readyz fails with it (admissions still answer, denying).
+    let unready = server::Unready::default();
+    {
+        let unready = unready.clone();
+        tokio::spawn(async move {
+            if let Err(why) = sm_injector::source::check_configuration(&aws_conf).await {
+                tracing::error!(reason = %why, "sm-injector cannot call AWS Secrets Manager; not ready");
+                unready.set(why);
+            }
+        });
+    }
     let namespaces = Namespaces::start(client.clone());
     let inventory = Inventory::new(
         client.clone(),
@@ -238,6 +253,7 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             cert_poll: Duration::from_secs(10),
             shutdown_delay: a.shutdown_delay,
             drain: a.drain,
+            unready,
         },
         tls,
         probes,

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::backing::Form;
+use crate::metrics::Metrics;
 use crate::reference::Version;
 use crate::secret::{Payload, SecretValue};
 use http::{Request, Response};
@@ -226,4 +227,102 @@ async fn a_deletion_is_preconditioned_on_what_was_read() {
     let t = tokio::spawn(async move { delete_backing(&api, "sm-n-db-1").await });
     answer(&mut h, 200, held("v1", false)).await;
     assert!(done(t).await.unwrap_err().contains("not managed"));
+}
+
+fn plan_for(version: &str) -> Plan {
+    use crate::plan::{Backing, Content};
+    Plan {
+        backing: vec![Backing {
+            name: "sm-n-db-1".into(),
+            secret_name: "n/db".into(),
+            version: Version::current(),
+            form: Form::Keys,
+            fetch: FetchKey {
+                id: "n/db".into(),
+                version: Version::current(),
+            },
+            arn: None,
+            required_keys: ["pw".to_string()].into(),
+            content: Content::Fresh {
+                value: std::sync::Arc::new(value(version)),
+            },
+        }],
+        env: vec![],
+        env_from: vec![],
+        mounts: vec![],
+        refresh_interval: Duration::from_secs(3600),
+    }
+}
+
+fn syncer() -> (H, Syncer) {
+    let (svc, h) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "n");
+    let syncer =
+        Syncer::new(client.clone(), Duration::from_secs(60), Metrics::new()).with_inventory(
+            Inventory::new(client, "own", "inventory", Duration::from_secs(60)),
+        );
+    (h, syncer)
+}
+
+fn config_map() -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "inventory-n", "namespace": "own"}})
+}
+
+#[tokio::test]
+async fn an_inventory_failure_is_a_warning_not_a_denial() {
+    let (mut h, syncer) = syncer();
+    let plan = plan_for("v1");
+    let t = tokio::spawn(async move { syncer.ensure("n", Some("uid-1"), &plan, false).await });
+    answer(&mut h, 500, status(500, "InternalError")).await;
+    answer(&mut h, 404, status(404, "NotFound")).await;
+    let (method, _, _, _) = answer(&mut h, 201, held("v1", true)).await;
+    assert_eq!(method, "POST");
+    let ensured = done(t).await.unwrap();
+    assert!(ensured.warnings[0].contains("inventory"), "{ensured:?}");
+    assert_eq!(ensured.versions, [("sm-n-db-1".into(), "v1".into())]);
+}
+
+#[tokio::test]
+async fn an_admission_that_finds_another_version_records_it_and_tells_the_refresher() {
+    let (mut h, syncer) = syncer();
+    let plan = plan_for("v2");
+    let t = tokio::spawn(async move { syncer.ensure("n", Some("uid-1"), &plan, false).await });
+    answer(&mut h, 200, config_map()).await;
+    answer(&mut h, 200, held("v1", true)).await;
+    let ensured = done(t).await.unwrap();
+    assert_eq!(
+        ensured.versions,
+        [("sm-n-db-1".into(), "v1".into())],
+        "the pod reads what the Secret holds"
+    );
+    assert_eq!(ensured.stale.len(), 1, "the cached value is dropped");
+    // In the background: the inventory mark that makes the leader look now.
+    let (method, _, ct, body) = answer(&mut h, 200, config_map()).await;
+    assert_eq!(
+        (method.as_str(), ct.as_str()),
+        ("PATCH", "application/merge-patch+json")
+    );
+    assert_eq!(body, json!({"data": {"sm-n-db-1": "due:v2"}}));
+}
+
+#[tokio::test]
+async fn a_namespace_made_again_is_not_taken_for_the_one_written_before() {
+    let (mut h, syncer) = syncer();
+    let plan = plan_for("v1");
+    let (s, p) = (syncer.clone(), plan.clone());
+    let t = tokio::spawn(async move { s.ensure("n", Some("uid-1"), &p, false).await });
+    answer(&mut h, 200, config_map()).await;
+    answer(&mut h, 404, status(404, "NotFound")).await;
+    answer(&mut h, 201, held("v1", true)).await;
+    done(t).await.unwrap();
+    // The same namespace: known, no request at all.
+    let (s, p) = (syncer.clone(), plan.clone());
+    let t = tokio::spawn(async move { s.ensure("n", Some("uid-1"), &p, false).await });
+    assert_eq!(done(t).await.unwrap().versions.len(), 1);
+    // Same name, new UID: read, and created again.
+    let t = tokio::spawn(async move { syncer.ensure("n", Some("uid-2"), &plan, false).await });
+    answer(&mut h, 404, status(404, "NotFound")).await;
+    let (method, _, _, _) = answer(&mut h, 201, held("v1", true)).await;
+    assert_eq!(method, "POST");
+    done(t).await.unwrap();
 }

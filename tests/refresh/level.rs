@@ -297,7 +297,7 @@ async fn a_replica_whose_clock_is_ahead_cannot_roll_a_version_back() {
         std::path::Path::new(env!("CARGO_BIN_EXE_sm-injector")),
         &format!("skewed-{ns}"),
         &bed.kubeconfig,
-        &[&lease_ns, "--cache-ttl=5m"],
+        &[&lease_ns, "--cache-ttl=5m", "--min-refresh-interval=1s"],
         &bed.moto,
         &[
             ("LD_PRELOAD", &faketime),
@@ -320,7 +320,24 @@ async fn a_replica_whose_clock_is_ahead_cannot_roll_a_version_back() {
         "sm-injector.io/refresh-interval": "1s"});
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
     // Once the API server calls the skewed replica (a dry-run canary).
-    support::until_injected(&client, &ns, &pod("canary", uses.clone())).await;
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the skewed replica's admissions",
+        || async {
+            match pods.create(&dry, &pod("canary", uses.clone())).await {
+                Ok(p) => p.spec?.containers.first()?.env.is_some().then_some(()),
+                Err(e) => {
+                    eprintln!("not yet: {e}");
+                    None
+                }
+            }
+        },
+    )
+    .await;
     pods.create(&PostParams::default(), &pod("p0", uses.clone()))
         .await
         .unwrap();

@@ -133,6 +133,7 @@ pub async fn start(bed: &TestBed, namespaces: &[&str], opts: Options) -> Injecto
             cert_poll: Duration::from_secs(1),
             shutdown_delay: opts.shutdown_delay,
             drain: Duration::from_secs(5),
+            unready: Default::default(),
         },
         tls,
         probes,
