@@ -5,6 +5,8 @@
 //! [`plan`], [`patch`], [`backing`], [`secret`]); I/O lives at the edges
 //! ([`source`] for AWS, [`sync`] for Kubernetes, [`server`] for HTTPS).
 
+#![forbid(unsafe_code)]
+
 pub mod admission;
 pub mod annotations;
 pub mod backing;

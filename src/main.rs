@@ -1,6 +1,8 @@
 //! sm-injector's binary: the allocator, the TLS crypto provider, and the
 //! command line ([`cli`]).
 
+#![forbid(unsafe_code)]
+
 mod cli;
 
 use clap::Parser;

@@ -205,6 +205,8 @@ impl Metrics {
         }
     }
 
+    /// One answered review: `outcome` is a bounded label
+    /// ([`crate::admission::Outcome::metric_label`], or `invalid`).
     pub fn admission(&self, outcome: &'static str, seconds: f64) {
         self.inner
             .admissions

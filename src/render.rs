@@ -148,7 +148,7 @@ pub async fn render(
             Planned::Denied(reasons) => {
                 errors.push(format!(
                     "{what} in namespace {ns}: sm-injector: {}",
-                    reasons.join("; ")
+                    reasons.0.join("; ")
                 ));
                 continue;
             }

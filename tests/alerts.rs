@@ -464,12 +464,12 @@ async fn each_alert_fires_in_its_failure_and_none_when_healthy() {
     let leads = |probe: u16| async move {
         support::injector::metric_sum(probe, "sm_injector_refresh_leader").await
     };
-    unsafe { libc::kill(server.pid as i32, libc::SIGSTOP) };
+    support::signal(server.pid as i32, libc::SIGSTOP);
     support::eventually(Duration::from_secs(60), "the successor to lead", || async {
         (leads(successor.probe).await == 1.0).then_some(())
     })
     .await;
-    unsafe { libc::kill(server.pid as i32, libc::SIGCONT) };
+    support::signal(server.pid as i32, libc::SIGCONT);
     support::eventually(
         Duration::from_secs(60),
         "the old leader to step down",

@@ -143,7 +143,7 @@ async fn with_a_client_ca_only_the_api_server_may_call_mutate() {
         injector::metric_sum(server.probe, "sm_injector_admissions_total").await,
         admitted + 1.0
     );
-    unsafe { libc::kill(server.pid as i32, libc::SIGKILL) };
+    support::signal(server.pid as i32, libc::SIGKILL);
 }
 
 #[tokio::test]
@@ -291,7 +291,7 @@ async fn a_rolling_restart_of_two_replicas_loses_no_admission() {
         while created.load(std::sync::atomic::Ordering::SeqCst) < 40 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        unsafe { libc::kill(a.pid as i32, libc::SIGTERM) };
+        support::signal(a.pid as i32, libc::SIGTERM);
         std::time::Instant::now()
     };
     let (failures, stopped_at) = futures::join!(futures::future::join_all(clients), stop_a);
@@ -312,7 +312,7 @@ async fn a_rolling_restart_of_two_replicas_loses_no_admission() {
     );
     let b_served = injector::metric_sum(b.probe, "sm_injector_admissions_total").await;
     assert!(b_served > 0.0);
-    unsafe { libc::kill(b.pid as i32, libc::SIGKILL) };
+    support::signal(b.pid as i32, libc::SIGKILL);
 }
 
 #[tokio::test]

@@ -86,7 +86,7 @@ fuzz_target!(|data: &[u8]| {
     let response = match planned {
         Planned::Nothing => AdmissionResponse::from(&req),
         Planned::Denied(reasons) => {
-            let m = sm_injector::admission::denial_message(&reasons);
+            let m = sm_injector::admission::denial_message(&reasons.0);
             assert!(m.len() < 64 * 1024, "denial message of {} bytes", m.len());
             AdmissionResponse::from(&req).deny(m)
         }

@@ -32,7 +32,40 @@ pub struct Webhook {
 /// The outcome of one review, for the response and the metrics.
 pub struct Answer {
     pub response: AdmissionResponse,
-    pub outcome: &'static str,
+    pub outcome: Outcome,
+}
+
+/// How a review ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Allowed with a patch.
+    Mutated,
+    /// Allowed as it is (nothing asked of sm-injector).
+    Unchanged,
+    /// Refused, with the reasons in the response.
+    Denied,
+}
+
+impl Outcome {
+    /// The `outcome` label of `sm_injector_admissions_total`.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            Outcome::Mutated => "mutated",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Denied => "denied",
+        }
+    }
+}
+
+/// Why a pod is refused: each reason names what is wrong (an annotation, a
+/// reference, an AWS or Kubernetes error), never a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial(pub Vec<String>);
+
+impl Denial {
+    pub fn one(reason: impl Into<String>) -> Self {
+        Denial(vec![reason.into()])
+    }
 }
 
 /// At most this many reasons, each of at most this many characters, reach a
@@ -59,8 +92,8 @@ pub fn denial_message(reasons: &[String]) -> String {
 /// The denying answer; the log line names the pod and the user, and gives
 /// the reasons (they name annotations, references and AWS/Kubernetes errors,
 /// never values).
-fn deny(req: &AdmissionRequest<Pod>, pod: &str, reasons: Vec<String>) -> Answer {
-    let response = AdmissionResponse::from(req).deny(denial_message(&reasons));
+fn deny(req: &AdmissionRequest<Pod>, pod: &str, denial: Denial) -> Answer {
+    let response = AdmissionResponse::from(req).deny(denial_message(&denial.0));
     tracing::info!(
         namespace = req.namespace.as_deref().unwrap_or(""),
         pod,
@@ -70,7 +103,7 @@ fn deny(req: &AdmissionRequest<Pod>, pod: &str, reasons: Vec<String>) -> Answer 
     );
     Answer {
         response,
-        outcome: "denied",
+        outcome: Outcome::Denied,
     }
 }
 
@@ -86,7 +119,7 @@ pub fn mutated<K: kube::Resource>(req: &AdmissionRequest<K>, patch: Vec<u8>) -> 
 fn unchanged(req: &AdmissionRequest<Pod>) -> Answer {
     Answer {
         response: AdmissionResponse::from(req),
-        outcome: "unchanged",
+        outcome: Outcome::Unchanged,
     }
 }
 
@@ -105,7 +138,7 @@ impl Webhook {
         let start = Instant::now();
         let answer = self.decide(req).await;
         self.metrics
-            .admission(answer.outcome, start.elapsed().as_secs_f64());
+            .admission(answer.outcome.metric_label(), start.elapsed().as_secs_f64());
         answer
     }
 
@@ -125,7 +158,7 @@ impl Webhook {
             .as_deref()
             .or(pod.metadata.namespace.as_deref())
         else {
-            return deny(req, name, vec!["the request names no namespace".into()]);
+            return deny(req, name, Denial::one("the request names no namespace"));
         };
         let key = self
             .decisions
@@ -214,7 +247,7 @@ impl Webhook {
             .await
         {
             Ok(e) => e,
-            Err(e) => return deny(req, pod, e),
+            Err(e) => return deny(req, pod, Denial(e)),
         };
         if !ensured.stale.is_empty() {
             // A backing Secret holds another version than the cache.
@@ -233,7 +266,7 @@ impl Webhook {
         }
         Answer {
             response,
-            outcome: "mutated",
+            outcome: Outcome::Mutated,
         }
     }
 }

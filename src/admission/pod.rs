@@ -34,7 +34,7 @@ pub const MAX_AWS_CALLS: usize = 10;
 pub enum Planned {
     /// No `sm-injector.io/` input annotation: the pod is left as it is.
     Nothing,
-    Denied(Vec<String>),
+    Denied(super::Denial),
     Plan {
         plan: plan::Plan,
         targets: Vec<patch::Target>,
@@ -67,51 +67,55 @@ pub async fn plan_pod(
         .sum();
     let caps = &settings.caps;
     if bytes > caps.annotation_bytes {
-        return Planned::Denied(vec![format!(
+        return Planned::Denied(super::Denial(vec![format!(
             "the pod's sm-injector.io/ annotations hold {bytes} bytes; at most {} (--max-annotation-bytes)",
             caps.annotation_bytes
-        )]);
+        )]));
     }
     let inj = match annotations::parse(anns, settings.min_refresh) {
         Ok(None) => return Planned::Nothing,
         Ok(Some(i)) => i,
-        Err(errors) => return Planned::Denied(errors.iter().map(ToString::to_string).collect()),
+        Err(errors) => {
+            return Planned::Denied(super::Denial(
+                errors.iter().map(ToString::to_string).collect(),
+            ));
+        }
     };
     let references = inj.env.len() + inj.env_from.len();
     if references > caps.references {
-        return Planned::Denied(vec![format!(
+        return Planned::Denied(super::Denial(vec![format!(
             "the pod has {references} secret references; at most {} (--max-references)",
             caps.references
-        )]);
+        )]));
     }
     let targets = match patch::select(pod, inj.containers.as_deref()) {
         Ok(t) => t,
-        Err(e) => return Planned::Denied(vec![e]),
+        Err(e) => return Planned::Denied(super::Denial::one(e)),
     };
     let injections = targets.len() * references;
     if injections > caps.injections {
-        return Planned::Denied(vec![format!(
+        return Planned::Denied(super::Denial(vec![format!(
             "{} containers x {references} references = {injections} injections; at most {} (--max-injections; select containers with {})",
             targets.len(),
             caps.injections,
             annotations::CONTAINERS
-        )]);
+        )]));
     }
     let rule = match rule.await {
         Ok(r) => r,
-        Err(e) => return Planned::Denied(vec![e]),
+        Err(e) => return Planned::Denied(super::Denial::one(e)),
     };
     let denials = plan::precheck(&inj, &rule);
     if !denials.is_empty() {
-        return Planned::Denied(denials);
+        return Planned::Denied(super::Denial(denials));
     }
     let keys = plan::fetch_keys(&inj);
     let calls = plan::aws_calls(&keys);
     if calls > settings.max_aws_calls {
-        return Planned::Denied(vec![format!(
+        return Planned::Denied(super::Denial(vec![format!(
             "the pod's references need {calls} Secrets Manager calls (20 current versions a call, one per pinned version); at most {} per pod (--max-secretsmanager-calls-per-pod)",
             settings.max_aws_calls
-        )]);
+        )]));
     }
     let results = source
         .get_many(namespace, &keys, settings.aws_deadline)
@@ -130,7 +134,7 @@ pub async fn plan_pod(
                 values,
             }
         }
-        Err(e) => Planned::Denied(e),
+        Err(e) => Planned::Denied(super::Denial(e)),
     }
 }
 
@@ -157,7 +161,7 @@ mod tests {
         };
         let rule = async { Ok(Arc::new(AccessRule::for_namespace("n", None))) };
         match plan_pod(&pod, "n", rule, &source, &settings).await {
-            Planned::Denied(e) => Err(e),
+            Planned::Denied(e) => Err(e.0),
             _ => Ok(()),
         }
     }

@@ -20,8 +20,10 @@ pub enum Error {
 pub enum Failure {
     #[error("{0}")]
     SecretsManager(FetchError),
+    /// The API server refused or failed a read or write (its status code
+    /// kept when it answered).
     #[error("{0}")]
-    Kubernetes(String),
+    Kubernetes(crate::store::WriteError),
     #[error("{0}")]
     Content(String),
     #[error("{0}")]

@@ -233,7 +233,7 @@ impl Refresher {
         index: &Index,
         planner: &mut Planner,
         rollouts: &mut Rollouts,
-        marks: &planner::Inventory,
+        marks: &planner::Marks,
         leading: &(dyn Fn() -> bool + Sync),
     ) -> SystemTime {
         let now = SystemTime::now();

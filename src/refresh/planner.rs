@@ -47,15 +47,15 @@ impl Revoked {
 /// The marks the collector keeps per backing Secret in the inventory: `""`
 /// while in use (or just written), else the Unix second since which no pod
 /// uses it.
-pub type Inventory = BTreeMap<Key, String>;
+pub type Marks = BTreeMap<Key, String>;
 
 #[derive(Debug)]
-pub struct Decisions {
+pub struct Pass {
     /// To fetch and write now.
     pub due: Vec<(Key, Want)>,
     /// Newly revoked (each reported once while it stays revoked).
     pub revoked: Vec<(Key, Want, Revoked)>,
-    /// Inventory changes: `Some(mark)` to set, `None` to remove.
+    /// Marks changes: `Some(mark)` to set, `None` to remove.
     pub marks: BTreeMap<Key, Option<String>>,
     /// Unused for the grace period: to delete.
     pub delete: Vec<Key>,
@@ -144,11 +144,11 @@ impl Planner {
         &mut self,
         in_use: &BTreeMap<Key, Want>,
         namespace: impl Fn(&str) -> Option<NamespaceFacts>,
-        inventory: &Inventory,
+        inventory: &Marks,
         grace: Option<Duration>,
         now: SystemTime,
-    ) -> Decisions {
-        let mut d = Decisions {
+    ) -> Pass {
+        let mut d = Pass {
             due: vec![],
             revoked: vec![],
             marks: BTreeMap::new(),
@@ -287,7 +287,7 @@ impl Planner {
         &self,
         in_use: &BTreeMap<Key, Want>,
         valid: &BTreeSet<&Key>,
-        d: &mut Decisions,
+        d: &mut Pass,
         now: SystemTime,
     ) {
         if d.due.is_empty() {
@@ -376,7 +376,7 @@ impl Planner {
     /// [`ABSENT_GRACE`]. Ask only once the Namespace cache is in sync.
     pub fn vanished(
         &mut self,
-        inventory: &Inventory,
+        inventory: &Marks,
         exists: impl Fn(&str) -> bool,
         now: SystemTime,
     ) -> Vec<String> {
@@ -452,27 +452,25 @@ mod tests {
         let mut p = Planner::new(TICK);
         let a = key("n", "a");
         let mut in_use = BTreeMap::from([(a.clone(), want("n/a", HOUR))]);
-        let d = p.plan(&in_use, facts, &Inventory::new(), None, t(0));
+        let d = p.plan(&in_use, facts, &Marks::new(), None, t(0));
         assert!(d.due.is_empty());
         assert!(d.next_wake <= t(30), "spread over at most 30 s");
         assert_eq!(
-            p.plan(&in_use, facts, &Inventory::new(), None, t(30))
-                .due
-                .len(),
+            p.plan(&in_use, facts, &Marks::new(), None, t(30)).due.len(),
             1
         );
         p.succeeded(&a, "v1", &want("n/x", HOUR), t(30));
         assert!(
-            p.plan(&in_use, facts, &Inventory::new(), None, t(60))
+            p.plan(&in_use, facts, &Marks::new(), None, t(60))
                 .due
                 .is_empty()
         );
         // A pod admitted later: its Secret was just written.
         let b = key("n", "b");
         in_use.insert(b.clone(), want("n/b", HOUR));
-        let d = p.plan(&in_use, facts, &Inventory::new(), None, t(100));
+        let d = p.plan(&in_use, facts, &Marks::new(), None, t(100));
         assert!(d.due.is_empty());
-        let d = p.plan(&in_use, facts, &Inventory::new(), None, t(100 + 3600 + 360));
+        let d = p.plan(&in_use, facts, &Marks::new(), None, t(100 + 3600 + 360));
         assert_eq!(d.due.len(), 2, "both due within interval + 10 %");
     }
 
@@ -482,10 +480,10 @@ mod tests {
         let in_use: BTreeMap<Key, Want> = (0..500)
             .map(|i| (key("n", &format!("s{i}")), want(&format!("n/s{i}"), HOUR)))
             .collect();
-        p.plan(&in_use, facts, &Inventory::new(), None, t(0));
+        p.plan(&in_use, facts, &Marks::new(), None, t(0));
         let mut seconds = BTreeSet::new();
         for s in 0..=30 {
-            let d = p.plan(&in_use, facts, &Inventory::new(), None, t(s));
+            let d = p.plan(&in_use, facts, &Marks::new(), None, t(s));
             for (k, w) in &d.due {
                 p.succeeded(k, "v", w, t(s));
             }
@@ -502,15 +500,15 @@ mod tests {
         let mut p = Planner::new(TICK);
         let a = key("n", "a");
         let in_use = BTreeMap::from([(a.clone(), want("n/a", Duration::from_secs(60)))]);
-        p.plan(&in_use, facts, &Inventory::new(), None, t(0));
+        p.plan(&in_use, facts, &Marks::new(), None, t(0));
         p.succeeded(&a, "v1", &want("n/a", Duration::from_secs(60)), t(0));
         let due_at = p
-            .plan(&in_use, facts, &Inventory::new(), None, t(1))
+            .plan(&in_use, facts, &Marks::new(), None, t(1))
             .gauges
             .oldest_due;
         assert!((unix(t(60))..=unix(t(66))).contains(&due_at));
         for s in [70, 200, 900] {
-            let d = p.plan(&in_use, facts, &Inventory::new(), None, t(s));
+            let d = p.plan(&in_use, facts, &Marks::new(), None, t(s));
             for (k, w) in &d.due {
                 p.failed(k, w.interval, t(s));
             }
@@ -520,14 +518,14 @@ mod tests {
             );
         }
         assert_eq!(
-            p.plan(&in_use, facts, &Inventory::new(), None, t(901))
+            p.plan(&in_use, facts, &Marks::new(), None, t(901))
                 .gauges
                 .failing,
             1
         );
         p.succeeded(&a, "v2", &want("n/a", Duration::from_secs(60)), t(960));
         assert!(
-            p.plan(&in_use, facts, &Inventory::new(), None, t(961))
+            p.plan(&in_use, facts, &Marks::new(), None, t(961))
                 .gauges
                 .oldest_due
                 > unix(t(960))
@@ -553,23 +551,23 @@ mod tests {
                 ..facts("n").unwrap()
             })
         };
-        p.plan(&in_use, widened, &Inventory::new(), None, t(0));
+        p.plan(&in_use, widened, &Marks::new(), None, t(0));
         assert_eq!(
-            p.plan(&in_use, widened, &Inventory::new(), None, t(31))
+            p.plan(&in_use, widened, &Marks::new(), None, t(31))
                 .due
                 .len(),
             1
         );
-        let d = p.plan(&in_use, narrowed, &Inventory::new(), None, t(32));
+        let d = p.plan(&in_use, narrowed, &Marks::new(), None, t(32));
         assert!(d.due.is_empty());
         assert_eq!(d.revoked.len(), 1);
         assert!(matches!(&d.revoked[0].2, Revoked::NotAllowed(r) if r.contains("n/*")));
         assert!(
-            p.plan(&in_use, narrowed, &Inventory::new(), None, t(33))
+            p.plan(&in_use, narrowed, &Marks::new(), None, t(33))
                 .revoked
                 .is_empty()
         );
-        let d = p.plan(&in_use, unlabelled, &Inventory::new(), None, t(34));
+        let d = p.plan(&in_use, unlabelled, &Marks::new(), None, t(34));
         assert!(
             d.due.is_empty() && d.revoked.is_empty(),
             "still revoked: not reported again"
@@ -583,7 +581,7 @@ mod tests {
         let mut p = Planner::new(TICK);
         let (a, b, c) = (key("n", "a"), key("n", "b"), key("n", "c"));
         let in_use = BTreeMap::from([(a.clone(), want("n/a", HOUR))]);
-        let inv = Inventory::from([
+        let inv = Marks::from([
             (a.clone(), "500".to_string()), // used again: cleared
             (b.clone(), String::new()),     // written, no pod: stamped
             (c.clone(), (unix(t(0)) - 101).to_string()),
@@ -594,25 +592,23 @@ mod tests {
         assert_eq!(d.delete, vec![c.clone()]);
         // Revoked counts as unused: stamped, then deleted after the grace.
         let none = BTreeMap::new();
-        let inv = Inventory::from([(a.clone(), unix(t(0)).to_string())]);
+        let inv = Marks::from([(a.clone(), unix(t(0)).to_string())]);
         assert!(p.plan(&none, facts, &inv, grace, t(50)).delete.is_empty());
         assert_eq!(
             p.plan(&none, facts, &inv, grace, t(101)).delete,
             vec![a.clone()]
         );
         // A namespace not yet in the cache: nothing is collected there.
-        let inv = Inventory::from([(a.clone(), String::new())]);
+        let inv = Marks::from([(a.clone(), String::new())]);
         let d = p.plan(&in_use, |_| None, &inv, grace, t(0));
         assert!(d.marks.is_empty() && d.delete.is_empty());
         // A Secret deleted and then used again is written at once.
         p.deleted(&a, t(0));
         let mut p2 = Planner::new(TICK);
-        p2.plan(&BTreeMap::new(), facts, &Inventory::new(), None, t(0));
+        p2.plan(&BTreeMap::new(), facts, &Marks::new(), None, t(0));
         p2.deleted(&a, t(0));
         assert_eq!(
-            p2.plan(&in_use, facts, &Inventory::new(), None, t(1))
-                .due
-                .len(),
+            p2.plan(&in_use, facts, &Marks::new(), None, t(1)).due.len(),
             1
         );
     }
@@ -625,7 +621,7 @@ mod tests {
             (a.clone(), want("n/a", HOUR)),
             (b.clone(), want("n/b", HOUR)),
         ]);
-        p.plan(&in_use, facts, &Inventory::new(), None, t(0));
+        p.plan(&in_use, facts, &Marks::new(), None, t(0));
         for k in [&a, &b] {
             p.succeeded(k, "v", &want("n/x", HOUR), t(0));
         }
@@ -637,17 +633,17 @@ mod tests {
                 })
             }
         };
-        let d = p.plan(&in_use, forced("n/a@1"), &Inventory::new(), None, t(5));
+        let d = p.plan(&in_use, forced("n/a@1"), &Marks::new(), None, t(5));
         assert_eq!(d.due.iter().map(|(k, _)| k).collect::<Vec<_>>(), [&a]);
         assert_eq!(p.version(&a), None, "checked against the Secret again");
         p.succeeded(&a, "v", &want("n/x", HOUR), t(5));
         assert!(
-            p.plan(&in_use, forced("n/a@1"), &Inventory::new(), None, t(6))
+            p.plan(&in_use, forced("n/a@1"), &Marks::new(), None, t(6))
                 .due
                 .is_empty()
         );
         assert_eq!(
-            p.plan(&in_use, forced("*@2"), &Inventory::new(), None, t(7))
+            p.plan(&in_use, forced("*@2"), &Marks::new(), None, t(7))
                 .due
                 .len(),
             2
@@ -667,7 +663,7 @@ mod tests {
         };
         let mut p = Planner::new(TICK);
         let minute = Duration::from_secs(60);
-        p.plan(&BTreeMap::new(), open, &Inventory::new(), None, t(0));
+        p.plan(&BTreeMap::new(), open, &Marks::new(), None, t(0));
         let mut in_use = BTreeMap::new();
         let mut ms = 0;
         for i in 0..500 {
@@ -680,7 +676,7 @@ mod tests {
                 p.plan(
                     &in_use,
                     open,
-                    &Inventory::new(),
+                    &Marks::new(),
                     None,
                     t(0) + Duration::from_millis(ms),
                 );
@@ -690,7 +686,7 @@ mod tests {
         let mut calls_per_interval = BTreeMap::<u64, usize>::new();
         for step in 0..(4 * 300) {
             let now = t(63) + Duration::from_millis(200 * step);
-            let d = p.plan(&in_use, open, &Inventory::new(), None, now);
+            let d = p.plan(&in_use, open, &Marks::new(), None, now);
             let secrets: BTreeSet<&str> = d.due.iter().map(|(_, w)| w.fetch.id.as_str()).collect();
             *calls_per_interval.entry(step / 300).or_default() += secrets.len().div_ceil(BATCH);
             for (k, w) in &d.due {
@@ -715,42 +711,34 @@ mod tests {
         let mut p = Planner::new(TICK);
         let a = key("n", "a");
         let in_use = BTreeMap::from([(a.clone(), want("n/a", HOUR))]);
-        p.plan(&in_use, facts, &Inventory::new(), None, t(0));
+        p.plan(&in_use, facts, &Marks::new(), None, t(0));
         p.succeeded(&a, "v1", &want("n/a", HOUR), t(30));
         // The namespace is deleted (its pods go) and made again.
-        p.plan(&BTreeMap::new(), facts, &Inventory::new(), None, t(40));
+        p.plan(&BTreeMap::new(), facts, &Marks::new(), None, t(40));
         assert_eq!(
-            p.plan(&in_use, facts, &Inventory::new(), None, t(50))
-                .due
-                .len(),
+            p.plan(&in_use, facts, &Marks::new(), None, t(50)).due.len(),
             1,
             "checked at once, not after its interval"
         );
         p.succeeded(&a, "v1", &want("n/a", HOUR), t(50));
         // An admission saw another version: due once per nudge, and the mark
         // is cleared whether or not the collector runs.
-        let nudged = Inventory::from([(a.clone(), format!("{NUDGE}v2"))]);
+        let nudged = Marks::from([(a.clone(), format!("{NUDGE}v2"))]);
         let d = p.plan(&in_use, facts, &nudged, None, t(60));
         assert_eq!(d.due.len(), 1);
         assert_eq!(d.marks[&a], Some(String::new()));
         p.succeeded(&a, "v2", &want("n/a", HOUR), t(60));
         assert!(p.plan(&in_use, facts, &nudged, None, t(61)).due.is_empty());
-        let again = Inventory::from([(a.clone(), format!("{NUDGE}v3"))]);
+        let again = Marks::from([(a.clone(), format!("{NUDGE}v3"))]);
         assert_eq!(p.plan(&in_use, facts, &again, None, t(62)).due.len(), 1);
         // Long gone keys are forgotten.
         let b = key("n", "b");
         let with_b = BTreeMap::from([(b.clone(), want("n/b", HOUR))]);
-        p.plan(&with_b, facts, &Inventory::new(), None, t(100));
-        p.plan(&BTreeMap::new(), facts, &Inventory::new(), None, t(200));
-        p.plan(
-            &BTreeMap::new(),
-            facts,
-            &Inventory::new(),
-            None,
-            t(200 + 3601),
-        );
+        p.plan(&with_b, facts, &Marks::new(), None, t(100));
+        p.plan(&BTreeMap::new(), facts, &Marks::new(), None, t(200));
+        p.plan(&BTreeMap::new(), facts, &Marks::new(), None, t(200 + 3601));
         assert!(
-            p.plan(&with_b, facts, &Inventory::new(), None, t(200 + 3602))
+            p.plan(&with_b, facts, &Marks::new(), None, t(200 + 3602))
                 .due
                 .is_empty()
         );
@@ -771,8 +759,8 @@ mod tests {
             (a.clone(), want("shared", HOUR)),
             (b.clone(), want("shared", HOUR)),
         ]);
-        p.plan(&in_use, open, &Inventory::new(), None, t(0));
-        let d = p.plan(&in_use, open, &Inventory::new(), None, t(31));
+        p.plan(&in_use, open, &Marks::new(), None, t(0));
+        let d = p.plan(&in_use, open, &Marks::new(), None, t(31));
         assert_eq!(d.due.len(), 2);
         p.succeeded(&a, "v1", &want("shared", HOUR), t(31));
         for _ in 0..5 {
@@ -785,14 +773,14 @@ mod tests {
                 ..open(ns).unwrap()
             })
         };
-        let d = p.plan(&in_use, forced, &Inventory::new(), None, t(40));
+        let d = p.plan(&in_use, forced, &Marks::new(), None, t(40));
         assert_eq!(d.due.iter().map(|(k, _)| k).collect::<Vec<_>>(), [&a]);
     }
 
     #[test]
     fn the_inventory_of_a_namespace_gone_for_a_minute_is_dropped() {
         let mut p = Planner::new(TICK);
-        let inv = Inventory::from([
+        let inv = Marks::from([
             (key("gone", "a"), String::new()),
             (key("here", "b"), String::new()),
         ]);

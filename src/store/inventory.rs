@@ -1,5 +1,5 @@
 //! The collector's inventory: every backing Secret sm-injector has written,
-//! with a mark ([`crate::refresh::planner::Inventory`]). One ConfigMap per tenant
+//! with a mark ([`crate::refresh::planner::Marks`]). One ConfigMap per tenant
 //! namespace, in sm-injector's own namespace (`<prefix>-<namespace>`), so no
 //! single object bounds it (1 MiB holds about 20,000 backing Secrets of one
 //! namespace). Every writer records a Secret here *before* writing it, so a

@@ -22,7 +22,7 @@ pub mod inventory;
 pub mod rule;
 mod write;
 
-pub use write::{Written, delete_backing, read, write_backing};
+pub use write::{WriteError, Written, delete_backing, read, write_backing};
 
 use crate::backing;
 use crate::fetch::FetchKey;

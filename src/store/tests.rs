@@ -77,7 +77,7 @@ async fn answer(h: &mut H, code: u16, body: Value) -> (String, String, String, V
     )
 }
 
-type Task = tokio::task::JoinHandle<Result<Written, String>>;
+type Task = tokio::task::JoinHandle<Result<Written, WriteError>>;
 
 fn mocked() -> (H, Api<Secret>) {
     let (svc, h) = mock::pair::<Request<Body>, Response<Body>>();
@@ -192,7 +192,8 @@ async fn an_absent_secret_is_created_and_a_failed_read_is_no_absence() {
     let (mut h, t) = start("v1", Writer::Leader, true);
     answer(&mut h, 500, status(500, "InternalError")).await;
     let e = done(t).await.unwrap_err();
-    assert!(e.starts_with("cannot check what it holds"), "{e}");
+    assert!(e.reason.starts_with("cannot check what it holds"), "{e}");
+    assert_eq!(e.status, Some(500), "the status code is kept");
 
     for writer in [Writer::Admission, Writer::Leader] {
         let (mut h, t) = start("v1", writer, true);
@@ -201,6 +202,7 @@ async fn an_absent_secret_is_created_and_a_failed_read_is_no_absence() {
             done(t)
                 .await
                 .unwrap_err()
+                .reason
                 .contains("not managed by sm-injector")
         );
     }
@@ -226,7 +228,7 @@ async fn a_deletion_is_preconditioned_on_what_was_read() {
     let (mut h, api) = mocked();
     let t = tokio::spawn(async move { delete_backing(&api, "sm-n-db-1").await });
     answer(&mut h, 200, held("v1", false)).await;
-    assert!(done(t).await.unwrap_err().contains("not managed"));
+    assert!(done(t).await.unwrap_err().reason.contains("not managed"));
 }
 
 fn plan_for(version: &str) -> Plan {

@@ -31,6 +31,31 @@ pub enum Written {
     NotLeading,
 }
 
+/// Why a backing Secret could not be read, written or deleted: the API
+/// server's status code when it answered, and a short reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct WriteError {
+    pub status: Option<u16>,
+    pub reason: String,
+}
+
+impl WriteError {
+    fn api(e: &kube::Error, what: &str) -> Self {
+        WriteError {
+            status: crate::kube_error::status(e),
+            reason: format!("{what}{}", kube_reason(e)),
+        }
+    }
+
+    fn unmanaged() -> Self {
+        WriteError {
+            status: None,
+            reason: "a Secret of that name exists and is not managed by sm-injector".into(),
+        }
+    }
+}
+
 /// Reads a backing Secret with an empty merge patch, which changes nothing
 /// and needs only the `patch` verb (sm-injector has no read verb on Secrets).
 /// `None` when it does not exist.
@@ -64,7 +89,7 @@ pub async fn write_backing(
     obj: &Secret,
     writer: Writer,
     leading: &(dyn Fn() -> bool + Sync),
-) -> Result<Written, String> {
+) -> Result<Written, WriteError> {
     let name = obj.metadata.name.as_deref().unwrap_or_default();
     let pp = PostParams {
         field_manager: Some(backing::FIELD_MANAGER.into()),
@@ -75,11 +100,11 @@ pub async fn write_backing(
         attempts += 1;
         let existing = read(api, name)
             .await
-            .map_err(|e| format!("cannot check what it holds: {}", kube_reason(&e)))?;
+            .map_err(|e| WriteError::api(&e, "cannot check what it holds: "))?;
         if let Some(s) = &existing
             && !rule::managed(s)
         {
-            return Err("a Secret of that name exists and is not managed by sm-injector".into());
+            return Err(WriteError::unmanaged());
         }
         let action = rule::decide(writer, existing.as_ref(), obj);
         if matches!(action, Action::Create | Action::Replace { .. })
@@ -127,7 +152,7 @@ pub async fn write_backing(
             Ok(w) => return Ok(w),
             // Created or written by another writer since the read: decide again.
             Err(kube::Error::Api(e)) if e.code == 409 && attempts < 5 => continue,
-            Err(e) => return Err(kube_reason(&e)),
+            Err(e) => return Err(WriteError::api(&e, "")),
         }
     }
 }
@@ -136,15 +161,15 @@ pub async fn write_backing(
 /// unchanged since (its `resourceVersion` is the precondition), so that a
 /// Secret written again meanwhile (a new pod's admission) stays. `Ok(false)`
 /// when it was gone or changed.
-pub async fn delete_backing(api: &Api<Secret>, name: &str) -> Result<bool, String> {
+pub async fn delete_backing(api: &Api<Secret>, name: &str) -> Result<bool, WriteError> {
     let Some(s) = read(api, name)
         .await
-        .map_err(|e| format!("cannot check what it holds: {}", kube_reason(&e)))?
+        .map_err(|e| WriteError::api(&e, "cannot check what it holds: "))?
     else {
         return Ok(false);
     };
     if !rule::managed(&s) {
-        return Err("a Secret of that name exists and is not managed by sm-injector".into());
+        return Err(WriteError::unmanaged());
     }
     let dp = DeleteParams {
         preconditions: Some(Preconditions {
@@ -156,6 +181,6 @@ pub async fn delete_backing(api: &Api<Secret>, name: &str) -> Result<bool, Strin
     match api.delete(name, &dp).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(false),
-        Err(e) => Err(kube_reason(&e)),
+        Err(e) => Err(WriteError::api(&e, "")),
     }
 }

@@ -360,7 +360,7 @@ async fn a_replica_whose_clock_is_ahead_cannot_roll_a_version_back() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(holds(&client, &ns, "pw").await, "v2");
     drop(r);
-    unsafe { libc::kill(skewed.pid as i32, libc::SIGTERM) };
+    support::signal(skewed.pid as i32, libc::SIGTERM);
     let _ = Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
         client.clone(),
     )

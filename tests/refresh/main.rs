@@ -751,7 +751,7 @@ async fn the_lease_is_handed_over_at_once_and_joining_is_retried() {
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
     let pid = process.id().unwrap() as i32;
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    support::signal(pid as i32, libc::SIGTERM);
     let t = std::time::Instant::now();
     eventually(
         Duration::from_secs(20),
@@ -922,7 +922,7 @@ async fn two_replicas_one_refreshes_and_the_other_takes_over() {
         };
         if round == 1 {
             // The leader dies without letting go; the other takes over once the Lease runs out.
-            unsafe { libc::kill(leader.pid as i32, libc::SIGKILL) };
+            support::signal(leader.pid as i32, libc::SIGKILL);
             let next = support::eventually(Duration::from_secs(20), "a new leader", || async {
                 let h = holder().await?;
                 (h != first).then_some(h)
@@ -970,7 +970,7 @@ async fn two_replicas_one_refreshes_and_the_other_takes_over() {
     }
     // Stop the survivor too: it would refresh other tests' Secrets.
     for p in [a.pid, b.pid] {
-        unsafe { libc::kill(p as i32, libc::SIGKILL) };
+        support::signal(p as i32, libc::SIGKILL);
     }
 }
 

@@ -10,6 +10,9 @@
 //! with `PR_SET_PDEATHSIG`, so they die with it even on a crash; an `atexit`
 //! hook stops them and removes the folder on a normal exit (also after failed
 //! tests, since the harness exits through `exit`).
+
+// Signals and process control for the processes the tests start.
+#![allow(unsafe_code)]
 #![allow(dead_code)]
 
 pub mod balancer;
@@ -956,4 +959,10 @@ pub async fn leader_write(
     )
     .await
     .unwrap()
+}
+
+/// Sends `sig` to the process `pid` (one the test started).
+pub fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    unsafe { libc::kill(pid, sig) };
 }
