@@ -1,6 +1,6 @@
 //! `sm-injector render`, run as a user would: manifests in, mutated manifests
 //! and backing Secrets out, with --secrets-file standing in for AWS (these
-//! tests need no test bed). The same engine as the webhook; `tests/webhook.rs`
+//! tests need no test bed). The same engine as the webhook; `tests/webhook/injection.rs`
 //! checks that both give the same pod.
 
 use std::io::Write;

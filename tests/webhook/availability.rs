@@ -1,0 +1,432 @@
+//! Staying available and cheap: sm-injector down, dry runs and the quota,
+//! a Secrets Manager outage, bursts of pods, kept decisions.
+
+use super::*;
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn with_sm_injector_down_pods_without_its_annotations_are_still_admitted() {
+    let bed = testbed();
+    let client = bed.client().await;
+    let ns = namespace(&client, "down", &[INJECT]).await;
+    // The shipped configuration (matchConditions included), pointing at a
+    // port where nothing answers: sm-injector is down.
+    let dead = support::free_port();
+    support::start_url_webhook(bed, &client, &format!("down-{ns}"), dead, &[&ns]).await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    let refused = |e: &kube::Error| match e {
+        kube::Error::Api(e) => e.message.contains("failed calling webhook"),
+        _ => false,
+    };
+    // Wait until the API server applies the configuration (an annotated pod fails).
+    support::eventually(
+        Duration::from_secs(30),
+        "the configuration to take effect",
+        || async {
+            let p = pod(
+                "probe",
+                json!({"sm-injector.io/env.X": format!("{ns}/s#k")}),
+                one_container(),
+            );
+            let dry = PostParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            match pods.create(&dry, &p).await {
+                Err(e) if refused(&e) => Some(()),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    let plain = create(
+        &client,
+        &ns,
+        &pod("plain", json!({"other.io/x": "y"}), one_container()),
+    )
+    .await;
+    assert!(
+        plain.is_ok(),
+        "no sm-injector.io/ annotation: admitted without calling it: {plain:?}"
+    );
+    let bare: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "bare"},
+        "spec": {"containers": [{"name": "c", "image": "registry.invalid/c:1"}]}
+    }))
+    .unwrap();
+    assert!(
+        pods.create(&PostParams::default(), &bare).await.is_ok(),
+        "no annotations at all"
+    );
+    // A typo still has the prefix: it reaches the webhook (here: fails closed).
+    let typo = pods
+        .create(
+            &PostParams::default(),
+            &pod(
+                "typo",
+                json!({"sm-injector.io/envv.X": "x"}),
+                one_container(),
+            ),
+        )
+        .await;
+    assert!(typo.as_ref().is_err_and(refused), "{typo:?}");
+    Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
+        client.clone(),
+    )
+    .delete(&format!("down-{ns}"), &Default::default())
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn dry_runs_cannot_spend_the_secrets_manager_quota() {
+    let (_bed, client, ns, inj) = setup("fanout").await;
+    let calls = || inj.metric("sm_injector_secretsmanager_calls_total");
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let before = calls().await;
+    // Eleven pinned versions need eleven calls: denied before any is made.
+    let mut pins = serde_json::Map::new();
+    for i in 0..11 {
+        pins.insert(
+            format!("sm-injector.io/env.V{i}"),
+            json!(format!("{ns}/s?versionId=v{i}#k")),
+        );
+    }
+    let e = pods
+        .create(
+            &dry,
+            &pod("fanout", serde_json::Value::Object(pins), one_container()),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("the pod's references need 11 Secrets Manager calls")
+            && e.to_string().contains("at most 10 per pod"),
+        "{e}"
+    );
+    assert_eq!(calls().await, before, "no call for a pod over the cap");
+    // A missing secret, asked again and again: one call, then remembered.
+    for _ in 0..5 {
+        let e = pods
+            .create(
+                &dry,
+                &pod(
+                    "missing",
+                    json!({"sm-injector.io/env.K": format!("{ns}/nope#k")}),
+                    one_container(),
+                ),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("not found in Secrets Manager"),
+            "{e}"
+        );
+    }
+    assert_eq!(calls().await, before + 1.0, "one call for five dry runs");
+    inj.stop(&client).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn secrets_manager_outage_serves_existing_secrets_with_a_warning_else_denies() {
+    let (bed, client, ns, inj) = setup("outage").await;
+    bed.put_secret(&format!("{ns}/db"), r#"{"pw":"before-outage"}"#)
+        .await;
+    bed.put_secret(&format!("{ns}/new"), r#"{"pw":"never-fetched"}"#)
+        .await;
+    create_one(
+        &client,
+        &ns,
+        "before",
+        json!({"sm-injector.io/env.PW": format!("{ns}/db#pw")}),
+    )
+    .await
+    .unwrap();
+    inj.stop(&client).await;
+
+    // The same webhook with Secrets Manager unreachable (nothing listens there).
+    let dead = format!("http://127.0.0.1:{}", support::free_port());
+    let inj = injector::start(
+        bed,
+        &[&ns],
+        Options {
+            aws_endpoint: Some(dead),
+            ..Default::default()
+        },
+    )
+    .await;
+    let p = pod(
+        "during",
+        json!({"sm-injector.io/env.PW": format!("{ns}/db#pw")}),
+        one_container(),
+    );
+    let (ok, _, stderr) = kubectl_create(bed, &ns, &p, &[]).await;
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("Warning: Secrets Manager could not be reached"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("using the existing backing Secret"),
+        "{stderr}"
+    );
+    let stored = Api::<Pod>::namespaced(client.clone(), &ns)
+        .get("during")
+        .await
+        .unwrap();
+    assert_eq!(
+        resolve_env(&client, &ns, &stored.spec.unwrap().containers[0]).await["PW"],
+        b"before-outage"
+    );
+
+    let msg = create_one(
+        &client,
+        &ns,
+        "new",
+        json!({"sm-injector.io/env.PW": format!("{ns}/new#pw")}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        msg.contains("Secrets Manager could not be reached"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("no backing Secret for \"{ns}/new\"")),
+        "{msg}"
+    );
+    // A key the existing Secret does not hold cannot be served either.
+    let msg = create_one(
+        &client,
+        &ns,
+        "newkey",
+        json!({"sm-injector.io/env.X": format!("{ns}/db#other")}),
+    )
+    .await
+    .unwrap_err();
+    assert!(msg.contains("has no key \"other\""), "{msg}");
+    inj.stop(&client).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn twenty_pods_at_once_cost_one_secrets_manager_read_and_one_write_per_secret() {
+    let (bed, client, ns, inj) = setup("burst").await;
+    bed.put_secret(&format!("{ns}/a"), r#"{"k":"a"}"#).await;
+    bed.put_secret(&format!("{ns}/b"), r#"{"k":"b"}"#).await;
+    bed.put_secret(&format!("{ns}/c"), "whole").await;
+    let anns = json!({
+        "sm-injector.io/env.A": format!("{ns}/a#k"),
+        "sm-injector.io/env.B": format!("{ns}/b#k"),
+        "sm-injector.io/env.C": format!("{ns}/c"),
+    });
+    let results = futures::future::join_all((0..20).map(|i| {
+        let (client, ns, p) = (
+            client.clone(),
+            ns.clone(),
+            pod(&format!("p{i}"), anns.clone(), one_container()),
+        );
+        async move { create(&client, &ns, &p).await }
+    }))
+    .await;
+    for r in &results {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    assert_eq!(
+        inj.metric("sm_injector_secretsmanager_secrets_requested_total")
+            .await,
+        3.0
+    );
+    assert_eq!(
+        inj.metric("sm_injector_secretsmanager_calls_total{operation=\"BatchGetSecretValue\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        inj.metric("sm_injector_backing_secret_writes_total{operation=\"apply\"}")
+            .await,
+        3.0
+    );
+    assert_eq!(managed_secrets(&client, &ns).await.len(), 3);
+    assert_eq!(
+        inj.metric("sm_injector_admissions_total{outcome=\"mutated\"}")
+            .await,
+        20.0
+    );
+
+    // Warm: another pod makes no Secrets Manager call and no Kubernetes write.
+    create(&client, &ns, &pod("warm", anns, one_container()))
+        .await
+        .unwrap();
+    assert_eq!(
+        inj.metric("sm_injector_secretsmanager_secrets_requested_total")
+            .await,
+        3.0
+    );
+    assert_eq!(
+        inj.metric("sm_injector_backing_secret_writes_total{operation=\"apply\"}")
+            .await,
+        3.0
+    );
+    inj.stop(&client).await;
+}
+
+/// Pods that ask for the same thing (a ReplicaSet's replicas) share a
+/// decision: the one made for the first is used again, but only while the
+/// namespace's rule and the secret values it read are unchanged
+/// (`src/decisions.rs`).
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn identical_pods_reuse_a_decision_only_while_its_rule_and_values_hold() {
+    let (bed, client, ns, inj) = setup("replicas").await;
+    let sm = bed.aws().await;
+    bed.put_secret(&format!("{ns}/db"), r#"{"url":"one"}"#)
+        .await;
+    let replica: Pod = serde_json::from_value(json!({
+        "metadata": {
+            "generateName": "web-",
+            "labels": {"app": "web"},
+            "annotations": {"sm-injector.io/env.DB_URL": format!("{ns}/db#url")}
+        },
+        "spec": {"containers": one_container()}
+    }))
+    .unwrap();
+    let reused = || inj.metric("sm_injector_decisions_reused_total");
+    let db_url = |p: Pod| {
+        let client = client.clone();
+        let ns = ns.clone();
+        async move {
+            let c = &p.spec.unwrap().containers[0];
+            resolve_env(&client, &ns, c).await["DB_URL"].clone()
+        }
+    };
+
+    // Three replicas (each given its own token volume by the API server): the
+    // first is decided, the next two reuse its decision, and each gets the
+    // same, working patch. So does a pod named otherwise (a StatefulSet's).
+    let mut names = vec![];
+    for _ in 0..3 {
+        let p = create(&client, &ns, &replica).await.unwrap();
+        names.push(p.metadata.name.clone().unwrap());
+        assert_eq!(db_url(p).await, b"one");
+    }
+    names.dedup();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert_eq!(reused().await, 2.0);
+    let mut named = replica.clone();
+    named.metadata.generate_name = None;
+    named.metadata.name = Some("db-0".into());
+    assert_eq!(
+        db_url(create(&client, &ns, &named).await.unwrap()).await,
+        b"one"
+    );
+    assert_eq!(reused().await, 3.0);
+    // A pod whose containers differ is decided afresh.
+    let mut other = replica.clone();
+    other.spec.as_mut().unwrap().containers[0].name = "api".into();
+    assert_eq!(
+        db_url(create(&client, &ns, &other).await.unwrap()).await,
+        b"one"
+    );
+    assert_eq!(reused().await, 3.0);
+
+    // A new value: once the cache holds it, the kept decision no longer
+    // applies. Admissions never move a backing Secret to another version
+    // (only the refresher's leader does): the replica is admitted against
+    // what its Secret holds, and the cached value is dropped as stale.
+    let rotated = sm
+        .put_secret_value()
+        .secret_id(format!("{ns}/db"))
+        .secret_string(r#"{"url":"two"}"#)
+        .send()
+        .await
+        .unwrap();
+    let key = sm_injector::fetch::FetchKey {
+        id: format!("{ns}/db"),
+        version: sm_injector::reference::Version::Stage("AWSCURRENT".into()),
+    };
+    assert!(inj.webhook.source.cached(&ns, &key).await.is_some());
+    inj.webhook
+        .source
+        .invalidate(&ns, std::slice::from_ref(&key))
+        .await;
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    Api::<Pod>::namespaced(client.clone(), &ns)
+        .create(&dry, &other)
+        .await
+        .unwrap();
+    assert!(inj.webhook.source.cached(&ns, &key).await.is_some());
+    let p = create(&client, &ns, &replica).await.unwrap();
+    let versions = p.metadata.annotations.clone().unwrap()["sm-injector.io/versions"].clone();
+    assert_eq!(db_url(p).await, b"one", "the Secret keeps its version");
+    assert!(
+        !versions.contains(rotated.version_id().unwrap()),
+        "the pod records what its Secret holds: {versions}"
+    );
+    assert!(inj.webhook.source.cached(&ns, &key).await.is_none());
+    assert_eq!(reused().await, 3.0);
+    // The leader's write (the same one the refresher makes) moves it; then
+    // replicas are admitted on the new version, and decided once again.
+    let written = support::leader_write(
+        &client,
+        &ns,
+        &format!("{ns}/db"),
+        rotated.arn().unwrap(),
+        rotated.version_id().unwrap(),
+        r#"{"url":"two"}"#,
+    )
+    .await;
+    assert!(matches!(
+        written,
+        sm_injector::store::Written::Rotated { .. }
+    ));
+    let p = create(&client, &ns, &replica).await.unwrap();
+    assert_eq!(db_url(p).await, b"two");
+    assert_eq!(reused().await, 3.0);
+    create(&client, &ns, &replica).await.unwrap();
+    assert_eq!(reused().await, 4.0);
+
+    // A narrower rule: the same replica is now denied, however often it
+    // was admitted before; widened again, it is admitted.
+    // (Each change is awaited in the webhook's Namespace cache first.)
+    let annotate = |value: &'static str| {
+        let (client, ns, webhook) = (client.clone(), ns.clone(), inj.webhook.clone());
+        async move {
+            let patch =
+                json!({"metadata": {"annotations": {"sm-injector.io/allowed-secrets": value}}});
+            Api::<k8s_openapi::api::core::v1::Namespace>::all(client)
+                .patch(
+                    &ns,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await
+                .unwrap();
+            eventually(Duration::from_secs(10), "the Namespace cache", || async {
+                let seen = webhook
+                    .namespaces
+                    .annotation(&ns, "sm-injector.io/allowed-secrets");
+                (seen.as_deref() == Some(value)).then_some(())
+            })
+            .await;
+        }
+    };
+    annotate("nothing-here/*").await;
+    let msg = create(&client, &ns, &replica).await.unwrap_err();
+    assert!(msg.contains("nothing-here/*"), "{msg}");
+    assert_eq!(reused().await, 4.0);
+    annotate("replicas-*/*").await;
+    let p = create(&client, &ns, &replica).await.unwrap();
+    assert_eq!(db_url(p).await, b"two");
+    inj.stop(&client).await;
+}

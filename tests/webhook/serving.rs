@@ -1,0 +1,361 @@
+//! The HTTPS edge: shutdown and draining, slow and half-sent requests,
+//! malformed bodies, certificate rotation.
+
+use super::*;
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn on_shutdown_it_turns_unready_first_and_keeps_serving_for_the_delay() {
+    let bed = testbed();
+    let client = bed.client().await;
+    let ns = namespace(&client, "restart", &[INJECT]).await;
+    let mut inj = injector::start(
+        bed,
+        &[&ns],
+        Options {
+            shutdown_delay: Duration::from_secs(4),
+            ..Default::default()
+        },
+    )
+    .await;
+    bed.put_secret(&format!("{ns}/s"), r#"{"k":"v"}"#).await;
+    let probe = inj.probe_port;
+    let ready = || async move { injector::http_get(probe, "/readyz").await.0 };
+    assert_eq!(ready().await, 200);
+    inj.begin_shutdown();
+    let t = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(2),
+        "readiness to turn false",
+        || async { (ready().await == 503).then_some(()) },
+    )
+    .await;
+    // The API server may still route here: admissions are still answered.
+    for i in 0..3 {
+        let p = create_one(
+            &client,
+            &ns,
+            &format!("during-{i}"),
+            json!({"sm-injector.io/env.K": format!("{ns}/s#k")}),
+        )
+        .await
+        .expect("admitted during the shutdown delay");
+        assert!(p.spec.unwrap().containers[0].env.is_some());
+    }
+    // Each HTTP/1.1 answer now closes its connection, so that the API
+    // server's keep-alive connections move to other replicas meanwhile.
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "-i", "--http1.1", "--cacert"])
+        .arg(bed.dir.join("pki/ca.crt"))
+        .args(["-d", "{}"])
+        .arg(format!("https://127.0.0.1:{}/mutate", inj.port))
+        .output()
+        .await
+        .expect("curl");
+    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    assert!(!inj.finished() && t.elapsed() < Duration::from_secs(4));
+    eventually(
+        Duration::from_secs(15),
+        "the server to stop after the delay",
+        || async { inj.finished().then_some(()) },
+    )
+    .await;
+    assert!(t.elapsed() >= Duration::from_secs(4), "{:?}", t.elapsed());
+    inj.stop(&client).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn slow_and_half_sent_requests_are_cut_off_and_do_not_delay_admissions() {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let bed = testbed();
+    let client = bed.client().await;
+    let ns = namespace(&client, "slow", &[INJECT]).await;
+    let inj = injector::start(
+        bed,
+        &[&ns],
+        Options {
+            header_read_timeout: Duration::from_secs(1),
+            body_read_timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    bed.put_secret(&format!("{ns}/s"), r#"{"k":"v"}"#).await;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(bed.ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let tls = std::sync::Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    // 400 connections: half stop in the middle of the headers, half in the
+    // middle of the body.
+    let mut conns = vec![];
+    for i in 0..400 {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", inj.port))
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut c = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let part = if i % 2 == 0 {
+            "POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Ty"
+        } else {
+            "POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"apiVersion\""
+        };
+        c.write_all(part.as_bytes()).await.unwrap();
+        c.flush().await.unwrap();
+        conns.push(c);
+    }
+    // An admission through the API server is not delayed by them.
+    let t = std::time::Instant::now();
+    let p = create_one(
+        &client,
+        &ns,
+        "meanwhile",
+        json!({"sm-injector.io/env.K": format!("{ns}/s#k")}),
+    )
+    .await
+    .unwrap();
+    assert!(p.spec.unwrap().containers[0].env.is_some());
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    // Every one is cut off by the timeouts: closed, or answered 408.
+    for (i, mut c) in conns.into_iter().enumerate() {
+        let mut buf = vec![0u8; 4096];
+        let mut seen = String::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match c.read(&mut buf).await {
+                    Ok(0) | Err(_) => return true,
+                    Ok(n) => {
+                        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+                        if seen.contains(" 408 ") {
+                            return true;
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        assert_eq!(closed, Ok(true), "connection {i} still open: {seen:?}");
+    }
+    inj.stop(&client).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn malformed_and_oversized_bodies_get_400_and_the_server_keeps_serving() {
+    let (bed, client, ns, inj) = setup("body").await;
+    let url = format!("https://127.0.0.1:{}/mutate", inj.port);
+    let ca = bed.dir.join("pki/ca.crt");
+    let post = async |body_file: &std::path::Path| {
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", "--http1.1", "--cacert"])
+            .arg(&ca)
+            .args([
+                "-H",
+                "Content-Type: application/json",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+                "--data-binary",
+            ])
+            .arg(format!("@{}", body_file.display()))
+            .arg(&url)
+            .output()
+            .await
+            .expect("curl");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage");
+    std::fs::write(&garbage, "{not json").unwrap();
+    let out = post(&garbage).await;
+    assert!(out.ends_with("\n400"), "{out}");
+    assert!(
+        out.contains("not an admission.k8s.io/v1 AdmissionReview"),
+        "{out}"
+    );
+
+    let no_request = dir.path().join("empty-review");
+    std::fs::write(
+        &no_request,
+        r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#,
+    )
+    .unwrap();
+    let out = post(&no_request).await;
+    assert!(
+        out.ends_with("\n400") && out.contains("has no request"),
+        "{out}"
+    );
+
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![b' '; 5 * 1024 * 1024]).unwrap();
+    let out = post(&big).await;
+    assert!(out.ends_with("\n400"), "{out}");
+    assert!(out.contains("length limit"), "{out}");
+
+    // Still serving: a pod goes through.
+    bed.put_secret(&format!("{ns}/s"), r#"{"k":"v"}"#).await;
+    create_one(
+        &client,
+        &ns,
+        "after",
+        json!({"sm-injector.io/env.K": format!("{ns}/s#k")}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        inj.metric("sm_injector_admissions_total{outcome=\"invalid\"}")
+            .await,
+        3.0
+    );
+    inj.stop(&client).await;
+}
+
+/// The certificate the webhook serves now (DER).
+async fn served_certificate(bed: &TestBed, port: u16) -> Vec<u8> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(bed.ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn rotated_certificate_files_are_served_without_a_restart() {
+    let (bed, client, ns, inj) = setup("rotate-tls").await;
+    let before = served_certificate(bed, inj.port).await;
+    // A half-written pair (new certificate, old key) is not loaded.
+    let next = bed.serving_cert();
+    std::fs::write(inj.dir.join("tls.crt"), &next.cert).unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(served_certificate(bed, inj.port).await, before);
+    std::fs::write(inj.dir.join("tls.key"), &next.key).unwrap();
+    let after = eventually(
+        Duration::from_secs(10),
+        "the new certificate to be served",
+        || async {
+            let now = served_certificate(bed, inj.port).await;
+            (now != before).then_some(now)
+        },
+    )
+    .await;
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let expected = CertificateDer::from_pem_slice(next.cert.as_bytes()).unwrap();
+    assert_eq!(after, expected.to_vec());
+    // The API server still reaches it.
+    bed.put_secret(&format!("{ns}/s"), r#"{"k":"v"}"#).await;
+    create_one(
+        &client,
+        &ns,
+        "after-rotation",
+        json!({"sm-injector.io/env.K": format!("{ns}/s#k")}),
+    )
+    .await
+    .unwrap();
+    inj.stop(&client).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn shutdown_drains_in_flight_admissions() {
+    let bed = testbed();
+    let client = bed.client().await;
+    let ns = namespace(&client, "drain", &[INJECT]).await;
+    // A Secrets Manager that accepts connections and never answers keeps an
+    // admission in flight until the AWS deadline (2 s).
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_port = hole.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = vec![];
+        while let Ok((s, _)) = hole.accept().await {
+            held.push(s);
+        }
+    });
+    let mut inj = injector::start(
+        bed,
+        &[&ns],
+        Options {
+            aws_endpoint: Some(format!("http://127.0.0.1:{hole_port}")),
+            aws_deadline: Duration::from_secs(2),
+            ..Default::default()
+        },
+    )
+    .await;
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "drain-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "operation": "CREATE", "userInfo": {}, "namespace": ns,
+            "object": {"metadata": {"name": "p", "annotations": {"sm-injector.io/env.X": format!("{ns}/x#k")}},
+                       "spec": {"containers": [{"name": "c"}]}}
+        }
+    });
+    let started = std::time::Instant::now();
+    let curl = tokio::process::Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(bed.dir.join("pki/ca.crt"))
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "-w",
+            "\n%{http_code}",
+            "--data-binary",
+        ])
+        .arg(review.to_string())
+        .arg(format!("https://127.0.0.1:{}/mutate", inj.port))
+        .output();
+    let (out, _) = tokio::join!(curl, async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        inj.begin_shutdown();
+    });
+    let out = String::from_utf8_lossy(&out.unwrap().stdout).to_string();
+    assert!(
+        out.ends_with("\n200"),
+        "the in-flight admission was answered: {out}"
+    );
+    assert!(
+        out.contains("Secrets Manager could not be reached"),
+        "{out}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "it waited for the AWS deadline"
+    );
+    eventually(Duration::from_secs(10), "the server to stop", || async {
+        inj.finished().then_some(())
+    })
+    .await;
+    let refused = tokio::net::TcpStream::connect(("127.0.0.1", inj.port)).await;
+    assert!(refused.is_err(), "no new connections after shutdown");
+    inj.stop(&client).await;
+}
