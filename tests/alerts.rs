@@ -483,7 +483,8 @@ async fn each_alert_fires_in_its_failure_and_none_when_healthy() {
         },
     )
     .await;
-    settled(successor.probe, 5.0).await;
+    // In use: b (ok-*) and slow1..3; fast was deleted, the down-* pods denied.
+    settled(successor.probe, 4.0).await;
     let (a1, a2) = (scrape(server.probe).await, scrape(successor.probe).await);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (b1, b2) = (scrape(server.probe).await, scrape(successor.probe).await);
