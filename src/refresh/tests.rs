@@ -16,6 +16,7 @@ use super::index::Workload;
 use super::rollout::{Behind, Rollouts};
 use super::*;
 use crate::annotations::{RESTART_ON_ROTATION, ROTATED_VERSIONS};
+use crate::fetch::{FetchError, FetchKey, FetchResults};
 use crate::reference::Version;
 use crate::secret::{Payload, SecretValue};
 

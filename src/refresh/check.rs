@@ -1,0 +1,186 @@
+//! A pass's checks: the due backing Secrets' secrets fetched (each version
+//! once, in batches that each have the AWS deadline), and each Secret brought
+//! to what Secrets Manager holds now, read every time (level-triggered).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+
+use super::index::{Index, Key, Want};
+use super::planner::{self, Planner};
+use super::{Failure, Refresher, workloads};
+use crate::backing;
+use crate::fetch::{FetchError, FetchKey, FetchResults};
+use crate::source::SecretSource;
+use crate::store::rule::Writer;
+use crate::store::{Written, now_rfc3339, write_backing};
+
+/// What a check did to one backing Secret.
+pub(super) enum Outcome {
+    /// Moved from another version.
+    Rotated { to: String, from: String },
+    /// Its content had been changed; restored.
+    Repaired(String),
+    /// Holds this version (found, or written where it was missing).
+    Current(String),
+    /// The Lease was lost before writing.
+    NotLeading,
+}
+
+impl Refresher {
+    /// Fetches the due ones (each secret version once, in batches that each
+    /// have the AWS deadline) and brings each backing Secret to what Secrets
+    /// Manager holds now. Returns the backing Secrets moved to another version.
+    pub(super) async fn refresh(
+        &self,
+        index: &Index,
+        planner: &mut Planner,
+        due: Vec<(Key, Want)>,
+        leading: &(dyn Fn() -> bool + Sync),
+    ) -> BTreeSet<Key> {
+        let mut keys: Vec<FetchKey> = due.iter().map(|(_, w)| w.fetch.clone()).collect();
+        keys.sort();
+        keys.dedup();
+        let results = fetch_batches(self.source.as_ref(), &keys, self.settings.aws_deadline).await;
+        let jobs = due.into_iter().map(|(key, want)| {
+            let value = results.get(&want.fetch).cloned();
+            async move {
+                let r = self.refresh_one(&key, &want, value, leading).await;
+                (key, want, r)
+            }
+        });
+        let outcomes: Vec<_> = futures::stream::iter(jobs)
+            .buffer_unordered(self.settings.concurrency.max(1))
+            .collect()
+            .await;
+        let now = SystemTime::now();
+        let (mut rotated, mut failing) = (BTreeSet::new(), BTreeMap::new());
+        for (key, want, r) in outcomes {
+            match r {
+                Ok(Outcome::Rotated { to, from }) => {
+                    tracing::info!(namespace = %key.namespace, secret = %want.secret, version = %to, previous = %from, backing = %key.backing, "backing Secret moved to the version Secrets Manager holds");
+                    planner.succeeded(&key, &to, &want, now);
+                    rotated.insert(key);
+                }
+                Ok(Outcome::Repaired(v)) => {
+                    tracing::warn!(namespace = %key.namespace, secret = %want.secret, version = %v, backing = %key.backing, "backing Secret had been changed; restored what its version holds");
+                    planner.succeeded(&key, &v, &want, now);
+                }
+                Ok(Outcome::Current(v)) => planner.succeeded(&key, &v, &want, now),
+                Ok(Outcome::NotLeading) => {}
+                Err(e) => {
+                    self.metrics.refresh_failure(e.metric_label());
+                    tracing::warn!(namespace = %key.namespace, secret = %want.secret, backing = %key.backing, error = %e, "refresh failed; the backing Secret is kept as it is");
+                    if planner.failed(&key, want.interval, now) {
+                        failing.insert(key, format!("sm-injector could not refresh {} (secret {:?}): {e}; the pods keep the values they have", want.secret, want.secret));
+                    }
+                }
+            }
+        }
+        if !failing.is_empty() {
+            workloads::warn(
+                &self.recorder,
+                index,
+                &failing,
+                "SecretRefreshFailed",
+                "Refresh",
+            )
+            .await;
+        }
+        rotated
+    }
+
+    /// Brings one backing Secret to `value`: reads what it holds (every pass,
+    /// even when the version is believed current), and writes when anything
+    /// differs ([`write_backing`] as the leader).
+    async fn refresh_one(
+        &self,
+        key: &Key,
+        want: &Want,
+        value: Option<Result<crate::secret::SecretValue, FetchError>>,
+        leading: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Outcome, Failure> {
+        let value = match value {
+            Some(Ok(v)) => v,
+            Some(Err(e)) => return Err(Failure::SecretsManager(e)),
+            None => {
+                return Err(Failure::SecretsManager(FetchError::Unreachable(
+                    "no answer".into(),
+                )));
+            }
+        };
+        if value.name != want.secret {
+            return Err(Failure::Mismatch(format!(
+                "Secrets Manager names {:?} {:?}, not {:?}",
+                want.fetch.id, value.name, want.secret
+            )));
+        }
+        let obj = backing::object(
+            &key.namespace,
+            &key.backing,
+            &value,
+            &want.fetch.version,
+            want.form,
+            &now_rfc3339(),
+        )
+        .map_err(|e| Failure::Content(e.to_string()))?;
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.namespace);
+        let written = write_backing(&api, &obj, Writer::Leader, leading)
+            .await
+            .map_err(Failure::Kubernetes)?;
+        if matches!(
+            written,
+            Written::Created | Written::Rotated { .. } | Written::Repaired
+        ) {
+            self.metrics.secret_write("refresh");
+        }
+        let v = value.version_id;
+        Ok(match written {
+            Written::Rotated { from } => Outcome::Rotated { to: v, from },
+            Written::Repaired => Outcome::Repaired(v),
+            Written::NotLeading => Outcome::NotLeading,
+            // Created where it was missing (a hand deletion): the pods read
+            // it now, at this version.
+            Written::Created | Written::Current | Written::Differs { .. } => Outcome::Current(v),
+        })
+    }
+}
+
+/// Fetches `keys` in batches of [`planner::BATCH`], each with its own
+/// `deadline`, so that one slow call fails only its own batch.
+pub async fn fetch_batches(
+    source: &dyn SecretSource,
+    keys: &[FetchKey],
+    deadline: Duration,
+) -> FetchResults {
+    let mut batches = Vec::new();
+    for batch in keys.chunks(planner::BATCH) {
+        batches.push(fetch_batch(source, batch, deadline));
+    }
+    let mut results = futures::stream::iter(batches).buffer_unordered(4);
+    let mut out = FetchResults::new();
+    while let Some(r) = results.next().await {
+        out.extend(r);
+    }
+    out
+}
+
+async fn fetch_batch(
+    source: &dyn SecretSource,
+    batch: &[FetchKey],
+    deadline: Duration,
+) -> FetchResults {
+    match tokio::time::timeout(deadline, source.fetch(batch)).await {
+        Ok(r) => r,
+        Err(_) => {
+            let why = format!("no answer within {}", humantime::format_duration(deadline));
+            batch
+                .iter()
+                .map(|k| (k.clone(), Err(FetchError::Unreachable(why.clone()))))
+                .collect()
+        }
+    }
+}
