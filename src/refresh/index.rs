@@ -16,7 +16,6 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::PartialObjectMeta;
 
-use super::rollout::Behind;
 use crate::annotations::{INJECTED, VERSIONS};
 use crate::backing::{self, Form};
 use crate::fetch::FetchKey;
@@ -26,6 +25,15 @@ use crate::reference;
 use crate::reference::Version;
 
 pub use crate::backing::Key;
+
+/// What a workload's pods are behind on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Behind {
+    /// Every backing Secret its pods use whose held version is known, with it.
+    pub wanted: BTreeMap<String, String>,
+    /// Those some pod runs another version of.
+    pub stale: BTreeSet<String>,
+}
 
 /// One entry of a record, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -35,7 +35,6 @@ use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
 use crate::source::SecretSource;
 use crate::store::inventory::{self, Inventory};
-pub use check::fetch_batches;
 pub use error::{Error, Failure};
 use index::{Index, Key, Limits};
 use planner::{Planner, Revoked};

@@ -11,18 +11,9 @@
 //!
 //! [`ROTATED_VERSIONS`]: crate::annotations::ROTATED_VERSIONS
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
-use super::index::Workload;
-
-/// What a workload's pods are behind on.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Behind {
-    /// Every backing Secret its pods use whose held version is known, with it.
-    pub wanted: BTreeMap<String, String>,
-    /// Those some pod runs another version of.
-    pub stale: BTreeSet<String>,
-}
+use super::index::{Behind, Workload};
 
 /// The template's new [`ROTATED_VERSIONS`] record, or `None` when the
 /// template already names what the pods are behind on (rolled before, by

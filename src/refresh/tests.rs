@@ -12,8 +12,9 @@ use kube::client::Body;
 use serde_json::{Value, json};
 use tower_test::mock::{self, Handle};
 
-use super::index::Workload;
-use super::rollout::{Behind, Rollouts};
+use super::check::fetch_batches;
+use super::index::{Behind, Workload};
+use super::rollout::Rollouts;
 use super::*;
 use crate::annotations::{RESTART_ON_ROTATION, ROTATED_VERSIONS};
 use crate::fetch::{FetchError, FetchKey, FetchResults};

@@ -9,8 +9,8 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 
-use super::index::{Index, Key, Workload};
-use super::rollout::{Behind, Rollouts, roll_to};
+use super::index::{Behind, Index, Key, Workload};
+use super::rollout::{Rollouts, roll_to};
 use crate::annotations::{RESTART_ON_ROTATION, ROTATED_VERSIONS};
 use crate::backing;
 use crate::kube_error::kube_reason;
