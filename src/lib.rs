@@ -2,8 +2,11 @@
 //! Manager secrets into pods as env vars, through backing Kubernetes Secrets.
 //!
 //! The decision logic is pure ([`annotations`], [`reference`], [`policy`],
-//! [`plan`], [`patch`], [`backing`], [`secret`]); I/O lives at the edges
-//! ([`source`] for AWS, [`sync`] for Kubernetes, [`server`] for HTTPS).
+//! [`plan`], [`patch`], [`backing`], [`secret`], [`fetch`], the write rule in
+//! [`store::rule`], the refresher's planner and index); I/O lives at the
+//! edges ([`source`] for AWS, [`store`] for backing Secrets in Kubernetes,
+//! [`server`] for HTTPS). Both writers, [`admission`] and [`refresh`], use
+//! [`store`]; neither imports the other.
 
 #![forbid(unsafe_code)]
 

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::OnceLock;
 
-use k8s_openapi::jiff;
 use serde_json::Value;
 
 /// The value of one version of one secret.
@@ -35,10 +34,6 @@ pub struct SecretValue {
     pub name: String,
     pub version_id: String,
     pub payload: Payload,
-    /// When Secrets Manager was asked for this value (the request's start).
-    /// Writers order their writes by it: a backing Secret never takes a value
-    /// observed before the one it holds ([`crate::backing::decide`]).
-    pub observed_at: jiff::Timestamp,
     /// [`SecretValue::json_fields`], parsed once per fetched value.
     fields: OnceLock<Result<BTreeMap<String, String>, ContentError>>,
 }
@@ -50,7 +45,6 @@ impl fmt::Debug for SecretValue {
             .field("name", &self.name)
             .field("version_id", &self.version_id)
             .field("payload", &self.payload)
-            .field("observed_at", &self.observed_at)
             .finish_non_exhaustive()
     }
 }
@@ -104,15 +98,8 @@ impl SecretValue {
             name,
             version_id,
             payload,
-            observed_at: jiff::Timestamp::now(),
             fields: OnceLock::new(),
         }
-    }
-
-    /// The same value, observed at `at`.
-    pub fn observed(mut self, at: jiff::Timestamp) -> Self {
-        self.observed_at = at;
-        self
     }
 
     /// The top-level keys of a JSON object secret, rendered, each a valid

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use futures::future::{BoxFuture, FutureExt, join_all};
-use k8s_openapi::jiff;
 
 use crate::fetch::{FetchError, FetchKey, FetchResults};
 use crate::metrics::Metrics;
@@ -44,7 +43,6 @@ impl AwsSource {
         const OP: &str = "BatchGetSecretValue";
         self.metrics.aws_call(OP, keys.len() as u64);
         let ids: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
-        let sent = jiff::Timestamp::now();
         let out = match self
             .client
             .batch_get_secret_value()
@@ -79,8 +77,7 @@ impl AwsSource {
                         e.name().unwrap_or_default().to_string(),
                         e.version_id().unwrap_or_default().to_string(),
                         payload,
-                    )
-                    .observed(sent)),
+                    )),
                 );
             } else if let Some(err) = out.errors().iter().find(|e| e.secret_id() == Some(&k.id)) {
                 results.insert(
@@ -107,7 +104,6 @@ impl AwsSource {
             Version::Stage(s) => req.version_stage(s),
             Version::Id(id) => req.version_id(id),
         };
-        let sent = jiff::Timestamp::now();
         match req.send().await {
             Ok(o) => {
                 let payload = match (o.secret_string(), o.secret_binary()) {
@@ -120,8 +116,7 @@ impl AwsSource {
                     o.name().unwrap_or_default().to_string(),
                     o.version_id().unwrap_or_default().to_string(),
                     payload,
-                )
-                .observed(sent))
+                ))
             }
             Err(e) => {
                 self.metrics.aws_error(OP);
@@ -276,10 +271,9 @@ mod tests {
 
     /// The AWS half of the I/O against a mocked Secrets Manager
     /// (`aws-smithy-mocks`): one batch for the current versions, one call per
-    /// pinned version, per-secret errors, whole-call errors, and when each
-    /// value was observed.
+    /// pinned version, per-secret errors, whole-call errors.
     #[tokio::test]
-    async fn the_aws_source_batches_classifies_and_stamps_what_it_fetched() {
+    async fn the_aws_source_batches_and_classifies_what_it_fetched() {
         use aws_sdk_secretsmanager::operation::batch_get_secret_value::{
             BatchGetSecretValueError, BatchGetSecretValueOutput,
         };
@@ -334,12 +328,9 @@ mod tests {
                 version: Version::Id("v0".into()),
             },
         ];
-        let before = jiff::Timestamp::now();
         let r = src.fetch(&keys).await;
-        let after = jiff::Timestamp::now();
         let a = r[&keys[0]].as_ref().unwrap();
         assert_eq!((a.version_id.as_str(), a.name.as_str()), ("va", "n/a"));
-        assert!(before <= a.observed_at && a.observed_at <= after);
         assert_eq!(r[&keys[1]], Err(FetchError::NotFound));
         assert_eq!(
             r[&keys[2]].as_ref().unwrap().payload,

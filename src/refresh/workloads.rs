@@ -30,7 +30,7 @@ pub fn api(client: &kube::Client, ns: &str, kind: &str) -> Api<kube::core::Dynam
 /// Rolls, among `candidates` (workloads whose pods are behind, not yet
 /// settled), those that carry `sm-injector.io/restart-on-rotation: "true"`
 /// and whose template does not already name the versions they are behind on
-/// ([`rollout::roll_to`]): their pod template gets the versions in
+/// ([`roll_to`]): their pod template gets the versions in
 /// [`ROTATED_VERSIONS`], under the `resourceVersion` that was read, so their
 /// own controller rolls them, once. `leading` is asked right before each
 /// write. Returns how many were rolled.

@@ -94,7 +94,8 @@ pub struct Planner {
     absent: HashMap<String, SystemTime>,
 }
 
-/// How long a backing Secret that left use is remembered as [`Planner::gone`].
+/// How long a backing Secret that left use is remembered (then checked at
+/// once if it comes back).
 pub const RECHECK_WINDOW: Duration = Duration::from_secs(3600);
 
 /// How long a namespace must be absent before its inventory is dropped (its
