@@ -62,8 +62,9 @@ struct PodUse {
     workload: Option<Workload>,
     /// The version of each backing Secret the pod's admission saw it hold
     /// ([`VERSIONS`]): what its containers read. Empty for pods admitted
-    /// before sm-injector recorded it.
-    versions: BTreeMap<String, String>,
+    /// before sm-injector recorded it. One per entry, in the same order
+    /// (no second copy of the backing names: this is kept for every pod).
+    versions: Vec<Option<Box<str>>>,
 }
 
 /// One backing Secret in use, over every pod that uses it.
@@ -143,20 +144,23 @@ pub fn read_record(
     Some(Ok((entries, interval)))
 }
 
-/// The versions a pod recorded ([`VERSIONS`]), for its record's entries
-/// only; none when the annotation is absent or unreadable.
+/// The versions a pod recorded ([`VERSIONS`]), one per record entry (`None`
+/// where it recorded none, or the annotation is absent or unreadable).
 fn read_versions(
     annotations: &BTreeMap<String, String>,
     entries: &[Entry],
-) -> BTreeMap<String, String> {
-    let Some(text) = annotations.get(VERSIONS) else {
-        return BTreeMap::new();
-    };
-    let Ok(mut all) = serde_json::from_str::<BTreeMap<String, String>>(text) else {
-        return BTreeMap::new();
-    };
-    all.retain(|b, _| entries.iter().any(|e| &e.backing == b));
-    all
+) -> Vec<Option<Box<str>>> {
+    let all = annotations
+        .get(VERSIONS)
+        .and_then(|text| serde_json::from_str::<HashMap<String, String>>(text).ok())
+        .unwrap_or_default();
+    if all.is_empty() {
+        return vec![];
+    }
+    entries
+        .iter()
+        .map(|e| all.get(&e.backing).map(|v| v.as_str().into()))
+        .collect()
 }
 
 /// The workload a pod belongs to, from its own metadata: a ReplicaSet's pod
@@ -290,7 +294,7 @@ impl Index {
             };
             let mut stale = BTreeSet::new();
             let mut wanted = BTreeMap::new();
-            for e in &p.entries {
+            for (i, e) in p.entries.iter().enumerate() {
                 let key = Key {
                     namespace: ns.clone(),
                     backing: e.backing.clone(),
@@ -299,8 +303,8 @@ impl Index {
                     continue;
                 };
                 wanted.insert(e.backing.clone(), held.to_string());
-                let behind = match p.versions.get(&e.backing) {
-                    Some(ran) => ran != held,
+                let behind = match p.versions.get(i).and_then(Option::as_deref) {
+                    Some(ran) => ran != *held,
                     None => rotated.contains(&key),
                 };
                 if behind {
