@@ -870,12 +870,20 @@ pub async fn serve_process_env(
     let pid = child.id();
     // Stopped at exit with the other children (its pid is in CHILDREN).
     std::mem::forget(child);
-    eventually(
-        Duration::from_secs(30),
-        "sm-injector to be ready",
-        || async { (injector::http_get(probe, "/readyz").await.0 == 200).then_some(()) },
-    )
-    .await;
+    let start = std::time::Instant::now();
+    loop {
+        let (status, body) = injector::http_get(probe, "/readyz").await;
+        if status == 200 {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(45) {
+            panic!(
+                "sm-injector {name} not ready after 45 s (/readyz: {status} {body}); its log:\n{}",
+                log_tail(&bed.dir, name)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     ServeProcess { port, probe, pid }
 }
 
