@@ -24,8 +24,7 @@ fuzz_target!(|data: &[u8]| {
         Payload::String(s) => Payload::String("x".repeat(s.len())),
         Payload::Binary(b) => Payload::Binary(vec![b'x'; b.len()]),
     };
-    let at = k8s_openapi::jiff::Timestamp::UNIX_EPOCH;
-    let value = |p| SecretValue::new("arn:x".into(), "n/s".into(), "v1".into(), p).observed(at);
+    let value = |p| SecretValue::new("arn:x".into(), "n/s".into(), "v1".into(), p);
     let v = value(payload);
     if let Ok(fields) = v.json_fields() {
         for k in fields.keys() {
