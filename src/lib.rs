@@ -21,6 +21,8 @@ pub mod fetch;
 pub mod kube_error;
 pub mod lookup;
 pub mod metrics;
+#[cfg(test)]
+mod mock_api;
 pub mod namespaces;
 pub mod patch;
 pub mod plan;

@@ -6,11 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
-use http::{Request, Response};
-use http_body_util::BodyExt;
-use kube::client::Body;
 use serde_json::{Value, json};
-use tower_test::mock::{self, Handle};
 
 use super::check::fetch_batches;
 use super::index::{Behind, Workload};
@@ -18,29 +14,16 @@ use super::rollout::Rollouts;
 use super::*;
 use crate::annotations::{RESTART_ON_ROTATION, ROTATED_VERSIONS};
 use crate::fetch::{FetchError, FetchKey, FetchResults};
+use crate::mock_api::{self, done};
 use crate::reference::Version;
 use crate::secret::{Payload, SecretValue};
 
-type H = Handle<Request<Body>, Response<Body>>;
+type H = mock_api::ApiHandle;
 
+/// The method, path and body of the next request, answered.
 async fn answer(h: &mut H, code: u16, body: Value) -> (String, String, Value) {
-    let (req, send) = tokio::time::timeout(Duration::from_secs(5), h.next_request())
-        .await
-        .expect("a request within 5 s")
-        .expect("a request");
-    let (parts, b) = req.into_parts();
-    let bytes = b.collect().await.unwrap().to_bytes();
-    send.send_response(
-        Response::builder()
-            .status(code)
-            .body(Body::from(serde_json::to_vec(&body).unwrap()))
-            .unwrap(),
-    );
-    (
-        parts.method.to_string(),
-        parts.uri.path().to_string(),
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    let a = mock_api::answer(h, code, body).await;
+    (a.method, a.path, a.body)
 }
 
 fn deployment(opted_in: bool, rotated: Option<&str>) -> Value {
@@ -76,8 +59,7 @@ fn behind_on_db(version: &str) -> Behind {
 /// Runs one `roll` over `web` behind on sm-db@`version`; returns the mock's
 /// handle and the task (rolled count, the Rollouts after).
 fn start_roll(version: &str, leading: bool) -> (H, tokio::task::JoinHandle<(usize, Rollouts)>) {
-    let (svc, h) = mock::pair::<Request<Body>, Response<Body>>();
-    let client = kube::Client::new(svc, "n");
+    let (h, client) = mock_api::client();
     let candidates = vec![(web(), behind_on_db(version))];
     let t = tokio::spawn(async move {
         let mut r = Rollouts::default();
@@ -86,13 +68,6 @@ fn start_roll(version: &str, leading: bool) -> (H, tokio::task::JoinHandle<(usiz
         (n, r)
     });
     (h, t)
-}
-
-async fn done<T>(t: tokio::task::JoinHandle<T>) -> T {
-    tokio::time::timeout(Duration::from_secs(5), t)
-        .await
-        .expect("no further request")
-        .unwrap()
 }
 
 #[tokio::test]

@@ -4,15 +4,12 @@
 use super::*;
 use crate::backing::Form;
 use crate::metrics::Metrics;
+use crate::mock_api::{self, done};
 use crate::reference::Version;
 use crate::secret::{Payload, SecretValue};
-use http::{Request, Response};
-use http_body_util::BodyExt;
-use kube::client::Body;
 use serde_json::{Value, json};
-use tower_test::mock::{self, Handle};
 
-type H = Handle<Request<Body>, Response<Body>>;
+type H = mock_api::ApiHandle;
 
 fn value(version: &str) -> SecretValue {
     SecretValue::new(
@@ -50,38 +47,17 @@ fn status(code: u16, reason: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": reason, "reason": reason, "code": code})
 }
 
-/// Answers the next request; returns its method, query, content type and body.
+/// The method, query, content type and body of the next request, answered.
 async fn answer(h: &mut H, code: u16, body: Value) -> (String, String, String, Value) {
-    let (req, send) = tokio::time::timeout(Duration::from_secs(5), h.next_request())
-        .await
-        .expect("a request within 5 s")
-        .expect("a request");
-    let (parts, b) = req.into_parts();
-    let bytes = b.collect().await.unwrap().to_bytes();
-    let ct = parts
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    send.send_response(
-        Response::builder()
-            .status(code)
-            .body(Body::from(serde_json::to_vec(&body).unwrap()))
-            .unwrap(),
-    );
-    (
-        parts.method.to_string(),
-        parts.uri.query().unwrap_or_default().to_string(),
-        ct,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    let a = mock_api::answer(h, code, body).await;
+    (a.method, a.query, a.content_type, a.body)
 }
 
 type Task = tokio::task::JoinHandle<Result<Written, WriteError>>;
 
 fn mocked() -> (H, Api<Secret>) {
-    let (svc, h) = mock::pair::<Request<Body>, Response<Body>>();
-    (h, Api::namespaced(kube::Client::new(svc, "n"), "n"))
+    let (h, client) = mock_api::client();
+    (h, Api::namespaced(client, "n"))
 }
 
 fn start(version: &str, writer: Writer, leading: bool) -> (H, Task) {
@@ -100,13 +76,6 @@ fn start(version: &str, writer: Writer, leading: bool) -> (H, Task) {
         h,
         tokio::spawn(async move { write_backing(&api, &obj, writer, &leading).await }),
     )
-}
-
-async fn done<T>(t: tokio::task::JoinHandle<T>) -> T {
-    tokio::time::timeout(Duration::from_secs(5), t)
-        .await
-        .expect("no further request")
-        .unwrap()
 }
 
 #[tokio::test]
@@ -257,8 +226,7 @@ fn plan_for(version: &str) -> Plan {
 }
 
 fn syncer() -> (H, Syncer) {
-    let (svc, h) = mock::pair::<Request<Body>, Response<Body>>();
-    let client = kube::Client::new(svc, "n");
+    let (h, client) = mock_api::client();
     let syncer =
         Syncer::new(client.clone(), Duration::from_secs(60), Metrics::new()).with_inventory(
             Inventory::new(client, "own", "inventory", Duration::from_secs(60)),

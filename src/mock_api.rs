@@ -1,0 +1,63 @@
+//! For unit tests of the I/O shells: an API server played by `tower-test`,
+//! answering each request the code makes and handing back what it was.
+
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use kube::client::Body;
+use serde_json::Value;
+use tower_test::mock::{self, Handle};
+
+pub type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+/// What a request was.
+#[derive(Debug)]
+pub struct Asked {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub content_type: String,
+    pub body: Value,
+}
+
+/// A client whose API server is the returned handle.
+pub fn client() -> (ApiHandle, kube::Client) {
+    let (svc, h) = mock::pair::<Request<Body>, Response<Body>>();
+    (h, kube::Client::new(svc, "n"))
+}
+
+/// Answers the next request (within 5 s) with `code` and `body`.
+pub async fn answer(h: &mut ApiHandle, code: u16, body: Value) -> Asked {
+    let (req, send) = tokio::time::timeout(Duration::from_secs(5), h.next_request())
+        .await
+        .expect("a request within 5 s")
+        .expect("a request");
+    let (parts, b) = req.into_parts();
+    let bytes = b.collect().await.unwrap().to_bytes();
+    send.send_response(
+        Response::builder()
+            .status(code)
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap(),
+    );
+    Asked {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().unwrap_or_default().to_string(),
+        content_type: parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default(),
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    }
+}
+
+/// The task's result, which must come without a further request.
+pub async fn done<T>(t: tokio::task::JoinHandle<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), t)
+        .await
+        .expect("no further request")
+        .unwrap()
+}
