@@ -253,10 +253,10 @@ impl Webhook {
             // A backing Secret holds another version than the cache.
             self.source.invalidate(namespace, &ensured.stale).await;
         }
+        let mut patch = patch;
+        patch::record_versions(&mut patch, ensured.versions(plan));
         let mut warnings = ensured.warnings;
         warnings.extend(patch_warnings);
-        let mut patch = patch;
-        patch::record_versions(&mut patch, &ensured.versions);
         let mut response = mutated(req, patch);
         if !warnings.is_empty() {
             for w in &warnings {

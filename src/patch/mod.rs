@@ -249,21 +249,30 @@ pub fn build(pod: &Pod, plan: &Plan, targets: &[Target]) -> (Vec<u8>, Vec<String
 /// annotations map) the record of the version each backing Secret holds
 /// ([`crate::annotations::VERSIONS`]): known only once the backing Secrets are ensured, so kept
 /// decisions share the rest of the patch.
-pub fn record_versions(patch: &mut Vec<u8>, versions: &[(String, String)]) {
-    if versions.is_empty() || patch.last() != Some(&b']') {
+pub fn record_versions<'a>(
+    patch: &mut Vec<u8>,
+    versions: impl IntoIterator<Item = (&'a str, &'a str)>,
+) {
+    // The object's JSON text, then that text as a JSON string.
+    let mut text = vec![b'{'];
+    for (backing, version) in versions {
+        if text.len() > 1 {
+            text.push(b',');
+        }
+        serde_json::to_writer(&mut text, backing).expect("a string serializes");
+        text.push(b':');
+        serde_json::to_writer(&mut text, version).expect("a string serializes");
+    }
+    if text.len() == 1 || patch.last() != Some(&b']') {
         return;
     }
-    let map: std::collections::BTreeMap<&str, &str> = versions
-        .iter()
-        .map(|(b, v)| (b.as_str(), v.as_str()))
-        .collect();
-    let text = serde_json::to_string(&map).expect("a map serializes");
+    text.push(b'}');
+    let text = std::str::from_utf8(&text).expect("JSON is UTF-8");
     patch.pop();
-    patch.extend_from_slice(br#","#);
     patch.extend_from_slice(
-        br#"{"op":"add","path":"/metadata/annotations/sm-injector.io~1versions","value":"#,
+        br#",{"op":"add","path":"/metadata/annotations/sm-injector.io~1versions","value":"#,
     );
-    patch.extend_from_slice(&serde_json::to_vec(&text).expect("a string serializes"));
+    serde_json::to_writer(&mut *patch, text).expect("a string serializes");
     patch.extend_from_slice(b"}]");
 }
 
@@ -500,13 +509,7 @@ mod tests {
             "spec": {"containers": [{"name": "app"}]}}),
         );
         let (mut bytes, _) = build(&p, &plan(), &select(&p, None).unwrap());
-        record_versions(
-            &mut bytes,
-            &[
-                ("sm-n-db-1".into(), "v\"2".into()),
-                ("sm-x".into(), "v9".into()),
-            ],
-        );
+        record_versions(&mut bytes, [("sm-n-db-1", "v\"2"), ("sm-x", "v9")]);
         let patched = apply(&p, &bytes);
         let recorded: BTreeMap<String, String> =
             serde_json::from_str(&patched.metadata.annotations.unwrap()[VERSIONS]).unwrap();
@@ -516,9 +519,9 @@ mod tests {
         let bare = pod(json!({"spec": {"containers": [{"name": "app"}]}}));
         let (mut bytes, _) = build(&bare, &plan(), &select(&bare, None).unwrap());
         let before = bytes.clone();
-        record_versions(&mut bytes, &[]);
+        record_versions(&mut bytes, []);
         assert_eq!(bytes, before);
-        record_versions(&mut bytes, &[("sm-n-db-1".into(), "v1".into())]);
+        record_versions(&mut bytes, [("sm-n-db-1", "v1")]);
         assert!(
             apply(&bare, &bytes)
                 .metadata

@@ -75,16 +75,43 @@ pub struct Ensured {
     /// Cached values that differ from what the backing Secrets hold: to be
     /// dropped, so that the next admission asks Secrets Manager again.
     pub stale: Vec<FetchKey>,
-    /// The version each backing Secret holds, as far as this admission saw
-    /// (what the pod's containers will read): recorded on the pod
-    /// ([`crate::annotations::VERSIONS`]) for the refresher's rollouts.
-    pub versions: Vec<(String, String)>,
+    /// The backing Secrets (by index in the plan) found holding another
+    /// version than the plan fetched, with that version; see
+    /// [`Ensured::versions`]. Empty on the warm path (nothing copied there).
+    pub held: Vec<(usize, String)>,
+}
+
+impl Ensured {
+    /// The version each backing Secret of `plan` holds, as far as this
+    /// admission saw (what the pod's containers will read): recorded on the
+    /// pod ([`crate::annotations::VERSIONS`]) for the refresher's rollouts.
+    pub fn versions<'a>(&'a self, plan: &'a Plan) -> impl Iterator<Item = (&'a str, &'a str)> {
+        plan.backing.iter().enumerate().filter_map(|(i, b)| {
+            let held = self
+                .held
+                .iter()
+                .find(|(j, _)| *j == i)
+                .map(|(_, v)| v.as_str());
+            let fetched = match &b.content {
+                Content::Fresh { value } => Some(value.version_id.as_str()),
+                Content::Unreachable { .. } => None,
+            };
+            Some((b.name.as_str(), held.or(fetched)?))
+        })
+    }
 }
 
 enum Done {
-    Held(String),
-    Differs { fetch: FetchKey, held: String },
-    Warning { held: String, warning: String },
+    /// It holds what the plan fetched.
+    Held,
+    Differs {
+        fetch: FetchKey,
+        held: String,
+    },
+    Warning {
+        held: String,
+        warning: String,
+    },
 }
 
 /// Why a shared write did not leave the Secret at the fetched version (not
@@ -157,9 +184,9 @@ impl Syncer {
         }
         // The owned form of `uid`, or of the name when the cache has no UID yet
         // (a '/' is in neither a UID nor a name, so the two never meet).
-        let scope = match uid {
-            Some(u) => u.to_string(),
-            None => format!("/{namespace}"),
+        let scope: std::borrow::Cow<str> = match uid {
+            Some(u) => u.into(),
+            None => format!("/{namespace}").into(),
         };
         // The warm path: every value fetched, and each backing Secret known to
         // hold it (or nothing to write on a dry run). Answered here, without
@@ -174,14 +201,6 @@ impl Syncer {
             Content::Unreachable { .. } => false,
         });
         if warm {
-            out.versions = plan
-                .backing
-                .iter()
-                .filter_map(|b| match &b.content {
-                    Content::Fresh { value } => Some((b.name.clone(), value.version_id.clone())),
-                    Content::Unreachable { .. } => None,
-                })
-                .collect();
             return Ok(out);
         }
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
@@ -191,16 +210,16 @@ impl Syncer {
             .map(|b| self.ensure_one(&api, namespace, &scope, b, dry_run));
         let results = futures::future::join_all(jobs).await;
         let mut errors = vec![];
-        for (b, r) in plan.backing.iter().zip(results) {
+        for (i, r) in results.into_iter().enumerate() {
             match r {
-                Ok(Done::Held(v)) => out.versions.push((b.name.clone(), v)),
+                Ok(Done::Held) => {}
                 Ok(Done::Differs { fetch, held }) => {
                     out.stale.push(fetch);
-                    out.versions.push((b.name.clone(), held));
+                    out.held.push((i, held));
                 }
                 Ok(Done::Warning { held, warning }) => {
                     out.warnings.push(warning);
-                    out.versions.push((b.name.clone(), held));
+                    out.held.push((i, held));
                 }
                 Err(e) => errors.push(e),
             }
@@ -227,7 +246,7 @@ impl Syncer {
             }
         };
         if dry_run {
-            return Ok(Done::Held(value.version_id.clone()));
+            return Ok(Done::Held);
         }
         // Concurrent admissions needing the same Secret share one write.
         let key = (scope.to_string(), b.name.clone(), value.version_id.clone());
@@ -260,7 +279,7 @@ impl Syncer {
             })
             .await;
         match r.map_err(|e| (*e).clone()) {
-            Ok(()) => Ok(Done::Held(value.version_id.clone())),
+            Ok(()) => Ok(Done::Held),
             Err(NotWritten::Failed(e)) => Err(e),
             // The Secret holds another version (or was changed): the pod reads
             // what it holds (it names the Secret, not a value), so its keys
