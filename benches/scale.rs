@@ -173,11 +173,22 @@ async fn main() {
     let binary = std::path::Path::new(env!("CARGO_BIN_EXE_sm-injector"));
     let lease_ns = support::namespace(&client, "scale-lease", &[]).await;
     let lease_arg = format!("--lease-namespace={lease_ns}");
-    let server = support::serve_process(
+    // SM_INJECTOR_SCALE_PRELOAD: a library preloaded into sm-injector only,
+    // e.g. heaptrack's libheaptrack_preload.so (with DUMP_HEAPTRACK_OUTPUT).
+    let preload = std::env::var("SM_INJECTOR_SCALE_PRELOAD").unwrap_or_default();
+    let env: Vec<(&str, &str)> = if preload.is_empty() {
+        vec![]
+    } else {
+        vec![("LD_PRELOAD", preload.as_str())]
+    };
+    let server = support::serve_process_env(
         bed,
         binary,
         "sm-injector-scale",
+        &bed.kubeconfig,
         &[&lease_arg, "--refresh-tick=5s", "--gc-grace=1h"],
+        &bed.moto,
+        &env,
     )
     .await;
     let config: k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration = serde_json::from_value(json!({
