@@ -430,3 +430,66 @@ async fn identical_pods_reuse_a_decision_only_while_its_rule_and_values_hold() {
     assert_eq!(db_url(p).await, b"two");
     inj.stop(&client).await;
 }
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn without_an_aws_region_the_replica_is_not_ready_and_says_why() {
+    let bed = testbed();
+    let client = bed.client().await;
+    let ns = namespace(&client, "noregion", &[INJECT]).await;
+    let home = bed.dir.join("noregion-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let home = home.display().to_string();
+    // No region anywhere: not in the environment, no profile.
+    let server = support::start_serve_process(
+        bed,
+        std::path::Path::new(env!("CARGO_BIN_EXE_sm-injector")),
+        "sm-injector-noregion",
+        &bed.kubeconfig,
+        &[&format!("--lease-namespace={ns}")],
+        &bed.moto,
+        &[
+            ("!AWS_REGION", ""),
+            ("!AWS_DEFAULT_REGION", ""),
+            ("!AWS_PROFILE", ""),
+            ("HOME", &home),
+            ("AWS_CONFIG_FILE", "/nonexistent/config"),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials"),
+        ],
+    );
+    // Not ready, with the reason, while alive (no crash loop).
+    let why = eventually(
+        Duration::from_secs(30),
+        "/readyz naming the region",
+        || async {
+            let (status, body) = injector::http_get(server.probe, "/readyz").await;
+            (status == 503 && body.contains("no AWS region")).then_some(body)
+        },
+    )
+    .await;
+    assert!(why.contains("AWS_REGION"), "{why}");
+    assert_eq!(injector::http_get(server.probe, "/healthz").await.0, 200);
+    let log = std::fs::read_to_string(bed.dir.join("logs/sm-injector-noregion.log")).unwrap();
+    assert!(
+        log.contains("cannot call AWS Secrets Manager") && log.contains("no AWS region"),
+        "one clear log line: {log}"
+    );
+    // A pod that needs a secret is denied with the cause, not "unreachable".
+    support::start_url_webhook(bed, &client, &format!("noregion-{ns}"), server.port, &[&ns]).await;
+    let secret = format!("{ns}/db");
+    bed.put_secret(&secret, r#"{"pw":"x"}"#).await;
+    let denied = eventually(Duration::from_secs(30), "the denial", || async {
+        create_one(
+            &client,
+            &ns,
+            "p",
+            json!({"sm-injector.io/env.PW": format!("{secret}#pw")}),
+        )
+        .await
+        .err()
+        .filter(|m| m.contains("sm-injector"))
+    })
+    .await;
+    assert!(denied.contains("not configured for AWS"), "{denied}");
+    support::signal(server.pid as i32, libc::SIGTERM);
+}
