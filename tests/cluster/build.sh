@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver and kube-controller-manager from the Go modules pinned in
+# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubelet from the Go modules pinned in
 # this folder (go.mod / etcd/go.mod) into a cache folder keyed by the versions and the
 # go.sum hashes, and prints that folder. Idempotent: a complete cache is reused as is.
 # Only the Go module proxy is used; no binary is downloaded.
@@ -15,7 +15,7 @@ E=$(awk '$1 == "require" && $2 == "go.etcd.io/etcd/server/v3" {print $3}' etcd/g
 key=$(cat go.sum etcd/go.sum build.sh | sha256sum | cut -c1-12)
 out="${SM_INJECTOR_CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sm-injector/cluster}/kubernetes-$K-etcd-$E-$key"
 
-if [ -x "$out/kube-apiserver" ] && [ -x "$out/kube-controller-manager" ] && [ -x "$out/etcd" ]; then
+if [ -x "$out/kube-apiserver" ] && [ -x "$out/kube-controller-manager" ] && [ -x "$out/kube-scheduler" ] && [ -x "$out/kubelet" ] && [ -x "$out/etcd" ]; then
   echo "$out"; exit 0
 fi
 
@@ -31,6 +31,8 @@ echo "build.sh: building Kubernetes $K and etcd $E into $out (first time: about 
 start=$(date +%s)
 go build -ldflags "-s -w $ver" -o "$tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
 go build -ldflags "-s -w $ver" -o "$tmp/kube-controller-manager" k8s.io/kubernetes/cmd/kube-controller-manager
+go build -ldflags "-s -w $ver" -o "$tmp/kube-scheduler" k8s.io/kubernetes/cmd/kube-scheduler
+go build -ldflags "-s -w $ver" -o "$tmp/kubelet" k8s.io/kubernetes/cmd/kubelet
 (cd etcd && go build -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3)
 "$tmp/kube-apiserver" --version >&2
 "$tmp/etcd" --version | head -1 >&2

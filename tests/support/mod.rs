@@ -19,6 +19,7 @@ pub mod balancer;
 pub mod faults;
 pub mod injector;
 pub mod install;
+pub mod node;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -55,9 +56,22 @@ pub struct TestBed {
 static BED: OnceLock<Result<TestBed, String>> = OnceLock::new();
 static CHILDREN: Mutex<Vec<(String, u32)>> = Mutex::new(Vec::new());
 static DIR: OnceLock<PathBuf> = OnceLock::new();
+static NODE: OnceLock<Result<node::Node, String>> = OnceLock::new();
 
 extern "C" fn cleanup() {
     let children = CHILDREN.lock().map(|c| c.clone()).unwrap_or_default();
+    // The node first: its kubelet (which would restart what is stopped),
+    // then its containers, mounts and bridge, while containerd still runs.
+    if let Some(dir) = DIR.get().map(|d| d.join("node"))
+        && dir.is_dir()
+    {
+        for (_, pid) in children.iter().filter(|(n, _)| n == "kubelet") {
+            let mut status = 0;
+            unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+            unsafe { libc::waitpid(*pid as i32, &mut status, 0) };
+        }
+        node::stop(&dir);
+    }
     // Stop in reverse order of start: controller-manager, apiserver, etcd.
     for (_, pid) in children.iter().rev() {
         unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
@@ -132,7 +146,8 @@ struct SpawnRequest {
 
 static SPAWNER: Mutex<Option<std::sync::mpsc::Sender<SpawnRequest>>> = Mutex::new(None);
 
-/// [`spawn`] with extra environment variables. Once the test bed runs, the
+/// [`spawn`] with extra environment variables (`("!NAME", "")` removes
+/// `NAME` from what the process inherits). Once the test bed runs, the
 /// process is started by the test bed thread, since `PR_SET_PDEATHSIG` fires
 /// when the spawning *thread* ends, and a test's thread ends with the test.
 pub fn spawn_env(
@@ -173,8 +188,13 @@ fn spawn_here(
 ) -> Child {
     let log = fs::File::create(dir.join("logs").join(format!("{name}.log"))).unwrap();
     let mut cmd = Command::new(program);
+    for (k, v) in env {
+        match k.strip_prefix('!') {
+            Some(k) => cmd.env_remove(k),
+            None => cmd.env(k, v),
+        };
+    }
     cmd.args(args)
-        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log);
@@ -257,6 +277,9 @@ fn remove_stale_dirs(base: &Path) {
             .and_then(|p| p.parse::<i32>().ok())
             && unsafe { libc::kill(pid, 0) } != 0
         {
+            if e.path().join("node").is_dir() {
+                node::stop(&e.path().join("node"));
+            }
             let _ = fs::remove_dir_all(e.path());
         }
     }
@@ -303,6 +326,12 @@ fn start() -> TestBed {
             .unwrap(),
     );
     put("admin", &ca.client("admin", &["system:masters"]).unwrap());
+    // The API server's identity towards the node's kubelet (logs, exec).
+    put(
+        "kubelet-client",
+        &ca.client("kube-apiserver-kubelet-client", &["system:masters"])
+            .unwrap(),
+    );
     put(
         "kcm",
         &ca.client("system:kube-controller-manager", &["system:masters"])
@@ -406,7 +435,10 @@ fn start() -> TestBed {
             format!("--service-account-key-file={}", p("sa.pub")),
             format!("--service-account-signing-key-file={}", p("sa.key")),
             "--service-cluster-ip-range=10.0.0.0/24".into(),
-            "--authorization-mode=RBAC".into(),
+            "--authorization-mode=Node,RBAC".into(),
+            format!("--kubelet-client-certificate={}", p("kubelet-client.crt")),
+            format!("--kubelet-client-key={}", p("kubelet-client.key")),
+            "--kubelet-preferred-address-types=InternalIP".into(),
             "--allow-privileged=true".into(),
             "--enable-priority-and-fairness=false".into(),
             "--v=1".into(),
@@ -464,7 +496,7 @@ fn start() -> TestBed {
             format!("--kubeconfig={}", kcm_kubeconfig.display()),
             format!("--authentication-kubeconfig={}", kcm_kubeconfig.display()),
             format!("--authorization-kubeconfig={}", kcm_kubeconfig.display()),
-            "--controllers=deployment,replicaset,garbagecollector,serviceaccount,serviceaccount-token,namespace,clusterrole-aggregation".into(),
+            "--controllers=deployment,replicaset,garbagecollector,serviceaccount,serviceaccount-token,namespace,clusterrole-aggregation,nodelifecycle,root-ca-cert-publisher".into(),
             format!("--service-account-private-key-file={}", p("sa.key")),
             format!("--root-ca-file={}", p("ca.crt")),
             "--leader-elect=false".into(),
@@ -512,6 +544,26 @@ fn start() -> TestBed {
 fn component_file(p: &Path) {
     if !p.is_file() {
         panic!("{} is missing; {HOW_TO_RUN}", p.display());
+    }
+}
+
+impl TestBed {
+    /// The node (containerd, kubelet, kube-scheduler), started on first use:
+    /// pods run only in test binaries that ask for it.
+    pub fn node(&self) -> &node::Node {
+        let node = NODE.get_or_init(|| {
+            // Its own thread: it blocks, and may be asked from async code.
+            std::thread::scope(|s| s.spawn(|| node::start(self)).join()).map_err(|p| {
+                p.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into())
+            })
+        });
+        match node {
+            Ok(n) => n,
+            Err(e) => panic!("the test node did not start: {e}"),
+        }
     }
 }
 
@@ -832,8 +884,9 @@ pub async fn serve_process_at(
     serve_process_env(bed, binary, name, kubeconfig, extra_args, aws_endpoint, &[]).await
 }
 
-/// [`serve_process_at`] with more environment variables (`LD_PRELOAD`, ...).
-pub async fn serve_process_env(
+/// Starts `sm-injector serve` as its own process like [`serve_process_at`],
+/// with more environment variables (`LD_PRELOAD`, ...), and does not wait.
+pub fn start_serve_process(
     bed: &TestBed,
     binary: &Path,
     name: &str,
@@ -870,6 +923,29 @@ pub async fn serve_process_env(
     let pid = child.id();
     // Stopped at exit with the other children (its pid is in CHILDREN).
     std::mem::forget(child);
+    ServeProcess { port, probe, pid }
+}
+
+/// [`start_serve_process`], then waits until it is ready (45 s at most).
+pub async fn serve_process_env(
+    bed: &TestBed,
+    binary: &Path,
+    name: &str,
+    kubeconfig: &Path,
+    extra_args: &[&str],
+    aws_endpoint: &str,
+    extra_env: &[(&str, &str)],
+) -> ServeProcess {
+    let server = start_serve_process(
+        bed,
+        binary,
+        name,
+        kubeconfig,
+        extra_args,
+        aws_endpoint,
+        extra_env,
+    );
+    let probe = server.probe;
     let start = std::time::Instant::now();
     loop {
         let (status, body) = injector::http_get(probe, "/readyz").await;
@@ -884,7 +960,7 @@ pub async fn serve_process_env(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    ServeProcess { port, probe, pid }
+    server
 }
 
 /// Registers a URL MutatingWebhookConfiguration `name` for sm-injector on
