@@ -1,0 +1,378 @@
+//! What the pods sm-injector mutated use, from their records
+//! ([`crate::annotations::INJECTED`]). Pure: fed by a pod metadata watch with
+//! [`Index::apply`], [`Index::delete`] and [`Index::restart`], and tested without
+//! an API server (in the manner of linkerd's policy-controller indexes).
+//!
+//! A record is on a pod, and any tenant who can create pods can write one. So
+//! a record is taken only when every entry is exactly what the webhook writes:
+//! the backing name derived from the secret, scope, version and form, at most
+//! [`Limits::max_entries`] entries, an interval no shorter than the minimum.
+//! Anything else refuses the whole record. Whether the namespace may read the
+//! secret is decided later, against its current rule ([`super::planner`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::PartialObjectMeta;
+
+use crate::annotations::{INJECTED, VERSIONS};
+#[cfg(test)]
+use crate::backing;
+use crate::backing::Form;
+use crate::fetch::FetchKey;
+#[cfg(test)]
+use crate::record::Record;
+#[cfg(test)]
+use crate::reference::Version;
+
+pub use crate::backing::Key;
+use read::{check_record, read_versions};
+pub use read::{read_record, workload};
+
+mod read;
+
+/// What a workload's pods are behind on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Behind {
+    /// Every backing Secret its pods use whose held version is known, with it.
+    pub wanted: BTreeMap<String, String>,
+    /// Those some pod runs another version of.
+    pub stale: BTreeSet<String>,
+}
+
+/// One entry of a record, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub backing: String,
+    /// The canonical secret name (what the access rule is checked against).
+    pub secret: String,
+    /// What to ask Secrets Manager: the ARN when the pod named one, else the name.
+    pub fetch: FetchKey,
+    pub form: Form,
+}
+
+/// A workload that pods belong to: `Deployment`, `StatefulSet`, `DaemonSet`,
+/// or `Pod` for a pod no controller owns.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Workload {
+    pub kind: &'static str,
+    pub name: String,
+}
+
+/// A record, checked: its entries and its interval (clamped).
+#[derive(Debug, PartialEq, Eq)]
+struct Checked {
+    entries: Vec<Entry>,
+    interval: Duration,
+}
+
+/// The versions a pod recorded, one per record entry.
+type Versions = [Option<Box<str>>];
+
+/// What the refresher keeps of a pod. The record and the versions are
+/// shared by every pod that carries the same text (a workload's replicas, a
+/// Deployment applied in many namespaces): at 10,000 pods the index holds
+/// one copy per distinct record, not one per pod.
+#[derive(Debug, Clone)]
+struct PodUse {
+    record: Arc<Checked>,
+    workload: Option<Workload>,
+    /// The version of each backing Secret the pod's admission saw it hold
+    /// ([`VERSIONS`]): what its containers read. Empty for pods admitted
+    /// before sm-injector recorded it. One per entry, in the same order.
+    versions: Arc<Versions>,
+}
+
+/// Texts seen on pods, each kept once while a pod carries it.
+#[derive(Debug)]
+struct Shared<T: ?Sized> {
+    by_text: HashMap<Box<str>, Arc<T>>,
+}
+
+impl<T: ?Sized> Default for Shared<T> {
+    fn default() -> Self {
+        Shared {
+            by_text: HashMap::new(),
+        }
+    }
+}
+
+impl<T: ?Sized> Shared<T> {
+    fn get(&self, text: &str) -> Option<Arc<T>> {
+        self.by_text.get(text).cloned()
+    }
+
+    fn insert(&mut self, text: &str, value: Arc<T>) -> Arc<T> {
+        self.by_text.insert(text.into(), value.clone());
+        value
+    }
+
+    /// Forgets the texts no pod carries any more.
+    fn prune(&mut self) {
+        self.by_text.retain(|_, v| Arc::strong_count(v) > 1);
+    }
+
+    fn len(&self) -> usize {
+        self.by_text.len()
+    }
+}
+
+/// One backing Secret in use, over every pod that uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Want {
+    pub secret: String,
+    pub fetch: FetchKey,
+    pub form: Form,
+    /// The shortest refresh interval among its pods.
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Entries a record may have (the webhook writes at most
+    /// [`crate::plan::MAX_BACKING_PER_POD`]).
+    pub max_entries: usize,
+    /// Shorter intervals are raised to this.
+    pub min_interval: Duration,
+}
+
+pub struct Index {
+    limits: Limits,
+    pods: HashMap<(String, String), PodUse>,
+    /// Pods whose record was refused, so that each is reported once.
+    refused: HashSet<(String, String)>,
+    records: Shared<Checked>,
+    /// Keyed by the record's text and the versions' text together.
+    versions: Shared<Versions>,
+    /// Pods removed or changed since the shared texts were last pruned.
+    dropped: usize,
+}
+
+impl Index {
+    pub fn new(limits: Limits) -> Self {
+        Index {
+            limits,
+            pods: HashMap::new(),
+            refused: HashSet::new(),
+            records: Shared::default(),
+            versions: Shared::default(),
+            dropped: 0,
+        }
+    }
+
+    /// Removes a pod; the shared texts are pruned once as many pods went as
+    /// texts are kept (amortised: a pod costs O(1)).
+    fn remove(&mut self, key: &(String, String)) {
+        if self.pods.remove(key).is_some() {
+            self.forget_one();
+        }
+    }
+
+    fn forget_one(&mut self) {
+        self.dropped += 1;
+        if self.dropped > self.records.len() + self.versions.len() + 64 {
+            self.records.prune();
+            self.versions.prune();
+            self.dropped = 0;
+        }
+    }
+
+    /// The pod's record, checked once per distinct text.
+    fn checked(&mut self, text: &str) -> Result<Arc<Checked>, String> {
+        if let Some(c) = self.records.get(text) {
+            return Ok(c);
+        }
+        let (entries, interval) = check_record(text, self.limits)?;
+        Ok(self
+            .records
+            .insert(text, Arc::new(Checked { entries, interval })))
+    }
+
+    fn shared_versions(
+        &mut self,
+        record: &str,
+        annotations: &BTreeMap<String, String>,
+        entries: &[Entry],
+    ) -> Arc<Versions> {
+        let Some(text) = annotations.get(VERSIONS) else {
+            return Arc::from(Vec::new());
+        };
+        let key = format!("{record}\n{text}");
+        if let Some(v) = self.versions.get(&key) {
+            return v;
+        }
+        let v: Arc<Versions> = Arc::from(read_versions(annotations, entries));
+        self.versions.insert(&key, v)
+    }
+
+    /// A pod was added or changed. Returns the reason when its record is
+    /// refused for the first time (to log and count once per pod).
+    pub fn apply(&mut self, pod: &PartialObjectMeta<Pod>) -> Option<String> {
+        let m = &pod.metadata;
+        let key = (
+            m.namespace.clone().unwrap_or_default(),
+            m.name.clone().unwrap_or_default(),
+        );
+        let empty = BTreeMap::new();
+        let annotations = m.annotations.as_ref().unwrap_or(&empty);
+        let Some(text) = annotations.get(INJECTED) else {
+            self.remove(&key);
+            return None;
+        };
+        match self.checked(text) {
+            Ok(record) => {
+                self.refused.remove(&key);
+                let versions = self.shared_versions(text, annotations, &record.entries);
+                let pod = PodUse {
+                    record,
+                    workload: workload(m),
+                    versions,
+                };
+                if self.pods.insert(key, pod).is_some() {
+                    self.forget_one();
+                }
+                None
+            }
+            Err(reason) => {
+                self.remove(&key);
+                self.refused.insert(key).then_some(reason)
+            }
+        }
+    }
+
+    pub fn delete(&mut self, pod: &PartialObjectMeta<Pod>) {
+        let m = &pod.metadata;
+        let key = (
+            m.namespace.clone().unwrap_or_default(),
+            m.name.clone().unwrap_or_default(),
+        );
+        self.remove(&key);
+        self.refused.remove(&key);
+    }
+
+    /// A watch restarted: the pods come again; which were refused is kept,
+    /// so that each is still reported once.
+    pub fn restart(&mut self) {
+        self.pods.clear();
+        self.records.prune();
+        self.versions.prune();
+    }
+
+    /// Every backing Secret in use, with the shortest interval among its pods.
+    pub fn in_use(&self) -> BTreeMap<Key, Want> {
+        let mut out: BTreeMap<Key, Want> = BTreeMap::new();
+        for ((ns, _), p) in &self.pods {
+            let interval = p.record.interval;
+            for e in &p.record.entries {
+                let key = Key {
+                    namespace: ns.clone(),
+                    backing: e.backing.clone(),
+                };
+                let want = out.entry(key).or_insert_with(|| Want {
+                    secret: e.secret.clone(),
+                    fetch: e.fetch.clone(),
+                    form: e.form,
+                    interval,
+                });
+                want.interval = want.interval.min(interval);
+            }
+        }
+        out
+    }
+
+    /// The workloads (not bare pods) some of whose pods run another version
+    /// of a backing Secret than it holds now (`holds`, as the leader verified
+    /// it): a pod that recorded a version behind it, or one that recorded
+    /// none when the leader has just rotated the Secret (`rotated`). Each
+    /// with what a rollout brings it to ([`Behind`]).
+    pub fn behind(
+        &self,
+        holds: &HashMap<&Key, &str>,
+        rotated: &BTreeSet<Key>,
+    ) -> BTreeMap<(String, Workload), Behind> {
+        let mut out: BTreeMap<(String, Workload), Behind> = BTreeMap::new();
+        for ((ns, _), p) in &self.pods {
+            let Some(w) = p.workload.as_ref().filter(|w| w.kind != "Pod") else {
+                continue;
+            };
+            let mut stale = BTreeSet::new();
+            let mut wanted = BTreeMap::new();
+            for (i, e) in p.record.entries.iter().enumerate() {
+                let key = Key {
+                    namespace: ns.clone(),
+                    backing: e.backing.clone(),
+                };
+                let Some(held) = holds.get(&key) else {
+                    continue;
+                };
+                wanted.insert(e.backing.clone(), held.to_string());
+                let behind = match p.versions.get(i).and_then(Option::as_deref) {
+                    Some(ran) => ran != *held,
+                    None => rotated.contains(&key),
+                };
+                if behind {
+                    stale.insert(e.backing.clone());
+                }
+            }
+            // Every pod's backing Secrets, so that the template's record names
+            // them all; only pods that are behind make it a candidate.
+            let b = out.entry((ns.clone(), w.clone())).or_default();
+            b.wanted.extend(wanted);
+            b.stale.extend(stale);
+        }
+        out.retain(|_, b| !b.stale.is_empty());
+        out
+    }
+
+    /// The workloads whose pods use any of `keys`, each with the backing
+    /// Secrets it uses among them.
+    pub fn workloads_using(
+        &self,
+        keys: &BTreeSet<Key>,
+    ) -> BTreeMap<(String, Workload), BTreeSet<String>> {
+        let mut out: BTreeMap<(String, Workload), BTreeSet<String>> = BTreeMap::new();
+        for ((ns, _), p) in &self.pods {
+            let Some(w) = &p.workload else { continue };
+            for e in &p.record.entries {
+                let key = Key {
+                    namespace: ns.clone(),
+                    backing: e.backing.clone(),
+                };
+                if keys.contains(&key) {
+                    out.entry((ns.clone(), w.clone()))
+                        .or_default()
+                        .insert(e.backing.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A record as the webhook writes it, for tests.
+#[cfg(test)]
+pub fn record_for(interval: &str, entries: &[(&str, Version, Form, Option<&str>)]) -> String {
+    use crate::record::RecordEntry;
+    let r = Record {
+        refresh_interval: interval.into(),
+        secrets: entries
+            .iter()
+            .map(|(secret, v, form, arn)| {
+                let scope = arn.and_then(backing::arn_scope);
+                RecordEntry {
+                    backing: backing::name_scoped(secret, scope.as_deref(), v, *form),
+                    secret: secret.to_string(),
+                    version: v.to_string(),
+                    form: form.as_str().into(),
+                    arn: arn.map(str::to_string),
+                }
+            })
+            .collect(),
+    };
+    serde_json::to_string(&r).unwrap()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,263 @@
+//! The index, without an API server.
+
+use super::*;
+use serde_json::json;
+
+const LIMITS: Limits = Limits {
+    max_entries: 3,
+    min_interval: Duration::from_secs(60),
+};
+
+fn pod(
+    ns: &str,
+    name: &str,
+    record: Option<String>,
+    extra: serde_json::Value,
+) -> PartialObjectMeta<Pod> {
+    let mut meta = json!({"namespace": ns, "name": name, "annotations": {}});
+    if let Some(r) = record {
+        meta["annotations"][INJECTED] = json!(r);
+    }
+    if let serde_json::Value::Object(o) = extra {
+        for (k, v) in o {
+            meta[k] = v;
+        }
+    }
+    serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta})).unwrap()
+}
+
+fn cur() -> Version {
+    Version::current()
+}
+
+#[test]
+fn shortest_interval_wins_and_intervals_are_clamped() {
+    let mut ix = Index::new(LIMITS);
+    let a = record_for("1h", &[("n/db", cur(), Form::Keys, None)]);
+    let b = record_for(
+        "1s",
+        &[
+            ("n/db", cur(), Form::Keys, None),
+            ("n/x", Version::Id("v1".into()), Form::Raw, None),
+        ],
+    );
+    assert_eq!(ix.apply(&pod("n", "a", Some(a), json!({}))), None);
+    assert_eq!(ix.apply(&pod("n", "b", Some(b), json!({}))), None);
+    let w = ix.in_use();
+    assert_eq!(w.len(), 2);
+    let db = &w[&Key {
+        namespace: "n".into(),
+        backing: backing::name("n/db", &cur(), Form::Keys),
+    }];
+    assert_eq!(
+        db.interval,
+        Duration::from_secs(60),
+        "1s is raised to the minimum"
+    );
+    ix.delete(&pod("n", "b", None, json!({})));
+    assert_eq!(ix.in_use().len(), 1);
+    assert_eq!(
+        ix.in_use().values().next().unwrap().interval,
+        Duration::from_secs(3600)
+    );
+}
+
+#[test]
+fn forged_oversized_and_garbled_records_are_refused_once_per_pod() {
+    let mut ix = Index::new(LIMITS);
+    let good = record_for("1h", &[("n/db", cur(), Form::Keys, None)]);
+    let forged = good.replace("sm-n-db-", "sm-someone-else-");
+    let big = record_for(
+        "1h",
+        &[
+            ("n/a", cur(), Form::Keys, None),
+            ("n/b", cur(), Form::Keys, None),
+            ("n/c", cur(), Form::Keys, None),
+            ("n/d", cur(), Form::Keys, None),
+        ],
+    );
+    let r1 = ix.apply(&pod("n", "forged", Some(forged.clone()), json!({})));
+    assert!(
+        r1.unwrap()
+            .contains("is not the backing Secret sm-injector derives")
+    );
+    assert_eq!(
+        ix.apply(&pod("n", "forged", Some(forged), json!({}))),
+        None,
+        "once per pod"
+    );
+    assert_eq!(
+        ix.apply(&pod("n", "big", Some(big), json!({}))).unwrap(),
+        "the record has 4 entries; at most 3"
+    );
+    assert!(
+        ix.apply(&pod("n", "junk", Some("{no".into()), json!({})))
+            .is_some()
+    );
+    assert!(ix.in_use().is_empty());
+    // A refused pod that later carries a good record is taken.
+    assert_eq!(ix.apply(&pod("n", "forged", Some(good), json!({}))), None);
+    assert_eq!(ix.in_use().len(), 1);
+    // A watch re-list (restart, then every pod again) reports nothing again.
+    ix.restart();
+    assert_eq!(
+        ix.apply(&pod("n", "junk", Some("{no".into()), json!({}))),
+        None,
+        "a re-list reports nothing again"
+    );
+    assert!(ix.in_use().is_empty());
+}
+
+#[test]
+fn arn_entries_fetch_by_arn_and_must_match_their_scope() {
+    let mut ix = Index::new(LIMITS);
+    let arn = "arn:aws:secretsmanager:eu-west-1:999999999999:secret:n/db-AbCdEf";
+    let rec = record_for("1h", &[("n/db", cur(), Form::Keys, Some(arn))]);
+    assert_eq!(ix.apply(&pod("n", "p", Some(rec.clone()), json!({}))), None);
+    let w = ix.in_use();
+    let want = w.values().next().unwrap();
+    assert_eq!(
+        want.fetch.id, arn,
+        "fetched from the account and region the pod named"
+    );
+    assert_eq!(want.secret, "n/db");
+    // The same entry claiming another account does not match its name.
+    let other = rec.replace("999999999999", "111111111111");
+    assert!(ix.apply(&pod("n", "q", Some(other), json!({}))).is_some());
+}
+
+#[test]
+fn workloads_come_from_the_pods_own_metadata() {
+    let owned = |kind: &str, name: &str| json!({"ownerReferences": [{"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": "u", "controller": true}]});
+    let rs = pod("n", "web-7d9f-abcde", None, owned("ReplicaSet", "web-7d9f"));
+    let mut meta = rs.metadata.clone();
+    meta.labels = Some(BTreeMap::from([(
+        "pod-template-hash".into(),
+        "7d9f".into(),
+    )]));
+    assert_eq!(
+        workload(&meta),
+        Some(Workload {
+            kind: "Deployment",
+            name: "web".into()
+        })
+    );
+    meta.labels = None;
+    assert_eq!(workload(&meta), None, "a bare ReplicaSet rolls nothing");
+    let ss = pod("n", "db-0", None, owned("StatefulSet", "db"));
+    assert_eq!(workload(&ss.metadata).unwrap().kind, "StatefulSet");
+    let job = pod("n", "j", None, owned("Job", "j"));
+    assert_eq!(workload(&job.metadata), None);
+    let bare = pod("n", "solo", None, json!({}));
+    assert_eq!(
+        workload(&bare.metadata),
+        Some(Workload {
+            kind: "Pod",
+            name: "solo".into()
+        })
+    );
+
+    let mut ix = Index::new(LIMITS);
+    let rec = record_for("1h", &[("n/db", cur(), Form::Keys, None)]);
+    ix.apply(&pod("n", "solo", Some(rec), json!({})));
+    let key = Key {
+        namespace: "n".into(),
+        backing: backing::name("n/db", &cur(), Form::Keys),
+    };
+    let w = ix.workloads_using(&BTreeSet::from([key]));
+    assert_eq!(w.len(), 1);
+}
+
+#[test]
+fn workloads_are_behind_when_their_pods_ran_another_version() {
+    use crate::annotations::VERSIONS;
+    let mut ix = Index::new(LIMITS);
+    let rec = record_for(
+        "1h",
+        &[
+            ("n/db", cur(), Form::Keys, None),
+            ("n/x", cur(), Form::Raw, None),
+        ],
+    );
+    let (db, x) = (
+        backing::name("n/db", &cur(), Form::Keys),
+        backing::name("n/x", &cur(), Form::Raw),
+    );
+    let owned = |name: &str, versions: Option<String>| {
+        let mut extra = json!({"ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db", "uid": "u", "controller": true}]});
+        if let Some(v) = versions {
+            extra["annotations"] = json!({INJECTED: rec, VERSIONS: v});
+        }
+        pod("n", name, Some(rec.clone()), extra)
+    };
+    let v = |d: &str| Some(format!(r#"{{"{db}":"{d}","{x}":"x1"}}"#));
+    ix.apply(&owned("db-0", v("v1")));
+    ix.apply(&owned("db-1", v("v2")));
+    let k = |b: &str| Key {
+        namespace: "n".into(),
+        backing: b.into(),
+    };
+    let (kdb, kx) = (k(&db), k(&x));
+    let holds = HashMap::from([(&kdb, "v2"), (&kx, "x1")]);
+    let none = BTreeSet::new();
+    let b = ix.behind(&holds, &none);
+    assert_eq!(b.len(), 1);
+    let behind = b.values().next().unwrap();
+    assert_eq!(behind.stale, BTreeSet::from([db.clone()]));
+    assert_eq!(behind.wanted[&db], "v2");
+    assert_eq!(behind.wanted[&x], "x1");
+    // Caught up: nothing behind.
+    ix.apply(&owned("db-0", v("v2")));
+    assert!(ix.behind(&holds, &none).is_empty());
+    // A pod from before versions were recorded counts only when the
+    // leader has just moved its Secret.
+    ix.apply(&owned("db-0", None));
+    assert!(ix.behind(&holds, &none).is_empty());
+    assert_eq!(ix.behind(&holds, &BTreeSet::from([kdb.clone()])).len(), 1);
+    // A version the leader has not verified yet is not compared.
+    let unknown = HashMap::from([(&kx, "x2")]);
+    let b = ix.behind(&unknown, &none);
+    assert_eq!(
+        b.values().next().unwrap().stale,
+        BTreeSet::from([x.clone()])
+    );
+}
+
+#[test]
+fn pods_with_the_same_record_share_one_copy_until_the_last_goes() {
+    let mut ix = Index::new(LIMITS);
+    let r = record_for("1h", &[("n/db", cur(), Form::Keys, None)]);
+    let versions = json!({"annotations": {
+        INJECTED: r.clone(),
+        VERSIONS: json!({backing::name("n/db", &cur(), Form::Keys): "v1"}).to_string()
+    }});
+    for name in ["a", "b"] {
+        let mut p = pod("n", name, None, json!({}));
+        p.metadata.annotations = serde_json::from_value(versions["annotations"].clone()).unwrap();
+        assert_eq!(ix.apply(&p), None);
+    }
+    let (a, b) = (
+        &ix.pods[&("n".into(), "a".into())],
+        &ix.pods[&("n".into(), "b".into())],
+    );
+    assert!(
+        Arc::ptr_eq(&a.record, &b.record),
+        "one record for both pods"
+    );
+    assert!(
+        Arc::ptr_eq(&a.versions, &b.versions),
+        "one versions list for both pods"
+    );
+    assert_eq!(a.versions.first().cloned().flatten().as_deref(), Some("v1"));
+    // Another namespace with the same text shares it too.
+    assert_eq!(ix.apply(&pod("m", "c", Some(r.clone()), json!({}))), None);
+    assert_eq!(ix.records.len(), 1);
+    // Once no pod carries a text, pruning forgets it.
+    for (ns, name) in [("n", "a"), ("n", "b"), ("m", "c")] {
+        ix.delete(&pod(ns, name, None, json!({})));
+    }
+    ix.records.prune();
+    ix.versions.prune();
+    assert_eq!((ix.records.len(), ix.versions.len()), (0, 0));
+    assert!(ix.in_use().is_empty());
+}
