@@ -8,8 +8,9 @@ mod support;
 
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, LogParams, PostParams};
+use kube::api::{Api, ListParams, LogParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use support::node::{self, BUSYBOX};
@@ -18,17 +19,21 @@ use support::testbed;
 const INJECT: (&str, &str) = ("sm-injector.io/inject", "enabled");
 
 /// A container that prints `NAME=<sha256 of its value>` for each variable in
-/// `names`, then `files:` and the same for each file, every `every` seconds.
-fn reporter(name: &str, annotations: Value, names: &[&str]) -> Pod {
-    let script = format!(
-        "while true; do for v in {}; do printf '%s=' \"$v\"; eval \"printf %s \\\"\\${{$v}}\\\"\" | sha256sum | cut -c1-64; done; echo ---; sleep 2; done",
+/// `names` (a name starting with `/` is a file: its content), then `---`,
+/// every 2 seconds: what its own process reads, never a value.
+fn report_script(names: &[&str]) -> String {
+    format!(
+        "while true; do for v in {}; do printf '%s=' \"$v\"; case \"$v\" in /*) cat \"$v\" 2>/dev/null;; *) eval \"printf %s \\\"\\${{$v}}\\\"\";; esac | sha256sum | cut -c1-64; done; echo ---; sleep 2; done",
         names.join(" ")
-    );
+    )
+}
+
+fn reporter(name: &str, annotations: Value, names: &[&str]) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "annotations": annotations},
         "spec": {
             "terminationGracePeriodSeconds": 1,
-            "containers": [{"name": "app", "image": BUSYBOX, "command": ["/bin/sh", "-c", script]}]
+            "containers": [{"name": "app", "image": BUSYBOX, "command": ["/bin/sh", "-c", report_script(names)]}]
         }
     }))
     .unwrap()
@@ -71,9 +76,51 @@ async fn report(
     )
 }
 
+/// `PutSecretValue`: the new version's id.
+async fn rotate(bed: &support::TestBed, secret: &str, value: &str) -> String {
+    bed.aws()
+        .await
+        .put_secret_value()
+        .secret_id(secret)
+        .secret_string(value)
+        .send()
+        .await
+        .unwrap()
+        .version_id()
+        .unwrap()
+        .to_string()
+}
+
+/// sm-injector itself (the release-built binary, webhook and refresher) for
+/// pods in `ns`, with its Lease and inventory in `own`: values cached 1 s,
+/// intervals down to 1 s, a planning tick of 1 s.
+async fn serve(
+    bed: &support::TestBed,
+    client: &kube::Client,
+    ns: &str,
+    own: &str,
+) -> support::ServeProcess {
+    let lease = format!("--lease-namespace={own}");
+    let server = support::serve_process(
+        bed,
+        std::path::Path::new(env!("CARGO_BIN_EXE_sm-injector")),
+        &format!("sm-injector-{ns}"),
+        &[
+            &lease,
+            "--cache-ttl=1s",
+            "--min-refresh-interval=1s",
+            "--refresh-tick=1s",
+            "--gc-grace=1h",
+        ],
+    )
+    .await;
+    support::start_url_webhook(bed, client, &format!("pods-{ns}"), server.port, &[ns]).await;
+    server
+}
+
 #[tokio::test]
 #[ignore = "needs the test bed and its node: run ./tests/run"]
-async fn the_process_reads_every_injected_variable() {
+async fn the_process_reads_every_variable_prefix_and_pinned_version() {
     let bed = testbed();
     bed.node();
     let client = bed.client().await;
@@ -81,13 +128,40 @@ async fn the_process_reads_every_injected_variable() {
     let secret = format!("{ns}/db");
     bed.put_secret(&secret, r#"{"user":"app","password":"s3cr3t"}"#)
         .await;
+    let old = bed
+        .aws()
+        .await
+        .describe_secret()
+        .secret_id(&secret)
+        .send()
+        .await
+        .unwrap();
+    let v1 = old
+        .version_ids_to_stages()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    rotate(bed, &secret, r#"{"user":"app","password":"n3w"}"#).await;
+    let redis = format!("{ns}/redis");
+    bed.put_secret(&redis, r#"{"host":"cache","port":6379}"#)
+        .await;
     let injector =
         support::injector::start(bed, &[&ns], support::injector::Options::default()).await;
     let p = reporter(
         "app",
         json!({"sm-injector.io/env.DB_USER": format!("{secret}#user"),
-               "sm-injector.io/env.DB_PASSWORD": format!("{secret}#password")}),
-        &["DB_USER", "DB_PASSWORD"],
+               "sm-injector.io/env.DB_PASSWORD": format!("{secret}#password"),
+               "sm-injector.io/env.OLD_PASSWORD": format!("{secret}?versionId={v1}#password"),
+               "sm-injector.io/env-from.REDIS": redis}),
+        &[
+            "DB_USER",
+            "DB_PASSWORD",
+            "OLD_PASSWORD",
+            "REDIS_host",
+            "REDIS_port",
+        ],
     );
     Api::<Pod>::namespaced(client.clone(), &ns)
         .create(&PostParams::default(), &p)
@@ -97,10 +171,343 @@ async fn the_process_reads_every_injected_variable() {
     let seen = support::eventually(
         Duration::from_secs(30),
         "the container's report",
-        || async { report(&client, &ns, "app").await.filter(|r| r.len() == 2) },
+        || async { report(&client, &ns, "app").await.filter(|r| r.len() == 5) },
     )
     .await;
     assert_eq!(seen["DB_USER"], sha("app"));
-    assert_eq!(seen["DB_PASSWORD"], sha("s3cr3t"));
+    assert_eq!(seen["DB_PASSWORD"], sha("n3w"), "AWSCURRENT");
+    assert_eq!(seen["OLD_PASSWORD"], sha("s3cr3t"), "the pinned version");
+    assert_eq!(seen["REDIS_host"], sha("cache"), "env-from with its prefix");
+    assert_eq!(
+        seen["REDIS_port"],
+        sha("6379"),
+        "a number as compact JSON text"
+    );
     injector.stop(&client).await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed and its node: run ./tests/run"]
+async fn a_rotation_reaches_every_running_replica_and_mounted_files_without_a_restart() {
+    let bed = testbed();
+    bed.node();
+    let client = bed.client().await;
+    let ns = support::namespace(&client, "rot", &[INJECT]).await;
+    let own = support::namespace(&client, "rot-own", &[]).await;
+    let secret = format!("{ns}/db");
+    bed.put_secret(&secret, r#"{"pw":"v1"}"#).await;
+    let server = serve(bed, &client, &ns, &own).await;
+    let script = report_script(&["PW"]);
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    let web: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web", "annotations": {"sm-injector.io/restart-on-rotation": "true"}},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}, "annotations": {
+                    "sm-injector.io/env.PW": format!("{secret}#pw"),
+                    "sm-injector.io/refresh-interval": "1h"
+                }},
+                "spec": {"terminationGracePeriodSeconds": 1,
+                         "containers": [{"name": "app", "image": BUSYBOX, "command": ["/bin/sh", "-c", script]}]}
+            }
+        }
+    }))
+    .unwrap();
+    deployments
+        .create(&PostParams::default(), &web)
+        .await
+        .unwrap();
+    // A bare pod reads the same secret as a file, refreshed every second.
+    let files = reporter(
+        "files",
+        json!({"sm-injector.io/mount-path": "/var/run/secrets/sm",
+               "sm-injector.io/env.PW": format!("{secret}#pw"),
+               "sm-injector.io/refresh-interval": "1s"}),
+        &["PW", &format!("/var/run/secrets/sm/{secret}/pw")],
+    );
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    pods.create(&PostParams::default(), &files).await.unwrap();
+    node::running(&client, &ns, "files").await;
+    let reads = |want: String| {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move {
+            let l = Api::<Pod>::namespaced(client.clone(), &ns)
+                .list(&ListParams::default().labels("app=web"))
+                .await
+                .ok()?;
+            let live: Vec<&Pod> = l
+                .items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .collect();
+            let mut all = vec![];
+            for p in &live {
+                let name = p.metadata.name.clone()?;
+                let r = report(&client, &ns, &name).await?;
+                all.push(r.get("PW")? == &want);
+            }
+            (live.len() == 3 && all.len() == 3 && all.iter().all(|ok| *ok)).then_some(())
+        }
+    };
+    support::eventually(
+        Duration::from_secs(90),
+        "two replicas running on v1",
+        || async {
+            let l = pods
+                .list(&ListParams::default().labels("app=web"))
+                .await
+                .ok()?;
+            let mut ok = 0;
+            for p in &l.items {
+                let r = report(&client, &ns, p.metadata.name.as_deref()?).await?;
+                ok += usize::from(r.get("PW")? == &sha("v1"));
+            }
+            (ok == 2).then_some(())
+        },
+    )
+    .await;
+
+    // The secret rotates; an admission (a scale-up) sees v2 first. Every
+    // running replica, the old ones too, ends on v2: the Deployment is rolled.
+    rotate(bed, &secret, r#"{"pw":"v2"}"#).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
+        .await
+        .unwrap();
+    support::eventually(
+        Duration::from_secs(120),
+        "every running replica on v2",
+        || reads(sha("v2")),
+    )
+    .await;
+    // The file follows without a restart; the variable keeps the value the
+    // process started with (a variable cannot change under a process).
+    let file = format!("/var/run/secrets/sm/{secret}/pw");
+    let seen = support::eventually(
+        Duration::from_secs(60),
+        "the mounted file on v2",
+        || async {
+            report(&client, &ns, "files")
+                .await
+                .filter(|r| r.get(&file) == Some(&sha("v2")))
+        },
+    )
+    .await;
+    assert_eq!(seen["PW"], sha("v1"));
+    let files_now = pods.get("files").await.unwrap();
+    let restarts = files_now.status.unwrap().container_statuses.unwrap()[0].restart_count;
+    assert_eq!(restarts, 0, "no restart");
+    support::signal(server.pid as i32, libc::SIGTERM);
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed and its node: run ./tests/run"]
+async fn a_namespace_made_again_within_the_cache_ttl_runs_its_pods() {
+    let bed = testbed();
+    bed.node();
+    let client = bed.client().await;
+    let own = support::namespace(&client, "again-own", &[]).await;
+    let name = format!("again-{}", std::process::id());
+    let make = || async {
+        let n: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"sm-injector.io/inject": "enabled"}}
+        }))
+        .unwrap();
+        support::eventually(Duration::from_secs(120), "the namespace made", || async {
+            Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+                .create(&PostParams::default(), &n)
+                .await
+                .ok()
+        })
+        .await;
+    };
+    make().await;
+    let secret = format!("{name}/db");
+    bed.put_secret(&secret, r#"{"pw":"v1"}"#).await;
+    // Values and what was written are remembered for 5 minutes, as shipped.
+    let lease = format!("--lease-namespace={own}");
+    let server = support::serve_process(
+        bed,
+        std::path::Path::new(env!("CARGO_BIN_EXE_sm-injector")),
+        "sm-injector-again",
+        &[&lease, "--cache-ttl=5m"],
+    )
+    .await;
+    support::start_url_webhook(bed, &client, &format!("pods-{name}"), server.port, &[&name]).await;
+    let p = reporter(
+        "app",
+        json!({"sm-injector.io/env.PW": format!("{secret}#pw")}),
+        &["PW"],
+    );
+    let pods = Api::<Pod>::namespaced(client.clone(), &name);
+    support::eventually(Duration::from_secs(30), "the pod admitted", || async {
+        pods.create(&PostParams::default(), &p).await.ok()
+    })
+    .await;
+    node::running(&client, &name, "app").await;
+    // Deleted with its backing Secrets, made again at once, the same pod applied.
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .delete(&name, &Default::default())
+        .await
+        .unwrap();
+    support::eventually(Duration::from_secs(120), "the namespace gone", || async {
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+            .get_opt(&name)
+            .await
+            .ok()
+            .filter(Option::is_none)
+    })
+    .await;
+    make().await;
+    support::eventually(
+        Duration::from_secs(30),
+        "the pod admitted again",
+        || async { pods.create(&PostParams::default(), &p).await.ok() },
+    )
+    .await;
+    node::running(&client, &name, "app").await;
+    let seen = support::eventually(Duration::from_secs(30), "its report", || async {
+        report(&client, &name, "app")
+            .await
+            .filter(|r| r.contains_key("PW"))
+    })
+    .await;
+    assert_eq!(seen["PW"], sha("v1"));
+    support::signal(server.pid as i32, libc::SIGTERM);
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed and its node: run ./tests/run"]
+async fn the_collector_keeps_what_pending_and_running_pods_use_and_then_deletes_it() {
+    let bed = testbed();
+    bed.node();
+    let client = bed.client().await;
+    let ns = support::namespace(&client, "gc", &[INJECT]).await;
+    let own = support::namespace(&client, "gc-own", &[]).await;
+    let (run, wait) = (format!("{ns}/run"), format!("{ns}/wait"));
+    bed.put_secret(&run, r#"{"pw":"r"}"#).await;
+    bed.put_secret(&wait, r#"{"pw":"w"}"#).await;
+    let lease = format!("--lease-namespace={own}");
+    let server = support::serve_process(
+        bed,
+        std::path::Path::new(env!("CARGO_BIN_EXE_sm-injector")),
+        &format!("sm-injector-{ns}"),
+        &[
+            &lease,
+            "--gc-grace=3s",
+            "--refresh-tick=1s",
+            "--min-refresh-interval=1s",
+        ],
+    )
+    .await;
+    support::start_url_webhook(bed, &client, &format!("pods-{ns}"), server.port, &[&ns]).await;
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    let running = reporter(
+        "running",
+        json!({"sm-injector.io/env.PW": format!("{run}#pw"), "sm-injector.io/refresh-interval": "1s"}),
+        &["PW"],
+    );
+    pods.create(&PostParams::default(), &running).await.unwrap();
+    // A pod that no node can take: Pending for good.
+    let mut pending = reporter(
+        "pending",
+        json!({"sm-injector.io/env.PW": format!("{wait}#pw"), "sm-injector.io/refresh-interval": "1s"}),
+        &["PW"],
+    );
+    pending.spec.as_mut().unwrap().node_selector =
+        Some([("sm-injector.test/none".to_string(), "x".to_string())].into());
+    pods.create(&PostParams::default(), &pending).await.unwrap();
+    node::running(&client, &ns, "running").await;
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ns);
+    let backing = |secret: &str| {
+        sm_injector::backing::name(
+            secret,
+            &sm_injector::reference::Version::current(),
+            sm_injector::backing::Form::Keys,
+        )
+    };
+    // Many times the grace, with a check every second: both stay.
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for s in [&run, &wait] {
+            assert!(
+                secrets.get_opt(&backing(s)).await.unwrap().is_some(),
+                "{s}'s backing Secret kept"
+            );
+        }
+    }
+    let p = pods.get("pending").await.unwrap();
+    assert_eq!(p.status.unwrap().phase.as_deref(), Some("Pending"));
+    assert_eq!(
+        report(&client, &ns, "running").await.unwrap()["PW"],
+        sha("r"),
+        "the running pod still reads its value"
+    );
+    // Once no pod uses them, they go after the grace.
+    pods.delete("running", &Default::default()).await.unwrap();
+    pods.delete("pending", &Default::default()).await.unwrap();
+    support::eventually(Duration::from_secs(60), "both deleted", || async {
+        let mut gone = 0;
+        for s in [&run, &wait] {
+            gone += usize::from(secrets.get_opt(&backing(s)).await.ok()?.is_none());
+        }
+        (gone == 2).then_some(())
+    })
+    .await;
+    support::signal(server.pid as i32, libc::SIGTERM);
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed and its node: run ./tests/run"]
+async fn in_an_outage_a_pod_starts_from_the_last_known_good_secret_with_a_warning() {
+    let bed = testbed();
+    bed.node();
+    let client = bed.client().await;
+    let ns = support::namespace(&client, "outage", &[INJECT]).await;
+    let secret = format!("{ns}/db");
+    bed.put_secret(&secret, r#"{"pw":"good"}"#).await;
+    let annotations = json!({"sm-injector.io/env.PW": format!("{secret}#pw")});
+    // While Secrets Manager answers: the backing Secret is written.
+    let up = support::injector::start(bed, &[&ns], support::injector::Options::default()).await;
+    let first = reporter("first", annotations.clone(), &["PW"]);
+    Api::<Pod>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &first)
+        .await
+        .unwrap();
+    up.stop(&client).await;
+    // Secrets Manager unreachable: a port where nothing listens.
+    let down = support::injector::start(
+        bed,
+        &[&ns],
+        support::injector::Options {
+            aws_endpoint: Some(format!("http://127.0.0.1:{}", support::free_port())),
+            aws_deadline: Duration::from_secs(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let second = reporter("second", annotations, &["PW"]);
+    let (ok, _, stderr) = support::kubectl_create(bed, &ns, &second, &[]).await;
+    assert!(ok, "admitted: {stderr}");
+    assert!(
+        stderr.contains("Warning:") && stderr.contains("could not be refreshed")
+            || stderr.contains("Warning:"),
+        "{stderr}"
+    );
+    node::running(&client, &ns, "second").await;
+    let seen = support::eventually(Duration::from_secs(30), "its report", || async {
+        report(&client, &ns, "second")
+            .await
+            .filter(|r| r.contains_key("PW"))
+    })
+    .await;
+    assert_eq!(seen["PW"], sha("good"));
+    down.stop(&client).await;
 }

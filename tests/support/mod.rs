@@ -1050,3 +1050,35 @@ pub fn signal(pid: i32, sig: i32) {
     // SAFETY: kill(2) takes plain integers and touches no memory of ours.
     unsafe { libc::kill(pid, sig) };
 }
+
+/// `kubectl create -f -` with a pod: (success, stdout, stderr). kubectl prints
+/// admission warnings on stderr as `Warning: ...`. Run without blocking the
+/// runtime, which also serves the in-process webhook.
+pub async fn kubectl_create(
+    bed: &TestBed,
+    ns: &str,
+    p: &Pod,
+    extra: &[&str],
+) -> (bool, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::from(bed.kubectl())
+        .args(["-n", ns, "create", "-f", "-"])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(serde_json::to_string(p).unwrap().as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}

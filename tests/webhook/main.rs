@@ -11,7 +11,6 @@ mod injection;
 mod serving;
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -19,7 +18,7 @@ use k8s_openapi::api::core::v1::{Container, Pod, Secret};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use support::injector::{self, Injector, Options};
-use support::{TestBed, eventually, namespace, namespace_with, testbed};
+use support::{TestBed, eventually, kubectl_create, namespace, namespace_with, testbed};
 
 const INJECT: (&str, &str) = ("sm-injector.io/inject", "enabled");
 const MANAGED: &str = "app.kubernetes.io/managed-by=sm-injector";
@@ -54,38 +53,6 @@ async fn create(client: &kube::Client, ns: &str, p: &Pod) -> Result<Pod, String>
             kube::Error::Api(s) => s.message,
             other => other.to_string(),
         })
-}
-
-/// `kubectl create -f -` with a pod: (success, stdout, stderr). kubectl prints
-/// admission warnings on stderr as `Warning: ...`. Run without blocking the
-/// runtime, which also serves the in-process webhook.
-async fn kubectl_create(
-    bed: &TestBed,
-    ns: &str,
-    p: &Pod,
-    extra: &[&str],
-) -> (bool, String, String) {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::from(bed.kubectl())
-        .args(["-n", ns, "create", "-f", "-"])
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin
-        .write_all(serde_json::to_string(p).unwrap().as_bytes())
-        .await
-        .unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().await.unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
 }
 
 /// What each env var of `c` resolves to, following `secretKeyRef` and
