@@ -3,5 +3,5 @@
 # them, the seed's example Deployment, and its pods' resolved environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source tests/prepare
+source tests/prepare demo
 cargo test --locked --test demo

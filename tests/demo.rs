@@ -5,9 +5,11 @@
 //! kubectl and runs the binary on this host as its ServiceAccount (configured as
 //! in a cluster: a kubeconfig, and the AWS chain with
 //! AWS_ENDPOINT_URL_SECRETS_MANAGER), reached by URL; applies
-//! `examples/deployment.yaml` with kubectl; and prints each pod's resolved
-//! environment with the values masked. It fails if a value differs from what
-//! Secrets Manager holds or appears in a pod spec.
+//! `examples/deployment.yaml` with kubectl (its images swapped for the local
+//! busybox, since no registry is reachable), waits for its pods to run on the
+//! test bed's node, and prints the environment each container's own process
+//! reads, as SHA-256 hashes its process logs, never a value. It fails if a
+//! value differs from what Secrets Manager holds or appears in a pod spec.
 
 mod support;
 
@@ -18,15 +20,63 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams};
 use sha2::{Digest, Sha256};
 
-fn mask(v: &[u8]) -> String {
-    let h = Sha256::digest(v);
-    format!(
-        "<masked: {} bytes, sha256 {:02x}{:02x}{:02x}{:02x}>",
-        v.len(),
-        h[0],
-        h[1],
-        h[2],
-        h[3]
+fn sha(v: &[u8]) -> String {
+    Sha256::digest(v)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Logs `NAME <sha256 of its value>` for every variable of its own process.
+const PRINT_ENV: &str = "env | sort | while IFS= read -r line; do printf '%s %s\\n' \"${line%%=*}\" \"$(printf %s \"${line#*=}\" | sha256sum | cut -c1-64)\"; done; echo ---";
+
+/// The seed's Deployment as a user applies it, with each image replaced by the
+/// test node's busybox, whose shell logs what its process reads.
+fn runnable(yaml: &str) -> String {
+    let mut d: serde_json::Value = serde_yaml_ng::from_str(yaml).unwrap();
+    let spec = &mut d["spec"]["template"]["spec"];
+    for (list, command) in [
+        ("initContainers", PRINT_ENV.to_string()),
+        (
+            "containers",
+            format!("while true; do {PRINT_ENV}; sleep 5; done"),
+        ),
+    ] {
+        for c in spec[list].as_array_mut().into_iter().flatten() {
+            c["image"] = support::node::BUSYBOX.into();
+            c["command"] = serde_json::json!(["/bin/sh", "-c", command]);
+        }
+    }
+    spec["terminationGracePeriodSeconds"] = 1.into();
+    serde_json::to_string(&d).unwrap()
+}
+
+/// What a container's process logged: variable to hash.
+async fn process_env(
+    pods: &Api<Pod>,
+    pod: &str,
+    container: &str,
+) -> Option<BTreeMap<String, String>> {
+    let logs = pods
+        .logs(
+            pod,
+            &kube::api::LogParams {
+                container: Some(container.into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .ok()?;
+    let block = logs
+        .split("---\n")
+        .next()
+        .filter(|_| logs.contains("---\n"))?;
+    Some(
+        block
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     )
 }
 
@@ -41,8 +91,10 @@ async fn main() {
         return;
     }
     let bed = support::testbed();
+    bed.node();
     println!(
-        "1. control plane (etcd, kube-apiserver, kube-controller-manager) and moto are up in {}",
+        "1. control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler), a node \
+         (kubelet, containerd, runc) and moto are up in {}",
         bed.dir.display()
     );
 
@@ -121,19 +173,29 @@ async fn main() {
     })
     .await;
     print!(
-        "4. kubectl apply -f examples/deployment.yaml: {}",
-        bed.kubectl_run(&["apply", "-f", "-"], Some(&deployment))
+        "4. kubectl apply -f examples/deployment.yaml (images: {}): {}",
+        support::node::BUSYBOX,
+        bed.kubectl_run(&["apply", "-f", "-"], Some(&runnable(&deployment)))
             .unwrap()
     );
 
-    let list = support::eventually(Duration::from_secs(60), "two pods", || async {
+    let names = support::eventually(Duration::from_secs(60), "two pods", || async {
         let l = pods
             .list(&ListParams::default().labels("app=arrakis-bot"))
             .await
             .ok()?;
-        (l.items.len() == 2).then_some(l.items)
+        (l.items.len() == 2).then(|| {
+            l.items
+                .iter()
+                .filter_map(|p| p.metadata.name.clone())
+                .collect::<Vec<_>>()
+        })
     })
     .await;
+    let mut list = vec![];
+    for name in &names {
+        list.push(support::node::running(&client, "arrakis", name).await);
+    }
     let expected: BTreeMap<&str, Vec<u8>> = BTreeMap::from([
         ("DISCORD_BOT_TOKEN", b"MTIzNDU2Nzg5.demo-bot-token".to_vec()),
         ("DISCORD_APPLICATION_ID", b"112233445566778899".to_vec()),
@@ -146,7 +208,9 @@ async fn main() {
         ("REDIS_PASSWORD", b"r3d1s".to_vec()),
     ]);
     let secrets_api = Api::<Secret>::namespaced(client.clone(), "arrakis");
-    println!("5. the pods' environment, resolved through the backing Secrets:");
+    println!(
+        "5. the pods run; the environment each container's own process reads (its log, hashed):"
+    );
     for p in &list {
         let json = serde_json::to_string(p).unwrap();
         for v in expected.values() {
@@ -155,6 +219,12 @@ async fn main() {
                 "a secret value is in the pod spec"
             );
         }
+        let pod = p.metadata.name.as_deref().unwrap_or("?");
+        let phase = p
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default();
         let spec = p.spec.clone().unwrap();
         for c in spec
             .init_containers
@@ -162,49 +232,29 @@ async fn main() {
             .flatten()
             .chain(spec.containers.iter())
         {
-            println!(
-                "   pod {} container {}:",
-                p.metadata.name.as_deref().unwrap_or("?"),
-                c.name
-            );
-            let mut seen = BTreeMap::new();
-            for ef in c.env_from.iter().flatten() {
-                let name = &ef.secret_ref.as_ref().unwrap().name;
-                let s = secrets_api.get(name).await.unwrap();
-                for (k, v) in s.data.unwrap_or_default() {
-                    let var = format!("{}{k}", ef.prefix.as_deref().unwrap_or(""));
-                    println!("     {var:<24} = {}   (envFrom secret {name})", mask(&v.0));
-                    seen.insert(var, v.0);
-                }
-            }
-            for e in c.env.iter().flatten() {
-                match (&e.value, &e.value_from) {
-                    (Some(v), _) => {
-                        println!("     {:<24} = {v:?}   (the container's own value)", e.name)
-                    }
-                    (None, Some(vf)) => {
-                        let r = vf.secret_key_ref.as_ref().unwrap();
-                        let s = secrets_api.get(&r.name).await.unwrap();
-                        let v = s.data.unwrap()[&r.key].0.clone();
-                        println!(
-                            "     {:<24} = {}   (secretKeyRef {}#{})",
-                            e.name,
-                            mask(&v),
-                            r.name,
-                            r.key
-                        );
-                        seen.insert(e.name.clone(), v);
-                    }
-                    _ => {}
-                }
-            }
+            let seen = support::eventually(Duration::from_secs(30), "the container's log", || {
+                process_env(&pods, pod, &c.name)
+            })
+            .await;
+            println!("   pod {pod} ({phase}) container {}:", c.name);
             for (k, v) in &expected {
+                let got = seen.get(*k).map(String::as_str).unwrap_or("(absent)");
                 assert_eq!(
-                    seen.get(*k),
-                    Some(v),
-                    "{} in container {} differs from Secrets Manager",
-                    k,
+                    got,
+                    sha(v),
+                    "{k} as container {} of pod {pod} reads it differs from Secrets Manager",
                     c.name
+                );
+                println!(
+                    "     {k:<24} = <masked: sha256 {}>   matches Secrets Manager",
+                    &got[..12]
+                );
+            }
+            if let Some(v) = seen.get("LOG_LEVEL") {
+                assert_eq!(v, &sha(b"info"));
+                println!(
+                    "     {:<24} = info   (the container's own value)",
+                    "LOG_LEVEL"
                 );
             }
         }
@@ -259,5 +309,7 @@ async fn main() {
     for line in status("table").lines() {
         println!("     {line}");
     }
-    println!("every value matches Secrets Manager; no value is in any pod spec. Cleaning up.");
+    println!(
+        "every value each process reads matches Secrets Manager; no value is in any pod spec or log. Cleaning up."
+    );
 }
