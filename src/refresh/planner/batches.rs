@@ -10,8 +10,10 @@ use crate::refresh::index::{Key, Want};
 
 impl Planner {
     /// Secrets Manager answers up to [`BATCH`] secrets a call. When anything
-    /// is due, secrets due within their jitter window (a tenth of their
-    /// interval) join this pass until the last batch is full; and every copy
+    /// is due, the secrets due soonest (within half their interval) join this
+    /// pass until the last batch is full: a secret checked early once then
+    /// stays with the batch it joined, so batches fill up and stay full
+    /// whatever order keys appeared in; and every copy
     /// (in any namespace) of a secret fetched in this pass joins it, whenever
     /// it is due: a copy costs one read of its Secret and no further fetch,
     /// and the copies stay aligned on one fetch. A copy backing off after
@@ -43,7 +45,7 @@ impl Planner {
             if s.failures > 0 && s.next_attempt > now {
                 continue;
             }
-            if !fetched.contains(&w.fetch) && s.next_attempt <= now + w.interval / 10 {
+            if !fetched.contains(&w.fetch) && s.next_attempt <= now + w.interval / 2 {
                 let t = soon.entry(&w.fetch).or_insert(s.next_attempt);
                 *t = (*t).min(s.next_attempt);
             }

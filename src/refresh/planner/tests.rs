@@ -393,3 +393,72 @@ fn the_inventory_of_a_namespace_gone_for_a_minute_is_dropped() {
     assert!(p.vanished(&inv, |_| true, t(62)).is_empty());
     assert!(p.vanished(&inv, exists, t(63)).is_empty());
 }
+
+#[test]
+fn batches_fill_up_whatever_order_the_keys_appeared_in() {
+    // 130 secrets, each in 4 namespaces, admitted one by one over a minute
+    // while the leader already leads (as in ./tests/scale): the first checks
+    // come due in a trickle.
+    let open = |ns: &str| {
+        Some(NamespaceFacts {
+            opted_in: true,
+            rule: AccessRule::for_namespace(ns, Some("s*")),
+            refresh_now: None,
+        })
+    };
+    let minute = Duration::from_secs(60);
+    let mut p = Planner::new(Duration::from_secs(5));
+    p.plan(&BTreeMap::new(), open, &Marks::new(), None, t(0));
+    let mut in_use = BTreeMap::new();
+    let mut now = t(0);
+    let mut partial_per_interval = BTreeMap::<u64, usize>::new();
+    let mut calls_per_interval = BTreeMap::<u64, usize>::new();
+    let mut reads_per_interval = BTreeMap::<u64, usize>::new();
+    let mut admitted = 0;
+    while now < t(60 * 8) {
+        while admitted < 520 && t(0) + Duration::from_millis(115 * admitted as u64) <= now {
+            let i = admitted;
+            in_use.insert(
+                key(&format!("n{}", i % 4), &format!("b{}", i / 4)),
+                want(&format!("s{}", i / 4), minute),
+            );
+            admitted += 1;
+        }
+        let d = p.plan(&in_use, open, &Marks::new(), None, now);
+        let secrets: BTreeSet<&str> = d.due.iter().map(|(_, w)| w.fetch.id.as_str()).collect();
+        let interval = now.duration_since(t(0)).unwrap().as_secs() / 60;
+        *reads_per_interval.entry(interval).or_default() += d.due.len();
+        if !secrets.is_empty() {
+            *calls_per_interval.entry(interval).or_default() += secrets.len().div_ceil(BATCH);
+            if secrets.len() % BATCH != 0 {
+                *partial_per_interval.entry(interval).or_default() += 1;
+            }
+        }
+        // A pass reads each copy: 5 ms each.
+        let end = now + Duration::from_millis(5 * d.due.len() as u64);
+        for (k, w) in &d.due {
+            p.succeeded(k, "v", w, end);
+        }
+        now = end.max(now) + Duration::from_millis(200);
+    }
+    // Once every key is in use and checked (from the third minute), at most
+    // one batch a minute is not full, so a minute costs ceil(130 / 20) calls.
+    for i in 3..8 {
+        let partial = partial_per_interval.get(&i).copied().unwrap_or(0);
+        let calls = calls_per_interval.get(&i).copied().unwrap_or(0);
+        assert!(
+            partial <= 1,
+            "minute {i}: {partial} partial batches, {calls} calls"
+        );
+        assert!(
+            calls <= 130usize.div_ceil(BATCH),
+            "minute {i}: {calls} calls"
+        );
+    }
+    // Joining a batch early moves a secret once: each copy is still read
+    // about once a minute (520 copies), not more and more often.
+    let reads: usize = (3..8)
+        .map(|i| reads_per_interval.get(&i).copied().unwrap_or(0))
+        .sum();
+    assert!(reads <= 5 * 546, "{reads} reads in 5 minutes");
+}
