@@ -430,7 +430,7 @@ fn batches_fill_up_whatever_order_the_keys_appeared_in() {
         *reads_per_interval.entry(interval).or_default() += d.due.len();
         if !secrets.is_empty() {
             *calls_per_interval.entry(interval).or_default() += secrets.len().div_ceil(BATCH);
-            if secrets.len() % BATCH != 0 {
+            if !secrets.len().is_multiple_of(BATCH) {
                 *partial_per_interval.entry(interval).or_default() += 1;
             }
         }
