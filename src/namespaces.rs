@@ -105,6 +105,28 @@ impl Namespaces {
         })
     }
 
+    /// Whether `namespace` carries `sm-injector.io/inject=enabled`: from the
+    /// watched cache, else read (a namespace made a moment ago).
+    pub async fn opted_in(&self, namespace: &str) -> Result<bool, String> {
+        let labelled = |ns: &Namespace| {
+            ns.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(INJECT_LABEL))
+                .is_some_and(|v| v == INJECT_ENABLED)
+        };
+        if let Some(ns) = self.store.get(&ObjectRef::new(namespace)) {
+            return Ok(labelled(&ns));
+        }
+        match self.api.get_opt(namespace).await {
+            Ok(ns) => Ok(ns.as_ref().is_some_and(labelled)),
+            Err(e) => Err(format!(
+                "could not read Namespace {namespace:?}: {}",
+                kube_reason(&e)
+            )),
+        }
+    }
+
     /// The access rule of `namespace`: from the watched cache, else read.
     pub async fn rule(&self, namespace: &str) -> Result<Arc<AccessRule>, String> {
         if let Some(ns) = self.store.get(&ObjectRef::new(namespace)) {

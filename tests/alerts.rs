@@ -288,7 +288,9 @@ async fn each_alert_fires_in_its_failure_and_none_when_healthy() {
     }
     let proxy = FaultyEndpoint::start(bed.moto.trim_start_matches("http://").to_string()).await;
     let binary = Path::new(env!("CARGO_BIN_EXE_sm-injector"));
-    let lease = format!("--lease-namespace={ns}");
+    // sm-injector's own namespace is never one it injects into.
+    let own = namespace(&client, "alerts-own", &[]).await;
+    let lease = format!("--lease-namespace={own}");
     let server = support::serve_process_at(
         bed,
         binary,
@@ -391,7 +393,7 @@ async fn each_alert_fires_in_its_failure_and_none_when_healthy() {
     // certificate that expires tomorrow.
     let held = "held-refresher";
     bed.kubectl_run(
-        &["-n", &ns, "apply", "-f", "-"],
+        &["-n", &own, "apply", "-f", "-"],
         Some(&format!(
             "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: {held}}}\nspec: {{holderIdentity: elsewhere, leaseDurationSeconds: 3600, renewTime: \"{}\"}}\n",
             k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S.000000Z")
@@ -494,9 +496,9 @@ async fn each_alert_fires_in_its_failure_and_none_when_healthy() {
 
     // A leader whose pod watch never syncs (its identity may not list pods):
     // overdue from the start of its leadership, not "due now" forever.
-    bed.kubectl_run(&["apply", "-f", "-"], Some(&blind_rbac(&ns)))
+    bed.kubectl_run(&["apply", "-f", "-"], Some(&blind_rbac(&own)))
         .unwrap();
-    let kubeconfig = support::install::sa_kubeconfig(bed, &ns, "blind");
+    let kubeconfig = support::install::sa_kubeconfig(bed, &own, "blind");
     let blind = support::serve_process_at(
         bed,
         binary,

@@ -99,13 +99,15 @@ async fn with_a_client_ca_only_the_api_server_may_call_mutate() {
     let bed = testbed();
     let client = bed.client().await;
     let ns = namespace(&client, "mtls", &[INJECT]).await;
+    // sm-injector's own namespace is never one it injects into.
+    let own = namespace(&client, "mtls-own", &[]).await;
     bed.put_secret(&format!("{ns}/s"), r#"{"k":"v"}"#).await;
     let ca = format!("--client-ca-file={}", bed.webhook_client_ca.display());
     let server = support::serve_process(
         bed,
         binary(),
         &format!("mtls-{ns}"),
-        &[&ca, &format!("--lease-namespace={ns}")],
+        &[&ca, &format!("--lease-namespace={own}")],
     )
     .await;
     support::start_url_webhook(bed, &client, &format!("mtls-{ns}"), server.port, &[&ns]).await;
@@ -219,8 +221,9 @@ async fn a_rolling_restart_of_two_replicas_loses_no_admission() {
     let bed = testbed();
     let client = bed.client().await;
     let ns = namespace(&client, "rolling", &[INJECT]).await;
+    let own = namespace(&client, "rolling-own", &[]).await;
     bed.put_secret(&format!("{ns}/s"), r#"{"k":"v"}"#).await;
-    let lease = format!("--lease-namespace={ns}");
+    let lease = format!("--lease-namespace={own}");
     let replica = |id: &str| {
         let name = format!("{id}-{ns}");
         let lease = lease.clone();

@@ -4,6 +4,7 @@
 //! with the decision kept for pods like it ([`crate::decisions`]).
 
 mod pod;
+pub mod scope;
 
 pub use pod::{MAX_AWS_CALLS, Planned, Settings, plan_pod};
 
@@ -24,6 +25,8 @@ pub struct Webhook {
     pub source: CachedSource,
     pub syncer: Syncer,
     pub namespaces: Namespaces,
+    /// The namespaces it acts in ([`scope`]).
+    pub scope: scope::Scope,
     pub metrics: Metrics,
     pub settings: Settings,
     pub decisions: Decisions,
@@ -160,6 +163,24 @@ impl Webhook {
         else {
             return deny(req, name, Denial::one("the request names no namespace"));
         };
+        // Its own inputs: whoever sent the review, nothing is written where
+        // the webhook configuration would never send one.
+        let in_scope = match self.scope.check_name(namespace) {
+            Err(why) => Err(why),
+            Ok(()) => match self.namespaces.opted_in(namespace).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(scope::OutOfScope::NotOptedIn),
+                Err(e) => return deny(req, name, Denial::one(e)),
+            },
+        };
+        if let Err(why) = in_scope {
+            tracing::debug!(
+                namespace,
+                reason = why.reason(),
+                "review answered unchanged: out of scope"
+            );
+            return unchanged(req);
+        }
         let key = self
             .decisions
             .enabled()

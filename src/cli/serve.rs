@@ -217,6 +217,7 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             .with_negative_ttl(a.negative_cache_ttl),
         syncer: Syncer::new(client.clone(), a.cache_ttl, metrics.clone()).with_inventory(inventory),
         namespaces,
+        scope: sm_injector::admission::scope::Scope::new(&a.lease_namespace),
         metrics,
         decisions: Decisions::new(a.decision_cache_bytes, a.cache_ttl),
         settings: Settings {

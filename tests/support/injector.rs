@@ -94,6 +94,7 @@ pub async fn start(bed: &TestBed, namespaces: &[&str], opts: Options) -> Injecto
                 )),
         },
         namespaces: Namespaces::start(client.clone()),
+        scope: sm_injector::admission::scope::Scope::new("sm-injector"),
         metrics,
         decisions: sm_injector::decisions::Decisions::new(
             sm_injector::decisions::DEFAULT_MAX_BYTES,

@@ -437,6 +437,7 @@ async fn without_an_aws_region_the_replica_is_not_ready_and_says_why() {
     let bed = testbed();
     let client = bed.client().await;
     let ns = namespace(&client, "noregion", &[INJECT]).await;
+    let own = namespace(&client, "noregion-own", &[]).await;
     let home = bed.dir.join("noregion-home");
     std::fs::create_dir_all(&home).unwrap();
     let home = home.display().to_string();
@@ -446,7 +447,7 @@ async fn without_an_aws_region_the_replica_is_not_ready_and_says_why() {
         std::path::Path::new(env!("CARGO_BIN_EXE_sm-injector")),
         "sm-injector-noregion",
         &bed.kubeconfig,
-        &[&format!("--lease-namespace={ns}")],
+        &[&format!("--lease-namespace={own}")],
         &bed.moto,
         &[
             ("!AWS_REGION", ""),

@@ -359,3 +359,68 @@ async fn shutdown_drains_in_flight_admissions() {
     assert!(refused.is_err(), "no new connections after shutdown");
     inj.stop(&client).await;
 }
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn forged_reviews_for_namespaces_out_of_scope_are_answered_unchanged_with_no_write() {
+    let (bed, client, ns, inj) = setup("forged").await;
+    // A namespace that never opted in, whose own rule would allow the secret.
+    let plain = namespace(&client, "forged-plain", &[]).await;
+    for n in [&ns, &plain] {
+        bed.put_secret(&format!("{n}/db"), r#"{"pw":"x"}"#).await;
+    }
+    let ca = bed.dir.join("pki/ca.crt");
+    let post = async |namespace: &str| {
+        let review = json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "forged", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "operation": "CREATE", "userInfo": {}, "namespace": namespace,
+                "object": {"metadata": {"name": "p", "annotations": {
+                    "sm-injector.io/env.PW": format!("{namespace}/db#pw")}},
+                    "spec": {"containers": [{"name": "c"}]}}
+            }
+        });
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", "--http1.1", "--cacert"])
+            .arg(&ca)
+            .args(["-H", "Content-Type: application/json", "--data-binary"])
+            .arg(review.to_string())
+            .arg(format!("https://127.0.0.1:{}/mutate", inj.port))
+            .output()
+            .await
+            .expect("curl");
+        let v: Value = serde_json::from_slice(&out.stdout).expect("an AdmissionReview");
+        v["response"].clone()
+    };
+    let managed = async |namespace: &str| {
+        Api::<Secret>::namespaced(client.clone(), namespace)
+            .list(&ListParams::default().labels(MANAGED))
+            .await
+            .unwrap()
+            .items
+            .len()
+    };
+    // Out of scope: not opted in, excluded, no namespace's name.
+    for n in [plain.as_str(), "kube-system", "Bad_Name", "a.b"] {
+        let r = post(n).await;
+        assert_eq!(r["allowed"], json!(true), "{n}: {r}");
+        assert!(r.get("patch").is_none(), "{n}: unchanged, {r}");
+    }
+    assert_eq!(
+        managed(&plain).await,
+        0,
+        "nothing written where it never opted in"
+    );
+    assert_eq!(
+        managed("kube-system").await,
+        0,
+        "nothing written in kube-system"
+    );
+    // The same review for the opted-in namespace is mutated and writes.
+    let r = post(&ns).await;
+    assert!(r.get("patch").is_some(), "{r}");
+    assert_eq!(managed(&ns).await, 1);
+    inj.stop(&client).await;
+}
