@@ -340,7 +340,9 @@ async fn main() {
     std::fs::write(dir.path().join("tls.crt"), &pem.cert).unwrap();
     std::fs::write(dir.path().join("tls.key"), &pem.key).unwrap();
 
-    let lease = format!("--lease-namespace={ns}");
+    // sm-injector's own namespace, which it never injects into.
+    let own = support::namespace(&client, "bench-own", &[]).await;
+    let lease = format!("--lease-namespace={own}");
     let server = support::serve_process(
         bed,
         Path::new(env!("CARGO_BIN_EXE_sm-injector")),

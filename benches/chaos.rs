@@ -191,7 +191,9 @@ async fn main() {
         tenants.push(ns);
     }
     let binary = std::path::Path::new(env!("CARGO_BIN_EXE_sm-injector"));
-    let lease = format!("--lease-namespace={}", tenants[0]);
+    // sm-injector's own namespace, which it never injects into.
+    let own = support::namespace(&client, "chaos-own", &[]).await;
+    let lease = format!("--lease-namespace={own}");
     let server = support::serve_process_at(
         bed,
         binary,
