@@ -34,6 +34,14 @@ pub const VERSIONS: &str = "sm-injector.io/versions";
 /// The keys under `sm-injector.io/` that sm-injector writes itself.
 pub const OUTPUT_KEYS: &[&str] = &[INJECTED, ROTATED_VERSIONS, VERSIONS];
 
+/// The pod's input annotations: under [`PREFIX`], except what sm-injector
+/// writes itself ([`OUTPUT_KEYS`]). None: the pod asks for nothing.
+pub fn inputs(annotations: &BTreeMap<String, String>) -> impl Iterator<Item = (&String, &String)> {
+    annotations
+        .iter()
+        .filter(|(k, _)| k.starts_with(PREFIX) && !OUTPUT_KEYS.contains(&k.as_str()))
+}
+
 /// Namespace annotation of SPEC section 4.
 pub const ALLOWED_SECRETS: &str = "sm-injector.io/allowed-secrets";
 /// Namespace annotation a cluster admin sets to force an immediate refresh:

@@ -95,11 +95,7 @@ impl Namespaces {
         let m = &ns.metadata;
         let annotation = |k: &str| m.annotations.as_ref().and_then(|a| a.get(k));
         Some(NamespaceFacts {
-            opted_in: m
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(INJECT_LABEL))
-                .is_some_and(|v| v == INJECT_ENABLED),
+            opted_in: labelled(&ns),
             rule: AccessRule::for_namespace(namespace, allowed(&ns).map(String::as_str)),
             refresh_now: annotation(REFRESH_NOW).cloned(),
         })
@@ -108,13 +104,6 @@ impl Namespaces {
     /// Whether `namespace` carries `sm-injector.io/inject=enabled`: from the
     /// watched cache, else read (a namespace made a moment ago).
     pub async fn opted_in(&self, namespace: &str) -> Result<bool, String> {
-        let labelled = |ns: &Namespace| {
-            ns.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(INJECT_LABEL))
-                .is_some_and(|v| v == INJECT_ENABLED)
-        };
         if let Some(ns) = self.store.get(&ObjectRef::new(namespace)) {
             return Ok(labelled(&ns));
         }
@@ -140,6 +129,15 @@ impl Namespaces {
             )),
         }
     }
+}
+
+/// Whether the Namespace carries `sm-injector.io/inject=enabled`.
+fn labelled(ns: &Namespace) -> bool {
+    ns.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(INJECT_LABEL))
+        .is_some_and(|v| v == INJECT_ENABLED)
 }
 
 /// The Namespace's `sm-injector.io/allowed-secrets` annotation.

@@ -19,7 +19,7 @@ use crate::decisions::{self, Decision, Decisions};
 use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
 use crate::store::Syncer;
-use crate::{patch, plan};
+use crate::{annotations, patch, plan};
 
 pub struct Webhook {
     pub source: CachedSource,
@@ -163,6 +163,16 @@ impl Webhook {
         else {
             return deny(req, name, Denial::one("the request names no namespace"));
         };
+        // A pod that asks for nothing is answered as it is, without looking
+        // at its namespace.
+        if pod
+            .metadata
+            .annotations
+            .as_ref()
+            .is_none_or(|a| annotations::inputs(a).next().is_none())
+        {
+            return unchanged(req);
+        }
         // Its own inputs: whoever sent the review, nothing is written where
         // the webhook configuration would never send one.
         let in_scope = match self.scope.check_name(namespace) {

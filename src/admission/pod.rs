@@ -59,10 +59,7 @@ pub async fn plan_pod(
     let empty = Default::default();
     let anns = pod.metadata.annotations.as_ref().unwrap_or(&empty);
     // Bounded work whatever a tenant sends: caps checked before the work.
-    let bytes: usize = anns
-        .iter()
-        .filter(|(k, _)| k.starts_with(annotations::PREFIX))
-        .filter(|(k, _)| !annotations::OUTPUT_KEYS.contains(&k.as_str()))
+    let bytes: usize = annotations::inputs(anns)
         .map(|(k, v)| k.len() + v.len())
         .sum();
     let caps = &settings.caps;

@@ -76,42 +76,23 @@ async fn report(
     )
 }
 
-/// `PutSecretValue`: the new version's id.
-async fn rotate(bed: &support::TestBed, secret: &str, value: &str) -> String {
-    bed.aws()
-        .await
-        .put_secret_value()
-        .secret_id(secret)
-        .secret_string(value)
-        .send()
-        .await
-        .unwrap()
-        .version_id()
-        .unwrap()
-        .to_string()
-}
-
-/// sm-injector itself (the release-built binary, webhook and refresher) for
-/// pods in `ns`, with its Lease and inventory in `own`: values cached 1 s,
-/// intervals down to 1 s, a planning tick of 1 s.
+/// sm-injector itself (the binary, webhook and refresher) for pods in `ns`,
+/// with its Lease and inventory in `own` and these `flags`.
 async fn serve(
     bed: &support::TestBed,
     client: &kube::Client,
     ns: &str,
     own: &str,
+    flags: &[&str],
 ) -> support::ServeProcess {
     let lease = format!("--lease-namespace={own}");
+    let mut args = vec![lease.as_str()];
+    args.extend_from_slice(flags);
     let server = support::serve_process(
         bed,
         std::path::Path::new(env!("CARGO_BIN_EXE_sm-injector")),
         &format!("sm-injector-{ns}"),
-        &[
-            &lease,
-            "--cache-ttl=1s",
-            "--min-refresh-interval=1s",
-            "--refresh-tick=1s",
-            "--gc-grace=1h",
-        ],
+        &args,
     )
     .await;
     support::start_url_webhook(bed, client, &format!("pods-{ns}"), server.port, &[ns]).await;
@@ -143,7 +124,8 @@ async fn the_process_reads_every_variable_prefix_and_pinned_version() {
         .next()
         .unwrap()
         .clone();
-    rotate(bed, &secret, r#"{"user":"app","password":"n3w"}"#).await;
+    bed.rotate(&secret, r#"{"user":"app","password":"n3w"}"#)
+        .await;
     let redis = format!("{ns}/redis");
     bed.put_secret(&redis, r#"{"host":"cache","port":6379}"#)
         .await;
@@ -196,7 +178,14 @@ async fn a_rotation_reaches_every_running_replica_and_mounted_files_without_a_re
     let own = support::namespace(&client, "rot-own", &[]).await;
     let secret = format!("{ns}/db");
     bed.put_secret(&secret, r#"{"pw":"v1"}"#).await;
-    let server = serve(bed, &client, &ns, &own).await;
+    // Values cached 1 s, intervals down to 1 s, a planning tick of 1 s.
+    let flags = [
+        "--cache-ttl=1s",
+        "--min-refresh-interval=1s",
+        "--refresh-tick=1s",
+        "--gc-grace=1h",
+    ];
+    let server = serve(bed, &client, &ns, &own, &flags).await;
     let script = report_script(&["PW"]);
     let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
     let web: Deployment = serde_json::from_value(json!({
@@ -271,7 +260,7 @@ async fn a_rotation_reaches_every_running_replica_and_mounted_files_without_a_re
 
     // The secret rotates; an admission (a scale-up) sees v2 first. Every
     // running replica, the old ones too, ends on v2: the Deployment is rolled.
-    rotate(bed, &secret, r#"{"pw":"v2"}"#).await;
+    bed.rotate(&secret, r#"{"pw":"v2"}"#).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     deployments
         .patch(
@@ -332,15 +321,7 @@ async fn a_namespace_made_again_within_the_cache_ttl_runs_its_pods() {
     let secret = format!("{name}/db");
     bed.put_secret(&secret, r#"{"pw":"v1"}"#).await;
     // Values and what was written are remembered for 5 minutes, as shipped.
-    let lease = format!("--lease-namespace={own}");
-    let server = support::serve_process(
-        bed,
-        std::path::Path::new(env!("CARGO_BIN_EXE_sm-injector")),
-        "sm-injector-again",
-        &[&lease, "--cache-ttl=5m"],
-    )
-    .await;
-    support::start_url_webhook(bed, &client, &format!("pods-{name}"), server.port, &[&name]).await;
+    let server = serve(bed, &client, &name, &own, &["--cache-ttl=5m"]).await;
     let p = reporter(
         "app",
         json!({"sm-injector.io/env.PW": format!("{secret}#pw")}),
@@ -394,20 +375,12 @@ async fn the_collector_keeps_what_pending_and_running_pods_use_and_then_deletes_
     let (run, wait) = (format!("{ns}/run"), format!("{ns}/wait"));
     bed.put_secret(&run, r#"{"pw":"r"}"#).await;
     bed.put_secret(&wait, r#"{"pw":"w"}"#).await;
-    let lease = format!("--lease-namespace={own}");
-    let server = support::serve_process(
-        bed,
-        std::path::Path::new(env!("CARGO_BIN_EXE_sm-injector")),
-        &format!("sm-injector-{ns}"),
-        &[
-            &lease,
-            "--gc-grace=3s",
-            "--refresh-tick=1s",
-            "--min-refresh-interval=1s",
-        ],
-    )
-    .await;
-    support::start_url_webhook(bed, &client, &format!("pods-{ns}"), server.port, &[&ns]).await;
+    let flags = [
+        "--gc-grace=3s",
+        "--refresh-tick=1s",
+        "--min-refresh-interval=1s",
+    ];
+    let server = serve(bed, &client, &ns, &own, &flags).await;
     let pods = Api::<Pod>::namespaced(client.clone(), &ns);
     let running = reporter(
         "running",

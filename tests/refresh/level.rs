@@ -130,7 +130,7 @@ async fn an_admission_first_rotation_rolls_once_also_across_a_leader_change() {
     // The secret rotates; before the leader looks again (an hour), the
     // Deployment scales up and an admission fetches v2 first. It leaves the
     // Secret at v1 and tells the leader, which moves it and rolls: once.
-    let v2 = rotate(bed, &secret, r#"{"pw":"v2"}"#).await;
+    let v2 = bed.rotate(&secret, r#"{"pw":"v2"}"#).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     deployments
         .patch(
@@ -151,7 +151,7 @@ async fn an_admission_first_rotation_rolls_once_also_across_a_leader_change() {
     // A leader that moved the Secret to v3 and died before rolling (its
     // write is made here): the next leader rolls, once.
     drop(r1);
-    let v3 = rotate(bed, &secret, r#"{"pw":"v3"}"#).await;
+    let v3 = bed.rotate(&secret, r#"{"pw":"v3"}"#).await;
     let arn =
         backing(&client, &ns).await.metadata.annotations.unwrap()["sm-injector.io/source-arn"]
             .clone();
@@ -344,7 +344,7 @@ async fn a_replica_whose_clock_is_ahead_cannot_roll_a_version_back() {
     assert_eq!(holds(&client, &ns, "pw").await, "v1");
     // The leader (a true clock) moves the Secret to v2.
     let r = start_refresher(bed, &client, None, &own, None).await;
-    rotate(bed, &secret, r#"{"pw":"v2"}"#).await;
+    bed.rotate(&secret, r#"{"pw":"v2"}"#).await;
     eventually(Duration::from_secs(45), "the rotation", || async {
         (holds(&client, &ns, "pw").await == "v2").then_some(())
     })

@@ -188,20 +188,6 @@ async fn warning_event(
     .await
 }
 
-async fn rotate(bed: &TestBed, secret: &str, value: &str) -> String {
-    bed.aws()
-        .await
-        .put_secret_value()
-        .secret_id(secret)
-        .secret_string(value)
-        .send()
-        .await
-        .unwrap()
-        .version_id()
-        .unwrap()
-        .to_string()
-}
-
 #[tokio::test]
 #[ignore = "needs the test bed: run ./tests/run"]
 async fn rotation_reaches_the_backing_secret_and_unchanged_versions_are_not_rewritten() {
@@ -257,7 +243,7 @@ async fn rotation_reaches_the_backing_secret_and_unchanged_versions_are_not_rewr
         "same version: not rewritten"
     );
 
-    let v2 = rotate(bed, &format!("{ns}/db"), r#"{"pw":"two"}"#).await;
+    let v2 = bed.rotate(&format!("{ns}/db"), r#"{"pw":"two"}"#).await;
     eventually(Duration::from_secs(10), "the rotation", || async {
         (holds(&client, &ns, "pw").await == "two").then_some(())
     })
@@ -361,7 +347,7 @@ async fn a_replica_with_a_stale_cache_never_rolls_a_rotation_back() {
     assert!(backing_secrets(&client, &a).await.is_empty());
     // Both rotate; replica Y writes the new versions into `a`.
     for s in [&dry_warmed, &shared_warmed] {
-        rotate(bed, s, r#"{"pw":"v2"}"#).await;
+        bed.rotate(s, r#"{"pw":"v2"}"#).await;
         assert!(admit_directly(bed, y.port, &a, uses(s)).await);
     }
     let held = |s: String| {
@@ -550,7 +536,7 @@ async fn an_outage_leaves_backing_secrets_as_they_are_and_the_alert_fires() {
     );
     drop(down);
 
-    rotate(bed, &format!("{ns}/db"), r#"{"pw":"new"}"#).await;
+    bed.rotate(&format!("{ns}/db"), r#"{"pw":"new"}"#).await;
     let up = start_refresher(bed, &client, None, &own, None).await;
     eventually(Duration::from_secs(30), "refreshing to resume", || async {
         (holds(&client, &ns, "pw").await == "new").then_some(())
@@ -1329,7 +1315,7 @@ async fn an_admin_forces_an_immediate_refresh_with_a_namespace_annotation() {
         )
         .await
         .unwrap();
-    rotate(bed, &format!("{ns}/db"), r#"{"pw":"new"}"#).await;
+    bed.rotate(&format!("{ns}/db"), r#"{"pw":"new"}"#).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         holds(&client, &ns, "pw").await,

@@ -553,18 +553,21 @@ impl TestBed {
     pub fn node(&self) -> &node::Node {
         let node = NODE.get_or_init(|| {
             // Its own thread: it blocks, and may be asked from async code.
-            std::thread::scope(|s| s.spawn(|| node::start(self)).join()).map_err(|p| {
-                p.downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "unknown panic".into())
-            })
+            std::thread::scope(|s| s.spawn(|| node::start(self)).join()).map_err(panic_text)
         });
         match node {
             Ok(n) => n,
             Err(e) => panic!("the test node did not start: {e}"),
         }
     }
+}
+
+/// What a caught panic said.
+fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// The test bed of this test binary, started on first use.
@@ -597,12 +600,7 @@ pub fn testbed() -> &'static TestBed {
                 }
             })
             .unwrap();
-        rx.recv().unwrap().map_err(|p| {
-            p.downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into())
-        })
+        rx.recv().unwrap().map_err(panic_text)
     });
     match bed {
         Ok(bed) => bed,
@@ -652,6 +650,21 @@ impl TestBed {
             .await
             .unwrap_or_else(|e| panic!("CreateSecret {name}: {e:?}"));
         out.arn().unwrap().to_string()
+    }
+
+    /// `PutSecretValue`: a new AWSCURRENT version; returns its id.
+    pub async fn rotate(&self, name: &str, value: &str) -> String {
+        self.aws()
+            .await
+            .put_secret_value()
+            .secret_id(name)
+            .secret_string(value)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("PutSecretValue {name}: {e:?}"))
+            .version_id()
+            .unwrap()
+            .to_string()
     }
 
     /// A serving certificate for 127.0.0.1 signed by the cluster CA.

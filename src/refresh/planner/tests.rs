@@ -35,6 +35,15 @@ fn facts(ns: &str) -> Option<NamespaceFacts> {
     })
 }
 
+/// A namespace that may read every secret named `s*`.
+fn open(ns: &str) -> Option<NamespaceFacts> {
+    Some(NamespaceFacts {
+        opted_in: true,
+        rule: AccessRule::for_namespace(ns, Some("s*")),
+        refresh_now: None,
+    })
+}
+
 fn t(s: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_800_000_000 + s)
 }
@@ -255,13 +264,6 @@ fn refresh_now_forces_the_named_secret_once_per_value() {
 fn an_interval_costs_about_one_call_per_twenty_secrets() {
     // 500 backing Secrets of 50 secrets (each in 10 namespaces), admitted
     // over 60 s: copies of one secret first come due far apart.
-    let open = |ns: &str| {
-        Some(NamespaceFacts {
-            opted_in: true,
-            rule: AccessRule::for_namespace(ns, Some("s*")),
-            refresh_now: None,
-        })
-    };
     let mut p = Planner::new(TICK);
     let minute = Duration::from_secs(60);
     p.plan(&BTreeMap::new(), open, &Marks::new(), None, t(0));
@@ -347,13 +349,6 @@ fn a_key_that_comes_back_or_is_nudged_is_due_at_once() {
 
 #[test]
 fn a_failing_copy_keeps_its_own_backoff_while_its_siblings_are_fetched() {
-    let open = |ns: &str| {
-        Some(NamespaceFacts {
-            opted_in: true,
-            rule: AccessRule::for_namespace(ns, Some("s*")),
-            refresh_now: None,
-        })
-    };
     let mut p = Planner::new(TICK);
     let (a, b) = (key("n1", "a"), key("n2", "a"));
     let in_use = BTreeMap::from([
@@ -399,13 +394,6 @@ fn batches_fill_up_whatever_order_the_keys_appeared_in() {
     // 130 secrets, each in 4 namespaces, admitted one by one over a minute
     // while the leader already leads (as in ./tests/scale): the first checks
     // come due in a trickle.
-    let open = |ns: &str| {
-        Some(NamespaceFacts {
-            opted_in: true,
-            rule: AccessRule::for_namespace(ns, Some("s*")),
-            refresh_now: None,
-        })
-    };
     let minute = Duration::from_secs(60);
     let mut p = Planner::new(Duration::from_secs(5));
     p.plan(&BTreeMap::new(), open, &Marks::new(), None, t(0));
