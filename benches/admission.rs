@@ -3,8 +3,8 @@
 //! `./tests/bench` starts the test bed and two servers, each pinned to CPU 0:
 //! the release `sm-injector serve` (as in a cluster: KUBECONFIG,
 //! AWS_ENDPOINT_URL_SECRETS_MANAGER to moto) and `examples/noop_webhook.rs`,
-//! a webhook built from the same crates that only decodes the review and
-//! answers a one-operation patch. `wrk` (Debian's), pinned to CPU 1, posts
+//! the minimal floor: the same stack, finding only the request's uid
+//! (borrowed from the body) and answering a fixed one-operation patch. `wrk` (Debian's), pinned to CPU 1, posts
 //! AdmissionReviews over TLS with HTTP/1.1 keep-alive (what kube-apiserver
 //! speaks to webhooks) for 5 s at 1 and 8 connections, flat out, and at 8
 //! connections paced (4 ms between an answer and the next request, the same
@@ -21,7 +21,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -168,30 +168,35 @@ struct Run {
 
 /// `wrk` on CPU 1 against `port` for SECONDS with `conns` connections. With
 /// `BENCH_PERF=<file>`, the server is also sampled by `perf record` (cpu-clock,
-/// call graphs) into `<file>-<pid>-<row>`.
+/// call graphs) into `<file>-<pid>-<row>`; `BENCH_PERF_ROW=<row>` (`seed-8`,
+/// `20 refs-8 paced`, ...) samples that row only.
 fn wrk(port: u16, pid: u32, body: &Path, script: &Path, conns: usize, row: &str) -> Run {
-    let perf = std::env::var("BENCH_PERF").ok().map(|f| {
-        Command::new("perf")
-            .args([
-                "record",
-                "-q",
-                "-e",
-                "cpu-clock",
-                "-F",
-                "999",
-                "--call-graph",
-                "dwarf,16384",
-                "-p",
-                &pid.to_string(),
-                "-o",
-            ])
-            .arg(format!("{f}-{pid}-{}", row.replace(' ', "-")))
-            .args(["--", "sleep", &SECONDS.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("perf")
-    });
+    let sampled = std::env::var("BENCH_PERF_ROW").map_or(true, |r| r == row);
+    let perf = std::env::var("BENCH_PERF")
+        .ok()
+        .filter(|_| sampled)
+        .map(|f| {
+            Command::new("perf")
+                .args([
+                    "record",
+                    "-q",
+                    "-e",
+                    "cpu-clock",
+                    "-F",
+                    "999",
+                    "--call-graph",
+                    "dwarf,16384",
+                    "-p",
+                    &pid.to_string(),
+                    "-o",
+                ])
+                .arg(format!("{f}-{pid}-{}", row.replace(' ', "-")))
+                .args(["--", "sleep", &SECONDS.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("perf")
+        });
     let cpu0 = cpu_seconds(pid);
     let out = Command::new("taskset")
         .args([
@@ -268,23 +273,6 @@ async fn create_pods(
     (percentile(&lat, 0.5), percentile(&lat, 0.99), failures)
 }
 
-fn noop_binary() -> PathBuf {
-    // target/release/deps/admission-... -> target/release/examples/noop_webhook
-    let exe = std::env::current_exe().unwrap();
-    let p = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/noop_webhook");
-    assert!(
-        p.is_file(),
-        "{} is missing: cargo build --release --example noop_webhook",
-        p.display()
-    );
-    p
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -336,9 +324,6 @@ async fn main() {
         format!("{WRK_SCRIPT}\nfunction delay() return {PACE_MS} end\n"),
     )
     .unwrap();
-    let pem = bed.serving_cert();
-    std::fs::write(dir.path().join("tls.crt"), &pem.cert).unwrap();
-    std::fs::write(dir.path().join("tls.key"), &pem.key).unwrap();
 
     // sm-injector's own namespace, which it never injects into.
     let own = support::namespace(&client, "bench-own", &[]).await;
@@ -359,19 +344,7 @@ async fn main() {
         &[&lease, "--decision-cache-bytes=0"],
     )
     .await;
-    let noop_port = support::free_port();
-    let noop = support::spawn(
-        &bed.dir,
-        "noop-webhook",
-        &noop_binary(),
-        &[
-            format!("127.0.0.1:{noop_port}"),
-            dir.path().join("tls.crt").display().to_string(),
-            dir.path().join("tls.key").display().to_string(),
-        ],
-    );
-    let noop_pid = noop.id();
-    std::mem::forget(noop);
+    let (noop_port, noop_pid) = support::start_noop_webhook(bed, dir.path());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = rss_mib(server.pid);
     pin(server.pid, 0);

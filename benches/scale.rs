@@ -2,13 +2,17 @@
 //! N namespaces x P pods, each namespace using 5 of S secrets.
 //!
 //! `./tests/scale N P S` (default 100 10 50) runs the release `sm-injector
-//! serve` as its own process and prints: pod creation latency p50/p99 without
-//! and with the webhook (16 concurrent clients), Secrets Manager calls during
-//! admission and per refresh interval, the time a rotation of every secret
+//! serve` as its own process and prints: what a pod creation costs the
+//! cluster with no webhook, with the minimal no-op webhook and with
+//! sm-injector (`scale/cost.rs`: latency, CPU by process, API requests, etcd
+//! bytes, watch events, Secrets Manager calls; first pods of a namespace
+//! apart), Secrets Manager calls per refresh interval, the time a rotation of every secret
 //! takes to reach every backing Secret, the API requests on pods, secrets,
 //! configmaps and namespaces during an idle minute (from the API server's own
 //! `apiserver_request_total`), and sm-injector's RSS.
 
+#[path = "scale/cost.rs"]
+mod cost;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -42,59 +46,16 @@ fn rss_mib(pid: u32) -> (f64, f64) {
 async fn api_requests(client: &kube::Client) -> BTreeMap<(String, String), f64> {
     let req = http::Request::get("/metrics").body(vec![]).unwrap();
     let text = client.request_text(req).await.unwrap();
-    let mut out = BTreeMap::new();
-    for l in text
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-    {
-        let label = |k: &str| {
-            let i = l.find(&format!("{k}=\""))? + k.len() + 2;
-            Some(l[i..].split('"').next()?.to_string())
-        };
-        let (Some(verb), Some(res)) = (label("verb"), label("resource")) else {
-            continue;
-        };
-        if !["pods", "secrets", "configmaps", "namespaces"].contains(&res.as_str()) {
-            continue;
-        }
-        let v: f64 = l
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        *out.entry((verb, res)).or_default() += v;
-    }
-    out
-}
-
-fn pct(mut v: Vec<f64>, p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or(0.0)
-}
-
-/// Creates the pods with CLIENTS concurrent clients; returns each latency in ms.
-async fn create_pods(client: &kube::Client, pods: Vec<(String, Pod)>) -> Vec<f64> {
-    futures::stream::iter(pods)
-        .map(|(ns, p)| {
-            let api = Api::<Pod>::namespaced(client.clone(), &ns);
-            async move {
-                let t = Instant::now();
-                api.create(&PostParams::default(), &p)
-                    .await
-                    .expect("pod created");
-                t.elapsed().as_secs_f64() * 1000.0
-            }
-        })
-        .buffer_unordered(CLIENTS)
+    cost::samples(&text, "apiserver_request_total", &["verb", "resource"])
+        .into_iter()
+        .filter(|(k, _)| ["pods", "secrets", "configmaps", "namespaces"].contains(&k[1].as_str()))
+        .map(|(k, v)| ((k[0].clone(), k[1].clone()), v))
         .collect()
-        .await
 }
 
 fn pod(i: usize, annotations: serde_json::Value) -> Pod {
     serde_json::from_value(json!({
-        "metadata": {"name": format!("p{i}"), "annotations": annotations},
+        "metadata": {"name": format!("p{i}"), "labels": {"app": "scale"}, "annotations": annotations},
         "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1"}]}
     }))
     .unwrap()
@@ -124,16 +85,26 @@ async fn main() {
             .await
             .unwrap();
     }
-    let namespaces: Vec<String> = (0..n_ns).map(|i| format!("scale{run}-{i}")).collect();
+    // The same namespaces and pods three times: for sm-injector, for the
+    // no-op webhook, and for none (the label `scale-way` picks the webhook).
+    let ways = ["sm-injector", "no-op", "none"];
+    let ns_of = |way: &str, i: usize| match way {
+        "sm-injector" => format!("scale{run}-{i}"),
+        w => format!("scale{run}-{w}-{i}"),
+    };
+    let every_ns: Vec<(&str, String)> = ways
+        .iter()
+        .flat_map(|w| (0..n_ns).map(move |i| (*w, ns_of(w, i))))
+        .collect();
     let ns_api = Api::<Namespace>::all(client.clone());
     let allowed = format!("scale{run}/*");
-    futures::stream::iter(namespaces.iter().chain([&format!("scale{run}-plain")]))
-        .for_each_concurrent(CLIENTS, |ns| {
+    futures::stream::iter(every_ns.iter())
+        .for_each_concurrent(CLIENTS, |(way, ns)| {
             let ns_api = ns_api.clone();
             let allowed = allowed.clone();
             async move {
                 let n: Namespace = serde_json::from_value(json!({"metadata": {"name": ns,
-                    "labels": {"sm-injector.io/inject": "enabled", "scale-bench": run.to_string()},
+                    "labels": {"sm-injector.io/inject": "enabled", "scale-bench": run.to_string(), "scale-way": way},
                     "annotations": {"sm-injector.io/allowed-secrets": allowed}}}))
                 .unwrap();
                 ns_api.create(&PostParams::default(), &n).await.unwrap();
@@ -159,16 +130,10 @@ async fn main() {
                         .is_some_and(|n| n.starts_with(&format!("scale{run}-")))
                 })
                 .count();
-            (have > n_ns).then_some(())
+            (have >= every_ns.len()).then_some(())
         },
     )
     .await;
-
-    // Without the webhook: the API server's own cost of a pod.
-    let plain: Vec<(String, Pod)> = (0..200.min(n_ns * per_ns))
-        .map(|i| (format!("scale{run}-plain"), pod(i, json!({}))))
-        .collect();
-    let without = create_pods(&client, plain).await;
 
     let binary = std::path::Path::new(env!("CARGO_BIN_EXE_sm-injector"));
     let lease_ns = support::namespace(&client, "scale-lease", &[]).await;
@@ -191,68 +156,127 @@ async fn main() {
         &env,
     )
     .await;
-    let config: k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": format!("scale-{run}")},
-        "webhooks": [{
-            "name": "pods.sm-injector.io", "admissionReviewVersions": ["v1"], "sideEffects": "NoneOnDryRun",
-            "failurePolicy": "Fail", "reinvocationPolicy": "IfNeeded", "timeoutSeconds": 10,
-            "clientConfig": {"url": format!("https://127.0.0.1:{}/mutate", server.port), "caBundle": bed.ca_bundle_b64()},
-            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
-            "namespaceSelector": {"matchLabels": {"sm-injector.io/inject": "enabled", "scale-bench": run.to_string()},
-                "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": [format!("scale{run}-plain")]}]}
-        }]
-    }))
-    .unwrap();
-    Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
-        client.clone(),
-    )
-    .create(&PostParams::default(), &config)
-    .await
-    .unwrap();
-    let first_ns = namespaces[0].clone();
-    support::eventually(
-        Duration::from_secs(30),
-        "the webhook to take effect",
-        || async {
-            let dry = PostParams {
-                dry_run: true,
-                ..Default::default()
-            };
-            let p = pod(
-                999_999,
-                json!({"sm-injector.io/env.X": format!("{}#pw", secret(0))}),
-            );
-            let out = Api::<Pod>::namespaced(client.clone(), &first_ns)
-                .create(&dry, &p)
-                .await
-                .ok()?;
-            out.metadata
-                .labels?
-                .contains_key("sm-injector.io/injected")
-                .then_some(())
-        },
-    )
-    .await;
-
-    let aws0 = metric(server.probe, "sm_injector_secretsmanager_calls_total").await;
-    let mut pods = vec![];
-    for (i, ns) in namespaces.iter().enumerate() {
-        let mut ann = serde_json::Map::new();
-        for j in 0..PER_NS {
-            ann.insert(
-                format!("sm-injector.io/env.V{j}"),
-                json!(format!("{}#pw", secret((i * PER_NS + j) % n_secrets))),
-            );
-        }
-        ann.insert("sm-injector.io/refresh-interval".into(), json!(INTERVAL));
-        for p in 0..per_ns {
-            pods.push((ns.clone(), pod(p, serde_json::Value::Object(ann.clone()))));
-        }
+    // The minimal no-op webhook, registered the same way for its namespaces.
+    let certs = tempfile::tempdir().unwrap();
+    let (noop_port, noop_pid) = support::start_noop_webhook(bed, certs.path());
+    for (way, port) in [("sm-injector", server.port), ("no-op", noop_port)] {
+        let config: k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration = serde_json::from_value(json!({
+            "metadata": {"name": format!("scale-{run}-{way}")},
+            "webhooks": [{
+                "name": "pods.sm-injector.io", "admissionReviewVersions": ["v1"], "sideEffects": "NoneOnDryRun",
+                "failurePolicy": "Fail", "reinvocationPolicy": "IfNeeded", "timeoutSeconds": 10,
+                "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate"), "caBundle": bed.ca_bundle_b64()},
+                "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+                // As shipped (manifests/mutatingwebhookconfiguration.yaml).
+                "matchConditions": [{"name": "has-sm-injector-annotations", "expression":
+                    "has(object.metadata.annotations) && object.metadata.annotations.exists(k, k.startsWith('sm-injector.io/'))"}],
+                "namespaceSelector": {"matchLabels": {"sm-injector.io/inject": "enabled", "scale-bench": run.to_string(), "scale-way": way}}
+            }]
+        }))
+        .unwrap();
+        Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
+            client.clone(),
+        )
+        .create(&PostParams::default(), &config)
+        .await
+        .unwrap();
     }
-    let t = Instant::now();
-    let with = create_pods(&client, pods).await;
-    let create_s = t.elapsed().as_secs_f64();
-    let aws_admission = metric(server.probe, "sm_injector_secretsmanager_calls_total").await - aws0;
+    for (way, label) in [
+        ("sm-injector", "sm-injector.io/injected"),
+        ("no-op", "noop"),
+    ] {
+        let ns = ns_of(way, 0);
+        support::eventually(
+            Duration::from_secs(30),
+            &format!("the {way} webhook to take effect"),
+            || async {
+                let dry = PostParams {
+                    dry_run: true,
+                    ..Default::default()
+                };
+                let p = pod(
+                    999_999,
+                    json!({"sm-injector.io/env.X": format!("{}#pw", secret(0))}),
+                );
+                match Api::<Pod>::namespaced(client.clone(), &ns)
+                    .create(&dry, &p)
+                    .await
+                {
+                    Ok(out) => out.metadata.labels?.contains_key(label).then_some(()),
+                    Err(e) => {
+                        eprintln!("{way}: {e}");
+                        None
+                    }
+                }
+            },
+        )
+        .await;
+    }
+
+    // Each namespace's pods reference 5 of the secrets; the same pods in every way.
+    let pods_of = |way: &str, wave: std::ops::Range<usize>| -> Vec<(String, Pod)> {
+        let mut pods = vec![];
+        for i in 0..n_ns {
+            let mut ann = serde_json::Map::new();
+            for j in 0..PER_NS {
+                ann.insert(
+                    format!("sm-injector.io/env.V{j}"),
+                    json!(format!("{}#pw", secret((i * PER_NS + j) % n_secrets))),
+                );
+            }
+            ann.insert("sm-injector.io/refresh-interval".into(), json!(INTERVAL));
+            for p in wave.clone() {
+                pods.push((
+                    ns_of(way, i),
+                    pod(p, serde_json::Value::Object(ann.clone())),
+                ));
+            }
+        }
+        pods
+    };
+    let procs = cost::Processes {
+        columns: vec![
+            (
+                "kube-apiserver",
+                support::child_pid("kube-apiserver").unwrap(),
+            ),
+            ("etcd", support::child_pid("etcd").unwrap()),
+            ("sm-injector", server.pid),
+            ("no-op", noop_pid),
+        ],
+        sm_probe: server.probe,
+        etcd_port: bed.etcd_port,
+    };
+    // Each wave in CHUNKS chunks per way, the ways taking turns.
+    const CHUNKS: usize = 4;
+    const WAYS: [&str; 3] = ["none", "no-op", "sm-injector"];
+    let mut rows: Vec<cost::Row> = vec![];
+    for (wave, range) in [("first of namespace", 0..1), ("the others", 1..per_ns)] {
+        let mut by_way: Vec<Vec<(String, Pod)>> =
+            WAYS.iter().map(|w| pods_of(w, range.clone())).collect();
+        let chunk = by_way[0].len().div_ceil(CHUNKS).max(1);
+        let mut wave_rows: Vec<Option<cost::Row>> = vec![None, None, None];
+        while by_way.iter().any(|p| !p.is_empty()) {
+            for (i, way) in WAYS.into_iter().enumerate() {
+                let take = chunk.min(by_way[i].len());
+                let pods: Vec<(String, Pod)> = by_way[i].drain(..take).collect();
+                if pods.is_empty() {
+                    continue;
+                }
+                let r = cost::wave(&client, &procs, (way, wave), pods, CLIENTS).await;
+                match &mut wave_rows[i] {
+                    Some(row) => row.absorb(r),
+                    None => wave_rows[i] = Some(r),
+                }
+            }
+        }
+        rows.extend(wave_rows.into_iter().flatten());
+    }
+    let aws_admission: f64 = rows
+        .iter()
+        .filter(|r| r.way == "sm-injector")
+        .map(|r| r.aws_calls)
+        .sum();
     let backing_total = n_ns * PER_NS.min(n_secrets);
 
     // Idle: nothing due for a minute after the leader's first checks.
@@ -334,14 +358,7 @@ async fn main() {
         "sm-injector scale benchmark: {n_ns} namespaces x {per_ns} pods = {} pods, {n_secrets} secrets, {PER_NS} per namespace = {backing_total} backing Secrets, refresh-interval {INTERVAL}",
         n_ns * per_ns
     );
-    println!(
-        "pod creation, {CLIENTS} clients: without webhook p50 {:.1} ms p99 {:.1} ms; with sm-injector p50 {:.1} ms p99 {:.1} ms ({:.0} pods/s)",
-        pct(without.clone(), 0.5),
-        pct(without, 0.99),
-        pct(with.clone(), 0.5),
-        pct(with.clone(), 0.99),
-        with.len() as f64 / create_s
-    );
+    cost::print(&procs, &rows, CLIENTS);
     println!("Secrets Manager calls during admission: {aws_admission}");
     println!(
         "rotation of all {n_secrets} secrets reached all {backing_total} backing Secrets in {rotated:.1} s (interval 60 s)"

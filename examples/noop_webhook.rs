@@ -1,42 +1,47 @@
-//! The floor for `benches/admission.rs`: a mutating webhook built from the
-//! same crates as sm-injector (axum, axum-server with rustls on aws-lc-rs,
-//! kube's admission types, serde_json, json-patch, mimalloc, the same release
-//! profile) that does nothing but the unavoidable: reads the body, decodes
-//! the AdmissionReview as kube's generic `DynamicObject` review, and answers
-//! with a one-operation patch (base64, as sm-injector writes it).
+//! The minimal floor for `benches/admission.rs`: a mutating webhook on the
+//! same stack as sm-injector (axum, axum-server with rustls on aws-lc-rs,
+//! HTTP/1.1, serde_json, mimalloc, the same release profile) that does only
+//! what no webhook can avoid: reads the body, finds the request's `uid`
+//! (borrowed from the body; the rest of the review is parsed past, not
+//! built), and answers a fixed one-operation patch.
 //!
 //! `noop_webhook <listen addr> <tls.crt> <tls.key>`
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::post;
-use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use serde::Deserialize;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[derive(Deserialize)]
+struct Review<'a> {
+    #[serde(borrow)]
+    request: Request<'a>,
+}
+
+#[derive(Deserialize)]
+struct Request<'a> {
+    uid: &'a str,
+}
+
+/// `[{"op":"add","path":"/metadata/labels/noop","value":"yes"}]`, base64.
+const PATCH: &str =
+    "W3sib3AiOiJhZGQiLCJwYXRoIjoiL21ldGFkYXRhL2xhYmVscy9ub29wIiwidmFsdWUiOiJ5ZXMifV0=";
+
 async fn mutate(body: Bytes) -> axum::response::Response {
-    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(&body) {
+    let review: Review = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return (axum::http::StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
-    let req: AdmissionRequest<DynamicObject> = match review.try_into() {
-        Ok(r) => r,
-        Err(_) => return (axum::http::StatusCode::BAD_REQUEST, "no request").into_response(),
-    };
-    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
-        {"op": "add", "path": "/metadata/labels/noop", "value": "yes"}
-    ]))
-    .unwrap();
-    let response = AdmissionResponse::from(&req).with_patch(patch).unwrap();
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        sm_injector::wire::encode(&response),
-    )
-        .into_response()
+    let answer = format!(
+        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{{"uid":"{}","allowed":true,"patchType":"JSONPatch","patch":"{PATCH}"}}}}"#,
+        review.request.uid
+    );
+    ([(header::CONTENT_TYPE, "application/json")], answer).into_response()
 }
 
 #[tokio::main]
@@ -49,12 +54,25 @@ async fn main() {
         eprintln!("usage: noop_webhook <listen addr> <tls.crt> <tls.key>");
         std::process::exit(2);
     };
-    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-        .await
+    // HTTP/1.1 by ALPN, as sm-injector's server: axum-server's default
+    // offers h2 too, which the API server then speaks to an HTTP/1.1 server.
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
         .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls = axum_server::tls_rustls::RustlsConfig::from_config(std::sync::Arc::new(config));
     let app = Router::new().route("/mutate", post(mutate));
     let addr: std::net::SocketAddr = listen.parse().unwrap();
     axum_server::bind_rustls(addr, tls)
+        .http1_only()
         .serve(app.into_make_service())
         .await
         .unwrap();

@@ -100,13 +100,73 @@ pub fn arn_scope(arn: &str) -> Option<String> {
     Some(format!("{region}:{account}"))
 }
 
+/// Whether `arn` is a Secrets Manager ARN of the secret named `secret`: its
+/// resource is `secret:<secret>` with AWS's six-character suffix
+/// (`-AbCdEf`), or without it (a partial ARN). A record's entry pairs a name
+/// (what the access rule is checked against) with an ARN (what is fetched):
+/// the two must name the same secret.
+pub fn arn_names(arn: &str, secret: &str) -> bool {
+    let mut parts = arn.splitn(7, ':');
+    let (
+        Some("arn"),
+        Some(_),
+        Some("secretsmanager"),
+        Some(_),
+        Some(_),
+        Some("secret"),
+        Some(rest),
+    ) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    )
+    else {
+        return false;
+    };
+    rest == secret
+        || rest
+            .strip_prefix(secret)
+            .and_then(|s| s.strip_prefix('-'))
+            .is_some_and(|s| s.len() == 6 && s.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
 /// [`name`] for a secret that a reference named by ARN: the ARN's scope
-/// ([`arn_scope`]) goes into the hash.
+/// ([`arn_scope`]) goes into the hash, which is 64 bits (16 hex digits): a
+/// tenant cannot search out two references whose backing Secrets share a
+/// name, as it could the 32 bits of earlier releases ([`legacy_name_scoped`]).
 pub fn name_scoped(
     secret_name: &str,
     scope: Option<&str>,
     version: &Version,
     form: Form,
+) -> String {
+    derive(secret_name, scope, version, form, 8)
+}
+
+/// The name earlier releases gave (a 32-bit hash): backing Secrets and pod
+/// records written by them are still taken for what they are, until their
+/// pods are gone and they are collected; new pods get [`name_scoped`].
+pub fn legacy_name_scoped(
+    secret_name: &str,
+    scope: Option<&str>,
+    version: &Version,
+    form: Form,
+) -> String {
+    derive(secret_name, scope, version, form, 4)
+}
+
+/// `sm-<readable>-<hash>` with `hash_bytes` of the SHA-256, in at most 63
+/// characters.
+fn derive(
+    secret_name: &str,
+    scope: Option<&str>,
+    version: &Version,
+    form: Form,
+    hash_bytes: usize,
 ) -> String {
     let mut readable = dns_part(secret_name);
     match version {
@@ -136,16 +196,16 @@ pub fn name_scoped(
     h.update([0]);
     h.update(form.as_str().as_bytes());
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    // 63 - "sm-" - "-" - 8 hex = 51
-    readable.truncate(51);
+    // 63 - "sm-" - "-" - the hash's hex digits
+    readable.truncate(63 - 4 - 2 * hash_bytes);
     let readable = readable.trim_matches('-');
-    let mut out = String::with_capacity(3 + readable.len() + 9);
+    let mut out = String::with_capacity(4 + readable.len() + 2 * hash_bytes);
     out.push_str("sm-");
     if !readable.is_empty() {
         out.push_str(readable);
         out.push('-');
     }
-    for b in &h.finalize()[..4] {
+    for b in &h.finalize()[..hash_bytes] {
         out.push(HEX[usize::from(b >> 4)] as char);
         out.push(HEX[usize::from(b & 15)] as char);
     }
@@ -215,7 +275,7 @@ mod tests {
         let cur = Version::current();
         let n = name("arrakis/discord", &cur, Form::Keys);
         assert!(n.starts_with("sm-arrakis-discord-"), "{n}");
-        assert_eq!(n.len(), "sm-arrakis-discord-".len() + 8);
+        assert_eq!(n.len(), "sm-arrakis-discord-".len() + 16);
         let prev = name(
             "arrakis/discord",
             &Version::Stage("AWSPREVIOUS".into()),
@@ -268,12 +328,41 @@ mod tests {
         assert_eq!(
             names,
             [
+                "sm-arrakis-discord-4ce282e9f42db0fd",
+                "sm-arrakis-discord-pinned-raw-9395d8814dbf24ad",
+                "sm-db-awsprevious-4a6e8a6027e68965",
+                "sm-83c742a1661e2fd0"
+            ]
+        );
+        // What earlier releases named them is still derived, for their records.
+        let legacy = [
+            legacy_name_scoped("arrakis/discord", None, &Version::current(), Form::Keys),
+            legacy_name_scoped(
+                "arrakis/discord",
+                None,
+                &Version::Id("abc".into()),
+                Form::Raw,
+            ),
+            legacy_name_scoped(
+                "db",
+                Some("eu-west-1:123456789012"),
+                &Version::Stage("AWSPREVIOUS".into()),
+                Form::Keys,
+            ),
+            legacy_name_scoped("@@", None, &Version::current(), Form::Keys),
+        ];
+        assert_eq!(
+            legacy,
+            [
                 "sm-arrakis-discord-4ce282e9",
                 "sm-arrakis-discord-pinned-raw-9395d881",
                 "sm-db-awsprevious-4a6e8a60",
                 "sm-83c742a1"
             ]
         );
+        // Long names still fit a DNS label, the full hash kept.
+        let long = name(&"x".repeat(300), &Version::current(), Form::Raw);
+        assert_eq!(long.len(), 63, "{long}");
     }
 
     #[test]

@@ -9,30 +9,70 @@ use futures::future::{FutureExt, join_all};
 use crate::fetch::{CachedResults, FetchError, FetchKey, TenantKey};
 use crate::lookup::Hashing;
 use crate::metrics::Metrics;
+use crate::quota::Quota;
 use crate::secret::SecretValue;
 use crate::source::SecretSource;
 
 /// A TTL cache in front of a [`SecretSource`]. Keys missing at the same time are
-/// asked for in one `fetch` (so one batch call), and concurrent misses of the same
-/// key by the same tenant (namespace) share one load. Values are kept per
-/// tenant, so that one tenant's slow or failing secret, fetched in a batch with
-/// a secret another tenant also reads, never stalls that other tenant's
-/// admission (a secret several namespaces may read is fetched once per
-/// namespace and TTL). Definite refusals (not found, access denied, any other
-/// refusal) are remembered for a shorter time, so that retried pods and dry runs
-/// do not spend the account's quota; transient errors are not remembered.
+/// asked for in one `fetch` (so one batch call).
+///
+/// **Values are shared, loads are not.** A value read for one namespace is
+/// served to any other namespace whose rules allow the same secret (policy
+/// is checked before the cache is asked), so Secrets Manager reads scale with
+/// distinct secrets, and a secret's bytes are kept once. Concurrent misses of
+/// the same key by the same tenant share one load; a tenant never waits on
+/// another tenant's load: when two namespaces miss the same secret at the
+/// same moment each makes its own call. That keeps the fairness property:
+/// one tenant's slow or failing secret, fetched in a batch with a secret
+/// another tenant also reads, never stalls that other tenant's admission.
+/// Definite refusals (not found, access denied, any other refusal) are
+/// remembered per tenant for a shorter time, so that retried pods and dry
+/// runs do not spend the account's quota; transient errors are not remembered.
 #[derive(Clone)]
 pub struct CachedSource {
     inner: Arc<dyn SecretSource>,
-    cache: moka::future::Cache<(Arc<str>, FetchKey), Arc<SecretValue>, Hashing>,
-    negative: moka::future::Cache<FetchKey, FetchError, Hashing>,
+    /// Secret values, for every tenant.
+    values: moka::future::Cache<FetchKey, Arc<SecretValue>, Hashing>,
+    /// Loads in flight, per tenant: the single-flight of concurrent misses.
+    /// An entry is dropped by its waiters once the value is in `values`.
+    loading: moka::future::Cache<(Arc<str>, FetchKey), Arc<SecretValue>, Hashing>,
+    /// Definite refusals of one secret, per tenant.
+    negative: moka::future::Cache<(Arc<str>, FetchKey), FetchError, Hashing>,
     metrics: Metrics,
+    /// What each namespace may spend of the account's quota.
+    quota: Option<Quota>,
 }
 
 /// The default time a definite refusal is remembered.
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(30);
 
-fn negative_cache(ttl: Duration) -> moka::future::Cache<FetchKey, FetchError, Hashing> {
+/// The default bytes of secret values kept ([`SecretValue::weight`]).
+pub const DEFAULT_MAX_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Secret values for `ttl`, at most `bytes` of them ([`SecretValue::weight`]).
+fn value_cache(
+    ttl: Duration,
+    bytes: u64,
+) -> moka::future::Cache<FetchKey, Arc<SecretValue>, Hashing> {
+    moka::future::Cache::builder()
+        .max_capacity(bytes)
+        .weigher(|_, v: &Arc<SecretValue>| v.weight())
+        .time_to_live(ttl)
+        .build_with_hasher(Hashing::default())
+}
+
+/// Per-tenant single-flight: entries live only between a load's end and its
+/// waiters' taking it (a second at most, should a waiter be cancelled).
+fn loading_cache(
+    ttl: Duration,
+) -> moka::future::Cache<(Arc<str>, FetchKey), Arc<SecretValue>, Hashing> {
+    moka::future::Cache::builder()
+        .max_capacity(100_000)
+        .time_to_live(ttl.min(Duration::from_secs(1)))
+        .build_with_hasher(Hashing::default())
+}
+
+fn negative_cache(ttl: Duration) -> moka::future::Cache<(Arc<str>, FetchKey), FetchError, Hashing> {
     moka::future::Cache::builder()
         .max_capacity(100_000)
         .time_to_live(ttl)
@@ -43,13 +83,29 @@ impl CachedSource {
     pub fn new(inner: Arc<dyn SecretSource>, ttl: Duration, metrics: Metrics) -> Self {
         CachedSource {
             inner,
-            cache: moka::future::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(ttl)
-                .build_with_hasher(Hashing::default()),
+            values: value_cache(ttl, DEFAULT_MAX_BYTES),
+            loading: loading_cache(ttl),
             negative: negative_cache(NEGATIVE_TTL),
             metrics,
+            quota: None,
         }
+    }
+
+    /// Charges each namespace's misses to its budget in `quota`.
+    pub fn with_quota(mut self, quota: Quota) -> Self {
+        self.quota = Some(quota);
+        self
+    }
+
+    /// Keeps at most `bytes` of secret values ([`SecretValue::weight`]).
+    pub fn with_max_bytes(mut self, bytes: u64) -> Self {
+        let ttl = self
+            .values
+            .policy()
+            .time_to_live()
+            .expect("built with a TTL");
+        self.values = value_cache(ttl, bytes);
+        self
     }
 
     /// Remembers definite refusals for `ttl` (zero: not at all).
@@ -58,18 +114,19 @@ impl CachedSource {
         self
     }
 
-    /// Forgets `keys`: the next lookup asks the source (a writer found that a
-    /// backing Secret holds a later observation than the cached value).
+    /// Forgets `keys`, for every tenant: the next lookup asks the source (a
+    /// writer found that a backing Secret holds a later observation than the
+    /// cached value).
     pub async fn invalidate(&self, tenant: &str, keys: &[FetchKey]) {
-        let tenant: Arc<str> = tenant.into();
         for k in keys {
-            self.cache.invalidate(&(tenant.clone(), k.clone())).await;
+            self.values.invalidate(k).await;
+            self.loading.invalidate(&TenantKey(tenant, k)).await;
         }
     }
 
-    /// The value of `key` the cache holds for `tenant`, if fresh (no fetch).
-    pub async fn cached(&self, tenant: &str, key: &FetchKey) -> Option<Arc<SecretValue>> {
-        self.cache.get(&TenantKey(tenant, key)).await
+    /// The value of `key` the cache holds, if fresh (no fetch).
+    pub async fn cached(&self, key: &FetchKey) -> Option<Arc<SecretValue>> {
+        self.values.get(key).await
     }
 
     /// The values of `keys` for `tenant` (the namespace asking), from the
@@ -87,11 +144,11 @@ impl CachedSource {
             if out.contains_key(k) || missing.contains(k) {
                 continue;
             }
-            match self.cache.get(&TenantKey(tenant, k)).await {
+            match self.values.get(k).await {
                 Some(v) => {
                     out.insert(k.clone(), Ok(v));
                 }
-                None => match self.negative.get(k).await {
+                None => match self.negative.get(&TenantKey(tenant, k)).await {
                     Some(e) => {
                         out.insert(k.clone(), Err(e));
                     }
@@ -101,6 +158,14 @@ impl CachedSource {
         }
         self.metrics.cache(out.len() as u64, missing.len() as u64);
         if missing.is_empty() {
+            return out;
+        }
+        if let Some(q) = &self.quota
+            && let Err(e) = q.charge(tenant, crate::quota::calls_for(&missing))
+        {
+            for k in missing {
+                out.insert(k, Err(e.clone()));
+            }
             return out;
         }
         let tenant: Arc<str> = tenant.into();
@@ -114,10 +179,14 @@ impl CachedSource {
             let key = (tenant.clone(), k.clone());
             async move {
                 let r = self
-                    .cache
-                    .try_get_with(key, async {
+                    .loading
+                    .try_get_with(key.clone(), async {
                         match batch.await.get(k) {
-                            Some(Ok(v)) => Ok(Arc::new(v.clone())),
+                            Some(Ok(v)) => {
+                                let v = Arc::new(v.clone());
+                                self.values.insert(k.clone(), v.clone()).await;
+                                Ok(v)
+                            }
                             Some(Err(e)) => Err(e.clone()),
                             None => {
                                 Err(FetchError::Unreachable("no answer for this secret".into()))
@@ -126,6 +195,9 @@ impl CachedSource {
                     })
                     .await
                     .map_err(|e: Arc<FetchError>| (*e).clone());
+                // Later lookups find the value in `values`; a stale copy must
+                // not outlive an invalidation there.
+                self.loading.invalidate(&key).await;
                 (k.clone(), r)
             }
         });
@@ -135,7 +207,9 @@ impl CachedSource {
                     if let Err(e) = r
                         && !e.is_transient()
                     {
-                        self.negative.insert(k.clone(), e.clone()).await;
+                        self.negative
+                            .insert((tenant.clone(), k.clone()), e.clone())
+                            .await;
                     }
                 }
                 out.extend(results)
@@ -206,6 +280,87 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_namespace_over_its_budget_calls_nothing_and_others_still_fetch() {
+        use crate::quota::{Limits, Quota};
+        use std::num::NonZeroU32;
+        let src = counting(Duration::ZERO);
+        let cache = CachedSource::new(src.clone(), Duration::from_secs(60), Metrics::new())
+            .with_quota(Quota::new(Limits {
+                per_namespace: NonZeroU32::new(1).unwrap(),
+                namespace_burst: NonZeroU32::new(2).unwrap(),
+                ..Limits::default()
+            }));
+        let d = Duration::from_secs(5);
+        // Fresh names, one call each: the burst of two, then refusals.
+        for i in 0..2 {
+            let r = cache
+                .get_many("greedy", &[key(&format!("n/x{i}"))], d)
+                .await;
+            assert_eq!(r.values().next().unwrap(), &Err(FetchError::NotFound));
+        }
+        let r = cache.get_many("greedy", &[key("n/x9")], d).await;
+        let e = r.values().next().unwrap().as_ref().unwrap_err();
+        assert!(matches!(e, FetchError::OverBudget(_)), "{e}");
+        assert_eq!(src.calls.load(Ordering::SeqCst), 2, "no call over budget");
+        // Not remembered: once the budget refills, the secret is asked for.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let r = cache.get_many("greedy", &[key("n/x9")], d).await;
+        assert_eq!(r.values().next().unwrap(), &Err(FetchError::NotFound));
+        // Another namespace is not charged for it; cached values cost nothing.
+        let r = cache.get_many("calm", &[key("n/a"), key("n/b")], d).await;
+        assert!(r.values().all(Result::is_ok));
+        for _ in 0..5 {
+            let r = cache.get_many("calm", &[key("n/a")], d).await;
+            assert!(r.values().all(Result::is_ok));
+        }
+        assert_eq!(src.calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_remembered_for_its_tenant_only() {
+        let src = counting(Duration::ZERO);
+        let cache = CachedSource::new(src.clone(), Duration::from_secs(60), Metrics::new());
+        let d = Duration::from_secs(5);
+        let gone = [key("n/missing")];
+        assert_eq!(
+            cache.get_many("a", &gone, d).await[&gone[0]],
+            Err(FetchError::NotFound)
+        );
+        cache.get_many("a", &gone, d).await;
+        assert_eq!(src.calls.load(Ordering::SeqCst), 1, "remembered for a");
+        // Another tenant is answered by Secrets Manager, not by a's memory.
+        assert_eq!(
+            cache.get_many("b", &gone, d).await[&gone[0]],
+            Err(FetchError::NotFound)
+        );
+        assert_eq!(src.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn values_are_kept_within_a_byte_budget() {
+        let big = "x".repeat(100_000);
+        let values: HashMap<String, Payload> = (0..10)
+            .map(|i| (format!("n/s{i}"), Payload::String(big.clone())))
+            .collect();
+        let src = Arc::new(StaticSource::new(values));
+        // Room for about three values of 200 KB weight each.
+        let cache =
+            CachedSource::new(src, Duration::from_secs(60), Metrics::new()).with_max_bytes(700_000);
+        let d = Duration::from_secs(5);
+        for i in 0..10 {
+            cache.get_many("n", &[key(&format!("n/s{i}"))], d).await;
+        }
+        cache.values.run_pending_tasks().await;
+        let held = cache.values.weighted_size();
+        assert!(held <= 700_000, "{held} bytes held");
+        assert!(
+            cache.values.entry_count() <= 3,
+            "{}",
+            cache.values.entry_count()
+        );
+    }
+
+    #[tokio::test]
     async fn misses_are_batched_shared_and_then_cached() {
         let src = counting(Duration::from_millis(50));
         let cache = CachedSource::new(src.clone(), Duration::from_secs(60), Metrics::new());
@@ -260,7 +415,11 @@ mod tests {
             "{r:?}"
         );
         assert!(
-            cache.negative.get(&key("n/a")).await.is_none(),
+            cache
+                .negative
+                .get(&TenantKey("n", &key("n/a")))
+                .await
+                .is_none(),
             "a transient failure is not remembered"
         );
     }
@@ -315,5 +474,37 @@ mod tests {
         let again = join_all((0..5).map(|_| cache.get_many("b", &y, Duration::from_secs(5)))).await;
         assert!(again.iter().all(|r| r[&key("shared/y")].is_ok()));
         assert_eq!(src.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_value_read_for_one_namespace_serves_every_other_without_a_call() {
+        let src = counting(Duration::ZERO);
+        let cache = CachedSource::new(src.clone(), Duration::from_secs(60), Metrics::new());
+        let d = Duration::from_secs(5);
+        let keys = [key("n/a"), key("n/b")];
+        for tenant in ["t1", "t2", "t3"] {
+            let r = cache.get_many(tenant, &keys, d).await;
+            assert_eq!(
+                r[&keys[0]].as_ref().unwrap().payload,
+                Payload::String("A".into())
+            );
+        }
+        assert_eq!(
+            src.calls.load(Ordering::SeqCst),
+            1,
+            "one read for three namespaces"
+        );
+        // One copy of the bytes, not one per namespace.
+        cache.values.run_pending_tasks().await;
+        assert_eq!(cache.values.entry_count(), 2);
+        // A stale value is forgotten for every namespace.
+        cache.invalidate("t2", &keys[..1]).await;
+        cache.get_many("t3", &keys, d).await;
+        assert_eq!(src.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            src.keys.load(Ordering::SeqCst),
+            3,
+            "only the forgotten one asked"
+        );
     }
 }

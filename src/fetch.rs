@@ -43,6 +43,15 @@ pub enum FetchError {
     /// process reports it (`/readyz` fails with the reason).
     #[error("sm-injector is not configured for AWS: {0}")]
     Configuration(String),
+    /// The namespace has spent its share of the account's Secrets Manager
+    /// quota ([`crate::quota`]): no call was made. Transient.
+    #[error("{0}")]
+    OverBudget(String),
+    /// A call for several secrets was refused as a whole (its permission,
+    /// its form): nothing is known of any one secret, so it is never
+    /// remembered against them. Transient.
+    #[error("Secrets Manager refused the call for all its secrets: {0}")]
+    CallRefused(String),
 }
 
 impl FetchError {
@@ -52,7 +61,11 @@ impl FetchError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            FetchError::Unreachable(_) | FetchError::Credentials(_) | FetchError::Configuration(_)
+            FetchError::Unreachable(_)
+                | FetchError::Credentials(_)
+                | FetchError::Configuration(_)
+                | FetchError::OverBudget(_)
+                | FetchError::CallRefused(_)
         )
     }
 

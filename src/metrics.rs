@@ -44,7 +44,8 @@ struct Inner {
     in_use: Gauge,
     failing_secrets: Gauge,
     revoked_secrets: Gauge,
-    connections_refused: Counter,
+    connections_refused: Family<ReasonLabels, Counter>,
+    requests_refused: Family<ReasonLabels, Counter>,
     cert_expiry: Gauge,
 }
 
@@ -160,11 +161,17 @@ impl Metrics {
             "Backing Secrets in use that their namespace may no longer read (leader only)",
             revoked_secrets.clone(),
         );
-        let connections_refused = Counter::default();
+        let connections_refused = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "connections_refused",
-            "TLS connections closed on arrival because --max-connections were open",
+            "Connections closed by a budget: per-source, handshake-dropped (the oldest handshake, for a newer one), established",
             connections_refused.clone(),
+        );
+        let requests_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "requests_refused",
+            "Admission requests answered 429/503 before their body was read: requests, bytes, source-bytes (--max-inflight-*)",
+            requests_refused.clone(),
         );
         let cert_expiry = Gauge::default();
         registry.register(
@@ -200,6 +207,7 @@ impl Metrics {
                 failing_secrets,
                 revoked_secrets,
                 connections_refused,
+                requests_refused,
                 cert_expiry,
             }),
         }
@@ -219,8 +227,20 @@ impl Metrics {
     pub fn serving_certificate_expiry(&self, unix_seconds: i64) {
         self.inner.cert_expiry.set(unix_seconds);
     }
-    pub fn connection_refused(&self) {
-        self.inner.connections_refused.inc();
+    /// A connection closed by one of [`crate::connections::Budgets`].
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.inner
+            .connections_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// A request refused by [`crate::inflight::Budget`].
+    pub fn request_refused(&self, reason: &'static str) {
+        self.inner
+            .requests_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn aws_call(&self, operation: &'static str, secrets: u64) {

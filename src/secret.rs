@@ -49,6 +49,19 @@ impl fmt::Debug for SecretValue {
     }
 }
 
+impl SecretValue {
+    /// About the bytes this value holds in memory: its names, its payload
+    /// and the fields parsed from it. The value cache is bounded by it.
+    pub fn weight(&self) -> u32 {
+        let payload = match &self.payload {
+            Payload::String(s) => s.len(),
+            Payload::Binary(b) => b.len(),
+        };
+        let bytes = 256 + self.arn.len() + self.name.len() + self.version_id.len() + 2 * payload;
+        bytes.min(u32::MAX as usize) as u32
+    }
+}
+
 impl PartialEq for SecretValue {
     fn eq(&self, o: &Self) -> bool {
         (&self.arn, &self.name, &self.version_id, &self.payload)

@@ -2,11 +2,12 @@
 //! metrics endpoint, as thin shells around [`Webhook::review`].
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::admission::Webhook;
 use crate::connections;
+use crate::inflight;
 use crate::metrics::Metrics;
 use crate::tls::TlsFiles;
 use crate::wire;
@@ -26,17 +28,31 @@ pub struct ServerSettings {
     /// The serving certificate and key, and the CA of required client
     /// certificates if any.
     pub tls: TlsFiles,
-    /// Connections open at once; more are closed on arrival.
-    pub max_connections: usize,
+    /// Connections per source address, in their handshake, and established.
+    pub connections: connections::Budgets,
+    /// A TLS handshake must finish within this time.
+    pub handshake_timeout: Duration,
     /// Every admission is answered within this time (keep it below the
     /// webhook configuration's `timeoutSeconds`).
     pub admission_deadline: Duration,
     pub max_body_bytes: usize,
-    /// An HTTP/1.1 request's headers must arrive within this time, and its
-    /// body within `body_read_timeout`: slow or half-sent requests are cut off
-    /// instead of holding connections.
+    /// Requests and bytes of large bodies in flight ([`inflight`]).
+    pub inflight: inflight::Limits,
+    /// Env, envFrom and volumeMounts entries decoded from one pod.
+    pub max_pod_entries: usize,
+    /// A connection's first request, and each request's headers (also the
+    /// next request's on a keep-alive connection), must arrive within this
+    /// time, and its body within `body_read_timeout`: silent, slow or
+    /// half-sent requests are cut off instead of holding connections.
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
+    /// A keep-alive connection waiting for its next request is closed after
+    /// this (also the time that request's headers may take). Keep it above
+    /// the API server's idle-connection timeout (Go's 90 s), so that the API
+    /// server closes idle connections first: a server closing one as the
+    /// API server sends on it fails that admission
+    /// (`http: server closed idle connection`).
+    pub idle_timeout: Duration,
     /// How often the certificate files are checked for changes.
     pub cert_poll: Duration,
     /// After SIGTERM, how long readiness reads false while admissions are
@@ -70,12 +86,19 @@ struct AppState {
     deadline: Duration,
     body_timeout: Duration,
     max_body_bytes: usize,
+    budget: inflight::Budget,
+    max_pod_entries: usize,
     /// Set once shutting down: every answer then closes its connection.
     stopping: Arc<AtomicBool>,
 }
 
-/// HTTP/2 streams one connection may have open at once.
-const MAX_CONCURRENT_STREAMS: u32 = 250;
+/// The probe and metrics port's budgets: the kubelet and a Prometheus or
+/// two need a handful of connections.
+pub const PROBE_BUDGETS: connections::Budgets = connections::Budgets {
+    established: 64,
+    handshakes: 64,
+    per_source: 16,
+};
 
 /// HTTP 400 with `reason` for the caller; the log gets only `log`, since a
 /// parse error can quote part of the body.
@@ -84,8 +107,12 @@ fn bad_request(reason: String, log: String) -> Response {
     (StatusCode::BAD_REQUEST, reason).into_response()
 }
 
-async fn mutate(State(st): State<AppState>, body: axum::body::Body) -> Response {
-    let mut answer = answer(&st, body).await;
+async fn mutate(
+    State(st): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    request: axum::extract::Request,
+) -> Response {
+    let mut answer = answer(&st, peer.ip(), request).await;
     // While stopping, every answer closes its HTTP/1.1 connection, so that the
     // API server's keep-alive connections move to other replicas during the
     // delay instead of being cut when it ends. (Done here rather than in a
@@ -101,8 +128,28 @@ async fn mutate(State(st): State<AppState>, body: axum::body::Body) -> Response 
 }
 
 /// The answer to one `POST /mutate`: the AdmissionReview, or why there is none.
-async fn answer(st: &AppState, body: axum::body::Body) -> Response {
-    let read = axum::body::to_bytes(body, st.max_body_bytes);
+async fn answer(st: &AppState, source: IpAddr, request: axum::extract::Request) -> Response {
+    let length = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let max = st.max_body_bytes as u64;
+    if let Some(n) = length.filter(|n| *n > max) {
+        st.webhook.metrics.admission("invalid", 0.0);
+        let reason = format!("the request body is {n} bytes; at most {max} (--max-body-bytes)");
+        tracing::info!(%reason, "admission request refused");
+        return (StatusCode::PAYLOAD_TOO_LARGE, reason).into_response();
+    }
+    // Taken before a byte of the body is read, held until it is answered.
+    let _taken = match st.budget.take(source, length, max) {
+        Ok(t) => t,
+        Err(refusal) => {
+            st.webhook.metrics.request_refused(refusal.reason());
+            let status = StatusCode::from_u16(refusal.status()).expect("a valid status");
+            return (status, [(header::RETRY_AFTER, "1")], refusal.to_string()).into_response();
+        }
+    };
+    let read = read_body(request.into_body(), length, st.max_body_bytes);
     let body = match tokio::time::timeout(st.body_timeout, read).await {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => {
@@ -123,8 +170,18 @@ async fn answer(st: &AppState, body: axum::body::Body) -> Response {
             return (StatusCode::REQUEST_TIMEOUT, reason).into_response();
         }
     };
-    let req = match wire::decode(&body) {
+    let decoded = wire::decode(&body, st.max_pod_entries);
+    drop(body);
+    let req = match decoded {
         Ok(r) => r,
+        Err(wire::DecodeError::TooManyEntries { request, max }) => {
+            let response = st.webhook.review_oversized(&request, max).response;
+            return (
+                [(header::CONTENT_TYPE, "application/json")],
+                wire::encode(&response),
+            )
+                .into_response();
+        }
         Err(e) => {
             st.webhook.metrics.admission("invalid", 0.0);
             let log = match &e {
@@ -159,6 +216,28 @@ async fn answer(st: &AppState, body: axum::body::Body) -> Response {
         .into_response()
 }
 
+/// The body, into one buffer sized from its `Content-Length` (collecting
+/// frames and joining them held twice the body at the end).
+async fn read_body(
+    body: axum::body::Body,
+    length: Option<u64>,
+    max: usize,
+) -> Result<Vec<u8>, String> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut out = Vec::with_capacity(length.map_or(0, |n| n as usize).min(max));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > max {
+                return Err("length limit exceeded".into());
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out)
+}
+
 /// The admission router. The body limit is applied where the body is read
 /// (axum's `DefaultBodyLimit` layer only reaches its extractors).
 fn admission_router(
@@ -173,6 +252,8 @@ fn admission_router(
             deadline: settings.admission_deadline,
             body_timeout: settings.body_read_timeout,
             max_body_bytes: settings.max_body_bytes,
+            budget: inflight::Budget::new(settings.inflight),
+            max_pod_entries: settings.max_pod_entries,
             stopping,
         })
 }
@@ -243,6 +324,26 @@ async fn reload_certs(config: RustlsConfig, files: TlsFiles, every: Duration, me
     }
 }
 
+/// A server of HTTP/1.1 only (the API server speaks HTTP/1.1 to webhooks;
+/// no protocol detection, no HTTP/2 state to hold) whose connections must
+/// send their first request within the header timeout, and are closed when
+/// idle for the idle timeout (hyper's header timer runs from the end of one
+/// request to the end of the next one's headers).
+fn http1_server(
+    listener: std::net::TcpListener,
+    settings: &ServerSettings,
+) -> std::io::Result<axum_server::Server<std::net::SocketAddr>> {
+    listener.set_nonblocking(true)?;
+    let mut server = axum_server::from_tcp(listener)?
+        .http1_only()
+        .first_request_timeout(settings.header_read_timeout);
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(settings.idle_timeout);
+    Ok(server)
+}
+
 /// Serves admissions over TLS on `tls_listener` and probes on `probe_listener`
 /// until `shutdown` resolves, then drains in-flight requests.
 pub async fn run(
@@ -284,30 +385,30 @@ pub async fn run(
             handle.graceful_shutdown(Some(drain));
         });
     }
-    tls_listener.set_nonblocking(true)?;
     let app = admission_router(webhook.clone(), &settings, stopping.clone());
     let limit = connections::Limit::new(
-        axum_server::accept::DefaultAcceptor,
-        settings.max_connections,
+        axum_server::tls_rustls::RustlsAcceptor::new(tls)
+            .handshake_timeout(settings.handshake_timeout),
+        settings.connections,
         webhook.metrics.clone(),
     );
-    let probes = probe_router(webhook, stopping, settings.unready.clone());
+    let probes = probe_router(webhook.clone(), stopping, settings.unready.clone());
+    let probe_limit = connections::Limit::new(
+        axum_server::accept::DefaultAcceptor,
+        PROBE_BUDGETS,
+        webhook.metrics.clone(),
+    );
     // The probe port lives as long as the TLS server: it is aborted once that has drained.
-    let probe_server = axum::serve(probe_listener, probes);
-    let probe_task = tokio::spawn(async move { probe_server.await });
-    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls).acceptor(limit);
-    let mut server = axum_server::from_tcp(tls_listener)?
-        .acceptor(acceptor)
+    let probe_server = http1_server(probe_listener.into_std()?, &settings)?
+        .acceptor(probe_limit)
+        .serve(probes.into_make_service());
+    let probe_task = tokio::spawn(probe_server);
+    let server = http1_server(tls_listener, &settings)?
+        .acceptor(limit)
         .handle(handle);
-    server
-        .http_builder()
-        .http1()
-        .header_read_timeout(settings.header_read_timeout);
-    server
-        .http_builder()
-        .http2()
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
-    let served = server.serve(app.into_make_service()).await;
+    let served = server
+        .serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .await;
     reloader.abort();
     probe_task.abort();
     served?;

@@ -10,6 +10,7 @@ use futures::future::{BoxFuture, FutureExt, join_all};
 
 use crate::fetch::{FetchError, FetchKey, FetchResults};
 use crate::metrics::Metrics;
+use crate::quota::Quota;
 use crate::reference::Version;
 use crate::secret::{Payload, SecretValue};
 
@@ -23,13 +24,33 @@ pub trait SecretSource: Send + Sync + 'static {
 pub struct AwsSource {
     client: Client,
     metrics: Metrics,
+    /// The process's rate and concurrency of calls, if bounded.
+    quota: Option<Quota>,
 }
 
-const BATCH_MAX: usize = 20;
+const BATCH_MAX: usize = crate::quota::BATCH;
 
 impl AwsSource {
     pub fn new(client: Client, metrics: Metrics) -> Self {
-        AwsSource { client, metrics }
+        AwsSource {
+            client,
+            metrics,
+            quota: None,
+        }
+    }
+
+    /// Makes each call within `quota`'s process rate and concurrency.
+    pub fn with_quota(mut self, quota: Quota) -> Self {
+        self.quota = Some(quota);
+        self
+    }
+
+    /// A place for one call, held while it runs.
+    async fn place(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        match &self.quota {
+            Some(q) => Some(q.call().await),
+            None => None,
+        }
     }
 
     /// A client from the standard AWS chain (env vars, profiles, IRSA web identity;
@@ -41,6 +62,7 @@ impl AwsSource {
 
     async fn batch(&self, keys: &[FetchKey]) -> FetchResults {
         const OP: &str = "BatchGetSecretValue";
+        let place = self.place().await;
         self.metrics.aws_call(OP, keys.len() as u64);
         let ids: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
         let out = match self
@@ -50,10 +72,17 @@ impl AwsSource {
             .send()
             .await
         {
-            Ok(out) => out,
+            Ok(out) => {
+                drop(place);
+                out
+            }
             Err(e) => {
                 self.metrics.aws_error(OP);
-                let err = classify(&e);
+                // A refusal of the whole call says nothing of any one secret.
+                let err = match classify(&e) {
+                    e if e.is_transient() => e,
+                    e => FetchError::CallRefused(e.to_string()),
+                };
                 return keys.iter().map(|k| (k.clone(), Err(err.clone()))).collect();
             }
         };
@@ -98,6 +127,7 @@ impl AwsSource {
 
     async fn single(&self, key: &FetchKey) -> Result<SecretValue, FetchError> {
         const OP: &str = "GetSecretValue";
+        let _place = self.place().await;
         self.metrics.aws_call(OP, 1);
         let mut req = self.client.get_secret_value().secret_id(&key.id);
         req = match &key.version {
@@ -363,6 +393,29 @@ mod tests {
             r.values().all(|v| matches!(v, Err(e) if e.is_transient())),
             "{r:?}"
         );
+
+        // A whole call refused (its permission) says nothing of any one
+        // secret: not a per-secret refusal, never remembered against them.
+        let denied =
+            mock!(aws_sdk_secretsmanager::Client::batch_get_secret_value).then_error(|| {
+                BatchGetSecretValueError::generic(
+                    aws_smithy_types::error::ErrorMetadata::builder()
+                        .code("AccessDeniedException")
+                        .message("not authorized to perform secretsmanager:BatchGetSecretValue")
+                        .build(),
+                )
+            });
+        let client = mock_client!(aws_sdk_secretsmanager, [&denied]);
+        let src = AwsSource::new(client, Metrics::new());
+        let r = src.fetch(&keys[..2]).await;
+        for v in r.values() {
+            let e = v.as_ref().unwrap_err();
+            assert!(
+                matches!(e, FetchError::CallRefused(_)) && e.is_transient(),
+                "{e}"
+            );
+            assert!(e.to_string().contains("BatchGetSecretValue"), "{e}");
+        }
     }
 
     #[test]

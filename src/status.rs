@@ -61,6 +61,9 @@ pub fn rows(inputs: &Inputs) -> Vec<Row> {
     let limits = Limits {
         max_entries: usize::MAX,
         min_interval: std::time::Duration::ZERO,
+        max_calls: usize::MAX,
+        max_records_per_namespace: usize::MAX,
+        max_secrets_per_namespace: usize::MAX,
     };
     for p in &inputs.pods {
         let (Some(ns), Some(name), Some(annotations)) = (&p.namespace, &p.name, &p.annotations)

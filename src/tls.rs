@@ -79,7 +79,8 @@ impl TlsFiles {
         let mut config = builder
             .with_single_cert(certs, key)
             .map_err(|e| invalid(&self.key, &e.to_string()))?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // HTTP/1.1 only: what the API server speaks to webhooks.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
 }
@@ -125,7 +126,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = files(dir.path(), false);
         let c = f.config(&f.read().await).unwrap();
-        assert_eq!(c.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert_eq!(c.alpn_protocols, [b"http/1.1".to_vec()]);
 
         let f = files(dir.path(), true);
         f.config(&f.read().await).unwrap();

@@ -15,6 +15,88 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use serde::Deserialize;
+use serde::de::{IgnoredAny, SeqAccess, Visitor};
+
+/// The most env, envFrom and volumeMounts entries decoded from one review's
+/// pods by default (`--max-pod-entries`): a 1.4 MB pod of 32,000 env entries
+/// would otherwise build several times its size in memory.
+pub const DEFAULT_MAX_ENTRIES: usize = 4096;
+
+thread_local! {
+    /// While [`decode`] runs: entries it may still keep, and entries skipped.
+    static ENTRIES: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// A list of which only the first entries within the review's budget are
+/// built; the rest are parsed past (the JSON is still checked) and counted.
+#[derive(Clone, Debug)]
+struct Bounded<T>(Vec<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Bounded<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Vec<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+                let mut out = Vec::new();
+                loop {
+                    let (left, skipped) = ENTRIES.get();
+                    if left > 0 {
+                        let Some(x) = seq.next_element::<T>()? else {
+                            break;
+                        };
+                        out.push(x);
+                        ENTRIES.set((left - 1, skipped));
+                    } else {
+                        if seq.next_element::<IgnoredAny>()?.is_none() {
+                            break;
+                        }
+                        ENTRIES.set((0, skipped + 1));
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(V(std::marker::PhantomData)).map(Bounded)
+    }
+}
+
+/// A pod's annotations, only the `sm-injector.io/` ones built: the others
+/// (`kubectl.kubernetes.io/last-applied-configuration` alone can be many
+/// KiB) are parsed past. `Some` whenever the pod has an annotations object,
+/// which the patch needs to know.
+#[derive(Clone, Debug, Default)]
+struct OwnAnnotations(BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for OwnAnnotations {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BTreeMap<String, String>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of strings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+                    if k.starts_with(crate::annotations::PREFIX) {
+                        out.insert(k.into_owned(), map.next_value::<String>()?);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(V).map(OwnAnnotations)
+    }
+}
 
 /// The parts of a pod's metadata sm-injector reads.
 #[derive(Deserialize, Clone, Debug, Default)]
@@ -24,16 +106,16 @@ struct SlimMeta {
     generate_name: Option<String>,
     namespace: Option<String>,
     labels: Option<BTreeMap<String, String>>,
-    annotations: Option<BTreeMap<String, String>>,
+    annotations: Option<OwnAnnotations>,
 }
 
 #[derive(Deserialize, Clone, Debug)]
 #[serde(rename_all = "camelCase")]
 struct SlimContainer {
     name: String,
-    env: Option<Vec<EnvVar>>,
-    env_from: Option<Vec<EnvFromSource>>,
-    volume_mounts: Option<Vec<VolumeMount>>,
+    env: Option<Bounded<EnvVar>>,
+    env_from: Option<Bounded<EnvFromSource>>,
+    volume_mounts: Option<Bounded<VolumeMount>>,
 }
 
 #[derive(Deserialize, Clone, Debug)]
@@ -88,9 +170,9 @@ impl kube::Resource for SlimPod {
 fn container(c: SlimContainer) -> Container {
     Container {
         name: c.name,
-        env: c.env,
-        env_from: c.env_from,
-        volume_mounts: c.volume_mounts,
+        env: c.env.map(|b| b.0),
+        env_from: c.env_from.map(|b| b.0),
+        volume_mounts: c.volume_mounts.map(|b| b.0),
         ..Default::default()
     }
 }
@@ -104,7 +186,7 @@ impl From<SlimPod> for Pod {
                 generate_name: m.generate_name,
                 namespace: m.namespace,
                 labels: m.labels,
-                annotations: m.annotations,
+                annotations: m.annotations.map(|a| a.0),
                 ..Default::default()
             },
             spec: p.spec.map(|s| PodSpec {
@@ -134,13 +216,33 @@ pub enum DecodeError {
     NotAReview(#[from] serde_json::Error),
     #[error("the AdmissionReview has no request")]
     NoRequest,
+    /// The request, with only the first `max` entries of its pod's lists.
+    #[error("the pod's containers have more than {max} env, envFrom and volumeMounts entries")]
+    TooManyEntries {
+        request: Box<AdmissionRequest<Pod>>,
+        max: usize,
+    },
 }
 
-/// An AdmissionReview's request, its pod read as a [`SlimPod`].
-pub fn decode(body: &[u8]) -> Result<AdmissionRequest<Pod>, DecodeError> {
-    let review: AdmissionReview<SlimPod> = serde_json::from_slice(body)?;
-    let r: AdmissionRequest<SlimPod> = review.try_into().map_err(|_| DecodeError::NoRequest)?;
-    Ok(AdmissionRequest {
+/// An AdmissionReview's request, its pod read as a [`SlimPod`] with at most
+/// `max_entries` env, envFrom and volumeMounts entries in all.
+pub fn decode(body: &[u8], max_entries: usize) -> Result<AdmissionRequest<Pod>, DecodeError> {
+    ENTRIES.set((max_entries, 0));
+    let review = serde_json::from_slice::<AdmissionReview<SlimPod>>(body);
+    let (_, skipped) = ENTRIES.replace((0, 0));
+    let r: AdmissionRequest<SlimPod> = review?.try_into().map_err(|_| DecodeError::NoRequest)?;
+    let request = slim_to_pod(r);
+    if skipped > 0 {
+        return Err(DecodeError::TooManyEntries {
+            request: Box::new(request),
+            max: max_entries,
+        });
+    }
+    Ok(request)
+}
+
+fn slim_to_pod(r: AdmissionRequest<SlimPod>) -> AdmissionRequest<Pod> {
+    AdmissionRequest {
         types: r.types,
         uid: r.uid,
         kind: r.kind,
@@ -157,7 +259,7 @@ pub fn decode(body: &[u8]) -> Result<AdmissionRequest<Pod>, DecodeError> {
         old_object: r.old_object.map(Pod::from),
         dry_run: r.dry_run,
         options: r.options,
-    })
+    }
 }
 
 /// The fields of an AdmissionReview response other than the patch, borrowing
@@ -298,7 +400,7 @@ mod tests {
         use crate::patch;
         use crate::plan::{EnvFrom, EnvVar, Mount, Plan};
         let body = serde_json::to_vec(&full_review()).unwrap();
-        let slim = decode(&body).unwrap();
+        let slim = decode(&body, DEFAULT_MAX_ENTRIES).unwrap();
         let full: AdmissionRequest<Pod> = serde_json::from_slice::<AdmissionReview<Pod>>(&body)
             .unwrap()
             .try_into()
@@ -348,7 +450,84 @@ mod tests {
             assert!(!ws.is_empty(), "the sample exercises the warnings");
         }
         let empty = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#;
-        assert!(matches!(decode(empty), Err(DecodeError::NoRequest)));
-        assert!(matches!(decode(b"{x"), Err(DecodeError::NotAReview(_))));
+        assert!(matches!(
+            decode(empty, DEFAULT_MAX_ENTRIES),
+            Err(DecodeError::NoRequest)
+        ));
+        assert!(matches!(
+            decode(b"{x", DEFAULT_MAX_ENTRIES),
+            Err(DecodeError::NotAReview(_))
+        ));
+    }
+
+    #[test]
+    fn only_sm_injector_annotations_are_kept() {
+        let mut review = full_review();
+        let ann = &mut review["request"]["object"]["metadata"]["annotations"];
+        ann["kubectl.kubernetes.io/last-applied-configuration"] = json!("x".repeat(10_000));
+        ann["prometheus.io/scrape"] = json!("true");
+        ann["sm-injector.io/containers"] = json!("app");
+        let body = serde_json::to_vec(&review).unwrap();
+        let pod = decode(&body, DEFAULT_MAX_ENTRIES).unwrap().object.unwrap();
+        let kept: Vec<_> = pod.metadata.annotations.unwrap().into_keys().collect();
+        assert_eq!(kept, ["sm-injector.io/containers", "sm-injector.io/env.DB"]);
+        // A pod whose annotations are all others' still has an annotations object.
+        let mut review = full_review();
+        review["request"]["object"]["metadata"]["annotations"] = json!({"a": "b"});
+        let body = serde_json::to_vec(&review).unwrap();
+        let pod = decode(&body, DEFAULT_MAX_ENTRIES).unwrap().object.unwrap();
+        assert_eq!(pod.metadata.annotations, Some(BTreeMap::new()));
+        // A value that is not a string is still an error, as before.
+        let mut review = full_review();
+        review["request"]["object"]["metadata"]["annotations"] = json!({"sm-injector.io/env.X": 1});
+        let body = serde_json::to_vec(&review).unwrap();
+        assert!(matches!(decode(&body, 10), Err(DecodeError::NotAReview(_))));
+    }
+
+    #[test]
+    fn entries_past_the_cap_are_parsed_past_not_built() {
+        let mut review = full_review();
+        let env: Vec<Value> = (0..50)
+            .map(|i| json!({"name": format!("V{i}"), "value": "x"}))
+            .collect();
+        review["request"]["object"]["spec"]["containers"][0]["env"] = json!(env);
+        let body = serde_json::to_vec(&review).unwrap();
+        // 50 env + 1 envFrom + 1 mount in app, 1 mount in side, 1 env in init.
+        let all = decode(&body, 54).unwrap();
+        let c = &all.object.unwrap().spec.unwrap().containers[0];
+        assert_eq!(c.env.as_ref().unwrap().len(), 50);
+        match decode(&body, 20) {
+            Err(DecodeError::TooManyEntries { request, max }) => {
+                assert_eq!((request.uid.as_str(), max), ("u-2", 20));
+                let pod = request.object.unwrap();
+                let kept: usize = pod
+                    .spec
+                    .as_ref()
+                    .unwrap()
+                    .containers
+                    .iter()
+                    .map(|c| c.env.as_ref().map_or(0, Vec::len))
+                    .sum();
+                assert!(kept <= 20, "{kept}");
+                // What decides whether the pod asks for anything is all there.
+                assert!(
+                    pod.metadata
+                        .annotations
+                        .unwrap()
+                        .contains_key("sm-injector.io/env.DB")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // The cap is per review: the next one starts afresh.
+        assert!(decode(&body, 54).is_ok());
+        // Bad JSON past the cap is still an error.
+        let bad = String::from_utf8(body)
+            .unwrap()
+            .replacen(r#""value":"x"}"#, r#""value":}"#, 1);
+        assert!(matches!(
+            decode(bad.as_bytes(), 0),
+            Err(DecodeError::NotAReview(_))
+        ));
     }
 }

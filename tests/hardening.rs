@@ -1,5 +1,6 @@
-//! A bad day, end to end: only the API server may call /mutate, connections
-//! are capped, and a rolling restart of two replicas loses no admission.
+//! A bad day, end to end: only the API server may call /mutate, and a rolling
+//! restart of two replicas loses no admission. Attacks on connections, memory
+//! and the AWS quota are in `tests/attacks`.
 
 mod support;
 
@@ -146,72 +147,6 @@ async fn with_a_client_ca_only_the_api_server_may_call_mutate() {
         admitted + 1.0
     );
     support::signal(server.pid as i32, libc::SIGKILL);
-}
-
-#[tokio::test]
-#[ignore = "needs the test bed: run ./tests/run"]
-async fn connections_over_the_cap_are_closed_on_arrival_and_admissions_go_on() {
-    let bed = testbed();
-    let client = bed.client().await;
-    let ns = namespace(&client, "conns", &[INJECT]).await;
-    bed.put_secret(&format!("{ns}/s"), r#"{"k":"v"}"#).await;
-    let inj = injector::start(
-        bed,
-        &[&ns],
-        Options {
-            max_connections: 8,
-            ..Default::default()
-        },
-    )
-    .await;
-    // Six idle TCP connections (a slow client's) take six of the eight slots.
-    let mut idle = vec![];
-    for _ in 0..6 {
-        idle.push(
-            tokio::net::TcpStream::connect(("127.0.0.1", inj.port))
-                .await
-                .unwrap(),
-        );
-    }
-    // The API server still gets through.
-    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
-    let p = pods
-        .create(
-            &PostParams::default(),
-            &pod("meanwhile", &format!("{ns}/s#k")),
-        )
-        .await
-        .unwrap();
-    assert!(p.spec.unwrap().containers[0].env.is_some());
-    // Filling every slot, the next connection is closed at once.
-    for _ in 0..4 {
-        idle.push(
-            tokio::net::TcpStream::connect(("127.0.0.1", inj.port))
-                .await
-                .unwrap(),
-        );
-    }
-    let refused = inj.metric("sm_injector_connections_refused_total").await;
-    assert!(refused >= 1.0, "{refused}");
-    let mut extra = tokio::net::TcpStream::connect(("127.0.0.1", inj.port))
-        .await
-        .unwrap();
-    let mut buf = [0u8; 1];
-    let read = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf)).await;
-    assert!(
-        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
-        "not closed: {read:?}"
-    );
-    // Slots come back when connections close.
-    drop(idle);
-    drop(extra);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let p = pods
-        .create(&PostParams::default(), &pod("after", &format!("{ns}/s#k")))
-        .await
-        .unwrap();
-    assert!(p.spec.unwrap().containers[0].env.is_some());
-    inj.stop(&client).await;
 }
 
 #[tokio::test]

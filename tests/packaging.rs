@@ -224,6 +224,75 @@ async fn the_relocated_overlay_keeps_its_ca_bundle_and_admits_pods() {
     );
 }
 
+/// Where `deployment` reads its client CA from: the file the env var names,
+/// found through its mount to a ConfigMap volume, as (ConfigMap, key).
+fn client_ca_source(deployment: &serde_json::Value) -> (String, String) {
+    let c = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let file = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "SM_INJECTOR_CLIENT_CA_FILE")
+        .expect("SM_INJECTOR_CLIENT_CA_FILE is set")["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (dir, key) = file.rsplit_once('/').unwrap();
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == dir)
+        .unwrap_or_else(|| panic!("nothing is mounted at {dir}"));
+    let volume = deployment["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    let cm = volume["configMap"]["name"]
+        .as_str()
+        .expect("a ConfigMap volume");
+    (cm.to_string(), key.to_string())
+}
+
+#[tokio::test]
+#[ignore = "needs helm and kubectl: run ./tests/run"]
+async fn the_chart_and_an_overlay_can_require_client_certificates() {
+    // The chart: the flag's file, mounted from the ConfigMap named.
+    let chart = template(&["--set", "clientCA.configMap=webhook-client-ca"]);
+    assert_eq!(
+        client_ca_source(&chart["Deployment/sm-injector"]),
+        ("webhook-client-ca".to_string(), "ca.crt".to_string())
+    );
+    assert!(
+        !format!("{:?}", template(&[])["Deployment/sm-injector"]).contains("client-ca"),
+        "not required by default"
+    );
+    // The overlay: the CA next to it becomes that ConfigMap.
+    let bed = testbed();
+    let root = checkout(bed, "client-ca-checkout", "sm-injector");
+    let overlay = root.join("examples/kustomize/client-ca");
+    let ca = std::fs::read_to_string(&bed.webhook_client_ca).unwrap();
+    std::fs::write(overlay.join("ca.crt"), &ca).unwrap();
+    let rendered = objects(
+        &run({
+            let mut k = Command::new("kubectl");
+            k.arg("kustomize").arg(&overlay);
+            k
+        })
+        .unwrap(),
+    );
+    let (cm, key) = client_ca_source(&rendered["Deployment/sm-injector"]);
+    let config_map = rendered
+        .iter()
+        .find(|(k, _)| k.starts_with(&format!("ConfigMap/{cm}")))
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("the ConfigMap {cm} is rendered"));
+    assert_eq!(config_map["metadata"]["namespace"], "sm-injector");
+    assert_eq!(config_map["data"][&key], ca.as_str());
+}
+
 /// `helm template` of the chart in namespace sm-injector, with `extra` flags.
 fn template(extra: &[&str]) -> std::collections::BTreeMap<String, serde_json::Value> {
     let mut c = helm();

@@ -19,9 +19,20 @@ fuzz_target!(|s: &str| {
     let limits = Limits {
         max_entries: 100,
         min_interval: Duration::from_secs(60),
+        max_calls: 10,
+        max_records_per_namespace: 5000,
+        max_secrets_per_namespace: 1000,
     };
     if let Some(Ok((entries, interval))) = index::read_record(&map, limits) {
         assert!(entries.len() <= 100);
         assert!(interval >= Duration::from_secs(60));
+        let keys: Vec<_> = entries.iter().map(|e| e.fetch.clone()).collect();
+        assert!(sm_injector::quota::calls_for(&keys) <= 10);
+        // Every ARN entry names its own secret.
+        for e in &entries {
+            if e.fetch.id.starts_with("arn:") {
+                assert!(sm_injector::backing::arn_names(&e.fetch.id, &e.secret));
+            }
+        }
     }
 });

@@ -68,7 +68,7 @@ fn world() -> &'static World {
 
 fuzz_target!(|data: &[u8]| {
     // As the server reads it: the slim pod.
-    let Ok(req) = sm_injector::wire::decode(data) else {
+    let Ok(req) = sm_injector::wire::decode(data, sm_injector::wire::DEFAULT_MAX_ENTRIES) else {
         return;
     };
     // As k8s-openapi reads it, when it does: the patch must be the same.

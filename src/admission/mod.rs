@@ -136,12 +136,40 @@ fn pod_name<'a>(req: &'a AdmissionRequest<Pod>, pod: &'a Pod) -> &'a str {
         .unwrap_or(&req.name)
 }
 
+/// Whether the pod asks anything of sm-injector (an input annotation).
+fn asks(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| annotations::inputs(a).next().is_some())
+}
+
 impl Webhook {
     pub async fn review(&self, req: &AdmissionRequest<Pod>) -> Answer {
         let start = Instant::now();
         let answer = self.decide(req).await;
         self.metrics
             .admission(answer.outcome.metric_label(), start.elapsed().as_secs_f64());
+        answer
+    }
+
+    /// A review whose pod has more list entries than were decoded
+    /// ([`crate::wire::DecodeError::TooManyEntries`]): unchanged if it asks
+    /// nothing of sm-injector, else denied, since its patch would be built
+    /// from part of its containers.
+    pub fn review_oversized(&self, req: &AdmissionRequest<Pod>, max: usize) -> Answer {
+        let answer = match &req.object {
+            Some(pod) if asks(pod) && req.operation == Operation::Create => deny(
+                req,
+                pod_name(req, pod),
+                Denial::one(format!(
+                    "the pod's containers have more than {max} env, envFrom and volumeMounts \
+                     entries; sm-injector reads at most {max} (--max-pod-entries)"
+                )),
+            ),
+            _ => unchanged(req),
+        };
+        self.metrics.admission(answer.outcome.metric_label(), 0.0);
         answer
     }
 
@@ -165,12 +193,7 @@ impl Webhook {
         };
         // A pod that asks for nothing is answered as it is, without looking
         // at its namespace.
-        if pod
-            .metadata
-            .annotations
-            .as_ref()
-            .is_none_or(|a| annotations::inputs(a).next().is_none())
-        {
+        if !asks(pod) {
             return unchanged(req);
         }
         // Its own inputs: whoever sent the review, nothing is written where
@@ -251,7 +274,7 @@ impl Webhook {
             return None;
         }
         for (k, value) in &d.values {
-            let current = self.source.cached(namespace, k).await?;
+            let current = self.source.cached(k).await?;
             if !Arc::ptr_eq(&current, value) {
                 return None;
             }

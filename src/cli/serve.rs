@@ -10,6 +10,7 @@ use sm_injector::decisions::Decisions;
 use sm_injector::metrics::Metrics;
 use sm_injector::namespaces::Namespaces;
 use sm_injector::plan::{Caps, MAX_BACKING_PER_POD};
+use sm_injector::quota::{Limits as QuotaLimits, Quota};
 use sm_injector::refresh::{self, Refresher, index::Limits};
 use sm_injector::server::{self, ServerSettings};
 use sm_injector::source::AwsSource;
@@ -44,9 +45,24 @@ pub struct ServeArgs {
     /// AdmissionConfiguration) may call /mutate. Reloaded when it changes.
     #[arg(long, env = "SM_INJECTOR_CLIENT_CA_FILE")]
     client_ca_file: Option<PathBuf>,
-    /// TLS connections open at once; more are closed on arrival.
+    /// Connections past their TLS handshake open at once; one more is closed at once.
     #[arg(long, env = "SM_INJECTOR_MAX_CONNECTIONS", default_value_t = 1024)]
     max_connections: usize,
+    /// Connections in their TLS handshake at once; when full, the oldest is
+    /// dropped for a newcomer.
+    #[arg(long, env = "SM_INJECTOR_MAX_HANDSHAKES", default_value_t = 256)]
+    max_handshakes: usize,
+    /// Connections one source address may hold, in their handshake or past it;
+    /// keep it below --max-handshakes.
+    #[arg(
+        long,
+        env = "SM_INJECTOR_MAX_CONNECTIONS_PER_SOURCE",
+        default_value_t = 128
+    )]
+    max_connections_per_source: usize,
+    /// A TLS handshake must finish within this time.
+    #[arg(long, env = "SM_INJECTOR_HANDSHAKE_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    handshake_timeout: Duration,
     /// Bytes of a pod's sm-injector.io/ annotations; a pod with more is denied.
     #[arg(long, env = "SM_INJECTOR_MAX_ANNOTATION_BYTES", default_value_t = Caps::default().annotation_bytes)]
     max_annotation_bytes: usize,
@@ -69,10 +85,30 @@ pub struct ServeArgs {
     /// versions a call, one per pinned version); a pod needing more is denied.
     #[arg(long, env = "SM_INJECTOR_MAX_SECRETSMANAGER_CALLS_PER_POD", default_value_t = sm_injector::admission::MAX_AWS_CALLS)]
     max_secretsmanager_calls_per_pod: usize,
+    /// Secrets Manager calls a second one namespace's admissions (dry runs
+    /// included) may make; over it, pods needing a call are denied (or served
+    /// from an existing backing Secret) and other namespaces are unaffected.
+    #[arg(long, env = "SM_INJECTOR_SECRETSMANAGER_CALLS_PER_NAMESPACE", default_value_t = QuotaLimits::default().per_namespace)]
+    secretsmanager_calls_per_namespace: std::num::NonZeroU32,
+    /// Calls one namespace may make in a burst (at least the per-pod cap).
+    #[arg(long, env = "SM_INJECTOR_SECRETSMANAGER_BURST_PER_NAMESPACE", default_value_t = QuotaLimits::default().namespace_burst)]
+    secretsmanager_burst_per_namespace: std::num::NonZeroU32,
+    /// Secrets Manager calls a second this replica makes, admissions and
+    /// refresher alike (calls wait for their turn); keep it times the replicas
+    /// well below AWS's 100 BatchGetSecretValue calls a second per account and region.
+    #[arg(long, env = "SM_INJECTOR_SECRETSMANAGER_CALLS_PER_SECOND", default_value_t = QuotaLimits::default().per_second)]
+    secretsmanager_calls_per_second: std::num::NonZeroU32,
+    /// Secrets Manager calls this replica has in flight at once.
+    #[arg(long, env = "SM_INJECTOR_SECRETSMANAGER_CONCURRENCY", default_value_t = QuotaLimits::default().concurrency)]
+    secretsmanager_concurrency: usize,
     /// How long a missing secret, a missing key's secret or an AWS refusal is
     /// remembered, so that retries and dry runs do not spend the account's quota.
     #[arg(long, env = "SM_INJECTOR_NEGATIVE_CACHE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
     negative_cache_ttl: Duration,
+    /// Bytes of secret values kept in memory (names, payload and parsed
+    /// fields, about); the least used go first.
+    #[arg(long, env = "SM_INJECTOR_CACHE_BYTES", default_value_t = sm_injector::cache::DEFAULT_MAX_BYTES)]
+    cache_bytes: u64,
     /// How long a fetched secret version is served from memory before Secrets Manager is asked again.
     #[arg(long, env = "SM_INJECTOR_CACHE_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
     cache_ttl: Duration,
@@ -85,6 +121,20 @@ pub struct ServeArgs {
     /// The shortest refresh-interval a pod may ask for.
     #[arg(long, env = "SM_INJECTOR_MIN_REFRESH_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
     min_refresh_interval: Duration,
+    /// Admission requests being read or answered at once; more are answered 503.
+    #[arg(long, env = "SM_INJECTOR_MAX_INFLIGHT_REQUESTS", default_value_t = 256)]
+    max_inflight_requests: usize,
+    /// Bytes of request bodies over 64 KiB held at once, in all; more are
+    /// answered 503 before their body is read.
+    #[arg(long, env = "SM_INJECTOR_MAX_INFLIGHT_BYTES", default_value_t = 16 * 1024 * 1024)]
+    max_inflight_bytes: u64,
+    /// The same, from one source address (429).
+    #[arg(long, env = "SM_INJECTOR_MAX_INFLIGHT_BYTES_PER_SOURCE", default_value_t = 8 * 1024 * 1024)]
+    max_inflight_bytes_per_source: u64,
+    /// Env, envFrom and volumeMounts entries decoded from one pod; a pod with
+    /// more that asks for secrets is denied.
+    #[arg(long, env = "SM_INJECTOR_MAX_POD_ENTRIES", default_value_t = sm_injector::wire::DEFAULT_MAX_ENTRIES)]
+    max_pod_entries: usize,
     /// Largest accepted AdmissionReview body, in bytes.
     #[arg(long, env = "SM_INJECTOR_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     max_body_bytes: usize,
@@ -95,9 +145,13 @@ pub struct ServeArgs {
     /// Then, how long in-flight requests may take to finish.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     drain: Duration,
-    /// An HTTP/1.1 request's headers must arrive within this time.
+    /// A connection's first request must arrive within this time.
     #[arg(long, env = "SM_INJECTOR_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     header_read_timeout: Duration,
+    /// A keep-alive connection with no request for this long is closed; keep
+    /// it above the API server's 90 s idle-connection timeout.
+    #[arg(long, env = "SM_INJECTOR_IDLE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
     /// An admission request's body must arrive within this time (else 408).
     #[arg(long, env = "SM_INJECTOR_BODY_READ_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     body_read_timeout: Duration,
@@ -124,6 +178,23 @@ pub struct ServeArgs {
     /// How long the Lease is held without renewal before another replica takes over.
     #[arg(long, default_value_t = 15)]
     lease_seconds: u64,
+    /// Pods with sm-injector records the refresher takes from one namespace;
+    /// records past it are refused (logged, counted), so that one tenant's
+    /// forged records cannot grow the refresher's work without bound.
+    #[arg(
+        long,
+        env = "SM_INJECTOR_MAX_RECORDS_PER_NAMESPACE",
+        default_value_t = 5000
+    )]
+    max_records_per_namespace: usize,
+    /// Distinct secret versions the records of one namespace may name (what
+    /// costs Secrets Manager calls each interval); records past it are refused.
+    #[arg(
+        long,
+        env = "SM_INJECTOR_MAX_SECRETS_PER_NAMESPACE",
+        default_value_t = 1000
+    )]
+    max_secrets_per_namespace: usize,
     /// A backing Secret that no pod has used for this long is deleted.
     #[arg(long, env = "SM_INJECTOR_GC_GRACE", default_value = "24h", value_parser = humantime::parse_duration)]
     gc_grace: Duration,
@@ -155,10 +226,19 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         anyhow::anyhow!("cannot build a Kubernetes client (in-cluster config or KUBECONFIG): {e}")
     })?;
     let aws_conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let aws: Arc<dyn sm_injector::source::SecretSource> = Arc::new(AwsSource::new(
-        aws_sdk_secretsmanager::Client::new(&aws_conf),
-        metrics.clone(),
-    ));
+    let quota = Quota::new(QuotaLimits {
+        per_namespace: a.secretsmanager_calls_per_namespace,
+        namespace_burst: a.secretsmanager_burst_per_namespace,
+        per_second: a.secretsmanager_calls_per_second,
+        concurrency: a.secretsmanager_concurrency,
+    });
+    let aws: Arc<dyn sm_injector::source::SecretSource> = Arc::new(
+        AwsSource::new(
+            aws_sdk_secretsmanager::Client::new(&aws_conf),
+            metrics.clone(),
+        )
+        .with_quota(quota.clone()),
+    );
     // Without a region or any credentials nothing can be fetched: said once,
     // clearly, and /readyz fails with it (admissions still answer, denying).
     let unready = server::Unready::default();
@@ -189,6 +269,9 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             limits: Limits {
                 max_entries: MAX_BACKING_PER_POD,
                 min_interval: a.min_refresh_interval,
+                max_calls: a.max_secretsmanager_calls_per_pod,
+                max_records_per_namespace: a.max_records_per_namespace,
+                max_secrets_per_namespace: a.max_secrets_per_namespace,
             },
             aws_deadline: a.aws_deadline,
             gc_grace: Some(a.gc_grace),
@@ -214,7 +297,9 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let mut refresher = tokio::spawn(refresher.run_with_lease(lease, stopping.clone()));
     let webhook = Arc::new(Webhook {
         source: CachedSource::new(aws, a.cache_ttl, metrics.clone())
-            .with_negative_ttl(a.negative_cache_ttl),
+            .with_max_bytes(a.cache_bytes)
+            .with_negative_ttl(a.negative_cache_ttl)
+            .with_quota(quota),
         syncer: Syncer::new(client.clone(), a.cache_ttl, metrics.clone()).with_inventory(inventory),
         namespaces,
         scope: sm_injector::admission::scope::Scope::new(&a.lease_namespace),
@@ -246,11 +331,23 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
                 key: a.tls_key,
                 client_ca: a.client_ca_file,
             },
-            max_connections: a.max_connections,
+            connections: sm_injector::connections::Budgets {
+                established: a.max_connections,
+                handshakes: a.max_handshakes,
+                per_source: a.max_connections_per_source,
+            },
+            handshake_timeout: a.handshake_timeout,
             admission_deadline: a.admission_deadline,
             max_body_bytes: a.max_body_bytes,
+            inflight: sm_injector::inflight::Limits {
+                requests: a.max_inflight_requests,
+                bytes: a.max_inflight_bytes,
+                bytes_per_source: a.max_inflight_bytes_per_source,
+            },
+            max_pod_entries: a.max_pod_entries,
             header_read_timeout: a.header_read_timeout,
             body_read_timeout: a.body_read_timeout,
+            idle_timeout: a.idle_timeout,
             cert_poll: Duration::from_secs(10),
             shutdown_delay: a.shutdown_delay,
             drain: a.drain,

@@ -113,9 +113,10 @@ impl Refresher {
             }
         };
         if value.name != want.secret {
+            // What AWS named is not quoted: it may be another tenant's secret.
             return Err(Failure::Mismatch(format!(
-                "Secrets Manager names {:?} {:?}, not {:?}",
-                want.fetch.id, value.name, want.secret
+                "Secrets Manager holds another secret than {:?} at what the record names",
+                want.secret
             )));
         }
         let obj = backing::object(

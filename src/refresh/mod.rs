@@ -192,7 +192,7 @@ impl Refresher {
                         }
                         Some(Ok(watcher::Event::InitDone)) => cms_synced = true,
                         Some(Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm))) => {
-                            shards.insert(cm.metadata.name.clone().unwrap_or_default(), inventory::read(&cm));
+                            shards.insert(cm.metadata.name.clone().unwrap_or_default(), self.inventory.read(&cm));
                         }
                         Some(Ok(watcher::Event::Delete(cm))) => {
                             shards.remove(cm.metadata.name.as_deref().unwrap_or_default());
@@ -240,9 +240,11 @@ impl Refresher {
                 }
                 Revoked::NotAllowed(rule) => {
                     tracing::warn!(namespace = %key.namespace, secret = %want.secret, %rule, "the namespace's rule no longer allows this secret; not refreshed, deleted after the grace period");
+                    // The Event does not name the secret: it is outside the
+                    // namespace's rule (the log line, for the admin, does).
                     revoked_events.insert(key.clone(), format!(
-                        "sm-injector no longer refreshes secret {:?} (backing Secret {}): namespace {:?} may read only {rule}; the backing Secret is deleted once unused for the grace period",
-                        want.secret, key.backing, key.namespace
+                        "sm-injector no longer refreshes the backing Secret {}: namespace {:?} may read only {rule}; it is deleted once unused for the grace period",
+                        key.backing, key.namespace
                     ));
                 }
             }

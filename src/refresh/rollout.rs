@@ -37,6 +37,26 @@ pub fn roll_to(
     Some(behind.wanted.clone())
 }
 
+/// Whether a workload's pod template (its annotations) still names one of
+/// `secrets` (by name, or by an ARN of that name): a workload whose template
+/// no longer uses a rotated secret (its pods are old ones, or they only claim
+/// to be its) is not rolled for it.
+pub fn template_uses(
+    annotations: &BTreeMap<String, String>,
+    secrets: &std::collections::BTreeSet<String>,
+) -> bool {
+    let Ok(Some(inj)) = crate::annotations::parse(annotations, std::time::Duration::ZERO) else {
+        return false;
+    };
+    let names = |id: &str| {
+        secrets
+            .iter()
+            .any(|s| id == s || (id.starts_with("arn:") && crate::backing::arn_names(id, s)))
+    };
+    inj.env.iter().any(|e| names(&e.reference.id))
+        || inj.env_from.iter().any(|e| names(&e.reference.id))
+}
+
 /// What this leader has made sure of, per workload: the versions its
 /// template names (or that it does not ask to be rolled), so that a rollout
 /// in progress costs no API call per pass.
@@ -81,6 +101,7 @@ mod tests {
         Behind {
             wanted: map(wanted),
             stale: stale.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
         }
     }
 
@@ -103,6 +124,37 @@ mod tests {
         // Secrets the workload stopped using leave the record.
         let fewer = behind(&[("db", "v3")], &["db"]);
         assert_eq!(roll_to(&first, &fewer), Some(map(&[("db", "v3")])));
+    }
+
+    #[test]
+    fn only_a_template_that_names_a_rotated_secret_is_rolled_for_it() {
+        let secrets = ["n/db".to_string()].into();
+        let ann = |pairs: &[(&str, &str)]| map(pairs);
+        assert!(template_uses(
+            &ann(&[("sm-injector.io/env.DB", "n/db#url")]),
+            &secrets
+        ));
+        assert!(template_uses(
+            &ann(&[("sm-injector.io/env-from", "n/db")]),
+            &secrets
+        ));
+        assert!(template_uses(
+            &ann(&[(
+                "sm-injector.io/env.DB",
+                "arn:aws:secretsmanager:r:1:secret:n/db-AbCdEf#url"
+            )]),
+            &secrets
+        ));
+        // Another secret, no sm-injector annotation, or a broken one: not rolled.
+        assert!(!template_uses(
+            &ann(&[("sm-injector.io/env.DB", "n/other#url")]),
+            &secrets
+        ));
+        assert!(!template_uses(&ann(&[("app", "n/db")]), &secrets));
+        assert!(!template_uses(
+            &ann(&[("sm-injector.io/env.1X", "n/db")]),
+            &secrets
+        ));
     }
 
     #[test]

@@ -28,8 +28,8 @@ async fn answer(h: &mut H, code: u16, body: Value) -> (String, String, Value) {
 
 fn deployment(opted_in: bool, rotated: Option<&str>) -> Value {
     let mut d = json!({"apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "web", "namespace": "n", "resourceVersion": "41", "annotations": {}},
-        "spec": {"template": {"metadata": {"annotations": {}}}}});
+        "metadata": {"name": "web", "namespace": "n", "resourceVersion": "41", "uid": "d-uid", "annotations": {}},
+        "spec": {"template": {"metadata": {"annotations": {"sm-injector.io/env.DB": "n/db#url"}}}}});
     if opted_in {
         d["metadata"]["annotations"][RESTART_ON_ROTATION] = json!("true");
     }
@@ -53,7 +53,17 @@ fn behind_on_db(version: &str) -> Behind {
     Behind {
         wanted: BTreeMap::from([("sm-db".into(), version.into())]),
         stale: ["sm-db".to_string()].into(),
+        secrets: ["n/db".to_string()].into(),
+        owners: BTreeMap::from([("rs-uid".into(), "web-7d9f".into())]),
     }
+}
+
+/// The ReplicaSet the pods name, controlled by the Deployment of `owner_uid`.
+fn replica_set(owner_uid: &str) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "web-7d9f", "namespace": "n", "uid": "rs-uid",
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web",
+                                 "uid": owner_uid, "controller": true}]}})
 }
 
 /// Runs one `roll` over `web` behind on sm-db@`version`; returns the mock's
@@ -77,6 +87,12 @@ async fn a_workload_behind_is_rolled_once_under_its_resource_version() {
     assert_eq!(
         (method.as_str(), path.as_str()),
         ("GET", "/apis/apps/v1/namespaces/n/deployments/web")
+    );
+    // The ReplicaSet the pods name is checked to be the Deployment's.
+    let (method, path, _) = answer(&mut h, 200, replica_set("d-uid")).await;
+    assert_eq!(
+        (method.as_str(), path.as_str()),
+        ("GET", "/apis/apps/v1/namespaces/n/replicasets/web-7d9f")
     );
     let (method, _, body) = answer(&mut h, 200, deployment(true, Some("{}"))).await;
     assert_eq!(method, "PATCH");
@@ -102,6 +118,7 @@ async fn a_template_that_names_the_version_is_not_rolled_again_by_another_leader
     // Rolled for an earlier version: rolled now.
     let (mut h, t) = start_roll("v3", true);
     answer(&mut h, 200, deployment(true, Some(r#"{"sm-db":"v2"}"#))).await;
+    answer(&mut h, 200, replica_set("d-uid")).await;
     let (method, _, _) = answer(&mut h, 200, deployment(true, None)).await;
     assert_eq!(method, "PATCH");
     assert_eq!(done(t).await.0, 1);
@@ -122,6 +139,27 @@ async fn a_workload_that_does_not_ask_or_a_lost_lease_rolls_nothing() {
         1,
         "not settled: the next leader looks again"
     );
+}
+
+#[tokio::test]
+async fn pods_that_only_claim_a_workload_or_a_template_without_the_secret_roll_nothing() {
+    // The ReplicaSet the pods name belongs to another Deployment.
+    let (mut h, t) = start_roll("v2", true);
+    answer(&mut h, 200, deployment(true, None)).await;
+    answer(&mut h, 200, replica_set("someone-elses-uid")).await;
+    let (rolled, mut r) = done(t).await;
+    assert_eq!(rolled, 0, "no PATCH");
+    assert!(
+        r.to_check(BTreeMap::from([(web(), behind_on_db("v2"))]))
+            .is_empty(),
+        "settled: not looked at again until it falls behind on another version"
+    );
+    // The template does not name the rotated secret: no further read.
+    let (mut h, t) = start_roll("v2", true);
+    let mut d = deployment(true, None);
+    d["spec"]["template"]["metadata"]["annotations"] = json!({"sm-injector.io/env.X": "n/other#k"});
+    answer(&mut h, 200, d).await;
+    assert_eq!(done(t).await.0, 0);
 }
 
 /// Answers each key after `delay` when its id starts with "slow".

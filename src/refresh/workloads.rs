@@ -10,7 +10,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 
 use super::index::{Behind, Index, Key, Workload};
-use super::rollout::{Rollouts, roll_to};
+use super::rollout::{Rollouts, roll_to, template_uses};
 use crate::annotations::{RESTART_ON_ROTATION, ROTATED_VERSIONS};
 use crate::backing;
 use crate::kube_error::kube_reason;
@@ -71,6 +71,31 @@ pub async fn roll(
             rollouts.settled((ns, w), behind.wanted);
             continue;
         };
+        let annotations: BTreeMap<String, String> = obj
+            .data
+            .pointer("/spec/template/metadata/annotations")
+            .and_then(|a| serde_json::from_value(a.clone()).ok())
+            .unwrap_or_default();
+        if !template_uses(&annotations, &behind.secrets) {
+            tracing::info!(namespace = %ns, kind = w.kind, name = %w.name, secrets = ?behind.secrets, "not rolled: its pod template does not name the rotated secret");
+            rollouts.settled((ns, w), behind.wanted);
+            continue;
+        }
+        if !leading() {
+            return rolled;
+        }
+        match owns(client, &ns, &w, &obj, &behind).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(namespace = %ns, kind = w.kind, name = %w.name, "not rolled: pods name it as their owner, but it owns none of them");
+                rollouts.settled((ns, w), behind.wanted);
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(namespace = %ns, kind = w.kind, name = %w.name, error = %kube_reason(&e), "could not check what the workload owns; trying again next pass");
+                continue;
+            }
+        }
         if !leading() {
             return rolled;
         }
@@ -96,6 +121,40 @@ pub async fn roll(
         }
     }
     rolled
+}
+
+/// Whether `obj` (the workload `w`, just read) owns the pods that named it:
+/// a StatefulSet or DaemonSet is their owner by uid; a Deployment owns the
+/// ReplicaSet they name (read here: its uid and its controller's uid).
+async fn owns(
+    client: &kube::Client,
+    ns: &str,
+    w: &Workload,
+    obj: &kube::core::DynamicObject,
+    behind: &Behind,
+) -> Result<bool, kube::Error> {
+    let Some(uid) = obj.metadata.uid.as_deref() else {
+        return Ok(false);
+    };
+    if w.kind != "Deployment" {
+        return Ok(behind.owners.contains_key(uid));
+    }
+    let sets: Api<k8s_openapi::api::apps::v1::ReplicaSet> = Api::namespaced(client.clone(), ns);
+    for (rs_uid, rs_name) in &behind.owners {
+        let Some(rs) = sets.get_opt(rs_name).await? else {
+            continue;
+        };
+        let controlled_by_it = rs
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.controller == Some(true) && o.uid == uid && o.kind == "Deployment");
+        if rs.metadata.uid.as_deref() == Some(rs_uid.as_str()) && controlled_by_it {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// A Warning Event `reason` on each workload using one of `items` (backing

@@ -39,6 +39,15 @@ pub struct Inventory {
     recorded: moka::future::Cache<(String, String), (), Hashing>,
 }
 
+/// How [`Inventory::mark`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marked {
+    /// The namespace's ConfigMap existed.
+    Patched,
+    /// It did not: this write made it.
+    Made,
+}
+
 impl Inventory {
     /// ConfigMaps `<prefix>-<namespace>` in `namespace` (sm-injector's own).
     pub fn new(client: kube::Client, namespace: &str, prefix: &str, ttl: Duration) -> Self {
@@ -57,29 +66,31 @@ impl Inventory {
     }
 
     /// Records that `backings` in `namespace` are (about to be) written and
-    /// used, in one write for those not recorded lately.
+    /// used, in one write for those not recorded lately. True when that
+    /// write made the namespace's inventory: sm-injector has written nothing
+    /// in the namespace before, so its backing Secrets are most likely absent.
     pub async fn record<'a>(
         &self,
         namespace: &str,
         backings: impl IntoIterator<Item = &'a str>,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let keys: Vec<(String, String)> = backings
             .into_iter()
             .filter(|b| !self.recorded.contains_key(&Strs([namespace, b])))
             .map(|b| (namespace.to_string(), b.to_string()))
             .collect();
         if keys.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let marks = keys
             .iter()
             .map(|(_, b)| (b.clone(), Some(String::new())))
             .collect();
-        self.mark(namespace, &marks).await?;
+        let made = self.mark(namespace, &marks).await?;
         for k in keys {
             self.recorded.insert(k, ()).await;
         }
-        Ok(())
+        Ok(made == Marked::Made)
     }
 
     /// Sets (`Some`) or removes (`None`) marks in `namespace`'s ConfigMap, with
@@ -89,7 +100,7 @@ impl Inventory {
         &self,
         namespace: &str,
         marks: &BTreeMap<String, Option<String>>,
-    ) -> Result<(), String> {
+    ) -> Result<Marked, String> {
         let name = format!("{}-{namespace}", self.prefix);
         let patch = serde_json::json!({ "data": marks });
         let fail = |e: &kube::Error| {
@@ -104,7 +115,7 @@ impl Inventory {
                 .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(Marked::Patched),
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => return Err(fail(&e)),
             }
@@ -121,7 +132,7 @@ impl Inventory {
             }))
             .expect("a ConfigMap");
             match self.api.create(&PostParams::default(), &cm).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(Marked::Made),
                 // Created by another writer meanwhile: patch it.
                 Err(kube::Error::Api(e)) if e.code == 409 => continue,
                 Err(e) => return Err(fail(&e)),
@@ -149,14 +160,30 @@ impl Inventory {
     }
 }
 
-/// The marks one inventory ConfigMap holds.
-pub fn read(cm: &ConfigMap) -> Vec<(Key, String)> {
-    let Some(ns) = cm
+impl Inventory {
+    /// The marks one inventory ConfigMap holds. Its tenant namespace is the
+    /// one its name (`<prefix>-<namespace>`) gives, which its label must
+    /// repeat: a ConfigMap naming one namespace and labelled for another is
+    /// read as holding nothing, so that no mark is taken for a namespace it
+    /// was not written for.
+    pub fn read(&self, cm: &ConfigMap) -> Vec<(Key, String)> {
+        read_with_prefix(&self.prefix, cm)
+    }
+}
+
+fn read_with_prefix(prefix: &str, cm: &ConfigMap) -> Vec<(Key, String)> {
+    let ns = cm
+        .metadata
+        .name
+        .as_deref()
+        .and_then(|n| n.strip_prefix(prefix)?.strip_prefix('-'));
+    let label = cm
         .metadata
         .labels
         .as_ref()
         .and_then(|l| l.get(INVENTORY_OF))
-    else {
+        .map(String::as_str);
+    let Some(ns) = ns.filter(|ns| !ns.is_empty() && Some(*ns) == label) else {
         return vec![];
     };
     cm.data
@@ -165,11 +192,37 @@ pub fn read(cm: &ConfigMap) -> Vec<(Key, String)> {
         .map(|(backing, mark)| {
             (
                 Key {
-                    namespace: ns.clone(),
+                    namespace: ns.to_string(),
                     backing: backing.clone(),
                 },
                 mark.clone(),
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cm(name: &str, label: Option<&str>) -> ConfigMap {
+        let mut c = ConfigMap::default();
+        c.metadata.name = Some(name.into());
+        c.metadata.labels = label.map(|l| [(INVENTORY_OF.to_string(), l.to_string())].into());
+        c.data = Some([("sm-n-db-1".to_string(), "mark".to_string())].into());
+        c
+    }
+
+    #[test]
+    fn the_namespace_comes_from_the_name_and_the_label_must_agree() {
+        let p = "sm-injector-refresher-inventory";
+        let marks = read_with_prefix(p, &cm(&format!("{p}-team-a"), Some("team-a")));
+        assert_eq!(marks.len(), 1);
+        assert_eq!(marks[0].0.namespace, "team-a");
+        // Labelled for another namespace, or not labelled, or not ours: nothing.
+        assert!(read_with_prefix(p, &cm(&format!("{p}-team-a"), Some("kube-system"))).is_empty());
+        assert!(read_with_prefix(p, &cm(&format!("{p}-team-a"), None)).is_empty());
+        assert!(read_with_prefix(p, &cm("other-team-a", Some("team-a"))).is_empty());
+        assert!(read_with_prefix(p, &cm(&format!("{p}-"), Some(""))).is_empty());
+    }
 }

@@ -22,7 +22,7 @@ pub mod inventory;
 pub mod rule;
 mod write;
 
-pub use write::{WriteError, Written, delete_backing, read, write_backing};
+pub use write::{WriteError, Written, create_backing, delete_backing, read, write_backing};
 
 use crate::backing;
 use crate::fetch::FetchKey;
@@ -168,6 +168,8 @@ impl Syncer {
         dry_run: bool,
     ) -> Result<Ensured, Vec<String>> {
         let mut out = Ensured::default();
+        // The namespace's first backing Secrets: created without a read first.
+        let mut first = false;
         if let Some(inv) = self.inventory.as_ref().filter(|_| !dry_run) {
             // Recorded before anything is written, all in one write.
             let fresh = plan
@@ -175,11 +177,14 @@ impl Syncer {
                 .iter()
                 .filter(|b| matches!(b.content, Content::Fresh { .. }))
                 .map(|b| b.name.as_str());
-            if let Err(e) = inv.record(namespace, fresh).await {
-                // The pod is admitted; only a Secret written for a pod that a
-                // later stage rejects could be left uncollected.
-                tracing::warn!(namespace, error = %e, "could not record backing Secrets in the inventory; admitting all the same");
-                out.warnings.push(format!("sm-injector could not record its backing Secrets in its inventory ({e}); the pod is admitted"));
+            match inv.record(namespace, fresh).await {
+                Ok(made) => first = made,
+                Err(e) => {
+                    // The pod is admitted; only a Secret written for a pod that a
+                    // later stage rejects could be left uncollected.
+                    tracing::warn!(namespace, error = %e, "could not record backing Secrets in the inventory; admitting all the same");
+                    out.warnings.push(format!("sm-injector could not record its backing Secrets in its inventory ({e}); the pod is admitted"));
+                }
             }
         }
         // The owned form of `uid`, or of the name when the cache has no UID yet
@@ -207,7 +212,7 @@ impl Syncer {
         let jobs = plan
             .backing
             .iter()
-            .map(|b| self.ensure_one(&api, namespace, &scope, b, dry_run));
+            .map(|b| self.ensure_one(&api, namespace, &scope, b, dry_run, first));
         let results = futures::future::join_all(jobs).await;
         let mut errors = vec![];
         for (i, r) in results.into_iter().enumerate() {
@@ -238,6 +243,7 @@ impl Syncer {
         scope: &str,
         b: &Backing,
         dry_run: bool,
+        first: bool,
     ) -> Result<Done, String> {
         let value = match &b.content {
             Content::Fresh { value } => value,
@@ -262,7 +268,12 @@ impl Syncer {
                     &now_rfc3339(),
                 )
                 .map_err(|e| NotWritten::Failed(e.to_string()))?;
-                match write_backing(api, &obj, Writer::Admission, &|| true).await {
+                let written = if first {
+                    create_backing(api, &obj).await
+                } else {
+                    write_backing(api, &obj, Writer::Admission, &|| true).await
+                };
+                match written {
                     Ok(Written::Created) => {
                         self.metrics.secret_write("apply");
                         Ok(())
@@ -338,6 +349,12 @@ impl Syncer {
         if !rule::managed(&s) {
             return Err(format!(
                 "{reason}, and the Secret {namespace}/{} is not managed by sm-injector",
+                b.name
+            ));
+        }
+        if !rule::holds_source(&s, &b.secret_name, &b.version.to_string(), b.form.as_str()) {
+            return Err(format!(
+                "{reason}, and the Secret {namespace}/{} is the backing Secret of another secret",
                 b.name
             ));
         }

@@ -18,7 +18,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Secret;
 
-use crate::backing::{ANN_REFRESHED, ANN_VERSION_ID, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::backing::{
+    ANN_FORM, ANN_NAME, ANN_REFRESHED, ANN_SELECTOR, ANN_VERSION_ID, MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+};
 
 /// Who is writing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +75,31 @@ pub fn managed(s: &Secret) -> bool {
         .as_ref()
         .and_then(|l| l.get(MANAGED_BY_LABEL))
         .is_some_and(|v| v == MANAGED_BY_VALUE)
+}
+
+/// Whether `existing` is the backing Secret of the same secret, version
+/// selector and form as `desired`, as far as it says (a Secret whose source
+/// annotations were removed is drift, repaired). Two references whose names
+/// hashed alike would otherwise overwrite each other's Secret; it is refused
+/// instead ([`super::write_backing`]).
+pub fn same_source(existing: &Secret, desired: &Secret) -> bool {
+    let get = |k: &str| annotation(desired, k).unwrap_or_default();
+    holds_source(existing, get(ANN_NAME), get(ANN_SELECTOR), get(ANN_FORM))
+}
+
+/// Whether `s` says it holds `name` at `selector` in `form` (or says nothing).
+pub fn holds_source(s: &Secret, name: &str, selector: &str, form: &str) -> bool {
+    [(ANN_NAME, name), (ANN_SELECTOR, selector), (ANN_FORM, form)]
+        .iter()
+        .all(|(k, want)| annotation(s, k).is_none_or(|v| v == *want))
+}
+
+fn annotation<'a>(s: &'a Secret, k: &str) -> Option<&'a str> {
+    s.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(k))
+        .map(String::as_str)
 }
 
 /// Compares what `existing` holds with `desired` ([`crate::backing::object`]):
@@ -216,11 +244,39 @@ mod tests {
                 }
             );
         }
+        for drifted in [&edited, &extra, &emptied, &relabelled, &resourced] {
+            assert!(same_source(drifted, &v1));
+        }
         let mut unversioned = v1.clone();
         unversioned.metadata.annotations = None;
         assert_eq!(
             decide(Writer::Leader, Some(&unversioned), &v1),
             Action::Replace { rotation: true }
         );
+    }
+
+    #[test]
+    fn a_secret_of_another_source_under_the_same_name_is_not_ours_to_replace() {
+        let v1 = desired("v1", "a");
+        let other = |k: &str, v: &str| {
+            let mut s = v1.clone();
+            s.metadata
+                .annotations
+                .as_mut()
+                .unwrap()
+                .insert(k.into(), v.into());
+            s
+        };
+        assert!(same_source(&v1, &v1));
+        for (k, v) in [
+            (ANN_NAME, "n/other"),
+            (ANN_SELECTOR, "versionStage=AWSPREVIOUS"),
+            (ANN_FORM, "raw"),
+        ] {
+            assert!(!same_source(&other(k, v), &v1), "{k}");
+        }
+        let mut bare = v1.clone();
+        bare.metadata.annotations = None;
+        assert!(same_source(&bare, &v1), "no source said: drift, repaired");
     }
 }

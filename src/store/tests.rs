@@ -300,3 +300,47 @@ async fn a_namespace_made_again_is_not_taken_for_the_one_written_before() {
     assert_eq!(method, "POST");
     done(t).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_first_write_in_a_namespace_creates_at_once_and_decides_as_usual_when_it_exists() {
+    let object = || {
+        backing::object(
+            "n",
+            "sm-n-db-1",
+            &value("v1"),
+            &Version::current(),
+            Form::Keys,
+            "now",
+        )
+        .unwrap()
+    };
+    // Absent, as it most likely is: one request, a create.
+    let (mut h, api) = mocked();
+    let obj = object();
+    let t = tokio::spawn(async move { create_backing(&api, &obj).await });
+    let (method, query, _, body) = answer(&mut h, 201, held("v1", true)).await;
+    assert_eq!(method, "POST");
+    assert!(query.contains("fieldManager=sm-injector"), "{query}");
+    assert_eq!(
+        body["metadata"]["annotations"][backing::ANN_VERSION_ID],
+        "v1"
+    );
+    assert_eq!(done(t).await, Ok(Written::Created));
+
+    // There after all, and not sm-injector's: read, then left alone.
+    let (mut h, api) = mocked();
+    let obj = object();
+    let t = tokio::spawn(async move { create_backing(&api, &obj).await });
+    answer(&mut h, 409, status(409, "AlreadyExists")).await;
+    let (method, _, _, _) = answer(&mut h, 200, held("v1", false)).await;
+    assert_eq!(method, "PATCH", "the read");
+    assert_eq!(done(t).await, Err(WriteError::unmanaged()));
+
+    // There after all, at another version: the admission never replaces it.
+    let (mut h, api) = mocked();
+    let obj = object();
+    let t = tokio::spawn(async move { create_backing(&api, &obj).await });
+    answer(&mut h, 409, status(409, "AlreadyExists")).await;
+    answer(&mut h, 200, held("v2", true)).await;
+    assert!(matches!(done(t).await, Ok(Written::Differs { .. })));
+}

@@ -48,7 +48,16 @@ impl WriteError {
         }
     }
 
-    fn unmanaged() -> Self {
+    fn other_source() -> Self {
+        WriteError {
+            status: None,
+            reason: "a Secret of that name is sm-injector's backing Secret of another secret, \
+                     version or form (their names hashed alike); it is not replaced"
+                .into(),
+        }
+    }
+
+    pub(crate) fn unmanaged() -> Self {
         WriteError {
             status: None,
             reason: "a Secret of that name exists and is not managed by sm-injector".into(),
@@ -106,6 +115,11 @@ pub async fn write_backing(
         {
             return Err(WriteError::unmanaged());
         }
+        if let Some(s) = &existing
+            && !rule::same_source(s, obj)
+        {
+            return Err(WriteError::other_source());
+        }
         let action = rule::decide(writer, existing.as_ref(), obj);
         if matches!(action, Action::Create | Action::Replace { .. })
             && writer == Writer::Leader
@@ -154,6 +168,25 @@ pub async fn write_backing(
             Err(kube::Error::Api(e)) if e.code == 409 && attempts < 5 => continue,
             Err(e) => return Err(WriteError::api(&e, "")),
         }
+    }
+}
+
+/// An admission's [`write_backing`] of a Secret that is most likely absent
+/// (the first write in a namespace): creates it straight away, one request
+/// instead of a read and a create; when it exists after all (a concurrent
+/// admission, an inventory deleted by hand, a Secret that is not
+/// sm-injector's), decides as [`write_backing`] does.
+pub async fn create_backing(api: &Api<Secret>, obj: &Secret) -> Result<Written, WriteError> {
+    let pp = PostParams {
+        field_manager: Some(backing::FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match api.create(&pp, obj).await {
+        Ok(_) => Ok(Written::Created),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            write_backing(api, obj, Writer::Admission, &|| true).await
+        }
+        Err(e) => Err(WriteError::api(&e, "")),
     }
 }
 

@@ -82,6 +82,9 @@ fn refresher_for(
             limits: Limits {
                 max_entries: MAX_BACKING_PER_POD,
                 min_interval: Duration::from_secs(1),
+                max_calls: sm_injector::admission::MAX_AWS_CALLS,
+                max_records_per_namespace: 5000,
+                max_secrets_per_namespace: 1000,
             },
             aws_deadline: Duration::from_secs(3),
             gc_grace: grace,
@@ -612,8 +615,16 @@ async fn narrowing_allowed_secrets_stops_refreshing_and_deletes_the_copy() {
     );
     let ev = warning_event(&client, &ns, "SecretAccessRevoked").await;
     let note = ev.note.unwrap_or_default();
+    // It names the backing Secret and the rule, not the secret now outside it.
+    let backing = sm_injector::backing::name(
+        &format!("{lib}/smtp"),
+        &sm_injector::reference::Version::current(),
+        sm_injector::backing::Form::Keys,
+    );
     assert!(
-        note.contains(&format!("{lib}/smtp")) && note.contains(&format!("{ns}/*")),
+        note.contains(&backing)
+            && note.contains(&format!("{ns}/*"))
+            && !note.contains(&format!("{lib}/smtp")),
         "{note}"
     );
     drop(r);

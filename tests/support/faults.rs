@@ -26,7 +26,13 @@ pub enum Mode {
     Refusing = 3,
     /// Calls alternately passed through and failed with HTTP 500.
     Flapping = 4,
+    /// AWS's account quota: more than [`BATCH_QUOTA`] `BatchGetSecretValue`
+    /// calls in one second are answered `ThrottlingException`.
+    Quota = 5,
 }
+
+/// AWS's `BatchGetSecretValue` calls a second per account and region.
+pub const BATCH_QUOTA: u32 = 100;
 
 impl Mode {
     pub fn name(self) -> &'static str {
@@ -36,6 +42,7 @@ impl Mode {
             Mode::Throttling => "throttling",
             Mode::Refusing => "refusing",
             Mode::Flapping => "flapping",
+            Mode::Quota => "AWS's quota",
         }
     }
 
@@ -46,6 +53,7 @@ impl Mode {
             Mode::Throttling,
             Mode::Refusing,
             Mode::Flapping,
+            Mode::Quota,
         ][v as usize]
     }
 }
@@ -55,6 +63,10 @@ pub struct FaultyEndpoint {
     mode: Arc<AtomicU8>,
     /// Requests that reached the proxy (refused connections not included).
     pub requests: Arc<AtomicU64>,
+    /// Calls answered `ThrottlingException` under [`Mode::Quota`], and the
+    /// most `BatchGetSecretValue` calls seen in one second.
+    pub throttled: Arc<AtomicU64>,
+    pub busiest_second: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -66,6 +78,8 @@ impl FaultyEndpoint {
         let mode = Arc::new(AtomicU8::new(Mode::Healthy as u8));
         let requests = Arc::new(AtomicU64::new(0));
         let flip = Arc::new(AtomicU64::new(0));
+        let window = Arc::new(Window::default());
+        let (throttled, busiest_second) = (window.throttled.clone(), window.busiest.clone());
         let task = {
             let (mode, requests) = (mode.clone(), requests.clone());
             tokio::spawn(async move {
@@ -77,24 +91,26 @@ impl FaultyEndpoint {
                         drop(tcp);
                         continue;
                     }
-                    let (mode, requests, flip, upstream) = (
+                    let (mode, requests, flip, upstream, window) = (
                         mode.clone(),
                         requests.clone(),
                         flip.clone(),
                         upstream.clone(),
+                        window.clone(),
                     );
                     tokio::spawn(async move {
                         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                            let (mode, requests, flip, upstream) = (
+                            let (mode, requests, flip, upstream, window) = (
                                 mode.clone(),
                                 requests.clone(),
                                 flip.clone(),
                                 upstream.clone(),
+                                window.clone(),
                             );
                             async move {
                                 requests.fetch_add(1, Ordering::SeqCst);
                                 let m = Mode::from_u8(mode.load(Ordering::SeqCst));
-                                Ok::<_, Infallible>(answer(m, req, &upstream, &flip).await)
+                                Ok::<_, Infallible>(answer(m, req, &upstream, &flip, &window).await)
                             }
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
@@ -108,6 +124,8 @@ impl FaultyEndpoint {
             url,
             mode,
             requests,
+            throttled,
+            busiest_second,
             task,
         }
     }
@@ -134,12 +152,54 @@ fn aws_error(status: StatusCode, kind: &str, message: &str) -> Response<Full<Byt
         .unwrap()
 }
 
+/// `BatchGetSecretValue` calls per second, as AWS counts them for its quota.
+#[derive(Default)]
+struct Window {
+    /// The current second (since the proxy started) and its calls.
+    now: std::sync::Mutex<(u64, u32)>,
+    start: std::sync::OnceLock<std::time::Instant>,
+    throttled: Arc<AtomicU64>,
+    busiest: Arc<AtomicU64>,
+}
+
+impl Window {
+    /// Counts one call; false when it is over the quota.
+    fn admit(&self) -> bool {
+        let second = self
+            .start
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_secs();
+        let mut now = self.now.lock().unwrap();
+        if now.0 != second {
+            *now = (second, 0);
+        }
+        now.1 += 1;
+        self.busiest.fetch_max(now.1 as u64, Ordering::SeqCst);
+        now.1 <= BATCH_QUOTA
+    }
+}
+
 async fn answer(
     m: Mode,
     req: Request<Incoming>,
     upstream: &str,
     flip: &AtomicU64,
+    window: &Window,
 ) -> Response<Full<Bytes>> {
+    let batch = req
+        .headers()
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.ends_with("BatchGetSecretValue"));
+    if batch && !window.admit() && m == Mode::Quota {
+        window.throttled.fetch_add(1, Ordering::SeqCst);
+        return aws_error(
+            StatusCode::BAD_REQUEST,
+            "ThrottlingException",
+            "Rate exceeded",
+        );
+    }
     match m {
         Mode::Throttling => {
             return aws_error(

@@ -47,8 +47,8 @@ pub struct Options {
     /// Headers, then a body, must arrive within these.
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
-    /// TLS connections open at once.
-    pub max_connections: usize,
+    /// Connections per source, in their handshake and established.
+    pub connections: sm_injector::connections::Budgets,
 }
 
 impl Default for Options {
@@ -62,7 +62,11 @@ impl Default for Options {
             shutdown_delay: Duration::ZERO,
             header_read_timeout: Duration::from_secs(5),
             body_read_timeout: Duration::from_secs(5),
-            max_connections: 1024,
+            connections: sm_injector::connections::Budgets {
+                established: 1024,
+                handshakes: 256,
+                per_source: 128,
+            },
         }
     }
 }
@@ -126,11 +130,19 @@ pub async fn start(bed: &TestBed, namespaces: &[&str], opts: Options) -> Injecto
                 key: dir.join("tls.key"),
                 client_ca: None,
             },
-            max_connections: opts.max_connections,
+            connections: opts.connections,
+            handshake_timeout: Duration::from_secs(3),
             admission_deadline: Duration::from_secs(8),
             max_body_bytes: 4 * 1024 * 1024,
+            inflight: sm_injector::inflight::Limits {
+                requests: 256,
+                bytes: 16 << 20,
+                bytes_per_source: 8 << 20,
+            },
+            max_pod_entries: sm_injector::wire::DEFAULT_MAX_ENTRIES,
             header_read_timeout: opts.header_read_timeout,
             body_read_timeout: opts.body_read_timeout,
+            idle_timeout: Duration::from_secs(120),
             cert_poll: Duration::from_secs(1),
             shutdown_delay: opts.shutdown_delay,
             drain: Duration::from_secs(5),

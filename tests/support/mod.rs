@@ -42,6 +42,8 @@ pub struct TestBed {
     pub kubeconfig: PathBuf,
     pub apiserver: String,
     pub moto: String,
+    /// etcd's client port (its `/metrics` is served there too).
+    pub etcd_port: u16,
     /// The cluster CA (PEM); it also signs the webhook serving certificates of tests.
     pub ca_pem: String,
     ca: Mutex<Ca>,
@@ -119,6 +121,58 @@ pub fn component(var: &str, what: &str) -> PathBuf {
         ),
         None => panic!("{var} is not set: {what} is missing; {HOW_TO_RUN}"),
     }
+}
+
+/// The pid of the test bed's child process `name` (e.g. "kube-apiserver",
+/// "etcd"), for benchmarks that read its CPU time from `/proc`.
+pub fn child_pid(name: &str) -> Option<u32> {
+    CHILDREN
+        .lock()
+        .ok()?
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, pid)| *pid)
+}
+
+/// `examples/noop_webhook` of the same profile as the running bench (the
+/// minimal no-op webhook the benchmarks compare against).
+pub fn noop_webhook_binary() -> PathBuf {
+    // target/release/deps/<bench>-... -> target/release/examples/noop_webhook
+    let exe = std::env::current_exe().unwrap();
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("examples/noop_webhook");
+    assert!(
+        p.is_file(),
+        "{} is missing: cargo build --release --example noop_webhook",
+        p.display()
+    );
+    p
+}
+
+/// Starts the minimal no-op webhook on 127.0.0.1 with the bed's serving
+/// certificate (written into `dir`); its port and pid.
+pub fn start_noop_webhook(bed: &TestBed, dir: &Path) -> (u16, u32) {
+    let pem = bed.serving_cert();
+    fs::write(dir.join("tls.crt"), &pem.cert).unwrap();
+    fs::write(dir.join("tls.key"), &pem.key).unwrap();
+    let port = free_port();
+    let noop = spawn(
+        &bed.dir,
+        "noop-webhook",
+        &noop_webhook_binary(),
+        &[
+            format!("127.0.0.1:{port}"),
+            dir.join("tls.crt").display().to_string(),
+            dir.join("tls.key").display().to_string(),
+        ],
+    );
+    let pid = noop.id();
+    // Stopped at exit with the other children (its pid is in CHILDREN).
+    std::mem::forget(noop);
+    (port, pid)
 }
 
 pub fn free_port() -> u16 {
@@ -535,6 +589,7 @@ fn start() -> TestBed {
         kubeconfig: kubeconfig_path,
         apiserver,
         moto: format!("http://127.0.0.1:{mp}"),
+        etcd_port: ep,
         ca_pem: ca.cert_pem(),
         ca: Mutex::new(ca),
         webhook_client_ca: pki.join("webhook-client-ca.crt"),
@@ -988,9 +1043,9 @@ pub async fn start_url_webhook(
     register_webhook(bed, client, name, &format!("127.0.0.1:{port}"), namespaces).await
 }
 
-/// [`start_url_webhook`] at `host_port`. The API server speaks HTTP/2 to
-/// loopback URL webhooks and HTTP/1.1 to all others (as to a Service); use
-/// host `0.0.0.0`, which Linux routes to loopback, to get HTTP/1.1.
+/// [`start_url_webhook`] at `host_port`. (The API server would speak HTTP/2
+/// to a loopback URL webhook that offered it; sm-injector offers HTTP/1.1
+/// only, as the API server speaks to Service webhooks.)
 pub async fn register_webhook(
     bed: &TestBed,
     client: &kube::Client,

@@ -29,8 +29,9 @@ use crate::reference::Version;
 
 pub use crate::backing::Key;
 use read::{check_record, read_versions};
-pub use read::{read_record, workload};
+pub use read::{owner, read_record, workload};
 
+mod bounds;
 mod read;
 
 /// What a workload's pods are behind on.
@@ -40,6 +41,12 @@ pub struct Behind {
     pub wanted: BTreeMap<String, String>,
     /// Those some pod runs another version of.
     pub stale: BTreeSet<String>,
+    /// The secrets of those, by name: the workload's template must still
+    /// name one of them to be rolled.
+    pub secrets: BTreeSet<String>,
+    /// The controlling owners (uid → name) its pods name: the workload must
+    /// own one of them to be rolled.
+    pub owners: BTreeMap<String, String>,
 }
 
 /// One entry of a record, checked.
@@ -79,6 +86,8 @@ type Versions = [Option<Box<str>>];
 struct PodUse {
     record: Arc<Checked>,
     workload: Option<Workload>,
+    /// Its controlling owner's uid and name ([`read::owner`]).
+    owner: Option<(String, String)>,
     /// The version of each backing Secret the pod's admission saw it hold
     /// ([`VERSIONS`]): what its containers read. Empty for pods admitted
     /// before sm-injector recorded it. One per entry, in the same order.
@@ -136,6 +145,13 @@ pub struct Limits {
     pub max_entries: usize,
     /// Shorter intervals are raised to this.
     pub min_interval: Duration,
+    /// Secrets Manager calls a record's entries may need (the webhook's
+    /// `--max-secretsmanager-calls-per-pod`).
+    pub max_calls: usize,
+    /// Pods with records, and distinct secret versions they name, one
+    /// namespace may have; records past either are refused.
+    pub max_records_per_namespace: usize,
+    pub max_secrets_per_namespace: usize,
 }
 
 pub struct Index {
@@ -148,6 +164,8 @@ pub struct Index {
     versions: Shared<Versions>,
     /// Pods removed or changed since the shared texts were last pruned.
     dropped: usize,
+    /// What each namespace's records hold, to bound it.
+    namespaces: bounds::Namespaces,
 }
 
 impl Index {
@@ -159,13 +177,15 @@ impl Index {
             records: Shared::default(),
             versions: Shared::default(),
             dropped: 0,
+            namespaces: bounds::Namespaces::default(),
         }
     }
 
     /// Removes a pod; the shared texts are pruned once as many pods went as
     /// texts are kept (amortised: a pod costs O(1)).
     fn remove(&mut self, key: &(String, String)) {
-        if self.pods.remove(key).is_some() {
+        if let Some(p) = self.pods.remove(key) {
+            self.namespaces.count(&key.0, &p.record.entries, false);
             self.forget_one();
         }
     }
@@ -221,18 +241,29 @@ impl Index {
             self.remove(&key);
             return None;
         };
-        match self.checked(text) {
+        // The pod's own earlier record does not count against it.
+        if let Some(old) = self.pods.remove(&key) {
+            self.namespaces.count(&key.0, &old.record.entries, false);
+            self.forget_one();
+        }
+        let checked = self.checked(text).and_then(|record| {
+            match self.namespaces.over(&key.0, &record.entries, &self.limits) {
+                Some(why) => Err(why),
+                None => Ok(record),
+            }
+        });
+        match checked {
             Ok(record) => {
                 self.refused.remove(&key);
                 let versions = self.shared_versions(text, annotations, &record.entries);
+                self.namespaces.count(&key.0, &record.entries, true);
                 let pod = PodUse {
                     record,
                     workload: workload(m),
+                    owner: read::owner(m),
                     versions,
                 };
-                if self.pods.insert(key, pod).is_some() {
-                    self.forget_one();
-                }
+                self.pods.insert(key, pod);
                 None
             }
             Err(reason) => {
@@ -256,6 +287,7 @@ impl Index {
     /// so that each is still reported once.
     pub fn restart(&mut self) {
         self.pods.clear();
+        self.namespaces.clear();
         self.records.prune();
         self.versions.prune();
     }
@@ -298,6 +330,7 @@ impl Index {
                 continue;
             };
             let mut stale = BTreeSet::new();
+            let mut secrets = BTreeSet::new();
             let mut wanted = BTreeMap::new();
             for (i, e) in p.record.entries.iter().enumerate() {
                 let key = Key {
@@ -314,6 +347,7 @@ impl Index {
                 };
                 if behind {
                     stale.insert(e.backing.clone());
+                    secrets.insert(e.secret.clone());
                 }
             }
             // Every pod's backing Secrets, so that the template's record names
@@ -321,6 +355,8 @@ impl Index {
             let b = out.entry((ns.clone(), w.clone())).or_default();
             b.wanted.extend(wanted);
             b.stale.extend(stale);
+            b.secrets.extend(secrets);
+            b.owners.extend(p.owner.clone());
         }
         out.retain(|_, b| !b.stale.is_empty());
         out

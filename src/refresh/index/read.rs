@@ -48,14 +48,26 @@ pub(super) fn check_record(text: &str, limits: Limits) -> Result<(Vec<Entry>, Du
         };
         let scope = match &e.arn {
             None => None,
+            // The ARN is what is fetched, the name what the rule is checked
+            // against: they must name the same secret. (The ARN is not
+            // quoted back: it may be another tenant's.)
+            Some(arn) if !backing::arn_names(arn, &e.secret) => {
+                return Err(format!(
+                    "the entry {:?} has an ARN that does not name its secret",
+                    e.backing
+                ));
+            }
             Some(arn) => match backing::arn_scope(arn) {
                 Some(s) => Some(s),
                 None => return Err(format!("the entry {:?} has a bad ARN", e.backing)),
             },
         };
-        if r.is_arn()
-            || backing::name_scoped(&r.id, scope.as_deref(), &r.version, form) != e.backing
-        {
+        // Records of earlier releases name the backing Secret with a 32-bit
+        // hash; theirs are still refreshed until their pods are gone.
+        let derived = |f: fn(&str, Option<&str>, &reference::Version, Form) -> String| {
+            f(&r.id, scope.as_deref(), &r.version, form) == e.backing
+        };
+        if r.is_arn() || !(derived(backing::name_scoped) || derived(backing::legacy_name_scoped)) {
             return Err(format!(
                 "the entry {:?} is not the backing Secret sm-injector derives for {:?}",
                 e.backing, e.secret
@@ -70,6 +82,15 @@ pub(super) fn check_record(text: &str, limits: Limits) -> Result<(Vec<Entry>, Du
             secret: r.id,
             form,
         });
+    }
+    // The webhook denies a pod whose references need more calls than this.
+    let calls =
+        crate::quota::calls_for(&entries.iter().map(|e| e.fetch.clone()).collect::<Vec<_>>());
+    if calls as usize > limits.max_calls {
+        return Err(format!(
+            "the record needs {calls} Secrets Manager calls; the webhook allows at most {} a pod",
+            limits.max_calls
+        ));
     }
     Ok((entries, interval))
 }
@@ -98,13 +119,10 @@ pub(super) fn read_versions(
 /// the pod's `pod-template-hash` (the Deployment controller's naming); bare
 /// ReplicaSets and other owners have none. No API call.
 pub fn workload(meta: &kube::api::ObjectMeta) -> Option<Workload> {
-    let owner = meta
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true));
+    let owner = controller(meta);
     let (kind, name) = match owner {
         None => ("Pod", meta.name.clone()?),
+        Some(o) if o.api_version != "apps/v1" => return None,
         Some(o) if o.kind == "StatefulSet" => ("StatefulSet", o.name.clone()),
         Some(o) if o.kind == "DaemonSet" => ("DaemonSet", o.name.clone()),
         Some(o) if o.kind == "ReplicaSet" => {
@@ -115,4 +133,23 @@ pub fn workload(meta: &kube::api::ObjectMeta) -> Option<Workload> {
         Some(_) => return None,
     };
     Some(Workload { kind, name })
+}
+
+fn controller(
+    meta: &kube::api::ObjectMeta,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+}
+
+/// The uid and name of the pod's controlling owner of `apps/v1` (its
+/// ReplicaSet, StatefulSet or DaemonSet), which a rollout checks against the
+/// workload it reads before writing: a pod's ownerReferences are written by
+/// whoever created it.
+pub fn owner(meta: &kube::api::ObjectMeta) -> Option<(String, String)> {
+    controller(meta)
+        .filter(|o| o.api_version == "apps/v1")
+        .map(|o| (o.uid.clone(), o.name.clone()))
 }

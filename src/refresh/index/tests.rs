@@ -6,6 +6,9 @@ use serde_json::json;
 const LIMITS: Limits = Limits {
     max_entries: 3,
     min_interval: Duration::from_secs(60),
+    max_calls: 10,
+    max_records_per_namespace: 1000,
+    max_secrets_per_namespace: 1000,
 };
 
 fn pod(
@@ -124,6 +127,143 @@ fn arn_entries_fetch_by_arn_and_must_match_their_scope() {
     // The same entry claiming another account does not match its name.
     let other = rec.replace("999999999999", "111111111111");
     assert!(ix.apply(&pod("n", "q", Some(other), json!({}))).is_some());
+    // An ARN of another tenant's secret under this namespace's name: the
+    // backing name matches (it hashes the name and the scope), the ARN's own
+    // name does not, and the reason does not quote the ARN.
+    let theirs = "arn:aws:secretsmanager:eu-west-1:999999999999:secret:victim/db-XyZ123";
+    let forged = record_for("1h", &[("n/db", cur(), Form::Keys, Some(theirs))]);
+    let why = ix.apply(&pod("n", "r", Some(forged), json!({}))).unwrap();
+    assert!(
+        why.contains("does not name its secret") && !why.contains("victim"),
+        "{why}"
+    );
+    assert!(backing::arn_names(
+        "arn:aws:secretsmanager:r:1:secret:n/db",
+        "n/db"
+    ));
+    assert!(!backing::arn_names(
+        "arn:aws:secretsmanager:r:1:secret:n/db-AbCdE",
+        "n/db"
+    ));
+    assert!(!backing::arn_names(
+        "arn:aws:secretsmanager:r:1:secret:n/dbx-AbCdEf",
+        "n/db"
+    ));
+    assert!(!backing::arn_names(
+        "arn:aws:s3:r:1:secret:n/db-AbCdEf",
+        "n/db"
+    ));
+    assert_eq!(ix.in_use().len(), 1);
+}
+
+#[test]
+fn records_of_earlier_releases_keep_their_backing_secrets() {
+    let mut ix = Index::new(LIMITS);
+    let now = record_for("1h", &[("n/db", cur(), Form::Keys, None)]);
+    let new_name = backing::name("n/db", &cur(), Form::Keys);
+    let old_name = backing::legacy_name_scoped("n/db", None, &cur(), Form::Keys);
+    assert_eq!(new_name.len(), old_name.len() + 8);
+    let before = now.replace(&new_name, &old_name);
+    assert_eq!(ix.apply(&pod("n", "old", Some(before), json!({}))), None);
+    assert_eq!(ix.apply(&pod("n", "new", Some(now), json!({}))), None);
+    let names: Vec<_> = ix.in_use().into_keys().map(|k| k.backing).collect();
+    assert_eq!(names, [old_name.clone(), new_name]);
+    // Any other length or hash is still refused.
+    let forged = record_for("1h", &[("n/db", cur(), Form::Keys, None)]).replace(
+        &backing::name("n/db", &cur(), Form::Keys),
+        &format!("{old_name}00"),
+    );
+    assert!(
+        ix.apply(&pod("n", "forged", Some(forged), json!({})))
+            .is_some()
+    );
+}
+
+#[test]
+fn records_needing_more_calls_than_the_webhook_allows_are_refused() {
+    let mut ix = Index::new(Limits {
+        max_entries: 100,
+        ..LIMITS
+    });
+    // Eleven pinned versions: eleven GetSecretValue calls, one over the cap.
+    let pinned = |n: usize| -> Vec<(String, Version)> {
+        (0..n)
+            .map(|i| ("n/db".to_string(), Version::Id(format!("v{i}"))))
+            .collect()
+    };
+    let rec = |n: usize| {
+        let p = pinned(n);
+        let entries: Vec<_> = p
+            .iter()
+            .map(|(s, v)| (s.as_str(), v.clone(), Form::Keys, None))
+            .collect();
+        record_for("1h", &entries)
+    };
+    let why = ix.apply(&pod("n", "a", Some(rec(11)), json!({}))).unwrap();
+    assert!(
+        why.contains("needs 11 Secrets Manager calls; the webhook allows at most 10"),
+        "{why}"
+    );
+    assert_eq!(ix.apply(&pod("n", "b", Some(rec(10)), json!({}))), None);
+    // Forty current versions are two batch calls.
+    let many: Vec<String> = (0..40).map(|i| format!("n/s{i}")).collect();
+    let entries: Vec<_> = many
+        .iter()
+        .map(|s| (s.as_str(), cur(), Form::Keys, None))
+        .collect();
+    assert_eq!(
+        ix.apply(&pod("n", "c", Some(record_for("1h", &entries)), json!({}))),
+        None
+    );
+}
+
+#[test]
+fn one_namespace_holds_a_bounded_number_of_records_and_secrets() {
+    let mut ix = Index::new(Limits {
+        max_records_per_namespace: 2,
+        max_secrets_per_namespace: 3,
+        ..LIMITS
+    });
+    let r = |secrets: &[&str]| {
+        let e: Vec<_> = secrets
+            .iter()
+            .map(|s| (*s, cur(), Form::Keys, None))
+            .collect();
+        record_for("1h", &e)
+    };
+    assert_eq!(
+        ix.apply(&pod("n", "a", Some(r(&["n/a", "n/b"])), json!({}))),
+        None
+    );
+    // A changed record of the same pod replaces its own count.
+    assert_eq!(
+        ix.apply(&pod("n", "a", Some(r(&["n/a", "n/c"])), json!({}))),
+        None
+    );
+    assert_eq!(
+        ix.apply(&pod("n", "b", Some(r(&["n/a", "n/b"])), json!({}))),
+        None
+    );
+    let why = ix
+        .apply(&pod("n", "c", Some(r(&["n/a"])), json!({})))
+        .unwrap();
+    assert!(why.contains("--max-records-per-namespace"), "{why}");
+    // Another namespace has its own bounds.
+    assert_eq!(ix.apply(&pod("m", "c", Some(r(&["m/a"])), json!({}))), None);
+    // Room comes back as pods go; then a fourth secret is one too many.
+    ix.delete(&pod("n", "b", None, json!({})));
+    let why = ix
+        .apply(&pod("n", "d", Some(r(&["n/d", "n/e"])), json!({})))
+        .unwrap();
+    assert!(
+        why.contains("would name 4 secret versions; at most 3"),
+        "{why}"
+    );
+    assert_eq!(
+        ix.apply(&pod("n", "d", Some(r(&["n/c", "n/d"])), json!({}))),
+        None
+    );
+    assert_eq!(ix.in_use().keys().filter(|k| k.namespace == "n").count(), 3);
 }
 
 #[test]
