@@ -115,10 +115,14 @@ async fn mutate(
     let mut answer = answer(&st, peer.ip(), request).await;
     // While stopping, every answer closes its HTTP/1.1 connection, so that the
     // API server's keep-alive connections move to other replicas during the
-    // delay instead of being cut when it ends. (Done here rather than in a
+    // delay instead of being cut when it ends. A refusal (413, 429, 503, 408,
+    // 400) closes it too: its body may be left unread, so hyper closes the
+    // connection after answering, and a client not told so would pool it and
+    // send its next admission into a closed socket (Go: `http: server closed
+    // idle connection`, an admission failed). (Done here rather than in a
     // middleware layer, whose boxing and request extensions showed in
     // profiles of the warm path.)
-    if st.stopping.load(Ordering::Relaxed) {
+    if answer.status() != StatusCode::OK || st.stopping.load(Ordering::Relaxed) {
         answer.headers_mut().insert(
             header::CONNECTION,
             header::HeaderValue::from_static("close"),

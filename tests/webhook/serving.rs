@@ -65,6 +65,64 @@ async fn on_shutdown_it_turns_unready_first_and_keeps_serving_for_the_delay() {
     inj.stop(&client).await;
 }
 
+/// The head of one HTTP/1.1 answer from `/mutate` to curl posting `args`.
+async fn mutate_head(bed: &TestBed, port: u16, args: &[&str]) -> String {
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-i",
+            "--http1.1",
+            "-H",
+            "Content-Type: application/json",
+            "--cacert",
+        ])
+        .arg(bed.dir.join("pki/ca.crt"))
+        .args(args)
+        .arg(format!("https://127.0.0.1:{port}/mutate"))
+        .output()
+        .await
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    text.split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn a_refused_request_closes_its_connection_and_an_answered_one_keeps_it() {
+    // A refusal may leave the body unread, and hyper then closes the
+    // connection: the client must be told, or it pools the connection and its
+    // next admission fails ("server closed idle connection").
+    let bed = testbed();
+    let client = bed.client().await;
+    let ns = namespace(&client, "refusal-close", &[INJECT]).await;
+    let inj = injector::start(bed, &[&ns], Options::default()).await;
+    let too_large = format!("Content-Length: {}", 5 * 1024 * 1024);
+    let refused = mutate_head(bed, inj.port, &["-H", &too_large, "-d", "{}"]).await;
+    assert!(refused.starts_with("http/1.1 413"), "{refused}");
+    assert!(refused.contains("\r\nconnection: close"), "{refused}");
+    let malformed = mutate_head(bed, inj.port, &["-d", "{\"not\": \"a review\"}"]).await;
+    assert!(malformed.starts_with("http/1.1 400"), "{malformed}");
+    assert!(malformed.contains("\r\nconnection: close"), "{malformed}");
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "u1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "operation": "CREATE", "namespace": ns, "userInfo": {},
+            "object": {"metadata": {"name": "p"},
+                       "spec": {"containers": [{"name": "c", "image": "i"}]}}
+        }
+    })
+    .to_string();
+    let answered = mutate_head(bed, inj.port, &["-d", &review]).await;
+    assert!(answered.starts_with("http/1.1 200"), "{answered}");
+    assert!(!answered.contains("connection: close"), "{answered}");
+    inj.stop(&client).await;
+}
+
 #[tokio::test]
 #[ignore = "needs the test bed: run ./tests/run"]
 async fn slow_and_half_sent_requests_are_cut_off_and_do_not_delay_admissions() {
