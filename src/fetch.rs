@@ -52,6 +52,12 @@ pub enum FetchError {
     /// remembered against them. Transient.
     #[error("Secrets Manager refused the call for all its secrets: {0}")]
     CallRefused(String),
+    /// A workload's identity could not be had ([`crate::credentials`]): its
+    /// ServiceAccount got no token for STS, or STS refused to assume its
+    /// role. About the workload, not one secret: never remembered against a
+    /// secret, and denied rather than served from an existing copy.
+    #[error("{0}")]
+    Identity(String),
 }
 
 impl FetchError {

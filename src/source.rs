@@ -212,7 +212,7 @@ pub fn configuration_error(chain: &str) -> bool {
 /// An error and its sources, each shown once, without the Debug dump the
 /// SDK's own context display appends: `dispatch failure: io error: connection
 /// closed before message completed`.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = vec![];
     let mut next = Some(e);
     while let Some(err) = next {
