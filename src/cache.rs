@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use futures::future::{FutureExt, join_all};
 
-use crate::fetch::{CachedResults, FetchError, FetchKey, TenantKey};
+use crate::fetch::{CachedResults, FetchError, FetchKey, IdentityKey, TenantKey};
+use crate::identity::Identity;
 use crate::lookup::Hashing;
 use crate::metrics::Metrics;
 use crate::quota::Quota;
@@ -31,8 +32,8 @@ use crate::source::SecretSource;
 #[derive(Clone)]
 pub struct CachedSource {
     inner: Arc<dyn SecretSource>,
-    /// Secret values, for every tenant.
-    values: moka::future::Cache<FetchKey, Arc<SecretValue>, Hashing>,
+    /// Secret values, for every tenant, by the identity they were read with.
+    values: moka::future::Cache<(Identity, FetchKey), Arc<SecretValue>, Hashing>,
     /// Loads in flight, per tenant: the single-flight of concurrent misses.
     /// An entry is dropped by its waiters once the value is in `values`.
     loading: moka::future::Cache<(Arc<str>, FetchKey), Arc<SecretValue>, Hashing>,
@@ -53,7 +54,7 @@ pub const DEFAULT_MAX_BYTES: u64 = 32 * 1024 * 1024;
 fn value_cache(
     ttl: Duration,
     bytes: u64,
-) -> moka::future::Cache<FetchKey, Arc<SecretValue>, Hashing> {
+) -> moka::future::Cache<(Identity, FetchKey), Arc<SecretValue>, Hashing> {
     moka::future::Cache::builder()
         .max_capacity(bytes)
         .weigher(|_, v: &Arc<SecretValue>| v.weight())
@@ -77,6 +78,15 @@ fn negative_cache(ttl: Duration) -> moka::future::Cache<(Arc<str>, FetchKey), Fe
         .max_capacity(100_000)
         .time_to_live(ttl)
         .build_with_hasher(Hashing::default())
+}
+
+/// The tenant of loads and refusals: the namespace, and the workload's
+/// ServiceAccount and role when it reads with its own identity.
+fn scope<'a>(tenant: &'a str, identity: &Identity) -> std::borrow::Cow<'a, str> {
+    match identity {
+        Identity::Own => tenant.into(),
+        Identity::Workload(w) => format!("{tenant}\n{}\n{}", w.service_account, w.role_arn).into(),
+    }
 }
 
 impl CachedSource {
@@ -114,27 +124,29 @@ impl CachedSource {
         self
     }
 
-    /// Forgets `keys`, for every tenant: the next lookup asks the source (a
-    /// writer found that a backing Secret holds a later observation than the
-    /// cached value).
-    pub async fn invalidate(&self, tenant: &str, keys: &[FetchKey]) {
+    /// Forgets `keys` as read by `identity`, for every tenant: the next
+    /// lookup asks the source (a writer found that a backing Secret holds a
+    /// later observation than the cached value).
+    pub async fn invalidate(&self, tenant: &str, identity: &Identity, keys: &[FetchKey]) {
+        let tenant = scope(tenant, identity);
         for k in keys {
-            self.values.invalidate(k).await;
-            self.loading.invalidate(&TenantKey(tenant, k)).await;
+            self.values.invalidate(&IdentityKey(identity, k)).await;
+            self.loading.invalidate(&TenantKey(&tenant, k)).await;
         }
     }
 
-    /// The value of `key` the cache holds, if fresh (no fetch).
-    pub async fn cached(&self, key: &FetchKey) -> Option<Arc<SecretValue>> {
-        self.values.get(key).await
+    /// The value of `key` read as `identity` the cache holds, if fresh (no fetch).
+    pub async fn cached(&self, identity: &Identity, key: &FetchKey) -> Option<Arc<SecretValue>> {
+        self.values.get(&IdentityKey(identity, key)).await
     }
 
-    /// The values of `keys` for `tenant` (the namespace asking), from the
-    /// cache where fresh, else from the source. Keys not answered within
-    /// `deadline` come back as [`FetchError::Unreachable`].
+    /// The values of `keys` for `tenant` (the namespace asking) read as
+    /// `identity`, from the cache where fresh, else from the source. Keys not
+    /// answered within `deadline` come back as [`FetchError::Unreachable`].
     pub async fn get_many(
         &self,
         tenant: &str,
+        identity: &Identity,
         keys: &[FetchKey],
         deadline: Duration,
     ) -> CachedResults {
@@ -144,11 +156,15 @@ impl CachedSource {
             if out.contains_key(k) || missing.contains(k) {
                 continue;
             }
-            match self.values.get(k).await {
+            match self.values.get(&IdentityKey(identity, k)).await {
                 Some(v) => {
                     out.insert(k.clone(), Ok(v));
                 }
-                None => match self.negative.get(&TenantKey(tenant, k)).await {
+                None => match self
+                    .negative
+                    .get(&TenantKey(&scope(tenant, identity), k))
+                    .await
+                {
                     Some(e) => {
                         out.insert(k.clone(), Err(e));
                     }
@@ -168,10 +184,11 @@ impl CachedSource {
             }
             return out;
         }
-        let tenant: Arc<str> = tenant.into();
+        let tenant: Arc<str> = scope(tenant, identity).into();
         let inner = self.inner.clone();
         let batch_keys = missing.clone();
-        let batch = async move { Arc::new(inner.fetch(&batch_keys).await) }
+        let reader = identity.clone();
+        let batch = async move { Arc::new(inner.fetch(&reader, &batch_keys).await) }
             .boxed()
             .shared();
         let loads = missing.iter().map(|k| {
@@ -184,7 +201,9 @@ impl CachedSource {
                         match batch.await.get(k) {
                             Some(Ok(v)) => {
                                 let v = Arc::new(v.clone());
-                                self.values.insert(k.clone(), v.clone()).await;
+                                self.values
+                                    .insert((identity.clone(), k.clone()), v.clone())
+                                    .await;
                                 Ok(v)
                             }
                             Some(Err(e)) => Err(e.clone()),
@@ -204,8 +223,10 @@ impl CachedSource {
         match tokio::time::timeout(deadline, join_all(loads)).await {
             Ok(results) => {
                 for (k, r) in &results {
+                    // Refusals of the identity itself are not the secret's.
                     if let Err(e) = r
                         && !e.is_transient()
+                        && !matches!(e, FetchError::Identity(_))
                     {
                         self.negative
                             .insert((tenant.clone(), k.clone()), e.clone())
@@ -249,12 +270,16 @@ mod tests {
     }
 
     impl SecretSource for Counting {
-        fn fetch<'a>(&'a self, keys: &'a [FetchKey]) -> BoxFuture<'a, FetchResults> {
+        fn fetch<'a>(
+            &'a self,
+            _: &'a Identity,
+            keys: &'a [FetchKey],
+        ) -> BoxFuture<'a, FetchResults> {
             async move {
                 self.calls.fetch_add(1, Ordering::SeqCst);
                 self.keys.fetch_add(keys.len(), Ordering::SeqCst);
                 tokio::time::sleep(self.delay).await;
-                self.inner.fetch(keys).await
+                self.inner.fetch(&Identity::Own, keys).await
             }
             .boxed()
         }
@@ -294,23 +319,31 @@ mod tests {
         // Fresh names, one call each: the burst of two, then refusals.
         for i in 0..2 {
             let r = cache
-                .get_many("greedy", &[key(&format!("n/x{i}"))], d)
+                .get_many("greedy", &Identity::Own, &[key(&format!("n/x{i}"))], d)
                 .await;
             assert_eq!(r.values().next().unwrap(), &Err(FetchError::NotFound));
         }
-        let r = cache.get_many("greedy", &[key("n/x9")], d).await;
+        let r = cache
+            .get_many("greedy", &Identity::Own, &[key("n/x9")], d)
+            .await;
         let e = r.values().next().unwrap().as_ref().unwrap_err();
         assert!(matches!(e, FetchError::OverBudget(_)), "{e}");
         assert_eq!(src.calls.load(Ordering::SeqCst), 2, "no call over budget");
         // Not remembered: once the budget refills, the secret is asked for.
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        let r = cache.get_many("greedy", &[key("n/x9")], d).await;
+        let r = cache
+            .get_many("greedy", &Identity::Own, &[key("n/x9")], d)
+            .await;
         assert_eq!(r.values().next().unwrap(), &Err(FetchError::NotFound));
         // Another namespace is not charged for it; cached values cost nothing.
-        let r = cache.get_many("calm", &[key("n/a"), key("n/b")], d).await;
+        let r = cache
+            .get_many("calm", &Identity::Own, &[key("n/a"), key("n/b")], d)
+            .await;
         assert!(r.values().all(Result::is_ok));
         for _ in 0..5 {
-            let r = cache.get_many("calm", &[key("n/a")], d).await;
+            let r = cache
+                .get_many("calm", &Identity::Own, &[key("n/a")], d)
+                .await;
             assert!(r.values().all(Result::is_ok));
         }
         assert_eq!(src.calls.load(Ordering::SeqCst), 4);
@@ -323,14 +356,14 @@ mod tests {
         let d = Duration::from_secs(5);
         let gone = [key("n/missing")];
         assert_eq!(
-            cache.get_many("a", &gone, d).await[&gone[0]],
+            cache.get_many("a", &Identity::Own, &gone, d).await[&gone[0]],
             Err(FetchError::NotFound)
         );
-        cache.get_many("a", &gone, d).await;
+        cache.get_many("a", &Identity::Own, &gone, d).await;
         assert_eq!(src.calls.load(Ordering::SeqCst), 1, "remembered for a");
         // Another tenant is answered by Secrets Manager, not by a's memory.
         assert_eq!(
-            cache.get_many("b", &gone, d).await[&gone[0]],
+            cache.get_many("b", &Identity::Own, &gone, d).await[&gone[0]],
             Err(FetchError::NotFound)
         );
         assert_eq!(src.calls.load(Ordering::SeqCst), 2);
@@ -348,7 +381,9 @@ mod tests {
             CachedSource::new(src, Duration::from_secs(60), Metrics::new()).with_max_bytes(700_000);
         let d = Duration::from_secs(5);
         for i in 0..10 {
-            cache.get_many("n", &[key(&format!("n/s{i}"))], d).await;
+            cache
+                .get_many("n", &Identity::Own, &[key(&format!("n/s{i}"))], d)
+                .await;
         }
         cache.values.run_pending_tasks().await;
         let held = cache.values.weighted_size();
@@ -366,8 +401,10 @@ mod tests {
         let cache = CachedSource::new(src.clone(), Duration::from_secs(60), Metrics::new());
         let keys = vec![key("n/a"), key("n/b"), key("n/missing")];
         // Twenty concurrent admissions asking for the same three secrets.
-        let all =
-            join_all((0..20).map(|_| cache.get_many("n", &keys, Duration::from_secs(5)))).await;
+        let all = join_all(
+            (0..20).map(|_| cache.get_many("n", &Identity::Own, &keys, Duration::from_secs(5))),
+        )
+        .await;
         assert_eq!(src.calls.load(Ordering::SeqCst), 1, "one batched load");
         for r in &all {
             assert_eq!(
@@ -378,23 +415,23 @@ mod tests {
         }
         // Values are cached; so is a definite refusal, for a shorter time.
         let r = cache
-            .get_many("n", &keys[..2], Duration::from_secs(5))
+            .get_many("n", &Identity::Own, &keys[..2], Duration::from_secs(5))
             .await;
         assert!(r.values().all(Result::is_ok));
         assert_eq!(src.calls.load(Ordering::SeqCst), 1);
         let r = cache
-            .get_many("n", &keys[2..], Duration::from_secs(5))
+            .get_many("n", &Identity::Own, &keys[2..], Duration::from_secs(5))
             .await;
         assert_eq!(r[&key("n/missing")], Err(FetchError::NotFound));
         assert_eq!(src.calls.load(Ordering::SeqCst), 1, "not found: remembered");
         let short = CachedSource::new(src.clone(), Duration::from_secs(60), Metrics::new())
             .with_negative_ttl(Duration::from_millis(50));
         short
-            .get_many("n", &keys[2..], Duration::from_secs(5))
+            .get_many("n", &Identity::Own, &keys[2..], Duration::from_secs(5))
             .await;
         tokio::time::sleep(Duration::from_millis(120)).await;
         short
-            .get_many("n", &keys[2..], Duration::from_secs(5))
+            .get_many("n", &Identity::Own, &keys[2..], Duration::from_secs(5))
             .await;
         assert_eq!(
             src.calls.load(Ordering::SeqCst),
@@ -408,7 +445,12 @@ mod tests {
         let src = counting(Duration::from_secs(10));
         let cache = CachedSource::new(src, Duration::from_secs(60), Metrics::new());
         let r = cache
-            .get_many("n", &[key("n/a")], Duration::from_millis(20))
+            .get_many(
+                "n",
+                &Identity::Own,
+                &[key("n/a")],
+                Duration::from_millis(20),
+            )
             .await;
         assert!(
             matches!(&r[&key("n/a")], Err(e) if e.is_transient()),
@@ -430,7 +472,11 @@ mod tests {
     }
 
     impl SecretSource for OneSlow {
-        fn fetch<'a>(&'a self, keys: &'a [FetchKey]) -> BoxFuture<'a, FetchResults> {
+        fn fetch<'a>(
+            &'a self,
+            _: &'a Identity,
+            keys: &'a [FetchKey],
+        ) -> BoxFuture<'a, FetchResults> {
             async move {
                 self.calls.fetch_add(1, Ordering::SeqCst);
                 if keys.iter().any(|k| k.id == "a/slow") {
@@ -440,7 +486,7 @@ mod tests {
                     ("a/slow".into(), Payload::String("S".into())),
                     ("shared/y".into(), Payload::String("Y".into())),
                 ]));
-                ok.fetch(keys).await
+                ok.fetch(&Identity::Own, keys).await
             }
             .boxed()
         }
@@ -456,12 +502,17 @@ mod tests {
         // secret tenant b also reads; b asks for that one meanwhile.
         let a_keys = [key("a/slow"), key("shared/y")];
         let y = [key("shared/y")];
-        let a = cache.get_many("a", &a_keys, Duration::from_secs(5));
+        let a = cache.get_many("a", &Identity::Own, &a_keys, Duration::from_secs(5));
         let b = async {
             tokio::time::sleep(Duration::from_millis(50)).await;
             let t = std::time::Instant::now();
             let r = cache
-                .get_many("b", &[key("shared/y")], Duration::from_secs(5))
+                .get_many(
+                    "b",
+                    &Identity::Own,
+                    &[key("shared/y")],
+                    Duration::from_secs(5),
+                )
                 .await;
             (r, t.elapsed())
         };
@@ -471,7 +522,10 @@ mod tests {
         assert!(b_took < Duration::from_millis(500), "b waited {b_took:?}");
         assert_eq!(src.calls.load(Ordering::SeqCst), 2);
         // Within a tenant, loads are still shared and then cached.
-        let again = join_all((0..5).map(|_| cache.get_many("b", &y, Duration::from_secs(5)))).await;
+        let again = join_all(
+            (0..5).map(|_| cache.get_many("b", &Identity::Own, &y, Duration::from_secs(5))),
+        )
+        .await;
         assert!(again.iter().all(|r| r[&key("shared/y")].is_ok()));
         assert_eq!(src.calls.load(Ordering::SeqCst), 2);
     }
@@ -483,7 +537,7 @@ mod tests {
         let d = Duration::from_secs(5);
         let keys = [key("n/a"), key("n/b")];
         for tenant in ["t1", "t2", "t3"] {
-            let r = cache.get_many(tenant, &keys, d).await;
+            let r = cache.get_many(tenant, &Identity::Own, &keys, d).await;
             assert_eq!(
                 r[&keys[0]].as_ref().unwrap().payload,
                 Payload::String("A".into())
@@ -498,13 +552,87 @@ mod tests {
         cache.values.run_pending_tasks().await;
         assert_eq!(cache.values.entry_count(), 2);
         // A stale value is forgotten for every namespace.
-        cache.invalidate("t2", &keys[..1]).await;
-        cache.get_many("t3", &keys, d).await;
+        cache.invalidate("t2", &Identity::Own, &keys[..1]).await;
+        cache.get_many("t3", &Identity::Own, &keys, d).await;
         assert_eq!(src.calls.load(Ordering::SeqCst), 2);
         assert_eq!(
             src.keys.load(Ordering::SeqCst),
             3,
             "only the forgotten one asked"
         );
+    }
+
+    /// Answers as whom it was asked: workload `b` may read nothing.
+    struct AsWho {
+        calls: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl SecretSource for AsWho {
+        fn fetch<'a>(
+            &'a self,
+            identity: &'a Identity,
+            keys: &'a [FetchKey],
+        ) -> BoxFuture<'a, FetchResults> {
+            let who = match identity {
+                Identity::Own => "own".to_string(),
+                Identity::Workload(w) => w.service_account.clone(),
+            };
+            self.calls.lock().unwrap().push(who.clone());
+            let r = keys.iter().map(|k| {
+                let r = if who == "b" {
+                    Err(FetchError::AccessDenied("not b".into()))
+                } else {
+                    Ok(SecretValue::new(
+                        format!("arn:{}", k.id),
+                        k.id.clone(),
+                        "v1".into(),
+                        Payload::String(format!("read as {who}")),
+                    ))
+                };
+                (k.clone(), r)
+            });
+            futures::future::ready(r.collect()).boxed()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_value_read_with_one_identity_is_never_served_to_another() {
+        let src = Arc::new(AsWho {
+            calls: Default::default(),
+        });
+        let cache = CachedSource::new(src.clone(), Duration::from_secs(60), Metrics::new());
+        let d = Duration::from_secs(5);
+        let workload = |sa: &str| {
+            Identity::Workload(Arc::new(crate::identity::Workload {
+                role_arn: format!("arn:aws:iam::123456789012:role/{sa}"),
+                namespace: "n".into(),
+                service_account: sa.into(),
+            }))
+        };
+        let (a, b) = (workload("a"), workload("b"));
+        let k = [key("n/a")];
+        let payload = |r: &CachedResults| {
+            r[&k[0]]
+                .as_ref()
+                .map(|v| v.payload.clone())
+                .map_err(|e| e.clone())
+        };
+        let first = cache.get_many("n", &a, &k, d).await;
+        assert_eq!(payload(&first), Ok(Payload::String("read as a".into())));
+        // b is asked of AWS as b, and refused, although a's value is cached.
+        let denied = cache.get_many("n", &b, &k, d).await;
+        assert_eq!(
+            payload(&denied),
+            Err(FetchError::AccessDenied("not b".into()))
+        );
+        let own = cache.get_many("n", &Identity::Own, &k, d).await;
+        assert_eq!(payload(&own), Ok(Payload::String("read as own".into())));
+        // Each identity's answer is kept for it: no further call.
+        for who in [&a, &b, &Identity::Own] {
+            cache.get_many("n", who, &k, d).await;
+        }
+        assert_eq!(*src.calls.lock().unwrap(), ["a", "b", "own"]);
+        assert!(cache.cached(&a, &k[0]).await.is_some());
+        assert!(cache.cached(&b, &k[0]).await.is_none());
     }
 }

@@ -98,6 +98,8 @@ fn json<T: serde::Serialize>(out: &mut Vec<u8>, v: &T) {
 
 /// A decision, and what it was made from.
 pub struct Decision {
+    /// Whose identity read the values: kept for pods of that identity only.
+    pub identity: crate::identity::Identity,
     pub rule: Arc<AccessRule>,
     /// Each secret value read, as the cache held it.
     pub values: Vec<(FetchKey, Arc<SecretValue>)>,

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use crate::identity::Identity;
 use crate::lookup::Hashing;
 use crate::reference::Version;
 use crate::secret::SecretValue;
@@ -135,6 +136,23 @@ impl Hash for TenantKey<'_> {
 impl moka::Equivalent<(Arc<str>, FetchKey)> for TenantKey<'_> {
     fn equivalent(&self, key: &(Arc<str>, FetchKey)) -> bool {
         *key.0 == *self.0 && key.1 == *self.1
+    }
+}
+
+/// `(identity, key)`, borrowed: looks up an `(Identity, FetchKey)` key.
+#[derive(Clone, Copy)]
+pub struct IdentityKey<'a>(pub &'a Identity, pub &'a FetchKey);
+
+impl Hash for IdentityKey<'_> {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.0.hash(h);
+        self.1.hash(h);
+    }
+}
+
+impl moka::Equivalent<(Identity, FetchKey)> for IdentityKey<'_> {
+    fn equivalent(&self, key: &(Identity, FetchKey)) -> bool {
+        key.0 == *self.0 && key.1 == *self.1
     }
 }
 

@@ -124,8 +124,6 @@ pub enum IdentityError {
         service_account: String,
         value: String,
     },
-    #[error("namespace {namespace}: {reason}")]
-    BadMode { namespace: String, reason: String },
     #[error(
         "namespace {namespace} reads secrets with each pod's ServiceAccount role, \
          and ServiceAccount {service_account} does not exist"

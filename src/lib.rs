@@ -37,6 +37,7 @@ pub mod refresh;
 pub mod render;
 pub mod secret;
 pub mod server;
+pub mod service_accounts;
 pub mod source;
 pub mod status;
 pub mod store;

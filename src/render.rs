@@ -136,6 +136,8 @@ pub async fn render(
             &pod,
             &ns,
             ready(Ok(std::sync::Arc::new(rule))),
+            // `render` reads with the credentials of whoever runs it.
+            &crate::identity::Identity::Own,
             source,
             settings,
         )

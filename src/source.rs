@@ -8,15 +8,21 @@ use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use futures::future::{BoxFuture, FutureExt, join_all};
 
+use crate::credentials::WorkloadCredentials;
 use crate::fetch::{FetchError, FetchKey, FetchResults};
+use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::quota::Quota;
 use crate::reference::Version;
 use crate::secret::{Payload, SecretValue};
 
-/// A source of secret values. Answers every key it is given.
+/// A source of secret values. Answers every key it is given, read as `identity`.
 pub trait SecretSource: Send + Sync + 'static {
-    fn fetch<'a>(&'a self, keys: &'a [FetchKey]) -> BoxFuture<'a, FetchResults>;
+    fn fetch<'a>(
+        &'a self,
+        identity: &'a Identity,
+        keys: &'a [FetchKey],
+    ) -> BoxFuture<'a, FetchResults>;
 }
 
 /// Secrets Manager through the AWS SDK. AWSCURRENT versions are fetched with
@@ -26,6 +32,8 @@ pub struct AwsSource {
     metrics: Metrics,
     /// The process's rate and concurrency of calls, if bounded.
     quota: Option<Quota>,
+    /// Clients signed as workloads' roles, where namespaces use them.
+    workloads: Option<WorkloadCredentials>,
 }
 
 const BATCH_MAX: usize = crate::quota::BATCH;
@@ -36,7 +44,14 @@ impl AwsSource {
             client,
             metrics,
             quota: None,
+            workloads: None,
         }
+    }
+
+    /// Reads for [`Identity::Workload`] with the workload's role.
+    pub fn with_workloads(mut self, workloads: WorkloadCredentials) -> Self {
+        self.workloads = Some(workloads);
+        self
     }
 
     /// Makes each call within `quota`'s process rate and concurrency.
@@ -60,13 +75,12 @@ impl AwsSource {
         Self::new(Client::new(&conf), metrics)
     }
 
-    async fn batch(&self, keys: &[FetchKey]) -> FetchResults {
+    async fn batch(&self, client: &Client, keys: &[FetchKey]) -> FetchResults {
         const OP: &str = "BatchGetSecretValue";
         let place = self.place().await;
         self.metrics.aws_call(OP, keys.len() as u64);
         let ids: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
-        let out = match self
-            .client
+        let out = match client
             .batch_get_secret_value()
             .set_secret_id_list(Some(ids))
             .send()
@@ -119,17 +133,17 @@ impl AwsSource {
             }
         }
         for k in unanswered {
-            let r = self.single(&k).await;
+            let r = self.single(client, &k).await;
             results.insert(k, r);
         }
         results
     }
 
-    async fn single(&self, key: &FetchKey) -> Result<SecretValue, FetchError> {
+    async fn single(&self, client: &Client, key: &FetchKey) -> Result<SecretValue, FetchError> {
         const OP: &str = "GetSecretValue";
         let _place = self.place().await;
         self.metrics.aws_call(OP, 1);
-        let mut req = self.client.get_secret_value().secret_id(&key.id);
+        let mut req = client.get_secret_value().secret_id(&key.id);
         req = match &key.version {
             Version::Stage(s) => req.version_stage(s),
             Version::Id(id) => req.version_id(id),
@@ -234,18 +248,51 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+impl AwsSource {
+    /// The client that reads as `identity`.
+    async fn client_for(&self, identity: &Identity) -> Result<Client, FetchError> {
+        match identity {
+            Identity::Own => Ok(self.client.clone()),
+            Identity::Workload(w) => match &self.workloads {
+                Some(c) => c.client(w).await,
+                None => Err(FetchError::Identity(
+                    "this sm-injector cannot read with workload identities (no Kubernetes client for TokenRequest)".into(),
+                )),
+            },
+        }
+    }
+}
+
 impl SecretSource for AwsSource {
-    fn fetch<'a>(&'a self, keys: &'a [FetchKey]) -> BoxFuture<'a, FetchResults> {
+    fn fetch<'a>(
+        &'a self,
+        identity: &'a Identity,
+        keys: &'a [FetchKey],
+    ) -> BoxFuture<'a, FetchResults> {
         async move {
+            let client = match self.client_for(identity).await {
+                Ok(c) => c,
+                Err(e) => return keys.iter().map(|k| (k.clone(), Err(e.clone()))).collect(),
+            };
+            let client = &client;
             let (current, pinned): (Vec<&FetchKey>, Vec<&FetchKey>) =
                 keys.iter().partition(|k| k.version.is_current());
             let current: Vec<FetchKey> = current.into_iter().cloned().collect();
-            let batches = current.chunks(BATCH_MAX).map(|c| self.batch(c));
-            let singles = pinned
-                .into_iter()
-                .map(|k| async move { FetchResults::from([(k.clone(), self.single(k).await)]) });
+            let batches = current.chunks(BATCH_MAX).map(|c| self.batch(client, c));
+            let singles = pinned.into_iter().map(|k| async move {
+                FetchResults::from([(k.clone(), self.single(client, k).await)])
+            });
             let (a, b) = futures::join!(join_all(batches), join_all(singles));
-            a.into_iter().chain(b).flatten().collect()
+            let results: FetchResults = a.into_iter().chain(b).flatten().collect();
+            // Credentials AWS refused are exchanged again on the next read.
+            if let (Identity::Workload(w), Some(c)) = (identity, &self.workloads)
+                && results
+                    .values()
+                    .any(|r| matches!(r, Err(FetchError::Credentials(_))))
+            {
+                c.forget(w).await;
+            }
+            results
         }
         .boxed()
     }
@@ -265,7 +312,7 @@ impl StaticSource {
 }
 
 impl SecretSource for StaticSource {
-    fn fetch<'a>(&'a self, keys: &'a [FetchKey]) -> BoxFuture<'a, FetchResults> {
+    fn fetch<'a>(&'a self, _: &'a Identity, keys: &'a [FetchKey]) -> BoxFuture<'a, FetchResults> {
         let r = keys
             .iter()
             .map(|k| {
@@ -358,7 +405,7 @@ mod tests {
                 version: Version::Id("v0".into()),
             },
         ];
-        let r = src.fetch(&keys).await;
+        let r = src.fetch(&Identity::Own, &keys).await;
         let a = r[&keys[0]].as_ref().unwrap();
         assert_eq!((a.version_id.as_str(), a.name.as_str()), ("va", "n/a"));
         assert_eq!(r[&keys[1]], Err(FetchError::NotFound));
@@ -388,7 +435,7 @@ mod tests {
         });
         let client = mock_client!(aws_sdk_secretsmanager, [&down]);
         let src = AwsSource::new(client, Metrics::new());
-        let r = src.fetch(&keys[..2]).await;
+        let r = src.fetch(&Identity::Own, &keys[..2]).await;
         assert!(
             r.values().all(|v| matches!(v, Err(e) if e.is_transient())),
             "{r:?}"
@@ -407,7 +454,7 @@ mod tests {
             });
         let client = mock_client!(aws_sdk_secretsmanager, [&denied]);
         let src = AwsSource::new(client, Metrics::new());
-        let r = src.fetch(&keys[..2]).await;
+        let r = src.fetch(&Identity::Own, &keys[..2]).await;
         for v in r.values() {
             let e = v.as_ref().unwrap_err();
             assert!(

@@ -130,6 +130,9 @@ struct SlimSpec {
     containers: Vec<SlimContainer>,
     init_containers: Option<Vec<SlimContainer>>,
     volumes: Option<Vec<SlimVolume>>,
+    service_account_name: Option<String>,
+    /// Deprecated alias of `serviceAccountName`.
+    service_account: Option<String>,
 }
 
 /// A pod as sm-injector reads it from a review.
@@ -202,6 +205,8 @@ impl From<SlimPod> for Pod {
                         })
                         .collect()
                 }),
+                service_account_name: s.service_account_name,
+                service_account: s.service_account,
                 ..Default::default()
             }),
             status: None,

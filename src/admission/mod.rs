@@ -16,8 +16,10 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 
 use crate::cache::CachedSource;
 use crate::decisions::{self, Decision, Decisions};
+use crate::identity::{self as ids, Identity, Mode};
 use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
+use crate::service_accounts::ServiceAccounts;
 use crate::store::Syncer;
 use crate::{annotations, patch, plan};
 
@@ -25,11 +27,23 @@ pub struct Webhook {
     pub source: CachedSource,
     pub syncer: Syncer,
     pub namespaces: Namespaces,
+    /// ServiceAccounts' role annotations, for namespaces that read with each
+    /// workload's identity.
+    pub service_accounts: ServiceAccounts,
     /// The namespaces it acts in ([`scope`]).
     pub scope: scope::Scope,
     pub metrics: Metrics,
     pub settings: Settings,
     pub decisions: Decisions,
+}
+
+/// Whose review is concluded: the namespace, the identity that read its
+/// secrets, the pod's name.
+#[derive(Clone, Copy)]
+struct Subject<'a> {
+    namespace: &'a str,
+    identity: &'a Identity,
+    pod: &'a str,
 }
 
 /// The outcome of one review, for the response and the metrics.
@@ -214,22 +228,37 @@ impl Webhook {
             );
             return unchanged(req);
         }
+        let identity = match self.identity(namespace, pod).await {
+            Ok(i) => i,
+            Err(e) => return deny(req, name, Denial::one(e)),
+        };
         let key = self
             .decisions
             .enabled()
             .then(|| decisions::key(namespace, pod))
             .flatten();
         if let Some(key) = &key
-            && let Some(d) = self.kept(namespace, key).await
+            && let Some(d) = self.kept(namespace, &identity, key).await
         {
             return self
-                .conclude(req, namespace, name, &d.plan, d.patch.clone(), vec![])
+                .conclude(
+                    req,
+                    Subject {
+                        namespace,
+                        identity: &identity,
+                        pod: name,
+                    },
+                    &d.plan,
+                    d.patch.clone(),
+                    vec![],
+                )
                 .await;
         }
         let (plan, targets, rule, values) = match plan_pod(
             pod,
             namespace,
             self.namespaces.rule(namespace),
+            &identity,
             &self.source,
             &self.settings,
         )
@@ -250,6 +279,7 @@ impl Webhook {
         {
             // Kept, then answered from what was kept: the plan is not copied.
             let d = Arc::new(Decision {
+                identity: identity.clone(),
                 rule,
                 values,
                 plan,
@@ -257,24 +287,79 @@ impl Webhook {
             });
             self.decisions.insert(key, d.clone()).await;
             return self
-                .conclude(req, namespace, name, &d.plan, d.patch.clone(), warnings)
+                .conclude(
+                    req,
+                    Subject {
+                        namespace,
+                        identity: &identity,
+                        pod: name,
+                    },
+                    &d.plan,
+                    d.patch.clone(),
+                    warnings,
+                )
                 .await;
         }
-        self.conclude(req, namespace, name, &plan, patch, warnings)
-            .await
+        self.conclude(
+            req,
+            Subject {
+                namespace,
+                identity: &identity,
+                pod: name,
+            },
+            &plan,
+            patch,
+            warnings,
+        )
+        .await
+    }
+
+    /// Whose identity reads the pod's secrets: sm-injector's own, or where the
+    /// namespace (or the cluster's default) says so, the role of the pod's
+    /// ServiceAccount. Why not, naming the namespace and ServiceAccount.
+    async fn identity(&self, namespace: &str, pod: &Pod) -> Result<Identity, String> {
+        let annotation = self
+            .namespaces
+            .annotation(namespace, ids::NAMESPACE_ANNOTATION);
+        let mode = Mode::of_namespace(annotation.as_deref(), self.settings.identity)
+            .map_err(|reason| format!("namespace {namespace}: {reason}"))?;
+        if mode == Mode::Own {
+            return Ok(Identity::Own);
+        }
+        let spec = pod.spec.as_ref();
+        let account = spec
+            .and_then(|s| {
+                s.service_account_name
+                    .as_deref()
+                    .or(s.service_account.as_deref())
+            })
+            .unwrap_or("default");
+        let annotations = self
+            .service_accounts
+            .annotations(namespace, account)
+            .await?;
+        ids::resolve(mode, namespace, account, annotations.as_deref()).map_err(|e| e.to_string())
     }
 
     /// The decision kept under `key`, if what it was made from is unchanged:
     /// the namespace's rule and each value, the same `Arc`s
     /// ([`crate::decisions`]).
-    async fn kept(&self, namespace: &str, key: &[u8]) -> Option<Arc<Decision>> {
+    async fn kept(
+        &self,
+        namespace: &str,
+        identity: &Identity,
+        key: &[u8],
+    ) -> Option<Arc<Decision>> {
         let d = self.decisions.get(key).await?;
+        if d.identity != *identity {
+            return None;
+        }
         let rule = self.namespaces.rule(namespace).await.ok()?;
         if !Arc::ptr_eq(&rule, &d.rule) {
             return None;
         }
         for (k, value) in &d.values {
-            let current = self.source.cached(k).await?;
+            let current = self.source.cached(identity, k).await?;
             if !Arc::ptr_eq(&current, value) {
                 return None;
             }
@@ -288,8 +373,11 @@ impl Webhook {
     async fn conclude(
         &self,
         req: &AdmissionRequest<Pod>,
-        namespace: &str,
-        pod: &str,
+        Subject {
+            namespace,
+            identity,
+            pod,
+        }: Subject<'_>,
         plan: &plan::Plan,
         patch: Vec<u8>,
         patch_warnings: Vec<String>,
@@ -305,7 +393,9 @@ impl Webhook {
         };
         if !ensured.stale.is_empty() {
             // A backing Secret holds another version than the cache.
-            self.source.invalidate(namespace, &ensured.stale).await;
+            self.source
+                .invalidate(namespace, identity, &ensured.stale)
+                .await;
         }
         let mut patch = patch;
         patch::record_versions(&mut patch, ensured.versions(plan));

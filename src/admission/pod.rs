@@ -8,7 +8,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::cache::CachedSource;
-use crate::fetch::FetchKey;
+use crate::fetch::{FetchError, FetchKey};
+use crate::identity::{Identity, Mode};
 use crate::policy::AccessRule;
 use crate::secret::SecretValue;
 use crate::{annotations, patch, plan};
@@ -25,6 +26,8 @@ pub struct Settings {
     pub max_aws_calls: usize,
     /// Bounds on what one pod may ask for.
     pub caps: plan::Caps,
+    /// Whose identity reads where a namespace does not say (`--aws-identity`).
+    pub identity: Mode,
 }
 
 /// The default of [`Settings::max_aws_calls`].
@@ -53,6 +56,7 @@ pub async fn plan_pod(
     pod: &Pod,
     namespace: &str,
     rule: impl std::future::Future<Output = Result<Arc<AccessRule>, String>>,
+    identity: &Identity,
     source: &CachedSource,
     settings: &Settings,
 ) -> Planned {
@@ -114,9 +118,17 @@ pub async fn plan_pod(
             settings.max_aws_calls
         )]));
     }
-    let results = source
-        .get_many(namespace, &keys, settings.aws_deadline)
+    let mut results = source
+        .get_many(namespace, identity, &keys, settings.aws_deadline)
         .await;
+    if let Identity::Workload(_) = identity {
+        // AWS's refusal, said of the workload's role.
+        for (k, r) in results.iter_mut() {
+            if let Err(FetchError::AccessDenied(m)) = r {
+                *m = format!("{identity} may not read {}: {m}", k.id);
+            }
+        }
+    }
     match plan::resolve(&inj, &rule, &results, caps) {
         Ok(plan) => {
             let values = results
@@ -155,9 +167,10 @@ mod tests {
             aws_deadline: Duration::from_secs(1),
             max_aws_calls: MAX_AWS_CALLS,
             caps: Default::default(),
+            identity: Mode::Own,
         };
         let rule = async { Ok(Arc::new(AccessRule::for_namespace("n", None))) };
-        match plan_pod(&pod, "n", rule, &source, &settings).await {
+        match plan_pod(&pod, "n", rule, &Identity::Own, &source, &settings).await {
             Planned::Denied(e) => Err(e.0),
             _ => Ok(()),
         }

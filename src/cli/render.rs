@@ -57,6 +57,7 @@ pub async fn render(a: RenderArgs) -> anyhow::Result<bool> {
         aws_deadline: Duration::from_secs(30),
         max_aws_calls: sm_injector::admission::MAX_AWS_CALLS,
         caps: Default::default(),
+        identity: sm_injector::identity::Mode::Own,
     };
     match render::render(docs, &source, &settings, a.show_values).await {
         Ok(r) => {

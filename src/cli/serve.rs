@@ -6,13 +6,16 @@ use std::time::Duration;
 
 use sm_injector::admission::{Settings, Webhook};
 use sm_injector::cache::CachedSource;
+use sm_injector::credentials::WorkloadCredentials;
 use sm_injector::decisions::Decisions;
+use sm_injector::identity::Mode;
 use sm_injector::metrics::Metrics;
 use sm_injector::namespaces::Namespaces;
 use sm_injector::plan::{Caps, MAX_BACKING_PER_POD};
 use sm_injector::quota::{Limits as QuotaLimits, Quota};
 use sm_injector::refresh::{self, Refresher, index::Limits};
 use sm_injector::server::{self, ServerSettings};
+use sm_injector::service_accounts::{self, ServiceAccounts};
 use sm_injector::source::AwsSource;
 use sm_injector::store::Syncer;
 use sm_injector::store::inventory::Inventory;
@@ -75,6 +78,12 @@ pub struct ServeArgs {
     /// Keys of one secret injected with env-from.
     #[arg(long, env = "SM_INJECTOR_MAX_ENV_FROM_KEYS", default_value_t = Caps::default().env_from_keys)]
     max_env_from_keys: usize,
+    /// Whose AWS identity reads a pod's secrets where its namespace has no
+    /// sm-injector.io/aws-identity annotation: "sm-injector" (its own
+    /// credentials) or "serviceaccount" (the role of the pod's ServiceAccount,
+    /// eks.amazonaws.com/role-arn, through a TokenRequest and STS).
+    #[arg(long, env = "SM_INJECTOR_AWS_IDENTITY", default_value = "sm-injector", value_parser = Mode::parse)]
+    aws_identity: Mode,
     /// Each admission is answered within this time; keep it below the webhook's timeoutSeconds.
     #[arg(long, env = "SM_INJECTOR_ADMISSION_DEADLINE", default_value = "8s", value_parser = humantime::parse_duration)]
     admission_deadline: Duration,
@@ -237,7 +246,8 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             aws_sdk_secretsmanager::Client::new(&aws_conf),
             metrics.clone(),
         )
-        .with_quota(quota.clone()),
+        .with_quota(quota.clone())
+        .with_workloads(WorkloadCredentials::from_conf(client.clone(), &aws_conf)),
     );
     // Without a region or any credentials nothing can be fetched: said once,
     // clearly, and /readyz fails with it (admissions still answer, denying).
@@ -302,6 +312,7 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             .with_quota(quota),
         syncer: Syncer::new(client.clone(), a.cache_ttl, metrics.clone()).with_inventory(inventory),
         namespaces,
+        service_accounts: ServiceAccounts::new(client.clone(), service_accounts::TTL),
         scope: sm_injector::admission::scope::Scope::new(&a.lease_namespace),
         metrics,
         decisions: Decisions::new(a.decision_cache_bytes, a.cache_ttl),
@@ -315,6 +326,7 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
                 injections: a.max_injections,
                 env_from_keys: a.max_env_from_keys,
             },
+            identity: a.aws_identity,
         },
     });
     let tls = std::net::TcpListener::bind(a.listen)

@@ -174,7 +174,12 @@ async fn fetch_batch(
     batch: &[FetchKey],
     deadline: Duration,
 ) -> FetchResults {
-    match tokio::time::timeout(deadline, source.fetch(batch)).await {
+    match tokio::time::timeout(
+        deadline,
+        source.fetch(&crate::identity::Identity::Own, batch),
+    )
+    .await
+    {
         Ok(r) => r,
         Err(_) => {
             let why = format!("no answer within {}", humantime::format_duration(deadline));

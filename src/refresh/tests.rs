@@ -166,7 +166,11 @@ async fn pods_that_only_claim_a_workload_or_a_template_without_the_secret_roll_n
 struct Slow;
 
 impl SecretSource for Slow {
-    fn fetch<'a>(&'a self, keys: &'a [FetchKey]) -> BoxFuture<'a, FetchResults> {
+    fn fetch<'a>(
+        &'a self,
+        _: &'a crate::identity::Identity,
+        keys: &'a [FetchKey],
+    ) -> BoxFuture<'a, FetchResults> {
         async move {
             if keys.iter().any(|k| k.id.starts_with("slow")) {
                 tokio::time::sleep(Duration::from_secs(60)).await;

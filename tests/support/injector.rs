@@ -49,6 +49,10 @@ pub struct Options {
     pub body_read_timeout: Duration,
     /// Connections per source, in their handshake and established.
     pub connections: sm_injector::connections::Budgets,
+    /// Whose identity reads where a namespace does not say.
+    pub aws_identity: sm_injector::identity::Mode,
+    /// The STS endpoint for workload identities; the Secrets Manager one by default.
+    pub sts_endpoint: Option<String>,
 }
 
 impl Default for Options {
@@ -67,6 +71,8 @@ impl Default for Options {
                 handshakes: 256,
                 per_source: 128,
             },
+            aws_identity: sm_injector::identity::Mode::Own,
+            sts_endpoint: None,
         }
     }
 }
@@ -80,10 +86,20 @@ pub async fn start(bed: &TestBed, namespaces: &[&str], opts: Options) -> Injecto
     if let Some(ep) = &opts.aws_endpoint {
         aws_conf.set_endpoint_url(Some(ep.clone()));
     }
-    let aws = aws_sdk_secretsmanager::Client::new(&aws_conf.build());
+    let aws_conf = aws_conf.build();
+    let aws = aws_sdk_secretsmanager::Client::new(&aws_conf);
+    let mut sts_conf = aws_conf.clone().into_builder();
+    if let Some(ep) = &opts.sts_endpoint {
+        sts_conf.set_endpoint_url(Some(ep.clone()));
+    }
+    let workloads = sm_injector::credentials::WorkloadCredentials::new(
+        client.clone(),
+        aws_sdk_sts::Client::new(&sts_conf.build()),
+        aws_sdk_secretsmanager::Config::new(&aws_conf),
+    );
     let webhook = Arc::new(Webhook {
         source: CachedSource::new(
-            Arc::new(AwsSource::new(aws, metrics.clone())),
+            Arc::new(AwsSource::new(aws, metrics.clone()).with_workloads(workloads)),
             opts.cache_ttl,
             metrics.clone(),
         ),
@@ -98,6 +114,10 @@ pub async fn start(bed: &TestBed, namespaces: &[&str], opts: Options) -> Injecto
                 )),
         },
         namespaces: Namespaces::start(client.clone()),
+        service_accounts: sm_injector::service_accounts::ServiceAccounts::new(
+            client.clone(),
+            sm_injector::service_accounts::TTL,
+        ),
         scope: sm_injector::admission::scope::Scope::new("sm-injector"),
         metrics,
         decisions: sm_injector::decisions::Decisions::new(
@@ -109,6 +129,7 @@ pub async fn start(bed: &TestBed, namespaces: &[&str], opts: Options) -> Injecto
             aws_deadline: opts.aws_deadline,
             max_aws_calls: sm_injector::admission::MAX_AWS_CALLS,
             caps: Default::default(),
+            identity: opts.aws_identity,
         },
     });
 

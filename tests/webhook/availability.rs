@@ -352,10 +352,20 @@ async fn identical_pods_reuse_a_decision_only_while_its_rule_and_values_hold() {
         id: format!("{ns}/db"),
         version: sm_injector::reference::Version::Stage("AWSCURRENT".into()),
     };
-    assert!(inj.webhook.source.cached(&key).await.is_some());
+    assert!(
+        inj.webhook
+            .source
+            .cached(&sm_injector::identity::Identity::Own, &key)
+            .await
+            .is_some()
+    );
     inj.webhook
         .source
-        .invalidate(&ns, std::slice::from_ref(&key))
+        .invalidate(
+            &ns,
+            &sm_injector::identity::Identity::Own,
+            std::slice::from_ref(&key),
+        )
         .await;
     let dry = PostParams {
         dry_run: true,
@@ -365,7 +375,13 @@ async fn identical_pods_reuse_a_decision_only_while_its_rule_and_values_hold() {
         .create(&dry, &other)
         .await
         .unwrap();
-    assert!(inj.webhook.source.cached(&key).await.is_some());
+    assert!(
+        inj.webhook
+            .source
+            .cached(&sm_injector::identity::Identity::Own, &key)
+            .await
+            .is_some()
+    );
     let p = create(&client, &ns, &replica).await.unwrap();
     let versions = p.metadata.annotations.clone().unwrap()["sm-injector.io/versions"].clone();
     assert_eq!(db_url(p).await, b"one", "the Secret keeps its version");
@@ -373,7 +389,13 @@ async fn identical_pods_reuse_a_decision_only_while_its_rule_and_values_hold() {
         !versions.contains(rotated.version_id().unwrap()),
         "the pod records what its Secret holds: {versions}"
     );
-    assert!(inj.webhook.source.cached(&key).await.is_none());
+    assert!(
+        inj.webhook
+            .source
+            .cached(&sm_injector::identity::Identity::Own, &key)
+            .await
+            .is_none()
+    );
     assert_eq!(reused().await, 3.0);
     // The leader's write (the same one the refresher makes) moves it; then
     // replicas are admitted on the new version, and decided once again.

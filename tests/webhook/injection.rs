@@ -416,6 +416,7 @@ async fn render_gives_the_same_pod_as_the_webhook() {
         aws_deadline: Duration::from_secs(5),
         max_aws_calls: sm_injector::admission::MAX_AWS_CALLS,
         caps: Default::default(),
+        identity: sm_injector::identity::Mode::Own,
     };
     let rendered = sm_injector::render::render(vec![doc], &source, &settings, false)
         .await
