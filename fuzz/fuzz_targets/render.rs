@@ -46,6 +46,7 @@ fuzz_target!(|s: &str| {
         aws_deadline: Duration::from_secs(1),
         max_aws_calls: 10,
         caps: Default::default(),
+        identity: sm_injector::identity::Mode::Own,
     };
     if let Ok(out) = rt().block_on(render::render(docs, &source, &settings, false)) {
         render::format(&out.objects, false).expect("rendered objects print as YAML");

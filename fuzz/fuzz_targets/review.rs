@@ -61,6 +61,7 @@ fn world() -> &'static World {
                 aws_deadline: Duration::from_secs(1),
                 max_aws_calls: 10,
                 caps: Default::default(),
+                identity: sm_injector::identity::Mode::Own,
             },
         }
     })
@@ -81,8 +82,14 @@ fuzz_target!(|data: &[u8]| {
     let w = world();
     let ns = req.namespace.clone().unwrap_or_else(|| "n".into());
     let rule = async { Ok(std::sync::Arc::new(AccessRule::for_namespace(&ns, None))) };
-    let planned =
-        w.rt.block_on(plan_pod(pod, &ns, rule, &w.source, &w.settings));
+    let planned = w.rt.block_on(plan_pod(
+        pod,
+        &ns,
+        rule,
+        &sm_injector::identity::Identity::Own,
+        &w.source,
+        &w.settings,
+    ));
     let response = match planned {
         Planned::Nothing => AdmissionResponse::from(&req),
         Planned::Denied(reasons) => {

@@ -4,8 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use sm_injector::backing::{self, Form};
-use sm_injector::secret::{Payload, SecretValue, valid_secret_key};
 use sm_injector::fetch::FetchError;
+use sm_injector::secret::{Payload, SecretValue, valid_secret_key};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&kind, rest)) = data.split_first() else {
