@@ -53,6 +53,8 @@ pub struct Options {
     pub aws_identity: sm_injector::identity::Mode,
     /// The STS endpoint for workload identities; the Secrets Manager one by default.
     pub sts_endpoint: Option<String>,
+    /// sm-injector's own AWS access key id and secret; the test bed's by default.
+    pub aws_credentials: Option<(String, String)>,
 }
 
 impl Default for Options {
@@ -73,6 +75,7 @@ impl Default for Options {
             },
             aws_identity: sm_injector::identity::Mode::Own,
             sts_endpoint: None,
+            aws_credentials: None,
         }
     }
 }
@@ -85,6 +88,13 @@ pub async fn start(bed: &TestBed, namespaces: &[&str], opts: Options) -> Injecto
     let mut aws_conf = bed.aws_config().await.into_builder();
     if let Some(ep) = &opts.aws_endpoint {
         aws_conf.set_endpoint_url(Some(ep.clone()));
+    }
+    if let Some((id, secret)) = &opts.aws_credentials {
+        aws_conf.set_credentials_provider(Some(
+            aws_credential_types::provider::SharedCredentialsProvider::new(
+                aws_sdk_secretsmanager::config::Credentials::new(id, secret, None, None, "test"),
+            ),
+        ));
     }
     let aws_conf = aws_conf.build();
     let aws = aws_sdk_secretsmanager::Client::new(&aws_conf);

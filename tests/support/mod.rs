@@ -17,6 +17,7 @@
 
 pub mod balancer;
 pub mod faults;
+pub mod iam;
 pub mod injector;
 pub mod install;
 pub mod node;

@@ -7,6 +7,7 @@ mod support;
 
 mod availability;
 mod denials;
+mod identity;
 mod injection;
 mod serving;
 
