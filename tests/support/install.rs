@@ -35,6 +35,8 @@ pub async fn from_manifests(bed: &TestBed) -> Installed {
         "mutatingwebhookconfiguration.admissionregistration.k8s.io/sm-injector",
         "validatingadmissionpolicy.admissionregistration.k8s.io/sm-injector-managed-secrets",
         "validatingadmissionpolicybinding.admissionregistration.k8s.io/sm-injector-managed-secrets",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/sm-injector-token-requests",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/sm-injector-token-requests",
     ] {
         assert!(applied.contains(kind), "{kind} not in {applied}");
     }
