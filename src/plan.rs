@@ -101,6 +101,10 @@ pub struct Plan {
     pub env_from: Vec<EnvFrom>,
     pub mounts: Vec<Mount>,
     pub refresh_interval: Duration,
+    /// The ServiceAccount whose role read the secrets, where the pod read
+    /// with its workload's identity ([`crate::identity`]); recorded for the
+    /// refresher.
+    pub service_account: Option<String>,
 }
 
 /// The version selectors a pod needs fetched, in a stable order.
@@ -434,6 +438,7 @@ pub fn resolve(
         env_from,
         mounts,
         refresh_interval: inj.refresh_interval,
+        service_account: None,
     })
 }
 

@@ -16,6 +16,10 @@ use crate::reference::Version;
 #[serde(rename_all = "camelCase")]
 pub struct Record {
     pub refresh_interval: String,
+    /// The ServiceAccount whose role read the secrets (workload identity):
+    /// the refresher reads with it too. Absent: sm-injector's own identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
     pub secrets: Vec<RecordEntry>,
 }
 
@@ -71,12 +75,13 @@ impl Plan {
     /// sm-injector accepts: secret names, version selectors, ARNs and backing
     /// names are all checked for their characters).
     fn record_is_plain(&self) -> bool {
-        self.backing.iter().all(|b| {
-            plain(&b.name)
-                && plain(&b.secret_name)
-                && plain(b.version.selector())
-                && b.arn.as_deref().is_none_or(plain)
-        })
+        self.service_account.as_deref().is_none_or(plain)
+            && self.backing.iter().all(|b| {
+                plain(&b.name)
+                    && plain(&b.secret_name)
+                    && plain(b.version.selector())
+                    && b.arn.as_deref().is_none_or(plain)
+            })
     }
 
     /// Writes the record's JSON, every string of which is plain, with `q` for
@@ -106,6 +111,9 @@ impl Plan {
         out.extend_from_slice(q);
         interval(out, self.refresh_interval);
         out.extend_from_slice(q);
+        if let Some(sa) = &self.service_account {
+            field(out, false, "serviceAccount", &[sa]);
+        }
         out.push(b',');
         key(out, "secrets");
         out.push(b'[');
@@ -155,6 +163,7 @@ impl Plan {
     fn to_record(&self) -> Record {
         Record {
             refresh_interval: humantime::format_duration(self.refresh_interval).to_string(),
+            service_account: self.service_account.clone(),
             secrets: self
                 .backing
                 .iter()
@@ -244,6 +253,7 @@ mod tests {
             env_from: vec![],
             mounts: vec![],
             refresh_interval: Duration::from_secs(5400),
+            service_account: None,
         };
         assert_eq!(plan.record(), by_serde(&plan));
         assert_eq!(string_written(&plan), string_by_serde(&plan));
@@ -266,6 +276,12 @@ mod tests {
         assert!(plan.record_is_plain());
         assert_eq!(plan.record(), by_serde(&plan));
         assert_eq!(string_written(&plan), string_by_serde(&plan));
+        assert!(!plan.record().contains("serviceAccount"));
+        // Read with a workload's identity: its ServiceAccount is recorded.
+        plan.service_account = Some("reader".into());
+        assert_eq!(plan.record(), by_serde(&plan));
+        assert_eq!(string_written(&plan), string_by_serde(&plan));
+        assert!(plan.record().contains(r#""serviceAccount":"reader""#));
         // Nothing sm-injector accepts needs escaping; the writer escapes all the same.
         plan.backing.push(backing(
             "sm-x",

@@ -70,7 +70,7 @@ pub fn rows(inputs: &Inputs) -> Vec<Row> {
         else {
             continue;
         };
-        let Some(Ok((entries, _))) = read_record(annotations, limits) else {
+        let Some(Ok((entries, _, _))) = read_record(annotations, limits) else {
             continue;
         };
         let w = workload(p).map(|w| format!("{}/{}", w.kind, w.name));

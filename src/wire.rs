@@ -442,6 +442,7 @@ mod tests {
                 path: "/s/n/db".into(),
             }],
             refresh_interval: std::time::Duration::from_secs(3600),
+            service_account: None,
         };
         let (s, f) = (slim.object.unwrap(), full.object.unwrap());
         for wanted in [None, Some(vec!["app".to_string()])] {

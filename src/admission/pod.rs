@@ -141,7 +141,10 @@ pub async fn plan_pod(
         }
     }
     match plan::resolve(&inj, &rule, &results, caps) {
-        Ok(plan) => {
+        Ok(mut plan) => {
+            if let Identity::Workload(w) = identity {
+                plan.service_account = Some(w.service_account.clone());
+            }
             let values = results
                 .into_iter()
                 .map(|(k, r)| r.ok().map(|v| (k, v)))

@@ -287,6 +287,10 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             gc_grace: Some(a.gc_grace),
             concurrency: 16,
         },
+    )
+    .with_identities(
+        ServiceAccounts::new(client.clone(), service_accounts::TTL),
+        a.aws_identity,
     );
     let identity = a.identity.clone().unwrap_or_else(|| {
         format!(

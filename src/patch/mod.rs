@@ -304,6 +304,7 @@ mod tests {
                 path: "/s/n/db".into(),
             }],
             refresh_interval: Duration::from_secs(3600),
+            service_account: None,
         }
     }
 

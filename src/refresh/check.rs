@@ -14,6 +14,7 @@ use super::planner::{self, Planner};
 use super::{Failure, Refresher, workloads};
 use crate::backing;
 use crate::fetch::{FetchError, FetchKey, FetchResults};
+use crate::identity::{self, Identity, Mode};
 use crate::source::SecretSource;
 use crate::store::rule::Writer;
 use crate::store::{Written, now_rfc3339, write_backing};
@@ -41,12 +42,29 @@ impl Refresher {
         due: Vec<(Key, Want)>,
         leading: &(dyn Fn() -> bool + Sync),
     ) -> BTreeSet<Key> {
-        let mut keys: Vec<FetchKey> = due.iter().map(|(_, w)| w.fetch.clone()).collect();
-        keys.sort();
-        keys.dedup();
-        let results = fetch_batches(self.source.as_ref(), &keys, self.settings.aws_deadline).await;
-        let jobs = due.into_iter().map(|(key, want)| {
-            let value = results.get(&want.fetch).cloned();
+        // Each read with the identity its pods read with (workload identity).
+        let mut readers = Vec::with_capacity(due.len());
+        let mut keys: BTreeMap<Identity, Vec<FetchKey>> = BTreeMap::new();
+        for (key, want) in &due {
+            let reader = self.reader(&key.namespace, want).await;
+            if let Ok(id) = &reader {
+                keys.entry(id.clone()).or_default().push(want.fetch.clone());
+            }
+            readers.push(reader);
+        }
+        let mut results: BTreeMap<Identity, FetchResults> = BTreeMap::new();
+        for (id, mut keys) in keys {
+            keys.sort();
+            keys.dedup();
+            let r =
+                fetch_batches(self.source.as_ref(), &id, &keys, self.settings.aws_deadline).await;
+            results.insert(id, r);
+        }
+        let jobs = due.into_iter().zip(readers).map(|((key, want), reader)| {
+            let value = match reader {
+                Ok(id) => results.get(&id).and_then(|r| r.get(&want.fetch)).cloned(),
+                Err(e) => Some(Err(e)),
+            };
             async move {
                 let r = self.refresh_one(&key, &want, value, leading).await;
                 (key, want, r)
@@ -91,6 +109,35 @@ impl Refresher {
             .await;
         }
         rotated
+    }
+
+    /// The identity a backing Secret is read with: sm-injector's own, or
+    /// where its namespace reads with each workload's role, the role of a
+    /// ServiceAccount its pods recorded (the first, if they are several).
+    async fn reader(&self, namespace: &str, want: &Want) -> Result<Identity, FetchError> {
+        let Some((accounts, default)) = &self.identities else {
+            return Ok(Identity::Own);
+        };
+        let annotation = self
+            .namespaces
+            .annotation(namespace, identity::NAMESPACE_ANNOTATION);
+        let mode = Mode::of_namespace(annotation.as_deref(), *default)
+            .map_err(|r| FetchError::Identity(format!("namespace {namespace}: {r}")))?;
+        if mode == Mode::Own {
+            return Ok(Identity::Own);
+        }
+        let Some(account) = want.readers.iter().flatten().next() else {
+            return Err(FetchError::Identity(format!(
+                "namespace {namespace} reads with each workload's role, and no pod using this \
+                 copy recorded its ServiceAccount (admitted before the namespace chose that mode)"
+            )));
+        };
+        let annotations = accounts
+            .annotations(namespace, account)
+            .await
+            .map_err(FetchError::Unreachable)?;
+        identity::resolve(mode, namespace, account, annotations.as_deref())
+            .map_err(|e| FetchError::Identity(e.to_string()))
     }
 
     /// Brings one backing Secret to `value`: reads what it holds (every pass,
@@ -154,12 +201,13 @@ impl Refresher {
 /// `deadline`, so that one slow call fails only its own batch.
 pub async fn fetch_batches(
     source: &dyn SecretSource,
+    identity: &Identity,
     keys: &[FetchKey],
     deadline: Duration,
 ) -> FetchResults {
     let mut batches = Vec::new();
     for batch in keys.chunks(planner::BATCH) {
-        batches.push(fetch_batch(source, batch, deadline));
+        batches.push(fetch_batch(source, identity, batch, deadline));
     }
     let mut results = futures::stream::iter(batches).buffer_unordered(4);
     let mut out = FetchResults::new();
@@ -171,15 +219,11 @@ pub async fn fetch_batches(
 
 async fn fetch_batch(
     source: &dyn SecretSource,
+    identity: &Identity,
     batch: &[FetchKey],
     deadline: Duration,
 ) -> FetchResults {
-    match tokio::time::timeout(
-        deadline,
-        source.fetch(&crate::identity::Identity::Own, batch),
-    )
-    .await
-    {
+    match tokio::time::timeout(deadline, source.fetch(identity, batch)).await {
         Ok(r) => r,
         Err(_) => {
             let why = format!("no answer within {}", humantime::format_duration(deadline));

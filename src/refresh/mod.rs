@@ -31,8 +31,10 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 
 use crate::annotations::INJECTED_LABEL;
+use crate::identity::Mode;
 use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
+use crate::service_accounts::ServiceAccounts;
 use crate::source::SecretSource;
 use crate::store::inventory::{self, Inventory};
 pub use error::{Error, Failure};
@@ -62,6 +64,9 @@ pub struct Refresher {
     inventory: Inventory,
     settings: Settings,
     recorder: kube::runtime::events::Recorder,
+    /// ServiceAccounts' roles and the cluster's default mode, for namespaces
+    /// that read with each workload's identity.
+    identities: Option<(ServiceAccounts, Mode)>,
 }
 
 impl Refresher {
@@ -88,7 +93,14 @@ impl Refresher {
             inventory,
             settings,
             recorder,
+            identities: None,
         }
+    }
+
+    /// Reads with workloads' roles where a namespace (or `default`) says so.
+    pub fn with_identities(mut self, accounts: ServiceAccounts, default: Mode) -> Self {
+        self.identities = Some((accounts, default));
+        self
     }
 
     /// Runs while this replica holds the Lease ([`lease::elect`]), until

@@ -200,7 +200,13 @@ async fn a_slow_batch_fails_only_its_own_secrets() {
     // Batches are cut in order: the first 20 (one slow) and the next 20.
     let mut keys: Vec<FetchKey> = (0..40).map(|i| key(format!("n/s{i:02}"))).collect();
     keys[3] = key("slow/one".into());
-    let out = fetch_batches(&Slow, &keys, Duration::from_secs(5)).await;
+    let out = fetch_batches(
+        &Slow,
+        &crate::identity::Identity::Own,
+        &keys,
+        Duration::from_secs(5),
+    )
+    .await;
     assert_eq!(out.len(), 40);
     let failed: Vec<&FetchKey> = out
         .iter()

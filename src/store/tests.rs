@@ -222,6 +222,7 @@ fn plan_for(version: &str) -> Plan {
         env_from: vec![],
         mounts: vec![],
         refresh_interval: Duration::from_secs(3600),
+        service_account: None,
     }
 }
 

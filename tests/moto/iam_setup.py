@@ -10,8 +10,9 @@ Creates
 - the role "secret-reader", allowed secretsmanager:GetSecretValue and
   secretsmanager:BatchGetSecretValue;
 - the role "no-secrets", allowed only sts:GetCallerIdentity;
+- the IAM user "admin", allowed everything (the tests rotate secrets with it);
 - each secret given;
-and prints {"own": {"id": ..., "secret": ...}, "account": ...} as JSON.
+and prints {"own": {...}, "admin": {"id": ..., "secret": ...}, "account": ...} as JSON.
 
 moto checks Secrets Manager permissions per action only (its resource is
 always "*"), so the roles differ by action, not by secret name.
@@ -75,6 +76,16 @@ role(
 )
 role("no-secrets", ["sts:GetCallerIdentity"])
 
+iam.create_user(UserName="admin")
+iam.put_user_policy(
+    UserName="admin",
+    PolicyName="all",
+    PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+    ),
+)
+admin = iam.create_access_key(UserName="admin")["AccessKey"]
+
 sm = client("secretsmanager")
 for name, value in secrets:
     sm.create_secret(Name=name, SecretString=value)
@@ -92,4 +103,12 @@ urllib.request.urlopen(
     )
 ).read()
 
-print(json.dumps({"own": {"id": key["AccessKeyId"], "secret": key["SecretAccessKey"]}, "account": account}))
+print(
+    json.dumps(
+        {
+            "own": {"id": key["AccessKeyId"], "secret": key["SecretAccessKey"]},
+            "admin": {"id": admin["AccessKeyId"], "secret": admin["SecretAccessKey"]},
+            "account": account,
+        }
+    )
+)

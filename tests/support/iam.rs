@@ -56,6 +56,8 @@ pub struct IamAws {
     pub url: String,
     /// sm-injector's own user: an access key id and secret, no policy.
     pub own: (String, String),
+    /// A user allowed everything, to change secrets with.
+    pub admin: (String, String),
     pub account: String,
     pub audit: Arc<Mutex<Audit>>,
     task: tokio::task::JoinHandle<()>,
@@ -111,10 +113,13 @@ impl IamAws {
             String::from_utf8_lossy(&out.stderr)
         );
         let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let own = (
-            made["own"]["id"].as_str().unwrap().to_string(),
-            made["own"]["secret"].as_str().unwrap().to_string(),
-        );
+        let user = |who: &str| {
+            (
+                made[who]["id"].as_str().unwrap().to_string(),
+                made[who]["secret"].as_str().unwrap().to_string(),
+            )
+        };
+        let (own, admin) = (user("own"), user("admin"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let audit = Arc::new(Mutex::new(Audit::default()));
@@ -146,6 +151,7 @@ impl IamAws {
         IamAws {
             url,
             own,
+            admin,
             account: made["account"].as_str().unwrap().to_string(),
             audit,
             task,
@@ -154,6 +160,34 @@ impl IamAws {
 
     pub fn role_arn(&self, name: &str) -> String {
         format!("arn:aws:iam::{}:role/{name}", self.account)
+    }
+
+    /// A Secrets Manager client signed as `who` (an access key id and secret).
+    pub fn secrets_manager(&self, who: &(String, String)) -> aws_sdk_secretsmanager::Client {
+        aws_sdk_secretsmanager::Client::from_conf(self.secrets_manager_config(who))
+    }
+
+    /// The configuration of [`Self::secrets_manager`].
+    pub fn secrets_manager_config(&self, who: &(String, String)) -> aws_sdk_secretsmanager::Config {
+        aws_sdk_secretsmanager::Config::builder()
+            .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
+            .region(aws_sdk_secretsmanager::config::Region::new("us-east-1"))
+            .endpoint_url(&self.url)
+            .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+                &who.0, &who.1, None, None, "iam-test",
+            ))
+            .build()
+    }
+
+    /// An STS client for the proxy (workload identities' exchanges).
+    pub fn sts(&self) -> aws_sdk_sts::Client {
+        aws_sdk_sts::Client::from_conf(
+            aws_sdk_sts::Config::builder()
+                .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
+                .region(aws_sdk_sts::config::Region::new("us-east-1"))
+                .endpoint_url(&self.url)
+                .build(),
+        )
     }
 
     pub fn audit(&self) -> Audit {

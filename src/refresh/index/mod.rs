@@ -73,6 +73,8 @@ pub struct Workload {
 struct Checked {
     entries: Vec<Entry>,
     interval: Duration,
+    /// The ServiceAccount whose role read the secrets, if not sm-injector's own.
+    account: Option<String>,
 }
 
 /// The versions a pod recorded, one per record entry.
@@ -136,6 +138,9 @@ pub struct Want {
     pub form: Form,
     /// The shortest refresh interval among its pods.
     pub interval: Duration,
+    /// Whose identities its pods read it with: a ServiceAccount of the
+    /// namespace, or `None` for sm-injector's own.
+    pub readers: BTreeSet<Option<String>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -204,10 +209,15 @@ impl Index {
         if let Some(c) = self.records.get(text) {
             return Ok(c);
         }
-        let (entries, interval) = check_record(text, self.limits)?;
-        Ok(self
-            .records
-            .insert(text, Arc::new(Checked { entries, interval })))
+        let (entries, interval, account) = check_record(text, self.limits)?;
+        Ok(self.records.insert(
+            text,
+            Arc::new(Checked {
+                entries,
+                interval,
+                account,
+            }),
+        ))
     }
 
     fn shared_versions(
@@ -307,8 +317,10 @@ impl Index {
                     fetch: e.fetch.clone(),
                     form: e.form,
                     interval,
+                    readers: BTreeSet::new(),
                 });
                 want.interval = want.interval.min(interval);
+                want.readers.insert(p.record.account.clone());
             }
         }
         out
@@ -393,6 +405,7 @@ pub fn record_for(interval: &str, entries: &[(&str, Version, Form, Option<&str>)
     use crate::record::RecordEntry;
     let r = Record {
         refresh_interval: interval.into(),
+        service_account: None,
         secrets: entries
             .iter()
             .map(|(secret, v, form, arn)| {

@@ -14,15 +14,19 @@ use super::{Entry, Limits, Workload};
 
 /// Reads and checks a pod's record: its entries and its interval (clamped), or
 /// why it is refused.
+/// A record, checked: its entries, its interval, and the ServiceAccount
+/// whose role read them (if not sm-injector's own).
+pub type Read = (Vec<Entry>, Duration, Option<String>);
+
 pub fn read_record(
     annotations: &BTreeMap<String, String>,
     limits: Limits,
-) -> Option<Result<(Vec<Entry>, Duration), String>> {
+) -> Option<Result<Read, String>> {
     Some(check_record(annotations.get(INJECTED)?, limits))
 }
 
 /// [`read_record`] of the record's text.
-pub(super) fn check_record(text: &str, limits: Limits) -> Result<(Vec<Entry>, Duration), String> {
+pub(super) fn check_record(text: &str, limits: Limits) -> Result<Read, String> {
     let record: Record = match serde_json::from_str(text) {
         Ok(r) => r,
         Err(_) => return Err("the record is not sm-injector's JSON".into()),
@@ -38,6 +42,17 @@ pub(super) fn check_record(text: &str, limits: Limits) -> Result<(Vec<Entry>, Du
         Ok(d) => d.max(limits.min_interval),
         Err(_) => return Err("the record's refresh interval is not a duration".into()),
     };
+    // A ServiceAccount name (DNS-1123 subdomain). Naming another account of
+    // the namespace gains nothing: whoever may create pods there may run as it.
+    if let Some(sa) = &record.service_account
+        && (sa.is_empty()
+            || sa.len() > 253
+            || !sa
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'))
+    {
+        return Err("the record's ServiceAccount is not a ServiceAccount name".into());
+    }
     let mut entries = Vec::with_capacity(record.secrets.len());
     for e in record.secrets {
         let Ok(r) = reference::parse(&format!("{}?{}", e.secret, e.version)) else {
@@ -92,7 +107,7 @@ pub(super) fn check_record(text: &str, limits: Limits) -> Result<(Vec<Entry>, Du
             limits.max_calls
         ));
     }
-    Ok((entries, interval))
+    Ok((entries, interval, record.service_account))
 }
 
 /// The versions a pod recorded ([`VERSIONS`]), one per record entry (`None`

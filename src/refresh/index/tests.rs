@@ -401,3 +401,44 @@ fn pods_with_the_same_record_share_one_copy_until_the_last_goes() {
     assert_eq!((ix.records.len(), ix.versions.len()), (0, 0));
     assert!(ix.in_use().is_empty());
 }
+
+#[test]
+fn each_copy_knows_whose_identities_read_it() {
+    let as_account = |sa: &str| {
+        let mut r: serde_json::Value =
+            serde_json::from_str(&record_for("1h", &[("n/db", cur(), Form::Keys, None)])).unwrap();
+        r["serviceAccount"] = json!(sa);
+        r.to_string()
+    };
+    let mut ix = Index::new(LIMITS);
+    let own = record_for("1h", &[("n/db", cur(), Form::Keys, None)]);
+    assert_eq!(
+        ix.apply(&pod("n", "a", Some(as_account("reader")), json!({}))),
+        None
+    );
+    assert_eq!(
+        ix.apply(&pod("n", "b", Some(as_account("other")), json!({}))),
+        None
+    );
+    assert_eq!(ix.apply(&pod("n", "c", Some(own), json!({}))), None);
+    let w = ix.in_use();
+    let db = &w[&Key {
+        namespace: "n".into(),
+        backing: backing::name("n/db", &cur(), Form::Keys),
+    }];
+    assert_eq!(
+        db.readers,
+        BTreeSet::from([None, Some("other".into()), Some("reader".into())])
+    );
+    // Not a ServiceAccount name: the record is refused whole.
+    let refused = ix.apply(&pod(
+        "n",
+        "d",
+        Some(as_account("Not/An Account")),
+        json!({}),
+    ));
+    assert!(
+        refused.is_some_and(|r| r.contains("not a ServiceAccount name")),
+        "refused"
+    );
+}

@@ -24,6 +24,7 @@ fn want(secret: &str, interval: Duration) -> Want {
         },
         form: Form::Keys,
         interval,
+        readers: Default::default(),
     }
 }
 
