@@ -23,7 +23,7 @@ fuzz_target!(|s: &str| {
         max_records_per_namespace: 5000,
         max_secrets_per_namespace: 1000,
     };
-    if let Some(Ok((entries, interval))) = index::read_record(&map, limits) {
+    if let Some(Ok((entries, interval, _))) = index::read_record(&map, limits) {
         assert!(entries.len() <= 100);
         assert!(interval >= Duration::from_secs(60));
         let keys: Vec<_> = entries.iter().map(|e| e.fetch.clone()).collect();
