@@ -40,6 +40,10 @@ pub struct Row {
     pub pods: Vec<String>,
     /// "Kind/name" of the workloads whose pods use it.
     pub workloads: Vec<String>,
+    /// Whose AWS identity its pods' admissions read it with:
+    /// `serviceaccount/<name>` (the role that ServiceAccount names), or
+    /// `sm-injector` (its own credentials).
+    pub read_by: Vec<String>,
     /// The workloads rolled when it rotates (`restart-on-rotation: "true"`).
     pub restarts_on_rotation: Vec<String>,
     /// sm-injector's latest Warning on those workloads, if any.
@@ -55,9 +59,9 @@ fn ann<'a>(m: &'a ObjectMeta, key: &str) -> &'a str {
 
 /// The report's rows, by namespace and backing Secret.
 pub fn rows(inputs: &Inputs) -> Vec<Row> {
-    // (namespace, backing) → (pods, workloads)
-    let mut uses: BTreeMap<(String, String), (BTreeSet<String>, BTreeSet<String>)> =
-        BTreeMap::new();
+    // (namespace, backing) → (pods, workloads, readers)
+    type Uses = (BTreeSet<String>, BTreeSet<String>, BTreeSet<String>);
+    let mut uses: BTreeMap<(String, String), Uses> = BTreeMap::new();
     let limits = Limits {
         max_entries: usize::MAX,
         min_interval: std::time::Duration::ZERO,
@@ -70,14 +74,16 @@ pub fn rows(inputs: &Inputs) -> Vec<Row> {
         else {
             continue;
         };
-        let Some(Ok((entries, _, _))) = read_record(annotations, limits) else {
+        let Some(Ok((entries, _, account))) = read_record(annotations, limits) else {
             continue;
         };
         let w = workload(p).map(|w| format!("{}/{}", w.kind, w.name));
+        let reader = account.map_or("sm-injector".to_string(), |a| format!("serviceaccount/{a}"));
         for e in entries {
             let slot = uses.entry((ns.clone(), e.backing)).or_default();
             slot.0.insert(name.clone());
             slot.1.extend(w.clone());
+            slot.2.insert(reader.clone());
         }
     }
     let mut rows: Vec<Row> = inputs
@@ -86,7 +92,8 @@ pub fn rows(inputs: &Inputs) -> Vec<Row> {
         .filter_map(|s| {
             let ns = s.namespace.clone()?;
             let name = s.name.clone()?;
-            let (pods, workloads) = uses.remove(&(ns.clone(), name.clone())).unwrap_or_default();
+            let (pods, workloads, readers) =
+                uses.remove(&(ns.clone(), name.clone())).unwrap_or_default();
             let restarts = workloads
                 .iter()
                 .filter(|w| {
@@ -113,6 +120,7 @@ pub fn rows(inputs: &Inputs) -> Vec<Row> {
                 refreshed_at: ann(s, ANN_REFRESHED).to_string(),
                 pods: pods.into_iter().collect(),
                 workloads: workloads.into_iter().collect(),
+                read_by: readers.into_iter().collect(),
                 restarts_on_rotation: restarts,
                 failures,
                 namespace: ns,
@@ -134,10 +142,11 @@ pub fn table(rows: &[Row]) -> String {
         "REFRESHED",
         "PODS",
         "WORKLOADS",
+        "READ BY",
         "RESTARTS ON ROTATION",
         "FAILURES",
     ];
-    let cells: Vec<[String; 10]> = rows
+    let cells: Vec<[String; 11]> = rows
         .iter()
         .map(|r| {
             let list = |v: &[String]| {
@@ -156,6 +165,7 @@ pub fn table(rows: &[Row]) -> String {
                 r.refreshed_at.clone(),
                 r.pods.len().to_string(),
                 list(&r.workloads),
+                list(&r.read_by),
                 list(&r.restarts_on_rotation),
                 list(&r.failures),
             ]
@@ -226,6 +236,17 @@ mod tests {
                 pod("web-abc12-x", Some("web-abc12")),
                 pod("web-abc12-y", Some("web-abc12")),
                 pod("bare", None),
+                {
+                    // Read with its workload's identity.
+                    let mut m = pod("reader", None);
+                    let mut r: serde_json::Value = serde_json::from_str(&record).unwrap();
+                    r["serviceAccount"] = json!("reader");
+                    m.annotations
+                        .as_mut()
+                        .unwrap()
+                        .insert("sm-injector.io/injected".into(), r.to_string());
+                    m
+                },
             ],
             workloads: [(
                 ("app".to_string(), "Deployment/web".to_string()),
@@ -243,14 +264,19 @@ mod tests {
         assert_eq!(r[0].backing_secret, name);
         assert_eq!(r[0].secret, "app/db");
         assert_eq!(r[0].version_id, "v-1");
-        assert_eq!(r[0].pods, ["bare", "web-abc12-x", "web-abc12-y"]);
-        assert_eq!(r[0].workloads, ["Deployment/web", "Pod/bare"]);
+        assert_eq!(r[0].pods, ["bare", "reader", "web-abc12-x", "web-abc12-y"]);
+        assert_eq!(r[0].workloads, ["Deployment/web", "Pod/bare", "Pod/reader"]);
+        assert_eq!(r[0].read_by, ["serviceaccount/reader", "sm-injector"]);
         assert_eq!(r[0].restarts_on_rotation, ["Deployment/web"]);
         assert_eq!(r[0].failures, ["Deployment/web: RefreshFailed: throttled"]);
         assert!(r[1].pods.is_empty(), "a Secret no pod uses is listed too");
         let t = table(&r);
         assert!(t.starts_with("NAMESPACE"), "{t}");
-        assert!(t.contains("Deployment/web,Pod/bare"), "{t}");
+        assert!(t.contains("Deployment/web,Pod/bare,Pod/reader"), "{t}");
+        assert!(
+            t.contains("READ BY") && t.contains("serviceaccount/reader,sm-injector"),
+            "{t}"
+        );
         assert_eq!(t.lines().count(), 3);
     }
 }

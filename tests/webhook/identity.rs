@@ -178,5 +178,23 @@ async fn each_workload_reads_with_its_own_role_and_the_audit_names_it() {
             .iter()
             .any(|r| r.principal == format!("role/no-secrets/{ns}.blocked") && r.status >= 400)
     );
+    // `sm-injector status` says whose identity read each copy.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sm-injector"))
+        .args(["status", "--namespace", &ns, "-o", "json"])
+        .env("KUBECONFIG", &bed.kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        rows[0]["readBy"],
+        json!(["serviceaccount/reader"]),
+        "{rows:?}"
+    );
     inj.stop(&client).await;
 }
