@@ -283,7 +283,18 @@ impl SecretSource for AwsSource {
                 FetchResults::from([(k.clone(), self.single(client, k).await)])
             });
             let (a, b) = futures::join!(join_all(batches), join_all(singles));
-            let results: FetchResults = a.into_iter().chain(b).flatten().collect();
+            let mut results: FetchResults = a.into_iter().chain(b).flatten().collect();
+            if let Identity::Workload(_) = identity {
+                // A call refused whole for want of the permission is the
+                // workload role's refusal of each secret in it: definite.
+                for r in results.values_mut() {
+                    if let Err(FetchError::CallRefused(m)) = r
+                        && let Some(why) = m.strip_prefix("access denied by AWS: ")
+                    {
+                        *r = Err(FetchError::AccessDenied(why.to_string()));
+                    }
+                }
+            }
             // Credentials AWS refused are exchanged again on the next read.
             if let (Identity::Workload(w), Some(c)) = (identity, &self.workloads)
                 && results

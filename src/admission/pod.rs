@@ -122,21 +122,12 @@ pub async fn plan_pod(
         .get_many(namespace, identity, &keys, settings.aws_deadline)
         .await;
     if let Identity::Workload(_) = identity {
-        // AWS's refusal, said of the workload's role. A whole call refused
-        // for want of the permission is the role's refusal too: definite,
-        // never served from an existing copy.
-        const DENIED: &str = "access denied by AWS: ";
+        // AWS's refusal, said of the workload's role (a whole call refused
+        // for want of the permission comes as each secret's refusal:
+        // definite, never served from an existing copy).
         for (k, r) in results.iter_mut() {
-            let aws = match r {
-                Err(FetchError::AccessDenied(m)) => Some(m.clone()),
-                Err(FetchError::CallRefused(m)) => m.strip_prefix(DENIED).map(String::from),
-                _ => None,
-            };
-            if let Some(m) = aws {
-                *r = Err(FetchError::AccessDenied(format!(
-                    "{identity} may not read {}: {m}",
-                    k.id
-                )));
+            if let Err(FetchError::AccessDenied(m)) = r {
+                *m = format!("{identity} may not read {}: {m}", k.id);
             }
         }
     }

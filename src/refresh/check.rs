@@ -61,13 +61,16 @@ impl Refresher {
             results.insert(id, r);
         }
         let jobs = due.into_iter().zip(readers).map(|((key, want), reader)| {
-            let value = match reader {
-                Ok(id) => results.get(&id).and_then(|r| r.get(&want.fetch)).cloned(),
-                Err(e) => Some(Err(e)),
+            let (value, workload) = match reader {
+                Ok(id) => (
+                    results.get(&id).and_then(|r| r.get(&want.fetch)).cloned(),
+                    matches!(id, Identity::Workload(_)).then(|| id.to_string()),
+                ),
+                Err(e) => (Some(Err(e)), None),
             };
             async move {
                 let r = self.refresh_one(&key, &want, value, leading).await;
-                (key, want, r)
+                (key, want, workload, r)
             }
         });
         let outcomes: Vec<_> = futures::stream::iter(jobs)
@@ -75,8 +78,9 @@ impl Refresher {
             .collect()
             .await;
         let now = SystemTime::now();
-        let (mut rotated, mut failing) = (BTreeSet::new(), BTreeMap::new());
-        for (key, want, r) in outcomes {
+        let (mut rotated, mut failing, mut denied) =
+            (BTreeSet::new(), BTreeMap::new(), BTreeMap::new());
+        for (key, want, workload, r) in outcomes {
             match r {
                 Ok(Outcome::Rotated { to, from }) => {
                     tracing::info!(namespace = %key.namespace, secret = %want.secret, version = %to, previous = %from, backing = %key.backing, "backing Secret moved to the version Secrets Manager holds");
@@ -89,6 +93,18 @@ impl Refresher {
                 }
                 Ok(Outcome::Current(v)) => planner.succeeded(&key, &v, &want, now),
                 Ok(Outcome::NotLeading) => {}
+                // The workload's own role may no longer read it: a
+                // revocation, as a narrowed rule is. Tried again at its
+                // interval; deleted once the grace period passes meanwhile.
+                Err(Failure::SecretsManager(FetchError::AccessDenied(why)))
+                    if let Some(who) = &workload =>
+                {
+                    tracing::warn!(namespace = %key.namespace, secret = %want.secret, backing = %key.backing, identity = %who, error = %why, "the workload's role may no longer read the secret; not refreshed, deleted after the grace period");
+                    if planner.denied(&key, &want, now) {
+                        self.metrics.refresh_refused("aws-denied");
+                        denied.insert(key.clone(), format!("sm-injector no longer refreshes the backing Secret {}: {who} may not read {} ({why}); it is deleted once unused for the grace period unless the role may read it again", key.backing, want.secret));
+                    }
+                }
                 Err(e) => {
                     self.metrics.refresh_failure(e.metric_label());
                     tracing::warn!(namespace = %key.namespace, secret = %want.secret, backing = %key.backing, error = %e, "refresh failed; the backing Secret is kept as it is");
@@ -97,6 +113,16 @@ impl Refresher {
                     }
                 }
             }
+        }
+        if !denied.is_empty() {
+            workloads::warn(
+                &self.recorder,
+                index,
+                &denied,
+                "SecretAccessRevoked",
+                "Revoke",
+            )
+            .await;
         }
         if !failing.is_empty() {
             workloads::warn(

@@ -1354,11 +1354,11 @@ async fn an_admin_forces_an_immediate_refresh_with_a_namespace_annotation() {
 
 #[tokio::test]
 #[ignore = "needs the test bed: run ./tests/run"]
-async fn a_rotation_is_read_with_the_workloads_own_role() {
+async fn a_rotation_is_read_with_the_workloads_own_role_and_its_loss_is_a_revocation() {
     use k8s_openapi::api::core::v1::ServiceAccount;
     use sm_injector::credentials::WorkloadCredentials;
     use sm_injector::identity::Mode;
-    use sm_injector::service_accounts::{self, ServiceAccounts};
+    use sm_injector::service_accounts::ServiceAccounts;
     let _serial = SERIAL.lock().await;
     let bed = testbed();
     let client = bed.client().await;
@@ -1445,12 +1445,12 @@ async fn a_rotation_is_read_with_the_workloads_own_role() {
                 max_secrets_per_namespace: 1000,
             },
             aws_deadline: Duration::from_secs(3),
-            gc_grace: None,
+            gc_grace: Some(Duration::from_secs(3)),
             concurrency: 8,
         },
     )
     .with_identities(
-        ServiceAccounts::new(client.clone(), service_accounts::TTL),
+        ServiceAccounts::new(client.clone(), Duration::from_secs(1)),
         Mode::Own,
     );
     let (tx, rx) = tokio::sync::watch::channel(true);
@@ -1489,6 +1489,34 @@ async fn a_rotation_is_read_with_the_workloads_own_role() {
         "nothing read as sm-injector's own user or an unknown key: {:?}",
         audit.reads
     );
+
+    // The ServiceAccount now names a role that may not read it: a
+    // revocation, reported on the workload, the copy deleted after the grace.
+    let sas = Api::<ServiceAccount>::namespaced(client.clone(), &ns);
+    sas.patch(
+        "reader",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"metadata": {"annotations": {
+            "eks.amazonaws.com/role-arn": aws.role_arn("no-secrets")}}})),
+    )
+    .await
+    .unwrap();
+    let e = warning_event(&client, &ns, "SecretAccessRevoked").await;
+    let note = e.note.unwrap_or_default();
+    assert!(
+        note.contains(&format!(
+            "role {} (session {ns}.reader) may not read {secret}",
+            aws.role_arn("no-secrets")
+        )),
+        "{note}"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the revoked copy to be deleted",
+        || async { backing_secrets(&client, &ns).await.is_empty().then_some(()) },
+    )
+    .await;
+    assert!(running.metric("sm_injector_refresh_refused_total{reason=\"aws-denied\"}") >= 1.0);
     drop(running);
     inj.stop(&client).await;
     cleanup(&client, &[&ns, &own]).await;

@@ -83,6 +83,9 @@ pub struct Planner {
     started: bool,
     states: HashMap<Key, State>,
     revoked: HashSet<Key>,
+    /// Refused to the workload's own role by AWS at the last attempt: not
+    /// collected as in use, tried again at its interval.
+    denied: HashSet<Key>,
     forced: HashMap<String, String>,
     /// Backing Secrets that left use (or were deleted by the collector) lately,
     /// and when: one that comes back (a namespace made again, a Deployment
@@ -134,6 +137,7 @@ impl Planner {
             started: false,
             states: HashMap::new(),
             revoked: HashSet::new(),
+            denied: HashSet::new(),
             forced: HashMap::new(),
             gone: HashMap::new(),
             nudges: HashMap::new(),
@@ -183,7 +187,9 @@ impl Planner {
                 continue;
             }
             self.revoked.remove(key);
-            valid.insert(key);
+            if !self.denied.contains(key) {
+                valid.insert(key);
+            }
             let first = if !self.started {
                 now + spread(&want.fetch, want.interval.min(Duration::from_secs(30)))
             } else if self.gone.remove(key).is_some() {
@@ -235,6 +241,7 @@ impl Planner {
         }
         self.states.retain(|k, _| in_use.contains_key(k));
         self.revoked.retain(|k| in_use.contains_key(k));
+        self.denied.retain(|k| in_use.contains_key(k));
         self.nudges.retain(|k, _| in_use.contains_key(k));
         self.gone
             .retain(|_, at| now.duration_since(*at).unwrap_or_default() < RECHECK_WINDOW);
@@ -249,7 +256,7 @@ impl Planner {
         d.gauges = Gauges {
             in_use: valid.len() as i64,
             failing: valid_states.clone().filter(|s| s.failures > 0).count() as i64,
-            revoked: self.revoked.len() as i64,
+            revoked: (self.revoked.len() + self.denied.len()) as i64,
             oldest_due: valid_states
                 .map(|s| unix(s.due_since))
                 .min()
@@ -271,6 +278,19 @@ impl Planner {
             s.failures = 0;
             s.version = Some(version.to_string());
         }
+        self.denied.remove(key);
+    }
+
+    /// AWS refused `key` to the workload's own role: no longer counted as in
+    /// use (the collector deletes it after the grace period), tried again at
+    /// its interval. Returns true when newly denied (to report once).
+    pub fn denied(&mut self, key: &Key, want: &Want, now: SystemTime) -> bool {
+        if let Some(s) = self.states.get_mut(key) {
+            s.next_attempt = now + want.interval + spread(&want.fetch, want.interval / 10);
+            s.due_since = s.next_attempt;
+            s.failures = 0;
+        }
+        self.denied.insert(key.clone())
     }
 
     /// An attempt failed; returns true when it is the first in a row (to

@@ -451,3 +451,40 @@ fn batches_fill_up_whatever_order_the_keys_appeared_in() {
         .sum();
     assert!(reads <= 5 * 546, "{reads} reads in 5 minutes");
 }
+
+#[test]
+fn a_copy_the_workloads_role_may_no_longer_read_is_collected_unless_read_again() {
+    let mut p = Planner::new(TICK);
+    let a = key("n", "a");
+    let w = want("n/a", HOUR);
+    let in_use = BTreeMap::from([(a.clone(), w.clone())]);
+    let grace = Some(Duration::from_secs(100));
+    p.plan(&in_use, facts, &Marks::new(), grace, t(0));
+    p.succeeded(&a, "v1", &w, t(0));
+    // Refused to the role: reported once, stamped as unused, not overdue.
+    assert!(p.denied(&a, &w, t(10)));
+    assert!(!p.denied(&a, &w, t(11)), "reported once");
+    let inv = Marks::from([(a.clone(), String::new())]);
+    let d = p.plan(&in_use, facts, &inv, grace, t(20));
+    assert_eq!(d.marks[&a], Some(unix(t(20)).to_string()));
+    assert_eq!(d.gauges.revoked, 1);
+    assert_eq!(d.gauges.in_use, 0);
+    assert!(d.due.is_empty(), "tried again at its interval, not at once");
+    let inv = Marks::from([(a.clone(), unix(t(20)).to_string())]);
+    assert_eq!(
+        p.plan(&in_use, facts, &inv, grace, t(121)).delete,
+        vec![a.clone()]
+    );
+    // Still tried at its interval; readable again, it is in use again.
+    assert_eq!(
+        p.plan(&in_use, facts, &inv, grace, t(20) + HOUR * 2)
+            .due
+            .len(),
+        1
+    );
+    p.succeeded(&a, "v2", &w, t(20) + HOUR * 2);
+    let d = p.plan(&in_use, facts, &inv, grace, t(21) + HOUR * 2);
+    assert_eq!(d.marks[&a], Some(String::new()));
+    assert!(d.delete.is_empty());
+    assert_eq!(d.gauges.revoked, 0);
+}
