@@ -14,7 +14,7 @@ use super::planner::{self, Planner};
 use super::{Failure, Refresher, workloads};
 use crate::backing;
 use crate::fetch::{FetchError, FetchKey, FetchResults};
-use crate::identity::{self, Identity, Mode};
+use crate::identity::Identity;
 use crate::source::SecretSource;
 use crate::store::rule::Writer;
 use crate::store::{Written, now_rfc3339, write_backing};
@@ -42,37 +42,14 @@ impl Refresher {
         due: Vec<(Key, Want)>,
         leading: &(dyn Fn() -> bool + Sync),
     ) -> BTreeSet<Key> {
-        // Each read with the identity its pods read with (workload identity).
-        let mut readers = Vec::with_capacity(due.len());
-        let mut keys: BTreeMap<Identity, Vec<FetchKey>> = BTreeMap::new();
-        for (key, want) in &due {
-            let reader = self.reader(&key.namespace, want).await;
-            if let Ok(id) = &reader {
-                keys.entry(id.clone()).or_default().push(want.fetch.clone());
-            }
-            readers.push(reader);
-        }
-        let mut results: BTreeMap<Identity, FetchResults> = BTreeMap::new();
-        for (id, mut keys) in keys {
-            keys.sort();
-            keys.dedup();
-            let r =
-                fetch_batches(self.source.as_ref(), &id, &keys, self.settings.aws_deadline).await;
-            results.insert(id, r);
-        }
-        let jobs = due.into_iter().zip(readers).map(|((key, want), reader)| {
-            let (value, workload) = match reader {
-                Ok(id) => (
-                    results.get(&id).and_then(|r| r.get(&want.fetch)).cloned(),
-                    matches!(id, Identity::Workload(_)).then(|| id.to_string()),
-                ),
-                Err(e) => (Some(Err(e)), None),
-            };
-            async move {
+        let read = self.read_in_turn(&due).await;
+        let jobs = due
+            .into_iter()
+            .zip(read)
+            .map(|((key, want), (value, workload))| async move {
                 let r = self.refresh_one(&key, &want, value, leading).await;
                 (key, want, workload, r)
-            }
-        });
+            });
         let outcomes: Vec<_> = futures::stream::iter(jobs)
             .buffer_unordered(self.settings.concurrency.max(1))
             .collect()
@@ -135,35 +112,6 @@ impl Refresher {
             .await;
         }
         rotated
-    }
-
-    /// The identity a backing Secret is read with: sm-injector's own, or
-    /// where its namespace reads with each workload's role, the role of a
-    /// ServiceAccount its pods recorded (the first, if they are several).
-    async fn reader(&self, namespace: &str, want: &Want) -> Result<Identity, FetchError> {
-        let Some((accounts, default)) = &self.identities else {
-            return Ok(Identity::Own);
-        };
-        let annotation = self
-            .namespaces
-            .annotation(namespace, identity::NAMESPACE_ANNOTATION);
-        let mode = Mode::of_namespace(annotation.as_deref(), *default)
-            .map_err(|r| FetchError::Identity(format!("namespace {namespace}: {r}")))?;
-        if mode == Mode::Own {
-            return Ok(Identity::Own);
-        }
-        let Some(account) = want.readers.iter().flatten().next() else {
-            return Err(FetchError::Identity(format!(
-                "namespace {namespace} reads with each workload's role, and no pod using this \
-                 copy recorded its ServiceAccount (admitted before the namespace chose that mode)"
-            )));
-        };
-        let annotations = accounts
-            .annotations(namespace, account)
-            .await
-            .map_err(FetchError::Unreachable)?;
-        identity::resolve(mode, namespace, account, annotations.as_deref())
-            .map_err(|e| FetchError::Identity(e.to_string()))
     }
 
     /// Brings one backing Secret to `value`: reads what it holds (every pass,

@@ -16,6 +16,7 @@ pub mod error;
 pub mod index;
 pub mod lease;
 pub mod planner;
+mod readers;
 pub mod rollout;
 pub mod workloads;
 

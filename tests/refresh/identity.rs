@@ -6,7 +6,8 @@ use super::*;
 
 #[tokio::test]
 #[ignore = "needs the test bed: run ./tests/run"]
-async fn a_rotation_is_read_with_the_workloads_own_role_and_its_loss_is_a_revocation() {
+async fn a_rotation_is_read_with_the_workloads_own_role_and_its_loss_is_a_revocation_once_no_role_may_read()
+ {
     use k8s_openapi::api::core::v1::ServiceAccount;
     use sm_injector::credentials::WorkloadCredentials;
     use sm_injector::identity::Mode;
@@ -24,13 +25,16 @@ async fn a_rotation_is_read_with_the_workloads_own_role_and_its_loss_is_a_revoca
     let own = namespace(&client, "identity-rot-own", &[]).await;
     let secret = format!("{ns}/db");
     let aws = support::iam::IamAws::start(bed, &[(&secret, r#"{"pw":"p1"}"#)]).await;
-    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "reader",
-        "annotations": {"eks.amazonaws.com/role-arn": aws.role_arn("secret-reader")}}}))
-    .unwrap();
-    Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &sa)
-        .await
+    // Two workloads whose roles may read the secret share its copy.
+    for name in ["reader", "zeta"] {
+        let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name,
+            "annotations": {"eks.amazonaws.com/role-arn": aws.role_arn("secret-reader")}}}))
         .unwrap();
+        Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &sa)
+            .await
+            .unwrap();
+    }
     let inj = injector::start(
         bed,
         &[&ns],
@@ -44,15 +48,17 @@ async fn a_rotation_is_read_with_the_workloads_own_role_and_its_loss_is_a_revoca
         },
     )
     .await;
-    let mut p = pod(
-        "app",
-        json!({"sm-injector.io/env.PW": format!("{secret}#pw"), "sm-injector.io/refresh-interval": "1s"}),
-    );
-    p.spec.as_mut().unwrap().service_account_name = Some("reader".into());
-    Api::<Pod>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &p)
-        .await
-        .expect("admitted, read with the reader's role");
+    for (name, account) in [("app", "reader"), ("other", "zeta")] {
+        let mut p = pod(
+            name,
+            json!({"sm-injector.io/env.PW": format!("{secret}#pw"), "sm-injector.io/refresh-interval": "1s"}),
+        );
+        p.spec.as_mut().unwrap().service_account_name = Some(account.into());
+        Api::<Pod>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &p)
+            .await
+            .expect("admitted, read with the workload's role");
+    }
     let pw = |s: &Secret| {
         s.data
             .as_ref()
@@ -122,6 +128,7 @@ async fn a_rotation_is_read_with_the_workloads_own_role_and_its_loss_is_a_revoca
     .await;
     let audit = aws.audit();
     let reader = format!("role/secret-reader/{ns}.reader");
+    let zeta = format!("role/secret-reader/{ns}.zeta");
     assert!(
         audit
             .reads
@@ -137,27 +144,71 @@ async fn a_rotation_is_read_with_the_workloads_own_role_and_its_loss_is_a_revoca
             .reads
             .iter()
             .filter(|r| r.action.ends_with("GetSecretValue"))
-            .all(|r| r.principal == reader),
+            .all(|r| r.principal == reader || r.principal == zeta),
         "nothing read as sm-injector's own user or an unknown key: {:?}",
         audit.reads
     );
 
-    // The ServiceAccount now names a role that may not read it: a
-    // revocation, reported on the workload, the copy deleted after the grace.
+    // One ServiceAccount now names a role that may not read it: the copy is
+    // read with the other workload's role, and kept.
     let sas = Api::<ServiceAccount>::namespaced(client.clone(), &ns);
-    sas.patch(
-        "reader",
-        &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(json!({"metadata": {"annotations": {
-            "eks.amazonaws.com/role-arn": aws.role_arn("no-secrets")}}})),
+    let deny = |name: &'static str| {
+        let sas = sas.clone();
+        let role = aws.role_arn("no-secrets");
+        async move {
+            sas.patch(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"metadata": {"annotations": {
+                    "eks.amazonaws.com/role-arn": role}}})),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    let seen = aws.audit().reads.len();
+    deny("reader").await;
+    let refused = format!("role/no-secrets/{ns}.reader");
+    eventually(
+        Duration::from_secs(30),
+        "a refusal to the reader's new role, then a read with zeta's",
+        || async {
+            let reads = aws.audit().reads.split_off(seen);
+            let at = reads
+                .iter()
+                .position(|r| r.principal == refused && r.status == 403)?;
+            reads[at..]
+                .iter()
+                .any(|r| r.principal == zeta && r.status == 200)
+                .then_some(())
+        },
     )
-    .await
-    .unwrap();
+    .await;
+    assert_eq!(
+        backing_secrets(&client, &ns).await.len(),
+        1,
+        "kept: zeta's role may read it"
+    );
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(
+        !events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("SecretAccessRevoked")),
+        "not revoked while one role may read it"
+    );
+
+    // Neither role may read it now: a revocation, reported on the
+    // workloads, the copy deleted after the grace.
+    deny("zeta").await;
     let e = warning_event(&client, &ns, "SecretAccessRevoked").await;
     let note = e.note.unwrap_or_default();
     assert!(
         note.contains(&format!(
-            "role {} (session {ns}.reader) may not read {secret}",
+            "role {} (session {ns}.zeta) may not read {secret}",
             aws.role_arn("no-secrets")
         )),
         "{note}"
