@@ -204,7 +204,7 @@ where
         other => FetchError::Unreachable(format!(
             "STS could not be reached to assume role {}: {}",
             who.role_arn,
-            crate::source::error_chain(other)
+            crate::fetch::error_chain(other)
         )),
     }
 }

@@ -52,7 +52,7 @@ pub enum FetchError {
     /// its form): nothing is known of any one secret, so it is never
     /// remembered against them. Transient.
     #[error("Secrets Manager refused the call for all its secrets: {0}")]
-    CallRefused(String),
+    CallRefused(Box<FetchError>),
     /// A workload's identity could not be had ([`crate::credentials`]): its
     /// ServiceAccount got no token for STS, or STS refused to assume its
     /// role. About the workload, not one secret: never remembered against a
@@ -137,6 +137,31 @@ impl moka::Equivalent<(Arc<str>, FetchKey)> for TenantKey<'_> {
     fn equivalent(&self, key: &(Arc<str>, FetchKey)) -> bool {
         *key.0 == *self.0 && key.1 == *self.1
     }
+}
+
+/// An error and its sources, each shown once, without the Debug dump the
+/// SDK's own context display appends: `dispatch failure: io error: connection
+/// closed before message completed`.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = vec![];
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    let mut out = parts.join(": ");
+    if out.len() > 300 {
+        let cut = (0..=300)
+            .rev()
+            .find(|i| out.is_char_boundary(*i))
+            .unwrap_or(0);
+        out.truncate(cut);
+        out.push_str("...");
+    }
+    out
 }
 
 /// `(identity, key)`, borrowed: looks up an `(Identity, FetchKey)` key.

@@ -88,6 +88,26 @@ impl Namespaces {
             .cloned()
     }
 
+    /// An annotation of a Namespace: from the watched cache, else read (a
+    /// namespace made a moment ago).
+    pub async fn read_annotation(
+        &self,
+        namespace: &str,
+        key: &str,
+    ) -> Result<Option<String>, String> {
+        let annotation = |ns: &Namespace| ns.metadata.annotations.as_ref()?.get(key).cloned();
+        if let Some(ns) = self.store.get(&ObjectRef::new(namespace)) {
+            return Ok(annotation(&ns));
+        }
+        match self.api.get_opt(namespace).await {
+            Ok(ns) => Ok(ns.as_ref().and_then(annotation)),
+            Err(e) => Err(format!(
+                "could not read Namespace {namespace:?}: {}",
+                kube_reason(&e)
+            )),
+        }
+    }
+
     /// What the refresher's planner needs of a Namespace, from the watched
     /// cache only (`None` until the cache has it).
     pub fn facts(&self, namespace: &str) -> Option<NamespaceFacts> {

@@ -3,6 +3,9 @@
 #   terraform apply -var cluster_oidc_provider_arn=... -var secret_prefix=arrakis
 # then put the output role_arn in the ServiceAccount's
 # eks.amazonaws.com/role-arn annotation (manifests/serviceaccount.yaml).
+# The same role for one workload (namespaces with sm-injector.io/aws-identity:
+# serviceaccount): -var namespace=<ns> -var service_account=<sa>
+# -var role_name=<name>, annotating that workload's ServiceAccount.
 
 terraform {
   required_providers {

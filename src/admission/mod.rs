@@ -232,6 +232,11 @@ impl Webhook {
             Ok(i) => i,
             Err(e) => return deny(req, name, Denial::one(e)),
         };
+        let subject = Subject {
+            namespace,
+            identity: &identity,
+            pod: name,
+        };
         let key = self
             .decisions
             .enabled()
@@ -241,17 +246,7 @@ impl Webhook {
             && let Some(d) = self.kept(namespace, &identity, key).await
         {
             return self
-                .conclude(
-                    req,
-                    Subject {
-                        namespace,
-                        identity: &identity,
-                        pod: name,
-                    },
-                    &d.plan,
-                    d.patch.clone(),
-                    vec![],
-                )
+                .conclude(req, subject, &d.plan, d.patch.clone(), vec![])
                 .await;
         }
         let (plan, targets, rule, values) = match plan_pod(
@@ -287,40 +282,22 @@ impl Webhook {
             });
             self.decisions.insert(key, d.clone()).await;
             return self
-                .conclude(
-                    req,
-                    Subject {
-                        namespace,
-                        identity: &identity,
-                        pod: name,
-                    },
-                    &d.plan,
-                    d.patch.clone(),
-                    warnings,
-                )
+                .conclude(req, subject, &d.plan, d.patch.clone(), warnings)
                 .await;
         }
-        self.conclude(
-            req,
-            Subject {
-                namespace,
-                identity: &identity,
-                pod: name,
-            },
-            &plan,
-            patch,
-            warnings,
-        )
-        .await
+        self.conclude(req, subject, &plan, patch, warnings).await
     }
 
     /// Whose identity reads the pod's secrets: sm-injector's own, or where the
     /// namespace (or the cluster's default) says so, the role of the pod's
     /// ServiceAccount. Why not, naming the namespace and ServiceAccount.
     async fn identity(&self, namespace: &str, pod: &Pod) -> Result<Identity, String> {
+        // Read through like the rule: a namespace made a moment ago, not yet
+        // in the watched cache, must not fall back to the cluster's default.
         let annotation = self
             .namespaces
-            .annotation(namespace, ids::NAMESPACE_ANNOTATION);
+            .read_annotation(namespace, ids::NAMESPACE_ANNOTATION)
+            .await?;
         let mode = Mode::of_namespace(annotation.as_deref(), self.settings.identity)
             .map_err(|reason| format!("namespace {namespace}: {reason}"))?;
         if mode == Mode::Own {

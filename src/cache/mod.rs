@@ -152,6 +152,7 @@ impl CachedSource {
     ) -> CachedResults {
         let mut out = CachedResults::with_capacity_and_hasher(keys.len(), Hashing::default());
         let mut missing = vec![];
+        let scoped = scope(tenant, identity);
         for k in keys {
             if out.contains_key(k) || missing.contains(k) {
                 continue;
@@ -160,11 +161,7 @@ impl CachedSource {
                 Some(v) => {
                     out.insert(k.clone(), Ok(v));
                 }
-                None => match self
-                    .negative
-                    .get(&TenantKey(&scope(tenant, identity), k))
-                    .await
-                {
+                None => match self.negative.get(&TenantKey(&scoped, k)).await {
                     Some(e) => {
                         out.insert(k.clone(), Err(e));
                     }
@@ -184,7 +181,7 @@ impl CachedSource {
             }
             return out;
         }
-        let tenant: Arc<str> = scope(tenant, identity).into();
+        let tenant: Arc<str> = scoped.into();
         let inner = self.inner.clone();
         let batch_keys = missing.clone();
         let reader = identity.clone();

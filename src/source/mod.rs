@@ -9,7 +9,7 @@ use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use futures::future::{BoxFuture, FutureExt, join_all};
 
 use crate::credentials::WorkloadCredentials;
-use crate::fetch::{FetchError, FetchKey, FetchResults};
+use crate::fetch::{FetchError, FetchKey, FetchResults, error_chain};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::quota::Quota;
@@ -95,7 +95,7 @@ impl AwsSource {
                 // A refusal of the whole call says nothing of any one secret.
                 let err = match classify(&e) {
                     e if e.is_transient() => e,
-                    e => FetchError::CallRefused(e.to_string()),
+                    e => FetchError::CallRefused(Box::new(e)),
                 };
                 return keys.iter().map(|k| (k.clone(), Err(err.clone()))).collect();
             }
@@ -223,31 +223,6 @@ pub fn configuration_error(chain: &str) -> bool {
         || (c.contains("region") && (c.contains("missing") || c.contains("no region")))
 }
 
-/// An error and its sources, each shown once, without the Debug dump the
-/// SDK's own context display appends: `dispatch failure: io error: connection
-/// closed before message completed`.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = vec![];
-    let mut next = Some(e);
-    while let Some(err) = next {
-        let text = err.to_string();
-        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        next = err.source();
-    }
-    let mut out = parts.join(": ");
-    if out.len() > 300 {
-        let cut = (0..=300)
-            .rev()
-            .find(|i| out.is_char_boundary(*i))
-            .unwrap_or(0);
-        out.truncate(cut);
-        out.push_str("...");
-    }
-    out
-}
-
 impl AwsSource {
     /// The client that reads as `identity`.
     async fn client_for(&self, identity: &Identity) -> Result<Client, FetchError> {
@@ -288,10 +263,10 @@ impl SecretSource for AwsSource {
                 // A call refused whole for want of the permission is the
                 // workload role's refusal of each secret in it: definite.
                 for r in results.values_mut() {
-                    if let Err(FetchError::CallRefused(m)) = r
-                        && let Some(why) = m.strip_prefix("access denied by AWS: ")
+                    if let Err(FetchError::CallRefused(refusal)) = r
+                        && let FetchError::AccessDenied(_) = **refusal
                     {
-                        *r = Err(FetchError::AccessDenied(why.to_string()));
+                        *r = Err((**refusal).clone());
                     }
                 }
             }

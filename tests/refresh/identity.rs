@@ -87,25 +87,12 @@ async fn a_rotation_is_read_with_the_workloads_own_role_and_its_loss_is_a_revoca
             aws.secrets_manager_config(&aws.own),
         ),
     );
-    let r = Refresher::new(
-        client.clone(),
+    let r = refresher_with(
+        &client,
         Arc::new(source),
-        Namespaces::start(client.clone()),
-        metrics.clone(),
-        Inventory::new(client.clone(), &own, "inventory", Duration::from_secs(300)),
-        refresh::Settings {
-            tick: Duration::from_millis(500),
-            limits: Limits {
-                max_entries: MAX_BACKING_PER_POD,
-                min_interval: Duration::from_secs(1),
-                max_calls: sm_injector::admission::MAX_AWS_CALLS,
-                max_records_per_namespace: 5000,
-                max_secrets_per_namespace: 1000,
-            },
-            aws_deadline: Duration::from_secs(3),
-            gc_grace: Some(Duration::from_secs(3)),
-            concurrency: 8,
-        },
+        &metrics,
+        &own,
+        Some(Duration::from_secs(3)),
     )
     .with_identities(
         ServiceAccounts::new(client.clone(), Duration::from_secs(1)),

@@ -67,9 +67,21 @@ fn refresher_for(
     inventory_ns: &str,
     grace: Option<Duration>,
 ) -> Refresher {
+    let source = Arc::new(AwsSource::new(aws, metrics.clone()));
+    refresher_with(client, source, metrics, inventory_ns, grace)
+}
+
+/// [`refresher_for`] reading from `source`.
+fn refresher_with(
+    client: &kube::Client,
+    source: Arc<dyn sm_injector::source::SecretSource>,
+    metrics: &Metrics,
+    inventory_ns: &str,
+    grace: Option<Duration>,
+) -> Refresher {
     Refresher::new(
         client.clone(),
-        Arc::new(AwsSource::new(aws, metrics.clone())),
+        source,
         Namespaces::start(client.clone()),
         metrics.clone(),
         Inventory::new(
