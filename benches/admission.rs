@@ -74,7 +74,8 @@ fn pin(pid: u32, cpu: u32) {
 }
 
 /// The seed pod (`refs == 0`: its 3 env references and 1 env-from), or a pod
-/// with `refs` env references to the keys of 5 secrets.
+/// with `refs` env references to the keys of 5 secrets; its ServiceAccount is
+/// `bot`.
 fn review(ns: &str, refs: usize) -> Vec<u8> {
     let mut annotations = json!({
         "sm-injector.io/env.DISCORD_BOT_TOKEN": format!("{ns}/discord#bot_token"),
@@ -122,7 +123,7 @@ fn review(ns: &str, refs: usize) -> Vec<u8> {
                          "volumeMounts": [{"name": "kube-api-access-x", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}]},
                         {"name": "sidecar", "image": "registry.example/sidecar:2"}
                     ],
-                    "serviceAccountName": "default",
+                    "serviceAccountName": "bot",
                     "volumes": [{"name": "kube-api-access-x", "projected": {"sources": [{"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}}]}}]
                 }
             },
@@ -198,21 +199,25 @@ fn wrk(port: u16, pid: u32, body: &Path, script: &Path, conns: usize, row: &str)
                 .expect("perf")
         });
     let cpu0 = cpu_seconds(pid);
-    let out = Command::new("taskset")
-        .args([
-            "-c",
-            "1",
-            "wrk",
-            "-t1",
-            &format!("-c{conns}"),
-            &format!("-d{SECONDS}s"),
-            "-s",
-        ])
-        .arg(script)
-        .arg(format!("https://127.0.0.1:{port}/mutate"))
-        .env("BENCH_BODY", body)
-        .output()
-        .expect("wrk (apt-get install wrk)");
+    // On a worker of its own: the auditing proxy in front of the IAM moto
+    // (tests/support/iam.rs) runs in this process.
+    let out = tokio::task::block_in_place(|| {
+        Command::new("taskset")
+            .args([
+                "-c",
+                "1",
+                "wrk",
+                "-t1",
+                &format!("-c{conns}"),
+                &format!("-d{SECONDS}s"),
+                "-s",
+            ])
+            .arg(script)
+            .arg(format!("https://127.0.0.1:{port}/mutate"))
+            .env("BENCH_BODY", body)
+            .output()
+    })
+    .expect("wrk (apt-get install wrk)");
     let cpu = cpu_seconds(pid) - cpu0;
     if let Some(mut p) = perf {
         let _ = p.wait();
@@ -273,7 +278,7 @@ async fn create_pods(
     (percentile(&lat, 0.5), percentile(&lat, 0.99), failures)
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         println!("admission benchmark: run it with ./tests/bench");
@@ -312,6 +317,31 @@ async fn main() {
             .await
             .unwrap();
     }
+    // The same secrets in a namespace read with the workload's own AWS
+    // identity (SPEC section 4): its pods' ServiceAccount `bot` names a role,
+    // and sm-injector's own user has no Secrets Manager permission.
+    let wl_ns = support::namespace_with(
+        &client,
+        "bench-wl",
+        &[("sm-injector.io/inject", "enabled")],
+        &[("sm-injector.io/aws-identity", "serviceaccount")],
+    )
+    .await;
+    let wl_secrets: Vec<(String, &str)> = secrets
+        .iter()
+        .map(|(n, v)| (format!("{wl_ns}/{n}"), v.as_str()))
+        .collect();
+    let wl_secrets: Vec<(&str, &str)> = wl_secrets.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+    let iam = support::iam::IamAws::start(bed, &wl_secrets).await;
+    let bot: k8s_openapi::api::core::v1::ServiceAccount = serde_json::from_value(json!({
+        "metadata": {"name": "bot", "annotations": {"eks.amazonaws.com/role-arn": iam.role_arn("secret-reader")}}
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &wl_ns)
+        .create(&PostParams::default(), &bot)
+        .await
+        .unwrap();
+
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("post.lua");
     std::fs::write(&script, WRK_SCRIPT).unwrap();
@@ -344,15 +374,32 @@ async fn main() {
         &[&lease, "--decision-cache-bytes=0"],
     )
     .await;
+    // The same binary, reading the workload namespace's secrets with the
+    // pods' own role.
+    let workload = support::serve_process_env(
+        bed,
+        Path::new(env!("CARGO_BIN_EXE_sm-injector")),
+        "sm-injector-workload",
+        &bed.kubeconfig,
+        &[&lease],
+        &iam.url,
+        &[
+            ("AWS_ENDPOINT_URL_STS", &iam.url),
+            ("AWS_ACCESS_KEY_ID", &iam.own.0),
+            ("AWS_SECRET_ACCESS_KEY", &iam.own.1),
+        ],
+    )
+    .await;
     let (noop_port, noop_pid) = support::start_noop_webhook(bed, dir.path());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = rss_mib(server.pid);
     pin(server.pid, 0);
     pin(afresh.pid, 0);
+    pin(workload.pid, 0);
     pin(noop_pid, 0);
 
     println!(
-        "warm admissions over TLS, HTTP/1.1 keep-alive; each server pinned to CPU 0, wrk (1 thread) to CPU 1; each row the median of {REPS} runs of {SECONDS} s, the servers alternating; paced: each connection waits {PACE_MS} ms between an answer and its next request; sm-inj afresh: sm-injector with --decision-cache-bytes=0, every admission decided afresh (pods that share no decision)"
+        "warm admissions over TLS, HTTP/1.1 keep-alive; each server pinned to CPU 0, wrk (1 thread) to CPU 1; each row the median of {REPS} runs of {SECONDS} s, the servers alternating; paced: each connection waits {PACE_MS} ms between an answer and its next request; sm-inj afresh: sm-injector with --decision-cache-bytes=0, every admission decided afresh (pods that share no decision); sm-inj SA role: sm-injector reading with the pod's ServiceAccount's role (aws-identity: serviceaccount, IAM enforced), the same pod in a namespace of that mode"
     );
     println!(
         "{:<14} {:<9} {:>9} {:>12} {:>10} {:>8} {:>8} {:>7} {:>7} {:>8}",
@@ -371,31 +418,37 @@ async fn main() {
     for (shape, refs) in [("seed", 0usize), ("20 refs", 20)] {
         let body = dir.path().join(format!("review-{refs}.json"));
         std::fs::write(&body, review(&ns, refs)).unwrap();
-        // Warm both sm-injectors: the first admission fetches and writes.
+        let wl_body = dir.path().join(format!("review-wl-{refs}.json"));
+        std::fs::write(&wl_body, review(&wl_ns, refs)).unwrap();
+        // Warm the sm-injectors: the first admission fetches and writes (and
+        // in the workload's mode, requests a token and exchanges it).
         let mut before = vec![];
-        for sm in [&server, &afresh] {
-            let warm = wrk(sm.port, sm.pid, &body, &script, 1, "warm-up");
+        for (sm, body) in [(&server, &body), (&afresh, &body), (&workload, &wl_body)] {
+            let warm = wrk(sm.port, sm.pid, body, &script, 1, "warm-up");
             assert_eq!(warm.denied + warm.errors, 0, "warm-up denied or failed");
             before.push((
                 metric(sm.probe, "sm_injector_secretsmanager_calls_total").await,
                 metric(sm.probe, "sm_injector_backing_secret_writes_total").await,
             ));
         }
+        let audited = |a: support::iam::Audit| (a.exchanges.len(), a.reads.len());
+        let audit_before = audited(iam.audit());
         for (load, conns, script) in [
             ("1", 1usize, &script),
             ("8", 8, &script),
             ("8 paced", 8, &paced),
         ] {
             let servers = [
-                ("no-op floor", noop_port, noop_pid),
-                ("sm-injector", server.port, server.pid),
-                ("sm-inj afresh", afresh.port, afresh.pid),
+                ("no-op floor", noop_port, noop_pid, &body),
+                ("sm-injector", server.port, server.pid, &body),
+                ("sm-inj afresh", afresh.port, afresh.pid, &body),
+                ("sm-inj SA role", workload.port, workload.pid, &wl_body),
             ];
-            let mut runs: [Vec<Run>; 3] = [vec![], vec![], vec![]];
+            let mut runs: [Vec<Run>; 4] = [vec![], vec![], vec![], vec![]];
             for _ in 0..REPS {
-                for (i, (_, port, pid)) in servers.iter().enumerate() {
+                for (i, (_, port, pid, body)) in servers.iter().enumerate() {
                     let row = format!("{shape}-{load}");
-                    runs[i].push(wrk(*port, *pid, &body, script, conns, &row));
+                    runs[i].push(wrk(*port, *pid, body, script, conns, &row));
                 }
             }
             // Each run's ratio is taken against the floor's run next to it.
@@ -406,7 +459,7 @@ async fn main() {
                 r.sort_by(f64::total_cmp);
                 [r[REPS / 2], r[0], r[REPS - 1]]
             };
-            let (kept, fresh) = (ratio(1), ratio(2));
+            let (kept, fresh, role) = (ratio(1), ratio(2), ratio(3));
             for (i, (name, ..)) in servers.iter().enumerate() {
                 let runs = &mut runs[i];
                 runs.sort_by(|a, b| a.cpu_us.total_cmp(&b.cpu_us));
@@ -420,18 +473,21 @@ async fn main() {
                 );
             }
             ratios.push(format!(
-                "{shape}, {load} conns: {:.2}x ({:.2}-{:.2}), afresh {:.2}x ({:.2}-{:.2})",
-                kept[0], kept[1], kept[2], fresh[0], fresh[1], fresh[2]
+                "{shape}, {load} conns: {:.2}x ({:.2}-{:.2}), afresh {:.2}x ({:.2}-{:.2}), SA role {:.2}x ({:.2}-{:.2})",
+                kept[0], kept[1], kept[2], fresh[0], fresh[1], fresh[2], role[0], role[1], role[2]
             ));
         }
         let mut aws = 0.0;
         let mut writes = 0.0;
-        for (sm, (a, w)) in [&server, &afresh].into_iter().zip(before) {
+        for (sm, (a, w)) in [&server, &afresh, &workload].into_iter().zip(before) {
             aws += metric(sm.probe, "sm_injector_secretsmanager_calls_total").await - a;
             writes += metric(sm.probe, "sm_injector_backing_secret_writes_total").await - w;
         }
+        let audit = audited(iam.audit());
         println!(
-            "  ({shape}: Secrets Manager calls during the load: {aws}, backing Secret writes: {writes}; both sm-injectors)"
+            "  ({shape}: Secrets Manager calls during the load: {aws}, backing Secret writes: {writes}, all three sm-injectors; in the SA role's mode, STS exchanges during the load: {}, Secrets Manager calls signed with the role: {})",
+            audit.0 - audit_before.0,
+            audit.1 - audit_before.1
         );
     }
     println!(
