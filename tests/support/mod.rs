@@ -16,6 +16,7 @@
 #![allow(dead_code)]
 
 pub mod balancer;
+pub mod chart;
 pub mod faults;
 pub mod iam;
 pub mod injector;
