@@ -7,7 +7,11 @@
 //! of process with a kubeconfig holding a TokenRequest token for
 //! `system:serviceaccount:sm-injector:sm-injector`.
 
+#[path = "../support/mod.rs"]
 mod support;
+
+// The admission policies that confine its own rights.
+mod policies;
 
 use std::process::Stdio;
 use std::sync::OnceLock;
@@ -454,101 +458,4 @@ async fn tenants_cannot_change_managed_secrets_but_namespaces_still_delete() {
         },
     )
     .await;
-}
-
-#[tokio::test]
-#[ignore = "needs the test bed: run ./tests/run"]
-async fn its_token_requests_are_held_to_what_sts_needs() {
-    use k8s_openapi::api::authentication::v1::TokenRequest;
-    use k8s_openapi::api::core::v1::ServiceAccount;
-    let inst = installed().await;
-    let bed = testbed();
-    let admin = bed.client().await;
-    let inject = ("sm-injector.io/inject", "enabled");
-    let mode = ("sm-injector.io/aws-identity", "serviceaccount");
-    let opted = support::namespace_with(&admin, "tokens", &[inject], &[mode]).await;
-    let not_mode = support::namespace_with(&admin, "tokens-own", &[inject], &[]).await;
-    let not_injected = support::namespace_with(&admin, "tokens-off", &[], &[mode]).await;
-    for ns in [&opted, &not_mode, &not_injected] {
-        let sa: ServiceAccount =
-            serde_json::from_value(json!({"metadata": {"name": "app"}})).unwrap();
-        Api::<ServiceAccount>::namespaced(admin.clone(), ns)
-            .create(&PostParams::default(), &sa)
-            .await
-            .unwrap();
-    }
-    let request = |audience: &str, seconds: i64| -> TokenRequest {
-        serde_json::from_value(json!({
-            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-            "spec": {"audiences": [audience], "expirationSeconds": seconds}
-        }))
-        .unwrap()
-    };
-    let sa = support::client_for(&inst.sa_kubeconfig).await.unwrap();
-    let ask = |ns: &str, r: TokenRequest| {
-        let api = Api::<ServiceAccount>::namespaced(sa.clone(), ns);
-        async move {
-            api.create_token_request("app", &PostParams::default(), &r)
-                .await
-                .map(|t| t.status.map(|s| !s.token.is_empty()))
-                .map_err(|e| match e {
-                    kube::Error::Api(s) => (s.code, s.message),
-                    other => (0, other.to_string()),
-                })
-        }
-    };
-    // The API server loads policies through an informer: wait until this one refuses.
-    eventually(
-        Duration::from_secs(30),
-        "the token policy to be in force",
-        || async {
-            ask(&opted, request("https://kubernetes.default.svc", 600))
-                .await
-                .is_err()
-                .then_some(())
-        },
-    )
-    .await;
-    // What the exchange needs, where the namespace opted in: granted.
-    assert_eq!(
-        ask(&opted, request("sts.amazonaws.com", 600)).await,
-        Ok(Some(true))
-    );
-    // Anything more is refused by the policy, naming what is wrong.
-    for (ns, r, why) in [
-        (
-            &opted,
-            request("https://kubernetes.default.svc", 600),
-            "only for the audience sts.amazonaws.com",
-        ),
-        (
-            &opted,
-            request("sts.amazonaws.com", 86_400),
-            "of at most 600 seconds",
-        ),
-        (
-            &not_mode,
-            request("sts.amazonaws.com", 600),
-            "annotated sm-injector.io/aws-identity=serviceaccount",
-        ),
-        (
-            &not_injected,
-            request("sts.amazonaws.com", 600),
-            "labelled sm-injector.io/inject=enabled",
-        ),
-    ] {
-        match ask(ns, r).await {
-            Err((403, m)) => assert!(m.contains(why), "{ns}: {m}"),
-            other => panic!("{ns}: sm-injector got a token it should not: {other:?}"),
-        }
-    }
-    // The policy concerns sm-injector's requests only.
-    let r = Api::<ServiceAccount>::namespaced(admin.clone(), &not_mode)
-        .create_token_request(
-            "app",
-            &PostParams::default(),
-            &request("https://kubernetes.default.svc", 3600),
-        )
-        .await;
-    assert!(r.is_ok(), "{r:?}");
 }

@@ -37,6 +37,8 @@ pub async fn from_manifests(bed: &TestBed) -> Installed {
         "validatingadmissionpolicybinding.admissionregistration.k8s.io/sm-injector-managed-secrets",
         "validatingadmissionpolicy.admissionregistration.k8s.io/sm-injector-token-requests",
         "validatingadmissionpolicybinding.admissionregistration.k8s.io/sm-injector-token-requests",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/sm-injector-workload-rolls",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/sm-injector-workload-rolls",
     ] {
         assert!(applied.contains(kind), "{kind} not in {applied}");
     }
