@@ -22,8 +22,32 @@ pub struct Inputs {
     /// Workloads by (namespace, "Kind/name") with their annotations.
     pub workloads: BTreeMap<(String, String), BTreeMap<String, String>>,
     /// The latest Warning Event sm-injector recorded on each workload
-    /// (namespace, "Kind/name") → "reason: note".
-    pub failures: BTreeMap<(String, String), String>,
+    /// (namespace, "Kind/name").
+    pub failures: BTreeMap<(String, String), Warning>,
+}
+
+/// A Warning Event: its reason and note. The note joins, with "; ", one
+/// sentence per backing Secret concerned, each naming it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub reason: String,
+    pub note: String,
+}
+
+impl Warning {
+    /// What of this Warning concerns the backing Secret `backing`: the
+    /// note's sentences that name it. A note that names no backing Secret
+    /// at all (written by an older version) concerns every one.
+    fn about(&self, backing: &str, all: &BTreeSet<&str>) -> Option<String> {
+        let parts: Vec<&str> = self.note.split("; ").collect();
+        let named = |p: &&str| all.iter().any(|b| p.contains(b));
+        let mine: Vec<&str> = if parts.iter().any(named) {
+            parts.into_iter().filter(|p| p.contains(backing)).collect()
+        } else {
+            parts
+        };
+        (!mine.is_empty()).then(|| format!("{}: {}", self.reason, mine.join("; ")))
+    }
 }
 
 /// One backing Secret.
@@ -86,6 +110,11 @@ pub fn rows(inputs: &Inputs) -> Vec<Row> {
             slot.2.insert(reader.clone());
         }
     }
+    let names: BTreeSet<&str> = inputs
+        .backing
+        .iter()
+        .filter_map(|s| s.name.as_deref())
+        .collect();
     let mut rows: Vec<Row> = inputs
         .backing
         .iter()
@@ -109,7 +138,7 @@ pub fn rows(inputs: &Inputs) -> Vec<Row> {
                 .iter()
                 .filter_map(|w| {
                     let f = inputs.failures.get(&(ns.clone(), w.clone()))?;
-                    Some(format!("{w}: {f}"))
+                    Some(format!("{w}: {}", f.about(&name, &names)?))
                 })
                 .collect();
             Some(Row {
@@ -131,9 +160,18 @@ pub fn rows(inputs: &Inputs) -> Vec<Row> {
     rows
 }
 
+/// How the table is printed, as kubectl prints: a NAMESPACE column only
+/// across namespaces, `wide` adding the pods' names, no header line if asked.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Layout {
+    pub all_namespaces: bool,
+    pub wide: bool,
+    pub no_headers: bool,
+}
+
 /// The rows as a table, one line per backing Secret.
-pub fn table(rows: &[Row]) -> String {
-    let head = [
+pub fn table(rows: &[Row], layout: Layout) -> String {
+    let mut head = vec![
         "NAMESPACE",
         "SECRET",
         "VERSION",
@@ -146,17 +184,20 @@ pub fn table(rows: &[Row]) -> String {
         "RESTARTS ON ROTATION",
         "FAILURES",
     ];
-    let cells: Vec<[String; 11]> = rows
+    if layout.wide {
+        head.insert(7, "POD NAMES");
+    }
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(",")
+        }
+    };
+    let mut cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            let list = |v: &[String]| {
-                if v.is_empty() {
-                    "-".to_string()
-                } else {
-                    v.join(",")
-                }
-            };
-            [
+            let mut c = vec![
                 r.namespace.clone(),
                 r.secret.clone(),
                 r.version_selector.clone(),
@@ -168,9 +209,19 @@ pub fn table(rows: &[Row]) -> String {
                 list(&r.read_by),
                 list(&r.restarts_on_rotation),
                 list(&r.failures),
-            ]
+            ];
+            if layout.wide {
+                c.insert(7, list(&r.pods));
+            }
+            c
         })
         .collect();
+    if !layout.all_namespaces {
+        head.remove(0);
+        for c in &mut cells {
+            c.remove(0);
+        }
+    }
     let mut widths: Vec<usize> = head.iter().map(|h| h.len()).collect();
     for c in &cells {
         for (w, v) in widths.iter_mut().zip(c) {
@@ -188,7 +239,11 @@ pub fn table(rows: &[Row]) -> String {
         }
         out.trim_end().to_string() + "\n"
     };
-    let mut out = line(head.to_vec());
+    let mut out = if layout.no_headers {
+        String::new()
+    } else {
+        line(head.to_vec())
+    };
     for c in &cells {
         out.push_str(&line(c.iter().map(String::as_str).collect()));
     }
@@ -255,7 +310,10 @@ mod tests {
             .into(),
             failures: [(
                 ("app".to_string(), "Deployment/web".to_string()),
-                "RefreshFailed: throttled".to_string(),
+                Warning {
+                    reason: "SecretRefreshFailed".into(),
+                    note: format!("could not refresh the backing Secret {name}: throttled"),
+                },
             )]
             .into(),
         };
@@ -268,9 +326,18 @@ mod tests {
         assert_eq!(r[0].workloads, ["Deployment/web", "Pod/bare", "Pod/reader"]);
         assert_eq!(r[0].read_by, ["serviceaccount/reader", "sm-injector"]);
         assert_eq!(r[0].restarts_on_rotation, ["Deployment/web"]);
-        assert_eq!(r[0].failures, ["Deployment/web: RefreshFailed: throttled"]);
+        assert_eq!(
+            r[0].failures,
+            [format!(
+                "Deployment/web: SecretRefreshFailed: could not refresh the backing Secret {name}: throttled"
+            )]
+        );
         assert!(r[1].pods.is_empty(), "a Secret no pod uses is listed too");
-        let t = table(&r);
+        let all = Layout {
+            all_namespaces: true,
+            ..Default::default()
+        };
+        let t = table(&r, all);
         assert!(t.starts_with("NAMESPACE"), "{t}");
         assert!(t.contains("Deployment/web,Pod/bare,Pod/reader"), "{t}");
         assert!(
@@ -278,5 +345,48 @@ mod tests {
             "{t}"
         );
         assert_eq!(t.lines().count(), 3);
+        // One namespace: no NAMESPACE column; wide: the pods' names; and
+        // without the header line.
+        let t = table(&r, Layout::default());
+        assert!(t.starts_with("SECRET"), "{t}");
+        let t = table(
+            &r,
+            Layout {
+                wide: true,
+                no_headers: true,
+                ..all
+            },
+        );
+        assert!(t.starts_with("app "), "{t}");
+        assert!(t.contains("bare,reader,web-abc12-x,web-abc12-y"), "{t}");
+        assert_eq!(t.lines().count(), 2);
+    }
+
+    #[test]
+    fn a_failure_is_shown_on_the_backing_secrets_it_names() {
+        let all: BTreeSet<&str> = ["sm-a-1", "sm-b-2"].into();
+        let w = Warning {
+            reason: "SecretRefreshFailed".into(),
+            note: "could not refresh the backing Secret sm-a-1 (secret \"a\"): throttled; could not refresh the backing Secret sm-b-2 (secret \"b\"): denied".into(),
+        };
+        assert_eq!(
+            w.about("sm-a-1", &all).as_deref(),
+            Some(
+                "SecretRefreshFailed: could not refresh the backing Secret sm-a-1 (secret \"a\"): throttled"
+            )
+        );
+        assert!(
+            w.about("sm-c-3", &all).is_none(),
+            "not named: not its failure"
+        );
+        // A note naming no backing Secret concerns all of the workload's.
+        let old = Warning {
+            reason: "SecretRefreshFailed".into(),
+            note: "throttled".into(),
+        };
+        assert_eq!(
+            old.about("sm-c-3", &all).as_deref(),
+            Some("SecretRefreshFailed: throttled")
+        );
     }
 }

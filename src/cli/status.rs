@@ -8,16 +8,63 @@ use kube::Api;
 use kube::api::ListParams;
 use sm_injector::annotations::INJECTED_LABEL;
 use sm_injector::backing::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
-use sm_injector::status::{Inputs, rows, table};
+use sm_injector::status::{Inputs, Layout, Warning, rows, table};
 
 #[derive(clap::Args)]
 pub struct StatusArgs {
-    /// Only this namespace (default: every namespace).
-    #[arg(short, long)]
+    /// Only this namespace (default: the kubeconfig context's namespace).
+    #[arg(short, long, conflicts_with = "all_namespaces")]
     namespace: Option<String>,
-    /// `table` or `json`.
-    #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
+    /// Every namespace.
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+    /// The kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then in-cluster).
+    #[arg(long)]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// The kubeconfig context (default: its current context).
+    #[arg(long)]
+    context: Option<String>,
+    /// Print the table without its header line.
+    #[arg(long)]
+    no_headers: bool,
+    /// `table`, `wide` (adds the pods' names) or `json`.
+    #[arg(short, long, default_value = "table", value_parser = ["table", "wide", "json"])]
     output: String,
+}
+
+/// The client for `--kubeconfig` and `--context`, and the namespace the
+/// context names (what kubectl would use).
+async fn client(a: &StatusArgs) -> anyhow::Result<(kube::Client, String)> {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    let options = KubeConfigOptions {
+        context: a.context.clone(),
+        ..Default::default()
+    };
+    let config = match &a.kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path).map_err(|e| {
+                anyhow::anyhow!("cannot read the kubeconfig {}: {e}", path.display())
+            })?;
+            kube::Config::from_custom_kubeconfig(kc, &options).await?
+        }
+        None if a.context.is_some() => kube::Config::from_kubeconfig(&options).await?,
+        None => kube::Config::infer().await?,
+    };
+    let namespace = config.default_namespace.clone();
+    let client = kube::Client::try_from(config)
+        .map_err(|e| anyhow::anyhow!("cannot reach the cluster: {e}"))?;
+    Ok((client, namespace))
+}
+
+/// An API error worded for the user: a refusal says it is one.
+fn listing(what: &str, e: kube::Error) -> anyhow::Error {
+    match e {
+        kube::Error::Api(s) if s.code == 403 => anyhow::anyhow!(
+            "not allowed to list {what}: {} (sm-injector status needs list on Secrets' metadata, Pods and Events in the namespaces shown)",
+            s.message
+        ),
+        e => anyhow::anyhow!("cannot list {what}: {e}"),
+    }
 }
 
 fn api<K>(client: &kube::Client, ns: &Option<String>) -> Api<K>
@@ -32,20 +79,23 @@ where
 }
 
 pub async fn status(a: StatusArgs) -> anyhow::Result<()> {
-    use k8s_openapi::api::events::v1::Event;
-    let client = kube::Client::try_default()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the cluster: {e}"))?;
+    use k8s_openapi::api::core::v1::Event;
+    let (client, context_ns) = client(&a).await?;
+    let scope = if a.all_namespaces {
+        None
+    } else {
+        Some(a.namespace.clone().unwrap_or(context_ns))
+    };
     let managed = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
     // Metadata only: the API server sends no `data`.
-    let backing = api::<Secret>(&client, &a.namespace)
+    let backing = api::<Secret>(&client, &scope)
         .list_metadata(&managed)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot list the backing Secrets' metadata: {e}"))?;
-    let pods = api::<Pod>(&client, &a.namespace)
+        .map_err(|e| listing("the backing Secrets' metadata", e))?;
+    let pods = api::<Pod>(&client, &scope)
         .list_metadata(&ListParams::default().labels(&format!("{INJECTED_LABEL}=true")))
         .await
-        .map_err(|e| anyhow::anyhow!("cannot list the injected pods' metadata: {e}"))?;
+        .map_err(|e| listing("the injected pods' metadata", e))?;
     let mut inputs = Inputs {
         backing: backing.items.into_iter().map(|o| o.metadata).collect(),
         pods: pods.items.into_iter().map(|o| o.metadata).collect(),
@@ -69,49 +119,51 @@ pub async fn status(a: StatusArgs) -> anyhow::Result<()> {
             );
         }
     }
-    // sm-injector's latest Warning on each workload (refresh failures, revoked access).
-    if let Ok(events) = api::<Event>(&client, &a.namespace)
-        .list(&ListParams::default())
+    // sm-injector's latest Warning on each workload (refresh failures,
+    // revoked access): only its Warnings, selected by the API server.
+    let warnings = ListParams::default().fields("type=Warning,reportingComponent=sm-injector");
+    let events = api::<Event>(&client, &scope)
+        .list(&warnings)
         .await
-    {
-        let mut latest: BTreeMap<(String, String), (String, String)> = BTreeMap::new();
-        for e in events.items {
-            if e.reporting_controller.as_deref() != Some("sm-injector")
-                || e.type_.as_deref() != Some("Warning")
-            {
-                continue;
-            }
-            let (Some(ns), Some(r)) = (e.metadata.namespace.clone(), e.regarding.as_ref()) else {
-                continue;
-            };
-            let key = (
-                ns,
-                format!(
-                    "{}/{}",
-                    r.kind.as_deref().unwrap_or(""),
-                    r.name.as_deref().unwrap_or("")
-                ),
-            );
-            let when = e
-                .event_time
-                .as_ref()
-                .map(|t| t.0.to_string())
-                .unwrap_or_default();
-            let what = format!(
-                "{}: {}",
-                e.reason.as_deref().unwrap_or(""),
-                e.note.as_deref().unwrap_or("")
-            );
-            if latest.get(&key).is_none_or(|(w, _)| *w < when) {
-                latest.insert(key, (when, what));
-            }
+        .map_err(|e| listing("Events (failures would go unseen)", e))?;
+    let mut latest: BTreeMap<(String, String), (String, Warning)> = BTreeMap::new();
+    for e in events.items {
+        let (Some(ns), Some(kind), Some(name)) = (
+            e.metadata.namespace.clone(),
+            e.involved_object.kind.as_deref(),
+            e.involved_object.name.as_deref(),
+        ) else {
+            continue;
+        };
+        let when = e
+            .event_time
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .or_else(|| e.last_timestamp.as_ref().map(|t| t.0.to_string()))
+            .unwrap_or_default();
+        let warning = Warning {
+            reason: e.reason.unwrap_or_default(),
+            note: e.message.unwrap_or_default(),
+        };
+        let key = (ns, format!("{kind}/{name}"));
+        if latest.get(&key).is_none_or(|(w, _)| *w < when) {
+            latest.insert(key, (when, warning));
         }
-        inputs.failures = latest.into_iter().map(|(k, (_, v))| (k, v)).collect();
     }
+    inputs.failures = latest.into_iter().map(|(k, (_, v))| (k, v)).collect();
     let rows = rows(&inputs);
+    let layout = Layout {
+        all_namespaces: a.all_namespaces,
+        wide: a.output == "wide",
+        no_headers: a.no_headers,
+    };
     match a.output.as_str() {
         "json" => println!("{}", serde_json::to_string_pretty(&rows)?),
-        _ => print!("{}", table(&rows)),
+        _ if rows.is_empty() && !a.no_headers => match &scope {
+            Some(ns) => eprintln!("No backing Secrets in namespace {ns}."),
+            None => eprintln!("No backing Secrets in any namespace."),
+        },
+        _ => print!("{}", table(&rows, layout)),
     }
     Ok(())
 }

@@ -86,7 +86,7 @@ impl Refresher {
                     self.metrics.refresh_failure(e.metric_label());
                     tracing::warn!(namespace = %key.namespace, secret = %want.secret, backing = %key.backing, error = %e, "refresh failed; the backing Secret is kept as it is");
                     if planner.failed(&key, want.interval, now) {
-                        failing.insert(key, format!("sm-injector could not refresh {} (secret {:?}): {e}; the pods keep the values they have", want.secret, want.secret));
+                        failing.insert(key.clone(), format!("sm-injector could not refresh the backing Secret {} of {}: {e}; the pods keep the values they have", key.backing, want.secret));
                     }
                 }
             }

@@ -10,6 +10,7 @@ mod denials;
 mod identity;
 mod injection;
 mod serving;
+mod status;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
