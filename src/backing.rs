@@ -8,7 +8,9 @@
 //!   [`RAW_KEY`] (used by `env.<VAR>` references without `#key`).
 //!
 //! They are separate Secrets because `envFrom` must see exactly the secret's
-//! top-level keys, nothing more.
+//! top-level keys, nothing more. References with `decode=base64` have each
+//! form's decoded twin ([`Form::KeysBase64`], [`Form::RawBase64`]): the bytes
+//! the base64 text encodes.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +19,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::ObjectMeta;
 use sha2::{Digest, Sha256};
 
+use crate::decode;
 use crate::reference::Version;
 use crate::secret::{ContentError, SecretValue};
 
@@ -43,13 +46,40 @@ pub struct Key {
 pub enum Form {
     Keys,
     Raw,
+    /// The keys whose values are base64, decoded; the others left out.
+    KeysBase64,
+    /// The whole value, base64, decoded.
+    RawBase64,
 }
 
 impl Form {
+    /// The form a reference needs: key per key (`#key`, env-from, mounts)
+    /// or the whole value, decoded or not.
+    pub fn of(keys: bool, decode: bool) -> Form {
+        match (keys, decode) {
+            (true, false) => Form::Keys,
+            (false, false) => Form::Raw,
+            (true, true) => Form::KeysBase64,
+            (false, true) => Form::RawBase64,
+        }
+    }
+
+    /// Whether it holds the secret's keys (else the whole value).
+    pub fn is_keys(self) -> bool {
+        matches!(self, Form::Keys | Form::KeysBase64)
+    }
+
+    /// Whether its values are decoded from base64.
+    pub fn decodes(self) -> bool {
+        matches!(self, Form::KeysBase64 | Form::RawBase64)
+    }
+
     pub fn parse(s: &str) -> Option<Form> {
         match s {
             "keys" => Some(Form::Keys),
             "raw" => Some(Form::Raw),
+            "keys-base64" => Some(Form::KeysBase64),
+            "raw-base64" => Some(Form::RawBase64),
             _ => None,
         }
     }
@@ -58,6 +88,8 @@ impl Form {
         match self {
             Form::Keys => "keys",
             Form::Raw => "raw",
+            Form::KeysBase64 => "keys-base64",
+            Form::RawBase64 => "raw-base64",
         }
     }
 }
@@ -177,8 +209,11 @@ fn derive(
         }
         Version::Id(_) => readable.push_str("-pinned"),
     }
-    if form == Form::Raw {
-        readable.push_str("-raw");
+    match form {
+        Form::Keys => {}
+        Form::Raw => readable.push_str("-raw"),
+        Form::KeysBase64 => readable.push_str("-b64"),
+        Form::RawBase64 => readable.push_str("-raw-b64"),
     }
     let mut h = Sha256::new();
     if let Some(scope) = scope {
@@ -224,6 +259,18 @@ pub fn data(value: &SecretValue, form: Form) -> Result<BTreeMap<String, ByteStri
             .collect(),
         Form::Raw => {
             BTreeMap::from([(RAW_KEY.to_string(), ByteString(value.raw_bytes().to_vec()))])
+        }
+        Form::KeysBase64 => value
+            .json_fields()
+            .as_ref()
+            .map_err(Clone::clone)?
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), ByteString(decode::base64(v.as_bytes())?))))
+            .collect(),
+        Form::RawBase64 => {
+            let bytes = decode::base64(value.raw_bytes())
+                .ok_or_else(|| ContentError::NotBase64(value.name.clone()))?;
+            BTreeMap::from([(RAW_KEY.to_string(), ByteString(bytes))])
         }
     })
 }

@@ -18,6 +18,7 @@ pub mod certs;
 pub mod connections;
 pub mod credentials;
 pub mod decisions;
+pub mod decode;
 pub mod fetch;
 pub mod identity;
 pub mod inflight;

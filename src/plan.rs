@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::annotations::{self, Injection};
 use crate::backing::{self, Form, RAW_KEY};
+use crate::decode;
 use crate::fetch::CachedResults;
 use crate::fetch::{FetchError, FetchKey};
 use crate::policy::AccessRule;
@@ -220,10 +221,16 @@ impl<'a> Builder<'a> {
                 let scope = arn.as_deref().and_then(backing::arn_scope);
                 let name = backing::name_scoped(&value.name, scope.as_deref(), &r.version, form);
                 if !self.backing.contains_key(&name) {
-                    if form == Form::Keys
+                    if form.is_keys()
                         && let Err(e) = value.json_fields()
                     {
                         return fail(self, content_error(r, e));
+                    }
+                    if form == Form::RawBase64 && decode::base64(value.raw_bytes()).is_none() {
+                        return fail(
+                            self,
+                            ContentError::NotBase64(value.name.clone()).to_string(),
+                        );
                     }
                     self.backing.insert(
                         name.clone(),
@@ -275,21 +282,26 @@ impl<'a> Builder<'a> {
         b.required_keys.insert(key.to_string());
         match &b.content {
             Content::Fresh { value } => {
-                let present = match (form, value.json_fields()) {
-                    (Form::Raw, _) => key == RAW_KEY,
-                    (Form::Keys, Ok(fields)) => fields.contains_key(key),
-                    (Form::Keys, Err(_)) => false,
+                let field = match (form.is_keys(), value.json_fields()) {
+                    (false, _) => return key == RAW_KEY,
+                    (true, Ok(fields)) => fields.get(key),
+                    (true, Err(_)) => None,
                 };
-                if present {
-                    true
-                } else {
-                    let e = ContentError::MissingKey {
+                let e = match field {
+                    Some(v) if !form.decodes() || decode::base64(v.as_bytes()).is_some() => {
+                        return true;
+                    }
+                    Some(_) => ContentError::KeyNotBase64 {
                         secret: value.name.clone(),
                         key: key.to_string(),
-                    };
-                    self.errors.push(format!("{ann}: {}", content_error(r, &e)));
-                    false
-                }
+                    },
+                    None => ContentError::MissingKey {
+                        secret: value.name.clone(),
+                        key: key.to_string(),
+                    },
+                };
+                self.errors.push(format!("{ann}: {}", content_error(r, &e)));
+                false
             }
             Content::Unreachable { .. } => true,
         }
@@ -325,11 +337,7 @@ pub fn resolve(
     };
     let mut env = Vec::with_capacity(inj.env.len());
     for e in &inj.env {
-        let form = if e.reference.key.is_some() {
-            Form::Keys
-        } else {
-            Form::Raw
-        };
+        let form = Form::of(e.reference.key.is_some(), e.reference.decode);
         let Some(name) = b.backing_for(&e.reference, &e.annotation, form) else {
             continue;
         };
@@ -344,7 +352,8 @@ pub fn resolve(
     }
     let mut env_from = vec![];
     for e in &inj.env_from {
-        let Some(name) = b.backing_for(&e.reference, &e.annotation, Form::Keys) else {
+        let form = Form::of(true, e.reference.decode);
+        let Some(name) = b.backing_for(&e.reference, &e.annotation, form) else {
             continue;
         };
         if let Content::Fresh { value } = &b.backing[&name].content
@@ -359,6 +368,23 @@ pub fn resolve(
                     caps.env_from_keys
                 ));
                 continue;
+            }
+            // Decoded, every key must be base64: env-from injects them all.
+            if form.decodes() {
+                let bad: Vec<&String> = fields
+                    .iter()
+                    .filter(|(_, v)| decode::base64(v.as_bytes()).is_none())
+                    .map(|(k, _)| k)
+                    .collect();
+                if !bad.is_empty() {
+                    b.errors.push(format!(
+                        "{}: secret {:?} has keys whose values are not base64 ({}), so env-from with decode=base64 cannot inject them",
+                        e.annotation,
+                        value.name,
+                        bad.iter().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", ")
+                    ));
+                    continue;
+                }
             }
             let prefix = e.prefix.as_deref().unwrap_or("");
             let bad: Vec<&String> = fields
@@ -395,13 +421,16 @@ pub fn resolve(
     let mut mounts = vec![];
     if let Some(root) = &inj.mount_path {
         // One directory per secret and version selector; the key-per-file form
-        // when the pod uses it, else the whole value as the file `value`.
+        // when the pod uses it, else the whole value as the file `value`; and
+        // decoded where the pod asks for decode=base64 (certificate bundles
+        // and keystores are files), the forms ranked in that order.
+        let rank = |f: Form| (f.is_keys(), f.decodes());
         let mut chosen: BTreeMap<(String, Version), &Backing> = BTreeMap::new();
         for bk in b.backing.values() {
             let slot = chosen
                 .entry((bk.secret_name.clone(), bk.version.clone()))
                 .or_insert(bk);
-            if bk.form == Form::Keys {
+            if rank(bk.form) > rank(slot.form) {
                 *slot = bk;
             }
         }

@@ -1,5 +1,7 @@
 //! Secret references (SPEC section 3):
-//! `<secret-id>[?versionStage=<stage> | ?versionId=<id>][#<key>]`.
+//! `<secret-id>[?<option>[&<option>]][#<key>]`, the options a version
+//! (`versionStage=<stage>` or `versionId=<id>`, at most one) and
+//! `decode=base64`.
 
 use std::fmt;
 
@@ -46,6 +48,8 @@ pub struct SecretRef {
     pub version: Version,
     /// `#<key>`: a top-level key of the secret's JSON object.
     pub key: Option<String>,
+    /// `decode=base64`: the selected value is base64, injected decoded.
+    pub decode: bool,
 }
 
 impl SecretRef {
@@ -59,8 +63,13 @@ impl SecretRef {
 impl fmt::Display for SecretRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.id)?;
+        let mut sep = '?';
         if !self.version.is_current() {
-            write!(f, "?{}", self.version)?;
+            write!(f, "{sep}{}", self.version)?;
+            sep = '&';
+        }
+        if self.decode {
+            write!(f, "{sep}decode=base64")?;
         }
         if let Some(k) = &self.key {
             write!(f, "#{k}")?;
@@ -80,9 +89,13 @@ pub enum RefError {
     #[error("the secret id {0:?} is longer than 2048 characters")]
     IdTooLong(String),
     #[error(
-        "unknown version selector {0:?}: use ?versionStage=<stage> or ?versionId=<id>, not both"
+        "unknown option {0:?}: the options are versionStage=<stage> or versionId=<id> (not both) and decode=base64, joined by '&'"
     )]
     BadSelector(String),
+    #[error("{0:?} names a version twice: use versionStage=<stage> or versionId=<id>, not both")]
+    TwoVersions(String),
+    #[error("unknown decoding {0:?}: decode=base64 is the one there is")]
+    BadDecode(String),
     #[error("the version selector {0:?} has an empty value")]
     EmptySelector(String),
     #[error("the key after '#' is empty")]
@@ -112,16 +125,37 @@ pub fn parse(input: &str) -> Result<SecretRef, RefError> {
         }
         None => (s, None),
     };
-    let (id, version) = match rest.split_once('?') {
-        Some((id, sel)) => (id, parse_selector(sel)?),
-        None => (rest, Version::current()),
+    let (id, version, decode) = match rest.split_once('?') {
+        Some((id, options)) => {
+            let (version, decode) = parse_options(options)?;
+            (id, version, decode)
+        }
+        None => (rest, Version::current(), false),
     };
     validate_id(id)?;
     Ok(SecretRef {
         id: id.to_string(),
         version,
         key,
+        decode,
     })
+}
+
+/// The options after '?': at most one version, and `decode=base64`.
+fn parse_options(options: &str) -> Result<(Version, bool), RefError> {
+    let mut version = None;
+    let mut decode = false;
+    for option in options.split('&') {
+        if let Some(how) = option.strip_prefix("decode=") {
+            if how != "base64" || decode {
+                return Err(RefError::BadDecode(option.into()));
+            }
+            decode = true;
+        } else if version.replace(parse_selector(option)?).is_some() {
+            return Err(RefError::TwoVersions(options.into()));
+        }
+    }
+    Ok((version.unwrap_or_else(Version::current), decode))
 }
 
 fn parse_selector(sel: &str) -> Result<Version, RefError> {
@@ -243,6 +277,31 @@ mod tests {
         ));
         let msg = parse("a/b?stage=X").unwrap_err().to_string();
         assert!(msg.contains("versionStage"), "{msg}");
+        assert!(matches!(
+            parse("a/b?versionStage=A&versionId=B"),
+            Err(RefError::TwoVersions(_))
+        ));
+        assert!(matches!(
+            parse("a/b?decode=hex#k"),
+            Err(RefError::BadDecode(_))
+        ));
+        assert!(matches!(
+            parse("a/b?decode=base64&decode=base64"),
+            Err(RefError::BadDecode(_))
+        ));
+        assert!(matches!(parse("a/b?decode"), Err(RefError::BadSelector(_))));
+    }
+
+    #[test]
+    fn decode_is_an_option_beside_the_version() {
+        let r = parse("arrakis/scylladb?decode=base64#bundle").unwrap();
+        assert!(r.decode);
+        assert!(r.version.is_current());
+        assert_eq!(r.key.as_deref(), Some("bundle"));
+        let r = parse("a/b?decode=base64&versionStage=AWSPREVIOUS").unwrap();
+        assert!(r.decode);
+        assert_eq!(r.version, Version::Stage("AWSPREVIOUS".into()));
+        assert!(!parse("a/b#k").unwrap().decode);
     }
 
     #[test]
@@ -260,6 +319,8 @@ mod tests {
             "a/b#k",
             "a/b?versionStage=AWSPREVIOUS#k",
             "a/b?versionId=v1",
+            "a/b?decode=base64#k",
+            "a/b?versionStage=AWSPREVIOUS&decode=base64",
         ] {
             assert_eq!(parse(s).unwrap().to_string(), s);
         }

@@ -83,6 +83,10 @@ pub enum ContentError {
         "secret {secret:?} has the key {key:?}, which cannot be a Kubernetes Secret key (letters, digits, '-', '_' and '.' only)"
     )]
     BadKey { secret: String, key: String },
+    #[error("secret {0:?} is not base64, which decode=base64 needs")]
+    NotBase64(String),
+    #[error("the key {key:?} of secret {secret:?} is not base64, which decode=base64 needs")]
+    KeyNotBase64 { secret: String, key: String },
 }
 
 /// A Kubernetes Secret data key: `[-._a-zA-Z0-9]+`, at most 253 characters.

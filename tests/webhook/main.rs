@@ -6,6 +6,7 @@
 mod support;
 
 mod availability;
+mod decode;
 mod denials;
 mod identity;
 mod injection;
