@@ -16,6 +16,7 @@ pub mod backing;
 pub mod cache;
 pub mod certs;
 pub mod connections;
+pub mod convert;
 pub mod credentials;
 pub mod decisions;
 pub mod decode;

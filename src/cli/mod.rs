@@ -1,6 +1,7 @@
-//! The command line: `serve`, `certs`, `render` and `status`, each in its own module.
+//! The command line: `serve`, `certs`, `render`, `status` and `convert`, each in its own module.
 
 mod certs;
+mod convert;
 mod render;
 mod serve;
 mod status;
@@ -32,6 +33,11 @@ pub enum Command {
     /// workloads using them, what restarts when they rotate, and failures
     /// (metadata only, never Secret data).
     Status(status::StatusArgs),
+    /// Rewrite workloads that read Secrets made by External Secrets Operator
+    /// (ExternalSecret v1beta1/v1 on AWS Secrets Manager) to read them with
+    /// sm-injector.io/ annotations instead; what cannot be expressed is
+    /// refused by name and left as it was (exit 1).
+    Convert(convert::ConvertArgs),
 }
 
 /// Runs the command; `render` exits 1 when a pod would be denied.
@@ -43,6 +49,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Certs(a) => certs::certs(a),
         Command::Status(a) => status::status(a).await,
+        Command::Convert(a) => {
+            if !convert::convert(a)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Render(a) => {
             if !render::render(a).await? {
                 std::process::exit(1);
