@@ -64,6 +64,11 @@ fn bad_values_are_refused_with_their_path() {
         ),
         ("ports.webhook=70000", "/ports/webhook", "maximum"),
         ("hostNetwork=yes", "/hostNetwork", "boolean"),
+        (
+            "annotationKeysPolicy.action=deny",
+            "/annotationKeysPolicy/action",
+            "must be one of",
+        ),
         ("extraArgs={cache-ttl=1m}", "/extraArgs/0", "does not match"),
         (
             "certificates.mode=secret",
@@ -272,6 +277,18 @@ fn sharp_edges_are_gone() {
         "cert-manager.io/v1/Certificate",
     ]);
     assert!(cm.contains_key("Certificate/sm-injector-tls"));
+
+    // The policy on misspelled keys: Deny by default, Warn or off by value.
+    let binding = "ValidatingAdmissionPolicyBinding/sm-injector-annotation-keys";
+    assert_eq!(
+        template(&[])[binding]["spec"]["validationActions"],
+        json!(["Deny"])
+    );
+    let warn = template(&["--set", "annotationKeysPolicy.action=Warn"]);
+    assert_eq!(warn[binding]["spec"]["validationActions"], json!(["Warn"]));
+    let off = template(&["--set", "annotationKeysPolicy.enabled=false"]);
+    assert!(!off.contains_key(binding));
+    assert!(!off.contains_key("ValidatingAdmissionPolicy/sm-injector-annotation-keys"));
 
     // The dashboard for Grafana's sidecar is monitoring/dashboard.json.
     let o = template(&["--set", "grafanaDashboard.enabled=true"]);

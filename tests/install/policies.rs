@@ -253,3 +253,74 @@ async fn its_workload_patches_are_held_to_the_roll_annotation() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+#[ignore = "needs the test bed: run ./tests/run"]
+async fn a_misspelled_key_is_refused_when_the_workload_is_applied() {
+    installed().await;
+    let bed = testbed();
+    let admin = bed.client().await;
+    let opted = namespace(&admin, "keys", &[("sm-injector.io/inject", "enabled")]).await;
+    let other = namespace(&admin, "keys-off", &[]).await;
+    let manifest = |kind: &str, name: &str, annotations: serde_json::Value| {
+        let template = json!({
+            "metadata": {"labels": {"app": name}, "annotations": annotations},
+            "spec": {"restartPolicy": if kind == "Deployment" { "Always" } else { "Never" },
+                     "containers": [{"name": "app", "image": "registry.invalid/app:1"}]}
+        });
+        let spec = match kind {
+            "Deployment" => {
+                json!({"replicas": 0, "selector": {"matchLabels": {"app": name}}, "template": template})
+            }
+            _ => json!({"schedule": "0 0 * * *", "jobTemplate": {"spec": {"template": template}}}),
+        };
+        json!({
+            "apiVersion": if kind == "Deployment" { "apps/v1" } else { "batch/v1" },
+            "kind": kind, "metadata": {"name": name}, "spec": spec
+        })
+        .to_string()
+    };
+    let apply = |ns: &str, m: String| bed.kubectl_run(&["-n", ns, "apply", "-f", "-"], Some(&m));
+    let typo = json!({"sm-injector.io/evn.DB_URL": "x/db#url"});
+    // The API server loads policies through an informer: wait until this one refuses.
+    eventually(
+        Duration::from_secs(30),
+        "the annotation-key policy to be in force",
+        || async {
+            apply(&opted, manifest("Deployment", "probe", typo.clone()))
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
+    let err = apply(&opted, manifest("Deployment", "typo", typo.clone())).unwrap_err();
+    assert!(
+        err.contains(
+            "unknown sm-injector annotation on the pod template: sm-injector.io/evn.DB_URL"
+        ) && err.contains("known: sm-injector.io/env.<VAR>"),
+        "{err}"
+    );
+    let err = apply(
+        &opted,
+        manifest(
+            "CronJob",
+            "nightly",
+            json!({"sm-injector.io/restart-on-rotation": "true"}),
+        ),
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("restart-on-rotation belongs on the workload's own metadata"),
+        "{err}"
+    );
+    // Every key the webhook reads is accepted, and other prefixes are not its concern.
+    let good = json!({
+        "sm-injector.io/env.DB_URL": "x/db#url", "sm-injector.io/env-from": "x/a",
+        "sm-injector.io/env-from.REDIS": "x/redis", "sm-injector.io/containers": "app",
+        "sm-injector.io/mount-path": "/etc/s", "sm-injector.io/refresh-interval": "10m",
+        "example.com/evn.X": "y"
+    });
+    apply(&opted, manifest("Deployment", "good", good)).unwrap();
+    // Outside opted-in namespaces it is not the webhook's business.
+    apply(&other, manifest("Deployment", "typo", typo)).unwrap();
+}

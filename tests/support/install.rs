@@ -39,6 +39,8 @@ pub async fn from_manifests(bed: &TestBed) -> Installed {
         "validatingadmissionpolicybinding.admissionregistration.k8s.io/sm-injector-token-requests",
         "validatingadmissionpolicy.admissionregistration.k8s.io/sm-injector-workload-rolls",
         "validatingadmissionpolicybinding.admissionregistration.k8s.io/sm-injector-workload-rolls",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/sm-injector-annotation-keys",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/sm-injector-annotation-keys",
     ] {
         assert!(applied.contains(kind), "{kind} not in {applied}");
     }
