@@ -598,7 +598,7 @@ fn start() -> TestBed {
     }
 }
 
-fn component_file(p: &Path) {
+pub fn component_file(p: &Path) {
     if !p.is_file() {
         panic!("{} is missing; {HOW_TO_RUN}", p.display());
     }

@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Builds an operator tool (helm, helm-docs, crane or promtool) from the Go module pinned in
+# Builds an operator tool (helm, helm-docs, crane, promtool or cosign) from the Go module pinned in
 # tests/tools/<tool>/go.mod into a cache folder keyed by its go.sum, and prints
 # the binary's path. Idempotent: a cached binary is reused. Only the Go module
 # proxy is used; no binary is downloaded.
-#   tests/tools/build.sh helm|helm-docs|crane|promtool
+#   tests/tools/build.sh helm|helm-docs|crane|promtool|cosign
 set -euo pipefail
-tool=${1:?usage: build.sh helm|helm-docs|crane|promtool}
+tool=${1:?usage: build.sh helm|helm-docs|crane|promtool|cosign}
 here=$(cd "$(dirname "$0")" && pwd)
 case "$tool" in
   helm) pkg=helm.sh/helm/v3/cmd/helm ;;
   helm-docs) pkg=github.com/norwoodj/helm-docs/cmd/helm-docs ;;
   crane) pkg=github.com/google/go-containerregistry/cmd/crane ;;
   promtool) pkg=github.com/prometheus/prometheus/cmd/promtool ;;
+  cosign) pkg=github.com/sigstore/cosign/v2/cmd/cosign ;;
   *) echo "build.sh: unknown tool $tool" >&2; exit 2 ;;
 esac
 command -v go >/dev/null || { echo "build.sh: Go is required to build $tool" >&2; exit 1; }
