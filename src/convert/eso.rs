@@ -42,11 +42,19 @@ fn str_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
     v.pointer(ptr).and_then(Value::as_str)
 }
 
+/// What the input says of the store an ExternalSecret names.
+enum Store {
+    /// Not in the input.
+    Unknown,
+    /// AWS Secrets Manager; with the ServiceAccount whose token it exchanges
+    /// for a role (`auth.jwt.serviceAccountRef`), if any.
+    SecretsManager { service_account: Option<String> },
+}
+
 /// The store a document names is AWS Secrets Manager, as far as the input
 /// shows: `Err` names the provider when a SecretStore or ClusterSecretStore
-/// of that name in the input is something else; `Ok(false)` when the input
-/// does not hold it.
-fn store_is_secrets_manager(es: &Value, docs: &[Value]) -> Result<bool, String> {
+/// of that name in the input is something else.
+fn store_is_secrets_manager(es: &Value, docs: &[Value]) -> Result<Store, String> {
     let name = str_at(es, "/spec/secretStoreRef/name").unwrap_or_default();
     let kind = str_at(es, "/spec/secretStoreRef/kind").unwrap_or("SecretStore");
     let ns = namespace_of(es);
@@ -55,7 +63,7 @@ fn store_is_secrets_manager(es: &Value, docs: &[Value]) -> Result<bool, String> 
             && str_at(d, "/metadata/name") == Some(name)
             && (kind == "ClusterSecretStore" || namespace_of(d) == ns)
     }) else {
-        return Ok(false);
+        return Ok(Store::Unknown);
     };
     let provider = store
         .pointer("/spec/provider")
@@ -64,7 +72,10 @@ fn store_is_secrets_manager(es: &Value, docs: &[Value]) -> Result<bool, String> 
         .unwrap_or_default();
     let service = str_at(store, "/spec/provider/aws/service").unwrap_or_default();
     if provider == "aws" && service == "SecretsManager" {
-        Ok(true)
+        Ok(Store::SecretsManager {
+            service_account: str_at(store, "/spec/provider/aws/auth/jwt/serviceAccountRef/name")
+                .map(String::from),
+        })
     } else {
         Err(format!(
             "its store {kind}/{name} is {} (provider {provider:?}), not AWS Secrets Manager",
@@ -139,8 +150,15 @@ pub fn target(es: &Value, docs: &[Value], notes: &mut Vec<String>) -> Result<Tar
     let from = format!("ExternalSecret/{namespace}/{name}");
     let mut errors = vec![];
     match store_is_secrets_manager(es, docs) {
-        Ok(true) => {}
-        Ok(false) => notes.push(format!(
+        Ok(Store::SecretsManager {
+            service_account: Some(sa),
+        }) => notes.push(format!(
+            "{from}: its store reads with ServiceAccount {sa}'s role; for sm-injector to read with the pods' own ServiceAccount role instead of its own, annotate namespace {namespace} sm-injector.io/aws-identity=serviceaccount (README, workload identity)"
+        )),
+        Ok(Store::SecretsManager {
+            service_account: None,
+        }) => {}
+        Ok(Store::Unknown) => notes.push(format!(
             "{from}: its store {} is not in the input; assumed to be AWS Secrets Manager in the account and region sm-injector reads",
             str_at(es, "/spec/secretStoreRef/name").unwrap_or("?")
         )),

@@ -36,6 +36,16 @@ fn the_seed_becomes_annotations_on_the_reading_container() {
         "{:?}",
         c.notes
     );
+    // ESO read with the arrakis-bot ServiceAccount's role: the note says how
+    // sm-injector reads with the pods' own role.
+    assert!(
+        c.notes.iter().any(
+            |n| n.contains("reads with ServiceAccount arrakis-bot's role")
+                && n.contains("sm-injector.io/aws-identity=serviceaccount")
+        ),
+        "{:?}",
+        c.notes
+    );
 }
 
 #[test]
