@@ -329,26 +329,38 @@ async fn reinvocation_on_its_own_output_adds_no_duplicates() {
         }),
         one_container(),
     );
-    let before = inj
-        .metric("sm_injector_admissions_total{outcome=\"mutated\"}")
-        .await;
-    let created = eventually(Duration::from_secs(30), "the marker webhook", || async {
-        let p = create(&client, &ns, &p).await.ok()?;
-        p.metadata
-            .labels
-            .as_ref()?
-            .contains_key("testbed-mutated")
-            .then_some(p)
-    })
-    .await;
-    let after = inj
-        .metric("sm_injector_admissions_total{outcome=\"mutated\"}")
-        .await;
-    assert_eq!(
-        after - before,
-        2.0,
-        "sm-injector was invoked twice for the pod"
-    );
+    // The API server loads webhook configurations through an informer: a pod
+    // created before it sees the marker is deleted (a pod with no node goes
+    // at once) and created again; the admissions of the try that saw it count.
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+    let mutated = "sm_injector_admissions_total{outcome=\"mutated\"}";
+    let start = std::time::Instant::now();
+    let created = loop {
+        let before = inj.metric(mutated).await;
+        if let Ok(p) = create(&client, &ns, &p).await {
+            if p.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key("testbed-mutated"))
+            {
+                let after = inj.metric(mutated).await;
+                assert_eq!(
+                    after - before,
+                    2.0,
+                    "sm-injector was invoked twice for the pod"
+                );
+                break p;
+            }
+            let _ = pods
+                .delete("twice", &kube::api::DeleteParams::default().grace_period(0))
+                .await;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the marker webhook was not called within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let spec = created.spec.unwrap();
     let c = &spec.containers[0];
     assert_eq!(c.env.as_ref().unwrap().len(), 1);
