@@ -25,6 +25,7 @@ pub mod identity;
 pub mod inflight;
 pub mod kube_error;
 pub mod lookup;
+pub mod managed_tls;
 pub mod metrics;
 #[cfg(test)]
 mod mock_api;

@@ -20,14 +20,14 @@ use crate::admission::Webhook;
 use crate::connections;
 use crate::inflight;
 use crate::metrics::Metrics;
-use crate::tls::TlsFiles;
+use crate::tls::{Certificates, TlsFiles};
 use crate::wire;
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     /// The serving certificate and key, and the CA of required client
-    /// certificates if any.
-    pub tls: TlsFiles,
+    /// certificates if any: files, or kept by [`crate::managed_tls`].
+    pub tls: Certificates,
     /// Connections per source address, in their handshake, and established.
     pub connections: connections::Budgets,
     /// A TLS handshake must finish within this time.
@@ -66,17 +66,29 @@ pub struct ServerSettings {
     pub unready: Unready,
 }
 
-/// Why the replica is not ready although it serves, if anything.
+/// Why the replica is not ready although it serves, if anything: one reason
+/// per concern (AWS configuration, the managed certificate), each set and
+/// cleared by its owner.
 #[derive(Debug, Clone, Default)]
-pub struct Unready(Arc<std::sync::RwLock<Option<String>>>);
+pub struct Unready(Arc<std::sync::RwLock<std::collections::BTreeMap<&'static str, String>>>);
 
 impl Unready {
+    /// Unready for the AWS configuration.
     pub fn set(&self, why: String) {
-        *self.0.write().expect("not poisoned") = Some(why);
+        self.set_for("aws", why);
+    }
+
+    pub fn set_for(&self, concern: &'static str, why: String) {
+        self.0.write().expect("not poisoned").insert(concern, why);
+    }
+
+    pub fn clear(&self, concern: &'static str) {
+        self.0.write().expect("not poisoned").remove(concern);
     }
 
     pub fn get(&self) -> Option<String> {
-        self.0.read().expect("not poisoned").clone()
+        let reasons = self.0.read().expect("not poisoned");
+        (!reasons.is_empty()).then(|| reasons.values().cloned().collect::<Vec<_>>().join("; "))
     }
 }
 
@@ -357,22 +369,27 @@ pub async fn run(
     probe_listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let files = settings.tls.clone();
-    let contents = files.read().await;
-    let tls = RustlsConfig::from_config(
-        files
-            .config(&contents)
-            .map_err(|e| anyhow::anyhow!("cannot load the TLS files: {e}"))?,
-    );
-    if let Some(t) = crate::tls::not_after(&contents) {
-        webhook.metrics.serving_certificate_expiry(t);
-    }
-    let reloader = tokio::spawn(reload_certs(
-        tls.clone(),
-        files,
-        settings.cert_poll,
-        webhook.metrics.clone(),
-    ));
+    let (tls, reloader) = match settings.tls.clone() {
+        Certificates::Files(files) => {
+            let contents = files.read().await;
+            let tls = RustlsConfig::from_config(
+                files
+                    .config(&contents)
+                    .map_err(|e| anyhow::anyhow!("cannot load the TLS files: {e}"))?,
+            );
+            if let Some(t) = crate::tls::not_after(&contents) {
+                webhook.metrics.serving_certificate_expiry(t);
+            }
+            let reloader = tokio::spawn(reload_certs(
+                tls.clone(),
+                files,
+                settings.cert_poll,
+                webhook.metrics.clone(),
+            ));
+            (tls, Some(reloader))
+        }
+        Certificates::Kept(tls) => (tls, None),
+    };
     let handle = axum_server::Handle::<std::net::SocketAddr>::new();
     let (delay, drain) = (settings.shutdown_delay, settings.drain);
     let stopping = Arc::new(AtomicBool::new(false));
@@ -413,7 +430,9 @@ pub async fn run(
     let served = server
         .serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .await;
-    reloader.abort();
+    if let Some(r) = reloader {
+        r.abort();
+    }
     probe_task.abort();
     served?;
     Ok(())

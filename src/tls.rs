@@ -22,6 +22,24 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
+/// Where the serving certificate comes from.
+#[derive(Clone)]
+pub enum Certificates {
+    /// Files, reloaded when they change.
+    Files(TlsFiles),
+    /// A configuration kept up to date by its owner ([`crate::managed_tls`]).
+    Kept(axum_server::tls_rustls::RustlsConfig),
+}
+
+impl std::fmt::Debug for Certificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Certificates::Files(files) => f.debug_tuple("Files").field(files).finish(),
+            Certificates::Kept(_) => f.write_str("Kept"),
+        }
+    }
+}
+
 /// The files' bytes, compared to notice a change.
 pub type Contents = Vec<Option<Vec<u8>>>;
 
@@ -44,45 +62,61 @@ impl TlsFiles {
     /// Builds the server configuration from `contents` (as [`Self::read`]
     /// returned them); the error names the file that does not load.
     pub fn config(&self, contents: &Contents) -> io::Result<Arc<ServerConfig>> {
-        let file = |i: usize| -> io::Result<&[u8]> {
+        let file = |i: usize| -> io::Result<(String, &[u8])> {
             let path = self.paths().nth(i).expect("one content per path");
-            contents[i]
+            let bytes = contents[i]
                 .as_deref()
-                .ok_or_else(|| invalid(path, "cannot be read"))
+                .ok_or_else(|| invalid(&path.display(), "cannot be read"))?;
+            Ok((path.display().to_string(), bytes))
         };
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(file(0)?)
-            .collect::<Result<_, _>>()
-            .map_err(|e| invalid(&self.cert, &e.to_string()))?;
-        if certs.is_empty() {
-            return Err(invalid(&self.cert, "holds no PEM certificate"));
-        }
-        let key = PrivateKeyDer::from_pem_slice(file(1)?)
-            .map_err(|e| invalid(&self.key, &e.to_string()))?;
-        let builder = ServerConfig::builder();
-        let builder = match &self.client_ca {
-            None => builder.with_no_client_auth(),
-            Some(path) => {
-                let mut roots = RootCertStore::empty();
-                for c in CertificateDer::pem_slice_iter(file(2)?) {
-                    let c = c.map_err(|e| invalid(path, &e.to_string()))?;
-                    roots.add(c).map_err(|e| invalid(path, &e.to_string()))?;
-                }
-                if roots.is_empty() {
-                    return Err(invalid(path, "holds no PEM certificate"));
-                }
-                let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
-                    .build()
-                    .map_err(|e| invalid(path, &e.to_string()))?;
-                builder.with_client_cert_verifier(verifier)
-            }
+        let client_ca = match self.client_ca {
+            Some(_) => Some(file(2)?),
+            None => None,
         };
-        let mut config = builder
-            .with_single_cert(certs, key)
-            .map_err(|e| invalid(&self.key, &e.to_string()))?;
-        // HTTP/1.1 only: what the API server speaks to webhooks.
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
+        server_config(file(0)?, file(1)?, client_ca)
     }
+}
+
+/// A server configuration for this PEM certificate chain and key, requiring
+/// client certificates signed by `client_ca` when given; each comes with the
+/// name its errors use (a file's path).
+pub fn server_config(
+    cert: (String, &[u8]),
+    key: (String, &[u8]),
+    client_ca: Option<(String, &[u8])>,
+) -> io::Result<Arc<ServerConfig>> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.1)
+        .collect::<Result<_, _>>()
+        .map_err(|e| invalid(&cert.0, &e.to_string()))?;
+    if certs.is_empty() {
+        return Err(invalid(&cert.0, "holds no PEM certificate"));
+    }
+    let private =
+        PrivateKeyDer::from_pem_slice(key.1).map_err(|e| invalid(&key.0, &e.to_string()))?;
+    let builder = ServerConfig::builder();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some((name, pem)) => {
+            let mut roots = RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(pem) {
+                let c = c.map_err(|e| invalid(&name, &e.to_string()))?;
+                roots.add(c).map_err(|e| invalid(&name, &e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(invalid(&name, "holds no PEM certificate"));
+            }
+            let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+                .build()
+                .map_err(|e| invalid(&name, &e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, private)
+        .map_err(|e| invalid(&key.0, &e.to_string()))?;
+    // HTTP/1.1 only: what the API server speaks to webhooks.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// When the serving certificate (the first in the file) expires, as Unix
@@ -94,11 +128,8 @@ pub fn not_after(contents: &Contents) -> Option<i64> {
     Some(cert.validity().not_after.timestamp())
 }
 
-fn invalid(path: &Path, why: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("{}: {why}", path.display()),
-    )
+fn invalid(name: &dyn std::fmt::Display, why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("{name}: {why}"))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ mod convert;
 mod render;
 mod serve;
 mod status;
+mod tls;
 
 use clap::{Parser, Subcommand};
 

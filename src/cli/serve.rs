@@ -1,6 +1,5 @@
 //! `sm-injector serve`: the webhook, its refresher and their flags.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +18,6 @@ use sm_injector::service_accounts::{self, ServiceAccounts};
 use sm_injector::source::AwsSource;
 use sm_injector::store::Syncer;
 use sm_injector::store::inventory::Inventory;
-use sm_injector::tls::TlsFiles;
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -29,25 +27,8 @@ pub struct ServeArgs {
     /// Address of the plain-HTTP endpoint for /healthz, /readyz and /metrics.
     #[arg(long, env = "SM_INJECTOR_PROBE_LISTEN", default_value = "0.0.0.0:9090")]
     probe_listen: std::net::SocketAddr,
-    /// PEM certificate chain served on --listen; reloaded when it changes.
-    #[arg(
-        long,
-        env = "SM_INJECTOR_TLS_CERT",
-        default_value = "/etc/sm-injector/tls/tls.crt"
-    )]
-    tls_cert: PathBuf,
-    /// PEM private key of --tls-cert.
-    #[arg(
-        long,
-        env = "SM_INJECTOR_TLS_KEY",
-        default_value = "/etc/sm-injector/tls/tls.key"
-    )]
-    tls_key: PathBuf,
-    /// Require a client certificate signed by this PEM CA bundle: only the API
-    /// server (given a webhook client certificate through its
-    /// AdmissionConfiguration) may call /mutate. Reloaded when it changes.
-    #[arg(long, env = "SM_INJECTOR_CLIENT_CA_FILE")]
-    client_ca_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: super::tls::TlsArgs,
     /// Connections past their TLS handshake open at once; one more is closed at once.
     #[arg(long, env = "SM_INJECTOR_MAX_CONNECTIONS", default_value_t = 1024)]
     max_connections: usize,
@@ -333,6 +314,10 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             identity: a.aws_identity,
         },
     });
+    let certificates = a
+        .tls
+        .certificates(&client, &a.lease_namespace, &webhook.metrics, &unready)
+        .await?;
     let tls = std::net::TcpListener::bind(a.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", a.listen))?;
     let probes = tokio::net::TcpListener::bind(a.probe_listen)
@@ -342,11 +327,7 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let server = server::run(
         webhook,
         ServerSettings {
-            tls: TlsFiles {
-                cert: a.tls_cert,
-                key: a.tls_key,
-                client_ca: a.client_ca_file,
-            },
+            tls: certificates,
             connections: sm_injector::connections::Budgets {
                 established: a.max_connections,
                 handshakes: a.max_handshakes,

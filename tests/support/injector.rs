@@ -17,7 +17,7 @@ use sm_injector::namespaces::Namespaces;
 use sm_injector::server::{self, ServerSettings};
 use sm_injector::source::AwsSource;
 use sm_injector::store::Syncer;
-use sm_injector::tls::TlsFiles;
+use sm_injector::tls::{Certificates, TlsFiles};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{TestBed, eventually};
@@ -156,11 +156,11 @@ pub async fn start(bed: &TestBed, namespaces: &[&str], opts: Options) -> Injecto
     let task = tokio::spawn(server::run(
         webhook.clone(),
         ServerSettings {
-            tls: TlsFiles {
+            tls: Certificates::Files(TlsFiles {
                 cert: dir.join("tls.crt"),
                 key: dir.join("tls.key"),
                 client_ca: None,
-            },
+            }),
             connections: opts.connections,
             handshake_timeout: Duration::from_secs(3),
             admission_deadline: Duration::from_secs(8),
