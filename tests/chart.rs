@@ -39,6 +39,11 @@ fn bad_values_are_refused_with_their_path() {
             "must be one of",
         ),
         ("nodeSelectr.zone=a", "''", "'nodeSelectr' not allowed"),
+        (
+            "certificates.managed.certValidity=30d",
+            "/certificates/managed/certValidity",
+            "does not match",
+        ),
         ("image.tagg=1", "/image", "'tagg' not allowed"),
         ("image.digest=latest", "/image/digest", "does not match"),
         (
@@ -212,6 +217,58 @@ fn the_values_admins_need_reach_the_pod() {
     assert_eq!(
         o["Deployment/sm-injector"]["metadata"]["labels"]["app.kubernetes.io/version"],
         "0.1.0"
+    );
+}
+
+/// Argo CD and Flux render with `helm template`: by default (`managed`) two
+/// renders are identical and hold no key material and no caBundle, which
+/// sm-injector keeps itself, with the rights for it and no more.
+#[test]
+#[ignore = "needs helm: run ./tests/run"]
+fn default_renders_are_identical_and_carry_no_certificate() {
+    let one = template(&[]);
+    assert_eq!(one, template(&[]), "two renders of the defaults differ");
+    assert!(
+        !one.keys().any(|k| k.starts_with("Secret/")),
+        "{:?}",
+        one.keys()
+    );
+    let webhook = &one["MutatingWebhookConfiguration/sm-injector"]["webhooks"][0];
+    assert!(
+        webhook["clientConfig"].get("caBundle").is_none(),
+        "{webhook}"
+    );
+    let pod = &one["Deployment/sm-injector"]["spec"]["template"]["spec"];
+    let env = &pod["containers"][0]["env"];
+    assert!(
+        env.as_array()
+            .unwrap()
+            .contains(&json!({"name": "SM_INJECTOR_CERTIFICATES", "value": "managed"})),
+        "{env}"
+    );
+    assert!(
+        pod.get("volumes").is_none(),
+        "no certificate to mount: {pod}"
+    );
+    assert_eq!(
+        one["Role/sm-injector-webhook-ca"]["rules"],
+        json!([{"apiGroups": [""], "resources": ["secrets"],
+            "resourceNames": ["sm-injector-webhook-ca"], "verbs": ["get", "list", "watch"]}])
+    );
+    assert_eq!(
+        one["ClusterRole/sm-injector-webhook-ca"]["rules"],
+        json!([{"apiGroups": ["admissionregistration.k8s.io"],
+            "resources": ["mutatingwebhookconfigurations"],
+            "resourceNames": ["sm-injector"], "verbs": ["get", "list", "watch", "patch"]}])
+    );
+    // The other modes need none of it; `generate` is what GitOps cannot
+    // use: a new CA at every render.
+    let generated = template(&["--set", "certificates.mode=generate"]);
+    assert!(!generated.contains_key("Role/sm-injector-webhook-ca"));
+    assert!(!generated.contains_key("ClusterRole/sm-injector-webhook-ca"));
+    assert_ne!(
+        generated["Secret/sm-injector-tls"],
+        template(&["--set", "certificates.mode=generate"])["Secret/sm-injector-tls"]
     );
 }
 

@@ -257,7 +257,9 @@ async fn the_chart_and_an_overlay_can_require_client_certificates() {
 #[test]
 #[ignore = "needs helm: run ./tests/run"]
 fn the_chart_renders_the_objects_of_the_kustomize_base() {
-    let mut chart = template(&[]);
+    // The base mounts its certificate from a Secret, as the chart's
+    // `generate` mode does (the default, `managed`, is tests/certificates.rs).
+    let mut chart = template(&["--set", "certificates.mode=generate"]);
     let base = objects(
         &run({
             let mut k = Command::new("kubectl");
@@ -365,7 +367,7 @@ async fn the_chart_installs_upgrades_and_uninstalls() {
         home,
         "--create-namespace",
         "--set",
-        "serviceMonitor.enabled=true,prometheusRule.enabled=true",
+        "serviceMonitor.enabled=true,prometheusRule.enabled=true,certificates.mode=generate",
     ])
     .unwrap();
     assert!(out.contains("STATUS: deployed"), "{out}");
@@ -411,7 +413,7 @@ async fn the_chart_installs_upgrades_and_uninstalls() {
         "--namespace",
         home,
         "--set",
-        "replicas=3",
+        "replicas=3,certificates.mode=generate",
         "--set",
         "extraArgs={--cache-ttl=1m}",
         "--set-string",

@@ -277,7 +277,7 @@ async fn its_serviceaccount_cannot_read_or_touch_secrets_it_does_not_manage() {
     }
 
     let sa = support::client_for(&inst.sa_kubeconfig).await.unwrap();
-    let as_sa = Api::<Secret>::namespaced(sa, &ns);
+    let as_sa = Api::<Secret>::namespaced(sa.clone(), &ns);
     let err = as_sa.get("app-credentials").await.unwrap_err();
     assert!(
         matches!(&err, kube::Error::Api(e) if e.code == 403),
@@ -331,6 +331,30 @@ async fn its_serviceaccount_cannot_read_or_touch_secrets_it_does_not_manage() {
         matches!(&err, kube::Error::Api(e) if e.code == 403),
         "{err:?}"
     );
+    // The one unlabelled Secret it may write is its managed CA
+    // (certificates.mode=managed), in its own namespace only, and it may not
+    // delete it (an admin may, to have a new CA made).
+    let ca: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "sm-injector-webhook-ca"}})).unwrap();
+    let err = as_sa.create(&PostParams::default(), &ca).await.unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(e) if e.code == 403 && e.message.contains("only Secrets labelled")),
+        "{err:?}"
+    );
+    let own = Api::<Secret>::namespaced(sa, "sm-injector");
+    own.create(&PostParams::default(), &ca).await.unwrap();
+    let err = own
+        .delete("sm-injector-webhook-ca", &DeleteParams::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(e) if e.code == 403 && e.message.contains("only Secrets labelled")),
+        "{err:?}"
+    );
+    Api::<Secret>::namespaced(admin.clone(), "sm-injector")
+        .delete("sm-injector-webhook-ca", &DeleteParams::default())
+        .await
+        .unwrap();
     let untouched = Api::<Secret>::namespaced(admin, &ns)
         .get("app-credentials")
         .await

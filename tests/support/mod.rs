@@ -272,7 +272,8 @@ fn spawn_here(
     child
 }
 
-fn log_tail(dir: &Path, name: &str) -> String {
+/// The last 30 lines of the log of the process `name` started in `dir`.
+pub fn log_tail(dir: &Path, name: &str) -> String {
     let text = fs::read_to_string(dir.join("logs").join(format!("{name}.log"))).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
