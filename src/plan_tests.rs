@@ -1,0 +1,376 @@
+use super::*;
+use crate::record::Record;
+use crate::secret::Payload;
+use std::collections::BTreeMap as Map;
+
+fn inj(pairs: &[(&str, &str)]) -> Injection {
+    let a: Map<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    annotations::parse(&a, Duration::from_secs(60))
+        .unwrap()
+        .unwrap()
+}
+
+fn value(name: &str, s: &str) -> Arc<SecretValue> {
+    Arc::new(SecretValue::new(
+        format!("arn:aws:secretsmanager:eu-west-1:123456789012:secret:{name}-AbCdEf"),
+        name.into(),
+        "v1".into(),
+        Payload::String(s.into()),
+    ))
+}
+
+type Entry<'a> = (&'a str, Version, Result<Arc<SecretValue>, FetchError>);
+
+fn results(entries: Vec<Entry<'_>>) -> CachedResults {
+    entries
+        .into_iter()
+        .map(|(id, version, r)| {
+            (
+                FetchKey {
+                    id: id.into(),
+                    version,
+                },
+                r,
+            )
+        })
+        .collect()
+}
+
+fn cur() -> Version {
+    Version::current()
+}
+
+#[test]
+fn seed_example_plans_backing_secrets_and_env() {
+    let i = inj(&[
+        (
+            "sm-injector.io/env.DISCORD_BOT_TOKEN",
+            "arrakis/discord#bot_token",
+        ),
+        (
+            "sm-injector.io/env.DISCORD_APPLICATION_ID",
+            "arrakis/discord#application_id",
+        ),
+        ("sm-injector.io/env.DATABASE_URL", "arrakis/postgres#url"),
+        ("sm-injector.io/env-from.REDIS", "arrakis/redis"),
+    ]);
+    let rule = AccessRule::for_namespace("arrakis", None);
+    assert!(precheck(&i, &rule).is_empty());
+    assert_eq!(fetch_keys(&i).len(), 3);
+    let res = results(vec![
+        (
+            "arrakis/discord",
+            cur(),
+            Ok(value(
+                "arrakis/discord",
+                r#"{"bot_token":"t","application_id":123}"#,
+            )),
+        ),
+        (
+            "arrakis/postgres",
+            cur(),
+            Ok(value("arrakis/postgres", r#"{"url":"postgres://u@h/db"}"#)),
+        ),
+        (
+            "arrakis/redis",
+            cur(),
+            Ok(value("arrakis/redis", r#"{"host":"r","port":6379}"#)),
+        ),
+    ]);
+    let p = resolve(&i, &rule, &res, &Caps::default()).unwrap();
+    assert_eq!(p.backing.len(), 3, "one backing Secret per secret");
+    assert_eq!(p.env.len(), 3);
+    let discord = backing::name("arrakis/discord", &cur(), Form::Keys);
+    assert!(p.env.contains(&EnvVar {
+        var: "DISCORD_APPLICATION_ID".into(),
+        secret: discord.clone(),
+        key: "application_id".into()
+    }));
+    assert_eq!(
+        p.env_from,
+        vec![EnvFrom {
+            prefix: Some("REDIS_".into()),
+            secret: backing::name("arrakis/redis", &cur(), Form::Keys)
+        }]
+    );
+    let Content::Fresh { value } = &p
+        .backing
+        .iter()
+        .find(|b| b.name == discord)
+        .unwrap()
+        .content
+    else {
+        panic!()
+    };
+    let data = backing::data(value, Form::Keys).unwrap();
+    assert_eq!(data["application_id"].0, b"123");
+    let rec: Record = serde_json::from_str(&p.record()).unwrap();
+    assert_eq!(rec.refresh_interval, "1h");
+    assert_eq!(rec.secrets.len(), 3);
+}
+
+#[test]
+fn env_from_of_a_secret_with_too_many_keys_is_denied_naming_the_cap() {
+    let i = inj(&[("sm-injector.io/env-from", "n/wide")]);
+    let rule = AccessRule::for_namespace("n", None);
+    let wide: serde_json::Map<String, serde_json::Value> =
+        (0..6).map(|k| (format!("K{k}"), "v".into())).collect();
+    let res = results(vec![(
+        "n/wide",
+        cur(),
+        Ok(value(
+            "n/wide",
+            &serde_json::Value::Object(wide).to_string(),
+        )),
+    )]);
+    let caps = Caps {
+        env_from_keys: 5,
+        ..Caps::default()
+    };
+    let e = resolve(&i, &rule, &res, &caps).unwrap_err();
+    assert_eq!(
+        e,
+        vec![
+            "sm-injector.io/env-from: secret \"n/wide\" has 6 keys; env-from injects at most 5 (--max-env-from-keys)"
+        ]
+    );
+    let caps = Caps {
+        env_from_keys: 6,
+        ..Caps::default()
+    };
+    assert_eq!(resolve(&i, &rule, &res, &caps).unwrap().env_from.len(), 1);
+}
+
+#[test]
+fn whole_value_uses_the_raw_form() {
+    let i = inj(&[
+        ("sm-injector.io/env.CFG", "n/cfg"),
+        ("sm-injector.io/env.K", "n/cfg#k"),
+    ]);
+    let rule = AccessRule::for_namespace("n", None);
+    let res = results(vec![("n/cfg", cur(), Ok(value("n/cfg", r#"{"k":"v"}"#)))]);
+    let p = resolve(&i, &rule, &res, &Caps::default()).unwrap();
+    assert_eq!(p.backing.len(), 2);
+    let raw = p.env.iter().find(|e| e.var == "CFG").unwrap();
+    assert_eq!(raw.key, RAW_KEY);
+    assert!(raw.secret.contains("-raw-"));
+}
+
+#[test]
+fn access_rule_is_applied_to_names_and_to_what_an_arn_resolves_to() {
+    let rule = AccessRule::for_namespace("team-a", None);
+    let i = inj(&[("sm-injector.io/env.X", "team-b/db#pw")]);
+    let d = precheck(&i, &rule);
+    assert_eq!(d.len(), 1);
+    assert!(
+        d[0].contains("sm-injector.io/env.X")
+            && d[0].contains("\"team-b/db#pw\"")
+            && d[0].contains("\"team-a\"")
+            && d[0].contains("team-a/*"),
+        "{d:?}"
+    );
+
+    let arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:team-b/db-AbCdEf";
+    let i = inj(&[("sm-injector.io/env.X", &format!("{arn}#pw"))]);
+    assert!(precheck(&i, &rule).is_empty(), "ARNs wait for AWS's answer");
+    let res = results(vec![(arn, cur(), Ok(value("team-b/db", r#"{"pw":"x"}"#)))]);
+    let e = resolve(&i, &rule, &res, &Caps::default()).unwrap_err();
+    assert!(
+        e[0].contains("(secret \"team-b/db\") is not allowed in namespace \"team-a\""),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn content_problems_are_denials() {
+    let rule = AccessRule::for_namespace("n", None);
+    let i = inj(&[
+        ("sm-injector.io/env.A", "n/plain#k"),
+        ("sm-injector.io/env.B", "n/json#nokey"),
+        ("sm-injector.io/env-from", "n/plain"),
+        ("sm-injector.io/env-from.P", "n/dotted"),
+        ("sm-injector.io/env.C", "n/gone"),
+    ]);
+    let res = results(vec![
+        ("n/plain", cur(), Ok(value("n/plain", "just text"))),
+        ("n/json", cur(), Ok(value("n/json", r#"{"k":"v"}"#))),
+        ("n/dotted", cur(), Ok(value("n/dotted", r#"{"a.b":"v"}"#))),
+        ("n/gone", cur(), Err(FetchError::NotFound)),
+    ]);
+    let e = resolve(&i, &rule, &res, &Caps::default()).unwrap_err();
+    let all = e.join("\n");
+    assert_eq!(e.len(), 5, "{all}");
+    assert!(all.contains("sm-injector.io/env.A: secret \"n/plain\" is not a JSON object, so \"n/plain#k\" cannot select a key"), "{all}");
+    assert!(
+        all.contains("sm-injector.io/env.B: secret \"n/json\" has no top-level key \"nokey\""),
+        "{all}"
+    );
+    assert!(
+        all.contains(
+            "sm-injector.io/env-from: secret \"n/plain\" is not a JSON object, which env-from needs"
+        ),
+        "{all}"
+    );
+    assert!(all.contains("\"a.b\""), "{all}");
+    assert!(
+        all.contains("sm-injector.io/env.C: secret \"n/gone\" not found in Secrets Manager"),
+        "{all}"
+    );
+}
+
+#[test]
+fn unreachable_names_fall_back_to_the_existing_secret_but_arns_cannot() {
+    let rule = AccessRule::for_namespace("n", None);
+    let down = || Err(FetchError::Unreachable("timed out".into()));
+    let i = inj(&[
+        ("sm-injector.io/env.A", "n/s#k1"),
+        ("sm-injector.io/env.B", "n/s#k2"),
+    ]);
+    let p = resolve(
+        &i,
+        &rule,
+        &results(vec![("n/s", cur(), down())]),
+        &Caps::default(),
+    )
+    .unwrap();
+    assert!(matches!(p.backing[0].content, Content::Unreachable { .. }));
+    let required = &p.backing[0].required_keys;
+    assert_eq!(required.iter().collect::<Vec<_>>(), ["k1", "k2"]);
+
+    let arn = "arn:aws:secretsmanager:eu-west-1:1:secret:n/s-AbCdEf";
+    let i = inj(&[("sm-injector.io/env.A", arn)]);
+    let e = resolve(
+        &i,
+        &rule,
+        &results(vec![(arn, cur(), down())]),
+        &Caps::default(),
+    )
+    .unwrap_err();
+    assert!(e[0].contains("could not be reached"), "{e:?}");
+}
+
+#[test]
+fn mounts_prefer_the_keys_form_and_name_pinned_versions() {
+    let rule = AccessRule::for_namespace("n", None);
+    let i = inj(&[
+        ("sm-injector.io/env.A", "n/s#k"),
+        ("sm-injector.io/env.B", "n/s"),
+        ("sm-injector.io/env.C", "n/s?versionStage=AWSPREVIOUS#k"),
+        ("sm-injector.io/mount-path", "/secrets"),
+    ]);
+    let res = results(vec![
+        ("n/s", cur(), Ok(value("n/s", r#"{"k":"v"}"#))),
+        (
+            "n/s",
+            Version::Stage("AWSPREVIOUS".into()),
+            Ok(value("n/s", r#"{"k":"old"}"#)),
+        ),
+    ]);
+    let p = resolve(&i, &rule, &res, &Caps::default()).unwrap();
+    let paths: Vec<(&str, &str)> = p
+        .mounts
+        .iter()
+        .map(|m| (m.path.as_str(), m.secret.as_str()))
+        .collect();
+    assert_eq!(paths.len(), 2, "{paths:?}");
+    assert!(paths.contains(&(
+        "/secrets/n/s",
+        backing::name("n/s", &cur(), Form::Keys).as_str()
+    )));
+    assert!(paths.iter().any(|(p, _)| *p == "/secrets/n/s@AWSPREVIOUS"));
+}
+
+#[test]
+fn arn_references_keep_their_account_in_the_name_and_the_record() {
+    let rule = AccessRule::for_namespace("n", None);
+    let arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:n/s-AbCdEf";
+    let i = inj(&[
+        ("sm-injector.io/env.A", &format!("{arn}#k")),
+        ("sm-injector.io/env.B", "n/s#k"),
+    ]);
+    let res = results(vec![
+        (arn, cur(), Ok(value("n/s", r#"{"k":"v"}"#))),
+        ("n/s", cur(), Ok(value("n/s", r#"{"k":"v"}"#))),
+    ]);
+    let p = resolve(&i, &rule, &res, &Caps::default()).unwrap();
+    assert_eq!(
+        p.backing.len(),
+        2,
+        "by ARN and by name: two backing Secrets"
+    );
+    let rec: Record = serde_json::from_str(&p.record()).unwrap();
+    let by_arn = rec.secrets.iter().find(|e| e.arn.is_some()).unwrap();
+    assert_eq!(by_arn.arn.as_deref(), Some(arn));
+    assert_eq!(
+        by_arn.backing,
+        backing::name_scoped("n/s", Some("eu-west-1:123456789012"), &cur(), Form::Keys)
+    );
+    let by_name = rec.secrets.iter().find(|e| e.arn.is_none()).unwrap();
+    assert_eq!(by_name.backing, backing::name("n/s", &cur(), Form::Keys));
+    assert!(!p.record().contains("\"arn\":null"));
+}
+
+#[test]
+fn more_backing_secrets_than_the_cap_are_denied() {
+    let rule = AccessRule::for_namespace("n", None);
+    let n = MAX_BACKING_PER_POD + 1;
+    let pairs: Vec<(String, String)> = (0..n)
+        .map(|i| (format!("sm-injector.io/env.V{i}"), format!("n/s{i}#k")))
+        .collect();
+    let refs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let i = inj(&refs);
+    let names: Vec<String> = (0..n).map(|i| format!("n/s{i}")).collect();
+    let res = results(
+        names
+            .iter()
+            .map(|id| (id.as_str(), cur(), Ok(value(id, r#"{"k":"v"}"#))))
+            .collect(),
+    );
+    let e = resolve(&i, &rule, &res, &Caps::default()).unwrap_err();
+    assert_eq!(
+        e,
+        vec![format!(
+            "the pod's references need {n} backing Secrets; at most {MAX_BACKING_PER_POD} per pod"
+        )]
+    );
+}
+
+#[test]
+fn secret_names_cannot_mount_outside_the_mount_path() {
+    let rule = AccessRule::for_namespace("n", None);
+    let sneaky = "n/../../etc/ssl";
+    let res = results(vec![(sneaky, cur(), Ok(value(sneaky, r#"{"k":"v"}"#)))]);
+    let with_mount = inj(&[
+        ("sm-injector.io/env.A", &format!("{sneaky}#k")),
+        ("sm-injector.io/mount-path", "/secrets"),
+    ]);
+    let e = resolve(&with_mount, &rule, &res, &Caps::default()).unwrap_err();
+    assert_eq!(e.len(), 1);
+    assert!(
+        e[0].starts_with("sm-injector.io/mount-path: secret \"n/../../etc/ssl\" cannot be mounted under \"/secrets\""),
+        "{e:?}"
+    );
+    // As an env var only, such a name is fine: no path is made from it.
+    let env_only = inj(&[("sm-injector.io/env.A", &format!("{sneaky}#k"))]);
+    assert!(resolve(&env_only, &rule, &res, &Caps::default()).is_ok());
+}
+
+#[test]
+fn calls_count_batches_of_current_versions_and_each_pin() {
+    let k = |id: &str, v: Version| FetchKey {
+        id: id.into(),
+        version: v,
+    };
+    let mut keys: Vec<FetchKey> = (0..41).map(|i| k(&format!("n/s{i}"), cur())).collect();
+    assert_eq!(aws_calls(&keys), 3);
+    keys.push(k("n/a", Version::Id("v1".into())));
+    keys.push(k("n/a", Version::Stage("AWSPREVIOUS".into())));
+    assert_eq!(aws_calls(&keys), 5);
+    assert_eq!(aws_calls(&[]), 0);
+}
