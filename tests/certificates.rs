@@ -18,10 +18,75 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use support::balancer::{Backend, Balancer};
-use support::chart::{helm, run};
+use support::chart::{helm, objects, run, template};
 use support::{namespace, serve_process_as, testbed};
 
 const HOME: &str = "certs-home";
+
+/// kustomize users get the same as the chart's default:
+/// examples/kustomize/managed renders the chart's objects, with no
+/// certificate and the same rights.
+#[test]
+#[ignore = "needs helm: run ./tests/run"]
+fn the_managed_overlay_renders_the_charts_default_objects() {
+    let mut chart = template(&[]);
+    let mut overlay = objects(
+        &run({
+            let mut k = std::process::Command::new("kubectl");
+            k.args([
+                "kustomize",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/examples/kustomize/managed"),
+            ]);
+            k
+        })
+        .unwrap(),
+    );
+    // By design: Helm's namespace (--create-namespace) and labels.
+    assert!(overlay.remove("Namespace/sm-injector").is_some());
+    for o in chart.values_mut() {
+        let labels = o["metadata"]["labels"].as_object_mut().unwrap();
+        for k in [
+            "helm.sh/chart",
+            "app.kubernetes.io/managed-by",
+            "app.kubernetes.io/instance",
+            "app.kubernetes.io/version",
+        ] {
+            assert!(labels.remove(k).is_some(), "{k}");
+        }
+    }
+    for (k, o) in overlay.iter_mut() {
+        // kustomize stamps a namespace on kinds it does not know to be
+        // cluster-scoped; the API server ignores it there.
+        if chart
+            .get(k)
+            .is_some_and(|c| c["metadata"].get("namespace").is_none())
+        {
+            o["metadata"].as_object_mut().unwrap().remove("namespace");
+        }
+    }
+    // The deleted mount and volume leave empty lists.
+    let pod = &mut overlay.get_mut("Deployment/sm-injector").unwrap()["spec"]["template"]["spec"];
+    assert_eq!(
+        pod.as_object_mut().unwrap().remove("volumes"),
+        Some(json!([]))
+    );
+    let container = &mut pod["containers"][0];
+    assert_eq!(
+        container.as_object_mut().unwrap().remove("volumeMounts"),
+        Some(json!([]))
+    );
+    assert_eq!(
+        chart.keys().collect::<Vec<_>>(),
+        overlay.keys().collect::<Vec<_>>(),
+        "the same objects"
+    );
+    for (k, o) in &overlay {
+        assert_eq!(
+            &chart[k], o,
+            "{k} differs between the chart and the overlay"
+        );
+    }
+}
 
 async fn ca_bundle(webhooks: &Api<MutatingWebhookConfiguration>) -> Vec<u8> {
     let w = webhooks.get("sm-injector").await.unwrap();
