@@ -75,7 +75,7 @@ pub struct TlsArgs {
     #[arg(long, env = "SM_INJECTOR_CA_VALIDITY", default_value = "1825days", value_parser = humantime::parse_duration)]
     ca_validity: Duration,
     /// managed: the serving certificate's validity; renewed at two thirds of it.
-    #[arg(long, env = "SM_INJECTOR_CERT_VALIDITY", default_value = "30days", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SM_INJECTOR_CERT_VALIDITY", default_value = "90days", value_parser = humantime::parse_duration)]
     cert_validity: Duration,
     /// managed: how long a new CA is in the caBundle before certificates it
     /// signed are served (until then the previous CA signs).

@@ -42,7 +42,7 @@ impl Default for Timing {
     fn default() -> Self {
         Timing {
             ca_validity: Duration::from_secs(5 * 365 * 86400),
-            leaf_validity: Duration::from_secs(30 * 86400),
+            leaf_validity: Duration::from_secs(90 * 86400),
             propagation: Duration::from_secs(300),
         }
     }
