@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Event, Pod, Secret};
 use kube::Api;
 use kube::api::ListParams;
 use sm_injector::annotations::INJECTED_LABEL;
@@ -126,31 +126,7 @@ pub async fn status(a: StatusArgs) -> anyhow::Result<()> {
         .list(&warnings)
         .await
         .map_err(|e| listing("Events (failures would go unseen)", e))?;
-    let mut latest: BTreeMap<(String, String), (String, Warning)> = BTreeMap::new();
-    for e in events.items {
-        let (Some(ns), Some(kind), Some(name)) = (
-            e.metadata.namespace.clone(),
-            e.involved_object.kind.as_deref(),
-            e.involved_object.name.as_deref(),
-        ) else {
-            continue;
-        };
-        let when = e
-            .event_time
-            .as_ref()
-            .map(|t| t.0.to_string())
-            .or_else(|| e.last_timestamp.as_ref().map(|t| t.0.to_string()))
-            .unwrap_or_default();
-        let warning = Warning {
-            reason: e.reason.unwrap_or_default(),
-            note: e.message.unwrap_or_default(),
-        };
-        let key = (ns, format!("{kind}/{name}"));
-        if latest.get(&key).is_none_or(|(w, _)| *w < when) {
-            latest.insert(key, (when, warning));
-        }
-    }
-    inputs.failures = latest.into_iter().map(|(k, (_, v))| (k, v)).collect();
+    inputs.failures = latest_warnings(events.items);
     let rows = rows(&inputs);
     let layout = Layout {
         all_namespaces: a.all_namespaces,
@@ -166,4 +142,61 @@ pub async fn status(a: StatusArgs) -> anyhow::Result<()> {
         _ => print!("{}", table(&rows, layout)),
     }
     Ok(())
+}
+
+/// The latest Warning on each workload, by (namespace, "Kind/name").
+fn latest_warnings(events: Vec<Event>) -> BTreeMap<(String, String), Warning> {
+    let mut latest: BTreeMap<(String, String), (Option<k8s_openapi::jiff::Timestamp>, Warning)> =
+        BTreeMap::new();
+    for e in events {
+        let (Some(ns), Some(kind), Some(name)) = (
+            e.metadata.namespace.clone(),
+            e.involved_object.kind.as_deref(),
+            e.involved_object.name.as_deref(),
+        ) else {
+            continue;
+        };
+        // As timestamps, not text: "…:00Z" sorts after "…:00.5Z" as text.
+        let when = e
+            .series
+            .as_ref()
+            .and_then(|s| s.last_observed_time.as_ref())
+            .or(e.event_time.as_ref())
+            .map(|t| t.0)
+            .or_else(|| e.last_timestamp.as_ref().map(|t| t.0));
+        let warning = Warning {
+            reason: e.reason.unwrap_or_default(),
+            note: e.message.unwrap_or_default(),
+        };
+        let key = (ns, format!("{kind}/{name}"));
+        if latest.get(&key).is_none_or(|(w, _)| *w < when) {
+            latest.insert(key, (when, warning));
+        }
+    }
+    latest.into_iter().map(|(k, (_, v))| (k, v)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(name: &str, at: &str, note: &str) -> Event {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "ns"},
+            "involvedObject": {"kind": "Deployment", "name": "app"},
+            "reason": "RefreshFailed", "message": note, "type": "Warning",
+            "eventTime": at
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_latest_warning_is_the_latest_in_time_not_in_text() {
+        let latest = latest_warnings(vec![
+            event("b", "2026-12-03T19:00:00.500000Z", "later"),
+            event("a", "2026-12-03T19:00:00.000000Z", "earlier"),
+        ]);
+        let key = ("ns".to_string(), "Deployment/app".to_string());
+        assert_eq!(latest[&key].note, "later");
+    }
 }
