@@ -78,8 +78,11 @@ pub fn convert(docs: Vec<Value>) -> Converted {
                     Err(e) => {
                         out.errors
                             .extend(e.into_iter().map(|e| format!("{what}: {e}")));
-                        still_read
-                            .extend(secrets_read(template).into_iter().map(|s| (ns.clone(), s)));
+                        still_read.extend(
+                            secret_uses(template)
+                                .into_iter()
+                                .map(|(s, _)| (ns.clone(), s)),
+                        );
                     }
                 }
             }
@@ -99,41 +102,48 @@ pub fn convert(docs: Vec<Value>) -> Converted {
     out
 }
 
-/// The Secrets a pod template reads, by name: env, envFrom, volumes,
-/// projected volumes, image pull secrets.
-fn secrets_read(template: &Value) -> BTreeSet<String> {
+/// Each Secret a pod template reads, by name, with how: env, envFrom
+/// (`None`: sm-injector can take those over), or a volume, a projected
+/// volume or an image pull secret (what that use is).
+fn secret_uses(template: &Value) -> Vec<(String, Option<String>)> {
     let spec = &template["spec"];
-    let mut names = BTreeSet::new();
-    let mut add = |v: Option<&Value>| {
+    let mut uses = vec![];
+    let mut add = |v: Option<&Value>, how: Option<String>| {
         if let Some(n) = v.and_then(Value::as_str) {
-            names.insert(n.to_string());
+            uses.push((n.to_string(), how));
         }
     };
     for list in ["initContainers", "containers"] {
         for c in spec[list].as_array().into_iter().flatten() {
             for e in c["env"].as_array().into_iter().flatten() {
-                add(e.pointer("/valueFrom/secretKeyRef/name"));
+                add(e.pointer("/valueFrom/secretKeyRef/name"), None);
             }
             for e in c["envFrom"].as_array().into_iter().flatten() {
-                add(e.pointer("/secretRef/name"));
+                add(e.pointer("/secretRef/name"), None);
             }
         }
     }
     for v in spec["volumes"].as_array().into_iter().flatten() {
-        add(v.pointer("/secret/secretName"));
+        add(
+            v.pointer("/secret/secretName"),
+            Some(format!("volume {}", v["name"])),
+        );
         for s in v
             .pointer("/projected/sources")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
         {
-            add(s.pointer("/secret/name"));
+            add(
+                s.pointer("/secret/name"),
+                Some(format!("projected volume {}", v["name"])),
+            );
         }
     }
     for s in spec["imagePullSecrets"].as_array().into_iter().flatten() {
-        add(s.get("name"));
+        add(s.get("name"), Some("imagePullSecrets".into()));
     }
-    names
+    uses
 }
 
 /// The pod template with annotations instead of its reads of target
@@ -148,28 +158,9 @@ fn workload(
     let target = |name: &str| targets.get(&(ns.to_string(), name.to_string()));
     let mut errors = vec![];
     // Reads that are not env: sm-injector has nothing to put there.
-    let spec = &t["spec"];
-    let mut other_uses = vec![];
-    for v in spec["volumes"].as_array().into_iter().flatten() {
-        if let Some(n) = v.pointer("/secret/secretName").and_then(Value::as_str) {
-            other_uses.push((n.to_string(), format!("volume {}", v["name"])));
-        }
-        for s in v
-            .pointer("/projected/sources")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if let Some(n) = s.pointer("/secret/name").and_then(Value::as_str) {
-                other_uses.push((n.to_string(), format!("projected volume {}", v["name"])));
-            }
-        }
-    }
-    for s in spec["imagePullSecrets"].as_array().into_iter().flatten() {
-        if let Some(n) = s["name"].as_str() {
-            other_uses.push((n.to_string(), "imagePullSecrets".into()));
-        }
-    }
+    let other_uses = secret_uses(&t)
+        .into_iter()
+        .filter_map(|(name, how)| Some((name, how?)));
     for (name, how) in other_uses {
         if target(&name).is_some() {
             errors.push(format!(
