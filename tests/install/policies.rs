@@ -159,12 +159,25 @@ async fn its_workload_patches_are_held_to_the_roll_annotation() {
         let api = Api::<Deployment>::namespaced(admin.clone(), ns);
         async move { api.get("app").await.unwrap().metadata.resource_version }
     };
-    // The API server loads policies through an informer: wait until this one refuses.
+    // The API server loads policies through an informer: wait until this one
+    // refuses, on a Deployment of its own (a try that lands before the
+    // policy is in force must not change `app`). Each try changes the
+    // replicas (0, 1, 0, ...): repeating one that landed changes nothing,
+    // which the policy lets through.
+    Api::<Deployment>::namespaced(admin.clone(), &opted)
+        .create(&PostParams::default(), &deployment("probe"))
+        .await
+        .unwrap();
+    let probe = Api::<Deployment>::namespaced(sa.clone(), &opted);
+    let tries = std::sync::atomic::AtomicUsize::new(0);
     eventually(
         Duration::from_secs(30),
         "the workload policy to be in force",
         || async {
-            patch(&opted, json!({"spec": {"replicas": 0}}))
+            let n = tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let body = json!({"spec": {"replicas": n % 2}});
+            probe
+                .patch("probe", &PatchParams::default(), &Patch::Merge(&body))
                 .await
                 .is_err()
                 .then_some(())
@@ -282,14 +295,22 @@ async fn a_misspelled_key_is_refused_when_the_workload_is_applied() {
     };
     let apply = |ns: &str, m: String| bed.kubectl_run(&["-n", ns, "apply", "-f", "-"], Some(&m));
     let typo = json!({"sm-injector.io/evn.DB_URL": "x/db#url"});
-    // The API server loads policies through an informer: wait until this one refuses.
+    // The API server loads policies through an informer: wait until this one
+    // refuses. Each try is a new Deployment: applying one that an earlier try
+    // created (before the policy was in force) again changes no annotation,
+    // which the policy lets through.
+    let tries = std::sync::atomic::AtomicUsize::new(0);
     eventually(
         Duration::from_secs(30),
         "the annotation-key policy to be in force",
         || async {
-            apply(&opted, manifest("Deployment", "probe", typo.clone()))
-                .is_err()
-                .then_some(())
+            let n = tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            apply(
+                &opted,
+                manifest("Deployment", &format!("probe-{n}"), typo.clone()),
+            )
+            .is_err()
+            .then_some(())
         },
     )
     .await;
