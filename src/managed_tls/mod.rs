@@ -132,22 +132,29 @@ impl Keeper {
         let mut failures = 0u32;
         loop {
             let at = now();
-            let wait = match self.reconcile(at).await {
+            let (wait, why) = match self.reconcile(at).await {
                 Ok(next) => {
                     failures = 0;
-                    unready.clear(UNREADY);
-                    Duration::from_secs((next - at).clamp(1, 3600) as u64)
+                    let wait = Duration::from_secs((next - at).clamp(1, 3600) as u64);
+                    (
+                        wait,
+                        "the serving certificate is not issued yet".to_string(),
+                    )
                 }
                 Err(why) => {
                     failures = failures.saturating_add(1);
                     tracing::warn!(error = %why, "the managed serving certificate cannot be kept");
-                    // A replica serving a valid certificate stays ready.
-                    if self.leaf.as_ref().is_none_or(|l| l.not_after <= at) {
-                        unready.set_for(UNREADY, why);
-                    }
-                    Duration::from_secs(1 << failures.min(5))
+                    (Duration::from_secs(1 << failures.min(5)), why)
                 }
             };
+            // Ready exactly while a valid certificate is served: a replica
+            // that cannot reach the API server keeps serving its own, and a
+            // pass that lost the CA Secret's write to another replica ends
+            // before issuing one.
+            match &self.leaf {
+                Some(l) if l.not_after > at => unready.clear(UNREADY),
+                _ => unready.set_for(UNREADY, why),
+            }
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = events.next() => {
@@ -234,11 +241,17 @@ impl Keeper {
         webhook: &MutatingWebhookConfiguration,
         stored: &Stored,
         now: i64,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<Vec<u8>>, String> {
         use base64::Engine;
         let want = stored::join(&plan::bundle(stored, now));
         let want_certs = stored::certificates(want.as_bytes());
         let hooks = webhook.webhooks.as_deref().unwrap_or_default();
+        if hooks.is_empty() {
+            return Err(format!(
+                "the MutatingWebhookConfiguration {} has no webhooks",
+                self.settings.webhook
+            ));
+        }
         let mut ops = Vec::new();
         for (i, w) in hooks.iter().enumerate() {
             let have = w.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice());
@@ -247,12 +260,6 @@ impl Keeper {
                 ops.push(serde_json::json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"),
                     "value": base64::engine::general_purpose::STANDARD.encode(&want)}));
             }
-        }
-        if hooks.is_empty() {
-            return Err(format!(
-                "the MutatingWebhookConfiguration {} has no webhooks",
-                self.settings.webhook
-            ));
         }
         if !ops.is_empty() {
             let patch: json_patch::Patch =

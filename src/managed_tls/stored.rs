@@ -118,30 +118,21 @@ pub fn object(
     }
 }
 
-/// The PEM certificates of a caBundle, normalized (one per entry, trimmed).
-pub fn certificates(bundle: &[u8]) -> Vec<String> {
-    let text = String::from_utf8_lossy(bundle);
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        cur.push_str(line);
-        cur.push('\n');
-        if line.starts_with("-----END ") {
-            out.push(std::mem::take(&mut cur));
-        }
-    }
-    out
+/// The certificates of a PEM caBundle (DER), to compare bundles by what
+/// they trust rather than by their text.
+pub fn certificates(bundle: &[u8]) -> Vec<Vec<u8>> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    CertificateDer::pem_slice_iter(bundle)
+        .filter_map(Result::ok)
+        .map(|c| c.to_vec())
+        .collect()
 }
 
-/// The caBundle for these PEM certificates.
+/// The caBundle holding these PEM certificates.
 pub fn join(certs: &[&str]) -> String {
     certs
         .iter()
-        .flat_map(|c| certificates(c.as_bytes()))
+        .map(|c| format!("{}\n", c.trim_end()))
         .collect()
 }
 
@@ -213,10 +204,8 @@ mod tests {
         let joined = join(&[&a, &b]);
         let split = certificates(format!("\n{a}\r\n\n{b}").as_bytes());
         assert_eq!(split.len(), 2);
-        assert_eq!(split.concat(), joined);
-        assert_eq!(
-            certificates(a.as_bytes()),
-            certificates(join(&[&a]).as_bytes())
-        );
+        assert_eq!(split, certificates(joined.as_bytes()));
+        assert_eq!(certificates(a.as_bytes()), split[..1]);
+        assert!(certificates(b"not PEM").is_empty());
     }
 }
