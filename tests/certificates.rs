@@ -18,8 +18,8 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use support::balancer::{Backend, Balancer};
-use support::chart::{helm, objects, run, template};
-use support::{namespace, serve_process_as, testbed};
+use support::chart::{assert_same_objects, helm, kustomize, run, template};
+use support::{namespace, testbed};
 
 const HOME: &str = "certs-home";
 
@@ -29,41 +29,7 @@ const HOME: &str = "certs-home";
 #[test]
 #[ignore = "needs helm: run ./tests/run"]
 fn the_managed_overlay_renders_the_charts_default_objects() {
-    let mut chart = template(&[]);
-    let mut overlay = objects(
-        &run({
-            let mut k = std::process::Command::new("kubectl");
-            k.args([
-                "kustomize",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/examples/kustomize/managed"),
-            ]);
-            k
-        })
-        .unwrap(),
-    );
-    // By design: Helm's namespace (--create-namespace) and labels.
-    assert!(overlay.remove("Namespace/sm-injector").is_some());
-    for o in chart.values_mut() {
-        let labels = o["metadata"]["labels"].as_object_mut().unwrap();
-        for k in [
-            "helm.sh/chart",
-            "app.kubernetes.io/managed-by",
-            "app.kubernetes.io/instance",
-            "app.kubernetes.io/version",
-        ] {
-            assert!(labels.remove(k).is_some(), "{k}");
-        }
-    }
-    for (k, o) in overlay.iter_mut() {
-        // kustomize stamps a namespace on kinds it does not know to be
-        // cluster-scoped; the API server ignores it there.
-        if chart
-            .get(k)
-            .is_some_and(|c| c["metadata"].get("namespace").is_none())
-        {
-            o["metadata"].as_object_mut().unwrap().remove("namespace");
-        }
-    }
+    let mut overlay = kustomize("examples/kustomize/managed");
     // The deleted mount and volume leave empty lists.
     let pod = &mut overlay.get_mut("Deployment/sm-injector").unwrap()["spec"]["template"]["spec"];
     assert_eq!(
@@ -75,17 +41,7 @@ fn the_managed_overlay_renders_the_charts_default_objects() {
         container.as_object_mut().unwrap().remove("volumeMounts"),
         Some(json!([]))
     );
-    assert_eq!(
-        chart.keys().collect::<Vec<_>>(),
-        overlay.keys().collect::<Vec<_>>(),
-        "the same objects"
-    );
-    for (k, o) in &overlay {
-        assert_eq!(
-            &chart[k], o,
-            "{k} differs between the chart and the overlay"
-        );
-    }
+    assert_same_objects(template(&[]), overlay, "examples/kustomize/managed");
 }
 
 async fn ca_bundle(webhooks: &Api<MutatingWebhookConfiguration>) -> Vec<u8> {
@@ -176,9 +132,25 @@ async fn admissions_succeed_through_certificate_renewals_and_a_ca_rotation() {
         "--cert-validity=20s",
         "--ca-propagation=5s",
     ];
-    // Ready once the CA is made, published and signs.
-    let a = serve_process_as(bed, binary, "certs-a", &sa, &args).await;
-    let b = serve_process_as(bed, binary, "certs-b", &sa, &args).await;
+    // Started together, as a Deployment's replicas are (one loses the race
+    // to make the CA); each is ready only once it serves a certificate that
+    // the published caBundle verifies.
+    let start = |name| support::start_serve_process(bed, binary, name, &sa, &args, &bed.moto, &[]);
+    let (a, b) = (start("certs-a"), start("certs-b"));
+    for (name, r) in [("a", &a), ("b", &b)] {
+        support::eventually(
+            Duration::from_secs(45),
+            "the replica to be ready",
+            || async {
+                (support::injector::http_get(r.probe, "/readyz").await.0 == 200).then_some(())
+            },
+        )
+        .await;
+        let bundle = ca_bundle(&webhooks).await;
+        if let Err(e) = handshake(r.port, &bundle).await {
+            panic!("replica {name} is ready with a certificate the caBundle does not verify: {e}");
+        }
+    }
     let stored = secrets.get("sm-injector-webhook-ca").await.unwrap();
     let first_ca = stored.data.as_ref().unwrap()["ca.crt"].0.clone();
     let owner = &stored.metadata.owner_references.as_ref().unwrap()[0];

@@ -13,7 +13,7 @@ use std::process::Command;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use support::chart::{helm, objects, run, template};
+use support::chart::{assert_same_objects, helm, kustomize, objects, run, template};
 use support::{TestBed, namespace, testbed};
 
 /// One install on the test bed at a time: they share cluster-scoped names.
@@ -260,20 +260,8 @@ fn the_chart_renders_the_objects_of_the_kustomize_base() {
     // The base mounts its certificate from a Secret, as the chart's
     // `generate` mode does (the default, `managed`, is tests/certificates.rs).
     let mut chart = template(&["--set", "certificates.mode=generate"]);
-    let base = objects(
-        &run({
-            let mut k = Command::new("kubectl");
-            k.args([
-                "kustomize",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/manifests"),
-            ]);
-            k
-        })
-        .unwrap(),
-    );
-    // What differs by design: Helm creates the namespace (--create-namespace)
-    // and, by default, the serving certificate and its caBundle, which the
-    // base leaves to `sm-injector certs` or cert-manager; Helm's own labels.
+    // What differs in this mode: the serving certificate and its caBundle,
+    // which the base leaves to `sm-injector certs` or cert-manager.
     let tls = chart
         .remove("Secret/sm-injector-tls")
         .expect("the generated TLS Secret");
@@ -296,38 +284,7 @@ fn the_chart_renders_the_objects_of_the_kustomize_base() {
         .unwrap()
         .remove("annotations");
     assert!(checksum.is_some(), "a new certificate rolls the replicas");
-    for o in chart.values_mut() {
-        let labels = o["metadata"]["labels"].as_object_mut().unwrap();
-        for k in [
-            "helm.sh/chart",
-            "app.kubernetes.io/managed-by",
-            "app.kubernetes.io/instance",
-            "app.kubernetes.io/version",
-        ] {
-            assert!(labels.remove(k).is_some(), "{k}");
-        }
-    }
-    let mut base = base;
-    assert!(base.remove("Namespace/sm-injector").is_some());
-    // kustomize's namespace transformer also stamps kinds it does not know
-    // to be cluster-scoped (the admission policy and its binding); the API
-    // server ignores it there.
-    for (k, b) in base.iter_mut() {
-        if chart
-            .get(k)
-            .is_some_and(|c| c["metadata"].get("namespace").is_none())
-        {
-            b["metadata"].as_object_mut().unwrap().remove("namespace");
-        }
-    }
-    assert_eq!(
-        chart.keys().collect::<Vec<_>>(),
-        base.keys().collect::<Vec<_>>(),
-        "the same objects"
-    );
-    for (k, b) in &base {
-        assert_eq!(&chart[k], b, "{k} differs between the chart and manifests/");
-    }
+    assert_same_objects(chart, kustomize("manifests"), "manifests/");
     // The chart's PrometheusRule carries monitoring/alerts.rules.yaml, and so
     // does monitoring/prometheusrule.yaml.
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
