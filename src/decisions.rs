@@ -26,7 +26,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use crate::pod::{Container, Pod};
 
 use crate::annotations::PREFIX;
 use crate::fetch::FetchKey;

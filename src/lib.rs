@@ -32,6 +32,7 @@ mod mock_api;
 pub mod namespaces;
 pub mod patch;
 pub mod plan;
+pub mod pod;
 pub mod policy;
 pub mod quota;
 pub mod record;

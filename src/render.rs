@@ -124,8 +124,9 @@ pub async fn render(
             ));
             continue;
         };
-        let pod: Pod = match serde_json::from_value(template.clone()) {
-            Ok(p) => p,
+        // Checked as a whole pod, read as sm-injector reads one.
+        let pod = match serde_json::from_value::<Pod>(template.clone()) {
+            Ok(p) => crate::pod::Pod::from(&p),
             Err(e) => {
                 errors.push(format!("{what}: the pod template is not a valid pod: {e}"));
                 continue;

@@ -213,7 +213,10 @@ async fn answer(st: &AppState, source: IpAddr, request: axum::extract::Request) 
             return bad_request(e.to_string(), log);
         }
     };
-    let response = match tokio::time::timeout(st.deadline, st.webhook.review(&req)).await {
+    // Boxed: the review's future is the larger part of this one, which is
+    // made, then moved through axum's and tower's layers as a whole.
+    let review = Box::pin(st.webhook.review(&req));
+    let response = match tokio::time::timeout(st.deadline, review).await {
         Ok(answer) => answer.response,
         Err(_) => {
             st.webhook

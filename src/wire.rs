@@ -1,218 +1,15 @@
-//! The AdmissionReview on the wire. Decoding reads kube's
-//! [`AdmissionReview`] of a slim pod that keeps only what sm-injector reads
-//! (metadata's names, labels and annotations; each container's name, env,
-//! envFrom and volume mounts; volume names) and skips the rest of the pod
-//! without building it: the typed `PodSpec` was the largest single cost of
-//! a warm admission. The slim pod becomes a [`Pod`] holding just those
-//! fields, so that the rest of the code keeps k8s-openapi's types.
+//! The AdmissionReview on the wire: kube's [`AdmissionReview`] of the pod as
+//! sm-injector reads it ([`crate::pod`]), which skips the rest of the pod
+//! without building it, and the response written with its patch as base64.
 
-use std::borrow::Cow;
-use std::collections::BTreeMap;
-
-use k8s_openapi::api::core::v1::{
-    Container, EnvFromSource, EnvVar, Pod, PodSpec, Volume, VolumeMount,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
-use serde::Deserialize;
-use serde::de::{IgnoredAny, SeqAccess, Visitor};
+
+use crate::pod::{self, Pod};
 
 /// The most env, envFrom and volumeMounts entries decoded from one review's
 /// pods by default (`--max-pod-entries`): a 1.4 MB pod of 32,000 env entries
 /// would otherwise build several times its size in memory.
 pub const DEFAULT_MAX_ENTRIES: usize = 4096;
-
-thread_local! {
-    /// While [`decode`] runs: entries it may still keep, and entries skipped.
-    static ENTRIES: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, 0)) };
-}
-
-/// A list of which only the first entries within the review's budget are
-/// built; the rest are parsed past (the JSON is still checked) and counted.
-#[derive(Clone, Debug)]
-struct Bounded<T>(Vec<T>);
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Bounded<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<T>(std::marker::PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
-            type Value = Vec<T>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a list")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
-                let mut out = Vec::new();
-                loop {
-                    let (left, skipped) = ENTRIES.get();
-                    if left > 0 {
-                        let Some(x) = seq.next_element::<T>()? else {
-                            break;
-                        };
-                        out.push(x);
-                        ENTRIES.set((left - 1, skipped));
-                    } else {
-                        if seq.next_element::<IgnoredAny>()?.is_none() {
-                            break;
-                        }
-                        ENTRIES.set((0, skipped + 1));
-                    }
-                }
-                Ok(out)
-            }
-        }
-        d.deserialize_seq(V(std::marker::PhantomData)).map(Bounded)
-    }
-}
-
-/// A pod's annotations, only the `sm-injector.io/` ones built: the others
-/// (`kubectl.kubernetes.io/last-applied-configuration` alone can be many
-/// KiB) are parsed past. `Some` whenever the pod has an annotations object,
-/// which the patch needs to know.
-#[derive(Clone, Debug, Default)]
-struct OwnAnnotations(BTreeMap<String, String>);
-
-impl<'de> Deserialize<'de> for OwnAnnotations {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = BTreeMap<String, String>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a map of strings")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Self::Value, A::Error> {
-                let mut out = BTreeMap::new();
-                while let Some(k) = map.next_key::<Cow<'de, str>>()? {
-                    if k.starts_with(crate::annotations::PREFIX) {
-                        out.insert(k.into_owned(), map.next_value::<String>()?);
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(out)
-            }
-        }
-        d.deserialize_map(V).map(OwnAnnotations)
-    }
-}
-
-/// The parts of a pod's metadata sm-injector reads.
-#[derive(Deserialize, Clone, Debug, Default)]
-#[serde(rename_all = "camelCase")]
-struct SlimMeta {
-    name: Option<String>,
-    generate_name: Option<String>,
-    namespace: Option<String>,
-    labels: Option<BTreeMap<String, String>>,
-    annotations: Option<OwnAnnotations>,
-}
-
-#[derive(Deserialize, Clone, Debug)]
-#[serde(rename_all = "camelCase")]
-struct SlimContainer {
-    name: String,
-    env: Option<Bounded<EnvVar>>,
-    env_from: Option<Bounded<EnvFromSource>>,
-    volume_mounts: Option<Bounded<VolumeMount>>,
-}
-
-#[derive(Deserialize, Clone, Debug)]
-struct SlimVolume {
-    name: String,
-}
-
-#[derive(Deserialize, Clone, Debug)]
-#[serde(rename_all = "camelCase")]
-struct SlimSpec {
-    #[serde(default)]
-    containers: Vec<SlimContainer>,
-    init_containers: Option<Vec<SlimContainer>>,
-    volumes: Option<Vec<SlimVolume>>,
-    service_account_name: Option<String>,
-    /// Deprecated alias of `serviceAccountName`.
-    service_account: Option<String>,
-}
-
-/// A pod as sm-injector reads it from a review.
-#[derive(Deserialize, Clone, Debug)]
-pub struct SlimPod {
-    #[serde(default)]
-    metadata: SlimMeta,
-    spec: Option<SlimSpec>,
-    /// Never read: kube's `Resource` wants an `ObjectMeta` to lend.
-    #[serde(skip)]
-    meta: ObjectMeta,
-}
-
-impl kube::Resource for SlimPod {
-    type DynamicType = ();
-    type Scope = k8s_openapi::NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        "Pod".into()
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        "".into()
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        "v1".into()
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        "pods".into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.meta
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.meta
-    }
-}
-
-fn container(c: SlimContainer) -> Container {
-    Container {
-        name: c.name,
-        env: c.env.map(|b| b.0),
-        env_from: c.env_from.map(|b| b.0),
-        volume_mounts: c.volume_mounts.map(|b| b.0),
-        ..Default::default()
-    }
-}
-
-impl From<SlimPod> for Pod {
-    fn from(p: SlimPod) -> Pod {
-        let m = p.metadata;
-        Pod {
-            metadata: ObjectMeta {
-                name: m.name,
-                generate_name: m.generate_name,
-                namespace: m.namespace,
-                labels: m.labels,
-                annotations: m.annotations.map(|a| a.0),
-                ..Default::default()
-            },
-            spec: p.spec.map(|s| PodSpec {
-                containers: s.containers.into_iter().map(container).collect(),
-                init_containers: s
-                    .init_containers
-                    .map(|v| v.into_iter().map(container).collect()),
-                volumes: s.volumes.map(|v| {
-                    v.into_iter()
-                        .map(|v| Volume {
-                            name: v.name,
-                            ..Default::default()
-                        })
-                        .collect()
-                }),
-                service_account_name: s.service_account_name,
-                service_account: s.service_account,
-                ..Default::default()
-            }),
-            status: None,
-        }
-    }
-}
 
 /// Why a body is not a review to answer.
 #[derive(Debug, thiserror::Error)]
@@ -229,14 +26,13 @@ pub enum DecodeError {
     },
 }
 
-/// An AdmissionReview's request, its pod read as a [`SlimPod`] with at most
+/// An AdmissionReview's request, its pod read as a [`Pod`] with at most
 /// `max_entries` env, envFrom and volumeMounts entries in all.
 pub fn decode(body: &[u8], max_entries: usize) -> Result<AdmissionRequest<Pod>, DecodeError> {
-    ENTRIES.set((max_entries, 0));
-    let review = serde_json::from_slice::<AdmissionReview<SlimPod>>(body);
-    let (_, skipped) = ENTRIES.replace((0, 0));
-    let r: AdmissionRequest<SlimPod> = review?.try_into().map_err(|_| DecodeError::NoRequest)?;
-    let request = slim_to_pod(r);
+    let (review, skipped) = pod::bounded(max_entries, || {
+        serde_json::from_slice::<AdmissionReview<Pod>>(body)
+    });
+    let request: AdmissionRequest<Pod> = review?.try_into().map_err(|_| DecodeError::NoRequest)?;
     if skipped > 0 {
         return Err(DecodeError::TooManyEntries {
             request: Box::new(request),
@@ -244,27 +40,6 @@ pub fn decode(body: &[u8], max_entries: usize) -> Result<AdmissionRequest<Pod>, 
         });
     }
     Ok(request)
-}
-
-fn slim_to_pod(r: AdmissionRequest<SlimPod>) -> AdmissionRequest<Pod> {
-    AdmissionRequest {
-        types: r.types,
-        uid: r.uid,
-        kind: r.kind,
-        resource: r.resource,
-        sub_resource: r.sub_resource,
-        request_kind: r.request_kind,
-        request_resource: r.request_resource,
-        request_sub_resource: r.request_sub_resource,
-        name: r.name,
-        namespace: r.namespace,
-        operation: r.operation,
-        user_info: r.user_info,
-        object: r.object.map(Pod::from),
-        old_object: r.old_object.map(Pod::from),
-        dry_run: r.dry_run,
-        options: r.options,
-    }
 }
 
 /// The fields of an AdmissionReview response other than the patch, borrowing
@@ -321,6 +96,7 @@ pub fn encode(r: &AdmissionResponse) -> Vec<u8> {
 mod tests {
     use super::*;
     use serde_json::{Value, json};
+    use std::collections::BTreeMap;
 
     fn request() -> AdmissionRequest<Pod> {
         let review: AdmissionReview<Pod> = serde_json::from_value(json!({
@@ -406,7 +182,9 @@ mod tests {
         use crate::plan::{EnvFrom, EnvVar, Mount, Plan};
         let body = serde_json::to_vec(&full_review()).unwrap();
         let slim = decode(&body, DEFAULT_MAX_ENTRIES).unwrap();
-        let full: AdmissionRequest<Pod> = serde_json::from_slice::<AdmissionReview<Pod>>(&body)
+        // As k8s-openapi reads it, every field built.
+        type Full = k8s_openapi::api::core::v1::Pod;
+        let full: AdmissionRequest<Full> = serde_json::from_slice::<AdmissionReview<Full>>(&body)
             .unwrap()
             .try_into()
             .unwrap();
@@ -444,7 +222,9 @@ mod tests {
             refresh_interval: std::time::Duration::from_secs(3600),
             service_account: None,
         };
-        let (s, f) = (slim.object.unwrap(), full.object.unwrap());
+        let (s, f) = (slim.object.unwrap(), Pod::from(&full.object.unwrap()));
+        // The same fields, read either way (the sample has no other annotations).
+        assert_eq!(s, f);
         for wanted in [None, Some(vec!["app".to_string()])] {
             let ts = patch::select(&s, wanted.as_deref()).unwrap();
             let tf = patch::select(&f, wanted.as_deref()).unwrap();

@@ -1,7 +1,8 @@
 //! What the network sends to /mutate: AdmissionReview decoding, then the
 //! review itself (annotations, access rule, fetch from an in-memory secrets
-//! source, plan, patch) and the response's encoding. The server reads a slim
-//! pod; where k8s-openapi's full Pod also decodes, both give the same patch. The patch must apply to
+//! source, plan, patch) and the response's encoding. The server reads the pod
+//! as `sm_injector::pod` keeps it; where k8s-openapi's full Pod also decodes,
+//! what sm-injector reads of it gives the same patch and decision key. The patch must apply to
 //! the pod it was built for, and the patched pod must still be a pod.
 #![no_main]
 
@@ -110,16 +111,17 @@ fuzz_target!(|data: &[u8]| {
                             .map(|s| s.trim().to_string())
                             .collect::<Vec<_>>()
                     });
-                if let Ok(tf) = patch::select(full, wanted.as_deref())
+                let full = sm_injector::pod::Pod::from(full);
+                if let Ok(tf) = patch::select(&full, wanted.as_deref())
                     && tf == targets
                 {
-                    let (pf, wf) = patch::build(full, &plan, &tf);
+                    let (pf, wf) = patch::build(&full, &plan, &tf);
                     assert_eq!(p, pf, "the slim pod's patch differs");
                     assert_eq!(warnings, wf);
                     // A kept decision's key reads the same of either pod.
                     assert_eq!(
                         sm_injector::decisions::key(&ns, pod),
-                        sm_injector::decisions::key(&ns, full),
+                        sm_injector::decisions::key(&ns, &full),
                         "the slim pod's decision key differs"
                     );
                 }

@@ -11,7 +11,7 @@ pub use pod::{MAX_AWS_CALLS, Planned, Settings, plan_pod};
 use std::sync::Arc;
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::Pod;
+use crate::pod::Pod;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 
 use crate::cache::CachedSource;
@@ -249,14 +249,17 @@ impl Webhook {
                 .conclude(req, subject, &d.plan, d.patch.clone(), vec![])
                 .await;
         }
-        let (plan, targets, rule, values) = match plan_pod(
+        // Boxed, as the ServiceAccount's lookup below: a pod decided afresh
+        // pays one allocation, and every review's future stays small instead
+        // of being copied whole as it is made and moved (seen in profiles).
+        let (plan, targets, rule, values) = match Box::pin(plan_pod(
             pod,
             namespace,
             self.namespaces.rule(namespace),
             &identity,
             &self.source,
             &self.settings,
-        )
+        ))
         .await
         {
             Planned::Nothing => return unchanged(req),
@@ -311,10 +314,7 @@ impl Webhook {
                     .or(s.service_account.as_deref())
             })
             .unwrap_or("default");
-        let annotations = self
-            .service_accounts
-            .annotations(namespace, account)
-            .await?;
+        let annotations = Box::pin(self.service_accounts.annotations(namespace, account)).await?;
         ids::resolve(mode, namespace, account, annotations.as_deref()).map_err(|e| e.to_string())
     }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use crate::pod::Pod;
 
 use crate::cache::CachedSource;
 use crate::fetch::{FetchError, FetchKey};

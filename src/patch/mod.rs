@@ -4,7 +4,9 @@
 
 mod json;
 
-use k8s_openapi::api::core::v1::{Container, EnvFromSource, EnvVar, Pod};
+use k8s_openapi::api::core::v1::{EnvFromSource, EnvVar};
+
+use crate::pod::{Container, Pod};
 
 use crate::annotations::{CONTAINERS, INJECTED, INJECTED_LABEL};
 use crate::plan::{self, Plan};
@@ -312,10 +314,15 @@ mod tests {
         serde_json::from_slice(patch).expect("the patch is a JSON patch")
     }
 
-    fn apply(p: &Pod, patch: &[u8]) -> Pod {
+    /// The patched pod as JSON: what the API server stores.
+    fn apply_json(p: &Pod, patch: &[u8]) -> Value {
         let mut v = serde_json::to_value(p).unwrap();
         json_patch::patch(&mut v, &ops(patch)).unwrap();
-        serde_json::from_value(v).unwrap()
+        v
+    }
+
+    fn apply(p: &Pod, patch: &[u8]) -> Pod {
+        serde_json::from_value(apply_json(p, patch)).unwrap()
     }
 
     fn sample() -> Pod {
@@ -400,8 +407,8 @@ mod tests {
         let vols = spec.volumes.unwrap();
         assert_eq!(vols.len(), 2);
         assert_eq!(
-            vols[1].secret.as_ref().unwrap().secret_name.as_deref(),
-            Some("sm-n-db-1")
+            apply_json(&p, &patch)["spec"]["volumes"][1]["secret"]["secretName"],
+            "sm-n-db-1"
         );
         assert!(out.metadata.annotations.unwrap().contains_key(INJECTED));
         assert_eq!(out.metadata.labels.unwrap()[INJECTED_LABEL], "true");
