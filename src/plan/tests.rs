@@ -1,4 +1,7 @@
 use super::*;
+use crate::annotations;
+use crate::backing::{self, RAW_KEY};
+use crate::fetch::{CachedResults, FetchError};
 use crate::record::Record;
 use crate::secret::Payload;
 use std::collections::BTreeMap as Map;
