@@ -36,87 +36,85 @@ pub(crate) fn bounded<T>(max: usize, f: impl FnOnce() -> T) -> (T, usize) {
 
 /// A list of which only the first entries within the review's budget are
 /// built; the rest are parsed past (the JSON is still checked) and counted.
+struct Bounded<T>(Vec<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Bounded<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Vec<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+                let mut out = Vec::new();
+                loop {
+                    let (left, skipped) = ENTRIES.get();
+                    if left > 0 {
+                        let Some(x) = seq.next_element::<T>()? else {
+                            break;
+                        };
+                        out.push(x);
+                        ENTRIES.set((left - 1, skipped));
+                    } else {
+                        if seq.next_element::<IgnoredAny>()?.is_none() {
+                            break;
+                        }
+                        ENTRIES.set((0, skipped + 1));
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(V(std::marker::PhantomData)).map(Bounded)
+    }
+}
+
 fn bounded_list<'de, D, T>(d: D) -> Result<Option<Vec<T>>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
 {
-    struct V<T>(std::marker::PhantomData<T>);
-    impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
-        type Value = Option<Vec<T>>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a list")
-        }
-        fn visit_none<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_seq(self)
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::new();
-            loop {
-                let (left, skipped) = ENTRIES.get();
-                if left > 0 {
-                    let Some(x) = seq.next_element::<T>()? else {
-                        break;
-                    };
-                    out.push(x);
-                    ENTRIES.set((left - 1, skipped));
-                } else {
-                    if seq.next_element::<IgnoredAny>()?.is_none() {
-                        break;
-                    }
-                    ENTRIES.set((0, skipped + 1));
-                }
-            }
-            Ok(Some(out))
-        }
-    }
-    d.deserialize_option(V(std::marker::PhantomData))
+    Ok(Option::<Bounded<T>>::deserialize(d)?.map(|b| b.0))
 }
 
 /// A pod's annotations, only the `sm-injector.io/` ones built: the others
 /// (`kubectl.kubernetes.io/last-applied-configuration` alone can be many
 /// KiB) are parsed past. `Some` whenever the pod has an annotations object,
 /// which the patch needs to know.
+struct OwnAnnotations(BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for OwnAnnotations {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BTreeMap<String, String>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of strings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+                    if k.starts_with(crate::annotations::PREFIX) {
+                        out.insert(k.into_owned(), map.next_value::<String>()?);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(V).map(OwnAnnotations)
+    }
+}
+
 fn own_annotations<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<BTreeMap<String, String>>, D::Error> {
-    struct V;
-    impl<'de> Visitor<'de> for V {
-        type Value = Option<BTreeMap<String, String>>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a map of strings")
-        }
-        fn visit_none<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            d.deserialize_map(self)
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(
-            self,
-            mut map: A,
-        ) -> Result<Self::Value, A::Error> {
-            let mut out = BTreeMap::new();
-            while let Some(k) = map.next_key::<Cow<'de, str>>()? {
-                if k.starts_with(crate::annotations::PREFIX) {
-                    out.insert(k.into_owned(), map.next_value::<String>()?);
-                } else {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-            Ok(Some(out))
-        }
-    }
-    d.deserialize_option(V)
+    Ok(Option::<OwnAnnotations>::deserialize(d)?.map(|a| a.0))
 }
 
 /// The parts of a pod's metadata sm-injector reads.

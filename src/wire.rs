@@ -177,7 +177,7 @@ mod tests {
     }
 
     #[test]
-    fn the_slim_pod_gives_the_same_request_and_the_same_patch_as_the_full_one() {
+    fn the_pod_as_read_gives_the_same_request_and_patch_as_k8s_openapis_full_pod() {
         use crate::patch;
         use crate::plan::{EnvFrom, EnvVar, Mount, Plan};
         let body = serde_json::to_vec(&full_review()).unwrap();
