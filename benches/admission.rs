@@ -170,9 +170,9 @@ struct Run {
 /// `wrk` on CPU 1 against `port` for SECONDS with `conns` connections. With
 /// `BENCH_PERF=<file>`, the server is also sampled by `perf record` (cpu-clock,
 /// call graphs) into `<file>-<pid>-<row>`; `BENCH_PERF_ROW=<row>` (`seed-8`,
-/// `20 refs-8 paced`, ...) samples that row only.
+/// `20 refs-8 paced`, ..., or several joined by `,`) samples those rows only.
 fn wrk(port: u16, pid: u32, body: &Path, script: &Path, conns: usize, row: &str) -> Run {
-    let sampled = std::env::var("BENCH_PERF_ROW").map_or(true, |r| r == row);
+    let sampled = std::env::var("BENCH_PERF_ROW").map_or(true, |r| r.split(',').any(|r| r == row));
     let perf = std::env::var("BENCH_PERF")
         .ok()
         .filter(|_| sampled)

@@ -34,6 +34,7 @@ pub mod patch;
 pub mod plan;
 pub mod pod;
 pub mod policy;
+pub mod probes;
 pub mod quota;
 pub mod record;
 pub mod reference;

@@ -1,5 +1,5 @@
-//! The HTTPS admission endpoint (`POST /mutate`) and the plain-HTTP probe and
-//! metrics endpoint, as thin shells around [`Webhook::review`].
+//! The HTTPS admission endpoint (`POST /mutate`), a thin shell around
+//! [`Webhook::review`], served with the plain-HTTP [`crate::probes`] port.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -10,7 +10,7 @@ use axum::Router;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum_server::tls_rustls::RustlsConfig;
 use kube::core::admission::AdmissionResponse;
 
@@ -19,8 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::admission::Webhook;
 use crate::connections;
 use crate::inflight;
-use crate::metrics::Metrics;
-use crate::tls::{Certificates, TlsFiles};
+use crate::tls::Certificates;
 use crate::wire;
 
 #[derive(Debug, Clone)]
@@ -63,33 +62,7 @@ pub struct ServerSettings {
     pub drain: Duration,
     /// Set when the replica lacks something it cannot work without (an AWS
     /// region or any credentials): `/readyz` fails with the reason.
-    pub unready: Unready,
-}
-
-/// Why the replica is not ready although it serves, if anything: one reason
-/// per concern (AWS configuration, the managed certificate), each set and
-/// cleared by its owner.
-#[derive(Debug, Clone, Default)]
-pub struct Unready(Arc<std::sync::RwLock<std::collections::BTreeMap<&'static str, String>>>);
-
-impl Unready {
-    /// Unready for the AWS configuration.
-    pub fn set(&self, why: String) {
-        self.set_for("aws", why);
-    }
-
-    pub fn set_for(&self, concern: &'static str, why: String) {
-        self.0.write().expect("not poisoned").insert(concern, why);
-    }
-
-    pub fn clear(&self, concern: &'static str) {
-        self.0.write().expect("not poisoned").remove(concern);
-    }
-
-    pub fn get(&self) -> Option<String> {
-        let reasons = self.0.read().expect("not poisoned");
-        (!reasons.is_empty()).then(|| reasons.values().cloned().collect::<Vec<_>>().join("; "))
-    }
+    pub unready: crate::probes::Unready,
 }
 
 #[derive(Clone)]
@@ -103,14 +76,6 @@ struct AppState {
     /// Set once shutting down: every answer then closes its connection.
     stopping: Arc<AtomicBool>,
 }
-
-/// The probe and metrics port's budgets: the kubelet and a Prometheus or
-/// two need a handful of connections.
-pub const PROBE_BUDGETS: connections::Budgets = connections::Budgets {
-    established: 64,
-    handshakes: 64,
-    per_source: 16,
-};
 
 /// HTTP 400 with `reason` for the caller; the log gets only `log`, since a
 /// parse error can quote part of the body.
@@ -277,72 +242,6 @@ fn admission_router(
         })
 }
 
-/// `/healthz`, `/readyz` and `/metrics`. Readiness is false until the
-/// Namespace cache is synced, while `unready` holds a reason, and again once
-/// `stopping` is set.
-pub fn probe_router(webhook: Arc<Webhook>, stopping: Arc<AtomicBool>, unready: Unready) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move |State(w): State<Arc<Webhook>>| async move {
-                if stopping.load(Ordering::Relaxed) {
-                    (StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_string())
-                } else if let Some(why) = unready.get() {
-                    (StatusCode::SERVICE_UNAVAILABLE, why)
-                } else if w.namespaces.is_ready() {
-                    (StatusCode::OK, "ok".to_string())
-                } else {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "namespace cache not synced yet".to_string(),
-                    )
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(|State(w): State<Arc<Webhook>>| async move {
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    w.metrics.encode(),
-                )
-            }),
-        )
-        .with_state(webhook)
-}
-
-/// Rebuilds the TLS configuration when a file changes. Kubernetes updates
-/// mounted Secrets by swapping a symlink, so the files are polled, not watched.
-async fn reload_certs(config: RustlsConfig, files: TlsFiles, every: Duration, metrics: Metrics) {
-    let mut last = files.read().await;
-    loop {
-        tokio::time::sleep(every).await;
-        let now = files.read().await;
-        if now == last {
-            continue;
-        }
-        match files.config(&now) {
-            Ok(c) => {
-                config.reload_from_config(c);
-                if let Some(t) = crate::tls::not_after(&now) {
-                    metrics.serving_certificate_expiry(t);
-                }
-                tracing::info!(cert = %files.cert.display(), "serving certificate reloaded");
-            }
-            // A half-written set: keep the old one and try again next time.
-            Err(e) => {
-                tracing::warn!(error = %e, "certificate files changed but do not load yet");
-                continue;
-            }
-        }
-        last = now;
-    }
-}
-
 /// A server of HTTP/1.1 only (the API server speaks HTTP/1.1 to webhooks;
 /// no protocol detection, no HTTP/2 state to hold) whose connections must
 /// send their first request within the header timeout, and are closed when
@@ -383,7 +282,7 @@ pub async fn run(
             if let Some(t) = crate::tls::not_after(&contents) {
                 webhook.metrics.serving_certificate_expiry(t);
             }
-            let reloader = tokio::spawn(reload_certs(
+            let reloader = tokio::spawn(crate::tls::reload_when_changed(
                 tls.clone(),
                 files,
                 settings.cert_poll,
@@ -416,10 +315,10 @@ pub async fn run(
         settings.connections,
         webhook.metrics.clone(),
     );
-    let probes = probe_router(webhook.clone(), stopping, settings.unready.clone());
+    let probes = crate::probes::router(webhook.clone(), stopping, settings.unready.clone());
     let probe_limit = connections::Limit::new(
         axum_server::accept::DefaultAcceptor,
-        PROBE_BUDGETS,
+        crate::probes::BUDGETS,
         webhook.metrics.clone(),
     );
     // The probe port lives as long as the TLS server: it is aborted once that has drained.

@@ -6,12 +6,17 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::RootCertStore;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
+
+use axum_server::tls_rustls::RustlsConfig;
+
+use crate::metrics::Metrics;
 
 /// Where the serving certificate, its key and the client CA live.
 #[derive(Debug, Clone)]
@@ -130,6 +135,39 @@ pub fn not_after(contents: &Contents) -> Option<i64> {
 
 fn invalid(name: &dyn std::fmt::Display, why: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("{name}: {why}"))
+}
+
+/// Rebuilds the TLS configuration when a file changes. Kubernetes updates
+/// mounted Secrets by swapping a symlink, so the files are polled, not watched.
+pub async fn reload_when_changed(
+    config: RustlsConfig,
+    files: TlsFiles,
+    every: Duration,
+    metrics: Metrics,
+) {
+    let mut last = files.read().await;
+    loop {
+        tokio::time::sleep(every).await;
+        let now = files.read().await;
+        if now == last {
+            continue;
+        }
+        match files.config(&now) {
+            Ok(c) => {
+                config.reload_from_config(c);
+                if let Some(t) = not_after(&now) {
+                    metrics.serving_certificate_expiry(t);
+                }
+                tracing::info!(cert = %files.cert.display(), "serving certificate reloaded");
+            }
+            // A half-written set: keep the old one and try again next time.
+            Err(e) => {
+                tracing::warn!(error = %e, "certificate files changed but do not load yet");
+                continue;
+            }
+        }
+        last = now;
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use sm_injector::identity::Mode;
 use sm_injector::metrics::Metrics;
 use sm_injector::namespaces::Namespaces;
 use sm_injector::plan::{Caps, MAX_BACKING_PER_POD};
+use sm_injector::probes;
 use sm_injector::quota::{Limits as QuotaLimits, Quota};
 use sm_injector::refresh::{self, Refresher, index::Limits};
 use sm_injector::server::{self, ServerSettings};
@@ -232,7 +233,7 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     );
     // Without a region or any credentials nothing can be fetched: said once,
     // clearly, and /readyz fails with it (admissions still answer, denying).
-    let unready = server::Unready::default();
+    let unready = probes::Unready::default();
     {
         let unready = unready.clone();
         tokio::spawn(async move {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sm_injector::managed_tls::{self, plan::Timing};
 use sm_injector::metrics::Metrics;
-use sm_injector::server::Unready;
+use sm_injector::probes::Unready;
 use sm_injector::tls::{Certificates, TlsFiles};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

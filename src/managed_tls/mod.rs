@@ -32,7 +32,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 
 use crate::certs::Ca;
 use crate::metrics::Metrics;
-use crate::server::Unready;
+use crate::probes::Unready;
 use plan::{Leaf, StoreChange, Stored, StoredCa, Timing};
 
 /// What `--certificates=managed` needs to know.

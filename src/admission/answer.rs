@@ -1,0 +1,128 @@
+//! What a review answers: allowed with a patch, unchanged, or denied with
+//! reasons bounded whatever the input.
+
+use kube::core::admission::{AdmissionRequest, AdmissionResponse};
+
+use crate::pod::Pod;
+
+/// The outcome of one review, for the response and the metrics.
+pub struct Answer {
+    pub response: AdmissionResponse,
+    pub outcome: Outcome,
+}
+
+/// How a review ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Allowed with a patch.
+    Mutated,
+    /// Allowed as it is (nothing asked of sm-injector).
+    Unchanged,
+    /// Refused, with the reasons in the response.
+    Denied,
+}
+
+impl Outcome {
+    /// The `outcome` label of `sm_injector_admissions_total`.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            Outcome::Mutated => "mutated",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Denied => "denied",
+        }
+    }
+}
+
+/// Why a pod is refused: each reason names what is wrong (an annotation, a
+/// reference, an AWS or Kubernetes error), never a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial(pub Vec<String>);
+
+impl Denial {
+    pub fn one(reason: impl Into<String>) -> Self {
+        Denial(vec![reason.into()])
+    }
+}
+
+/// At most this many reasons, each of at most this many characters, reach a
+/// denial message (and the log line that repeats it): they echo tenant input.
+const MAX_REASONS: usize = 20;
+const MAX_REASON_CHARS: usize = 512;
+
+/// The denial message: the reasons joined, bounded whatever the input.
+pub fn denial_message(reasons: &[String]) -> String {
+    let mut parts: Vec<String> = reasons
+        .iter()
+        .take(MAX_REASONS)
+        .map(|r| match r.char_indices().nth(MAX_REASON_CHARS) {
+            Some((i, _)) => format!("{}... ({} bytes in all)", &r[..i], r.len()),
+            None => r.clone(),
+        })
+        .collect();
+    if reasons.len() > MAX_REASONS {
+        parts.push(format!("and {} more", reasons.len() - MAX_REASONS));
+    }
+    format!("sm-injector: {}", parts.join("; "))
+}
+
+/// The denying answer; the log line names the pod and the user, and gives
+/// the reasons (they name annotations, references and AWS/Kubernetes errors,
+/// never values).
+pub(super) fn deny(req: &AdmissionRequest<Pod>, pod: &str, denial: Denial) -> Answer {
+    let response = AdmissionResponse::from(req).deny(denial_message(&denial.0));
+    tracing::info!(
+        namespace = req.namespace.as_deref().unwrap_or(""),
+        pod,
+        user = req.user_info.username.as_deref().unwrap_or(""),
+        reason = %response.result.message,
+        "admission denied"
+    );
+    Answer {
+        response,
+        outcome: Outcome::Denied,
+    }
+}
+
+/// The allowing response carrying `patch`, a JSON patch's bytes. kube's
+/// `with_patch` takes a typed patch only to serialize it; [`crate::wire::encode`]
+/// writes `patchType: JSONPatch` for any response with a patch.
+pub fn mutated<K: kube::Resource>(req: &AdmissionRequest<K>, patch: Vec<u8>) -> AdmissionResponse {
+    let mut response = AdmissionResponse::from(req);
+    response.patch = Some(patch);
+    response
+}
+
+pub(super) fn unchanged(req: &AdmissionRequest<Pod>) -> Answer {
+    Answer {
+        response: AdmissionResponse::from(req),
+        outcome: Outcome::Unchanged,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn denial_messages_are_bounded_whatever_the_input() {
+        let huge = format!(
+            "annotation sm-injector.io/env.X: {:?} is bad",
+            "é".repeat(100_000)
+        );
+        let many: Vec<String> = (0..1000)
+            .map(|i| format!("reason {i}"))
+            .chain([huge])
+            .collect();
+        let m = denial_message(&many);
+        assert!(
+            m.len() < (MAX_REASONS + 1) * (MAX_REASON_CHARS * 4 + 40),
+            "{}",
+            m.len()
+        );
+        assert!(m.starts_with("sm-injector: reason 0; reason 1;"));
+        assert!(m.ends_with("; and 981 more"), "{}", &m[m.len() - 40..]);
+        let long = denial_message(&[format!("x{}", "y".repeat(5000))]);
+        assert!(long.ends_with("... (5001 bytes in all)"), "{long}");
+        assert_eq!(denial_message(&["short".into()]), "sm-injector: short");
+    }
+}
