@@ -13,7 +13,11 @@
 //! namespace's rule is the same `Arc` and every value is still the same `Arc`
 //! in the secret cache: any change to either (an annotation edited, a value
 //! expired, refetched or found stale) is a new `Arc`, and the pod is decided
-//! afresh. The backing Secrets are still ensured on every admission
+//! afresh. Each value is asked whether the cache still holds it
+//! ([`crate::cache::CachedSource::still_holds`]: marked when let go, and its
+//! TTL) rather than looked up, so a kept admission does not count as a use
+//! of its values in the cache's eviction order; under its byte bound, values
+//! only kept decisions read go first, and those pods are decided afresh. The backing Secrets are still ensured on every admission
 //! ([`crate::store::Syncer::ensure`]), as the inventory record is.
 //!
 //! Kept: allowed decisions whose every value was fetched, whose plan mounts no
@@ -104,8 +108,13 @@ pub struct Decision {
     /// Each secret value read, as the cache held it.
     pub values: Vec<(FetchKey, Arc<SecretValue>)>,
     pub plan: Plan,
-    /// The JSON patch's bytes.
+    /// The JSON patch's bytes, without the record of versions
+    /// ([`crate::patch::record_versions`]).
     pub patch: Vec<u8>,
+    /// The whole patch, with the record of the versions the plan fetched, as
+    /// base64: the answer while every backing Secret holds what was fetched
+    /// (the warm path), written out as it is, neither rebuilt nor encoded.
+    pub warm_patch: Arc<str>,
 }
 
 impl Decision {
@@ -125,7 +134,8 @@ impl Decision {
 
     fn weight(&self, key: usize) -> u32 {
         let plan = self.plan.backing.len() * 256 + self.plan.env.len() * 96;
-        u32::try_from(key + self.patch.len() + plan + 512).unwrap_or(u32::MAX)
+        let patches = self.patch.len() + self.warm_patch.len();
+        u32::try_from(key + patches + plan + 512).unwrap_or(u32::MAX)
     }
 }
 

@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Instant;
 
 use serde_json::Value;
 
@@ -36,6 +38,26 @@ pub struct SecretValue {
     pub payload: Payload,
     /// [`SecretValue::json_fields`], parsed once per fetched value.
     fields: OnceLock<Result<BTreeMap<String, String>, ContentError>>,
+    /// When it was read from Secrets Manager.
+    fetched: Instant,
+    /// Whether the secret cache holds it ([`crate::cache`]).
+    held: Held,
+}
+
+/// Whether a value is in the secret cache: never put there, held, or let go
+/// (replaced, invalidated, expired or evicted; never held again). A copy is a
+/// value of its own, not yet held.
+#[derive(Default)]
+struct Held(AtomicU8);
+
+const NOT_HELD: u8 = 0;
+const HELD: u8 = 1;
+const LET_GO: u8 = 2;
+
+impl Clone for Held {
+    fn clone(&self) -> Self {
+        Held::default()
+    }
 }
 
 impl fmt::Debug for SecretValue {
@@ -116,7 +138,33 @@ impl SecretValue {
             version_id,
             payload,
             fields: OnceLock::new(),
+            fetched: Instant::now(),
+            held: Held::default(),
         }
+    }
+
+    /// When it was read from Secrets Manager (a copy keeps the time).
+    pub fn fetched(&self) -> Instant {
+        self.fetched
+    }
+
+    /// Marks it held by the secret cache, before it is put there; a value
+    /// let go stays so.
+    pub(crate) fn hold(&self) {
+        let _ = self
+            .held
+            .0
+            .compare_exchange(NOT_HELD, HELD, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Marks it let go by the secret cache (its eviction listener).
+    pub(crate) fn let_go(&self) {
+        self.held.0.store(LET_GO, Ordering::Release);
+    }
+
+    /// Whether the secret cache put it there and has not let it go since.
+    pub fn is_held(&self) -> bool {
+        self.held.0.load(Ordering::Acquire) == HELD
     }
 
     /// The top-level keys of a JSON object secret, rendered, each a valid

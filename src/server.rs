@@ -181,21 +181,22 @@ async fn answer(st: &AppState, source: IpAddr, request: axum::extract::Request) 
     // Boxed: the review's future is the larger part of this one, which is
     // made, then moved through axum's and tower's layers as a whole.
     let review = Box::pin(st.webhook.review(&req));
-    let response = match tokio::time::timeout(st.deadline, review).await {
-        Ok(answer) => answer.response,
+    let (response, patch_base64) = match tokio::time::timeout(st.deadline, review).await {
+        Ok(answer) => (answer.response, answer.patch_base64),
         Err(_) => {
             st.webhook
                 .metrics
                 .admission("denied", st.deadline.as_secs_f64());
-            AdmissionResponse::from(&req).deny(format!(
+            let denied = AdmissionResponse::from(&req).deny(format!(
                 "sm-injector: no answer within its deadline of {}",
                 humantime::format_duration(st.deadline)
-            ))
+            ));
+            (denied, None)
         }
     };
     (
         [(header::CONTENT_TYPE, "application/json")],
-        wire::encode(&response),
+        wire::encode_with(&response, patch_base64.as_deref()),
     )
         .into_response()
 }

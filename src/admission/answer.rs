@@ -1,6 +1,8 @@
 //! What a review answers: allowed with a patch, unchanged, or denied with
 //! reasons bounded whatever the input.
 
+use std::sync::Arc;
+
 use kube::core::admission::{AdmissionRequest, AdmissionResponse};
 
 use crate::pod::Pod;
@@ -9,6 +11,10 @@ use crate::pod::Pod;
 pub struct Answer {
     pub response: AdmissionResponse,
     pub outcome: Outcome,
+    /// The patch as base64, where it was kept so (a kept decision's,
+    /// [`crate::decisions::Decision::warm_patch`]); the response then has
+    /// none of its own. [`crate::wire::encode_with`] writes it.
+    pub patch_base64: Option<Arc<str>>,
 }
 
 /// How a review ended.
@@ -80,6 +86,7 @@ pub(super) fn deny(req: &AdmissionRequest<Pod>, pod: &str, denial: Denial) -> An
     Answer {
         response,
         outcome: Outcome::Denied,
+        patch_base64: None,
     }
 }
 
@@ -96,6 +103,7 @@ pub(super) fn unchanged(req: &AdmissionRequest<Pod>) -> Answer {
     Answer {
         response: AdmissionResponse::from(req),
         outcome: Outcome::Unchanged,
+        patch_base64: None,
     }
 }
 

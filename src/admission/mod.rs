@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::pod::Pod;
-use kube::core::admission::{AdmissionRequest, Operation};
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 
 use crate::cache::CachedSource;
 use crate::decisions::{self, Decision, Decisions};
@@ -24,7 +24,7 @@ use crate::identity::{self as ids, Identity, Mode};
 use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
 use crate::service_accounts::ServiceAccounts;
-use crate::store::Syncer;
+use crate::store::{Ensured, Syncer};
 use crate::{annotations, patch, plan};
 
 pub struct Webhook {
@@ -48,6 +48,22 @@ struct Subject<'a> {
     namespace: &'a str,
     identity: &'a Identity,
     pod: &'a str,
+}
+
+/// The patch a review answers with: one made for this pod, or a kept
+/// decision's.
+enum Patch<'a> {
+    Made(Vec<u8>),
+    Kept(&'a Decision),
+}
+
+/// A kept decision's whole patch for the warm path: its patch with the record
+/// of the versions its plan fetched (what [`crate::store::Ensured::versions`]
+/// gives when every backing Secret holds them), as base64.
+fn warm_patch(plan: &plan::Plan, patch: &[u8]) -> Arc<str> {
+    let mut whole = patch.to_vec();
+    patch::record_versions(&mut whole, Ensured::default().versions(plan));
+    base64_simd::STANDARD.encode_to_string(&whole).into()
 }
 
 /// The pod's name, or its generateName prefix (pods made by controllers have
@@ -156,7 +172,7 @@ impl Webhook {
             && let Some(d) = self.kept(namespace, &identity, key).await
         {
             return self
-                .conclude(req, subject, &d.plan, d.patch.clone(), vec![])
+                .conclude(req, subject, &d.plan, Patch::Kept(&d), vec![])
                 .await;
         }
         // Boxed, as the ServiceAccount's lookup below: a pod decided afresh
@@ -190,15 +206,17 @@ impl Webhook {
                 identity: identity.clone(),
                 rule,
                 values,
+                warm_patch: warm_patch(&plan, &patch),
                 plan,
                 patch,
             });
             self.decisions.insert(key, d.clone()).await;
             return self
-                .conclude(req, subject, &d.plan, d.patch.clone(), warnings)
+                .conclude(req, subject, &d.plan, Patch::Kept(&d), warnings)
                 .await;
         }
-        self.conclude(req, subject, &plan, patch, warnings).await
+        self.conclude(req, subject, &plan, Patch::Made(patch), warnings)
+            .await
     }
 
     /// Whose identity reads the pod's secrets: sm-injector's own, or where the
@@ -245,11 +263,15 @@ impl Webhook {
         if !Arc::ptr_eq(&rule, &d.rule) {
             return None;
         }
-        for (k, value) in &d.values {
-            let current = self.source.cached(identity, k).await?;
-            if !Arc::ptr_eq(&current, value) {
-                return None;
-            }
+        // Each value still the one the cache holds for its key, asked of the
+        // value itself rather than looked up.
+        let now = Instant::now();
+        if !d
+            .values
+            .iter()
+            .all(|(_, v)| self.source.still_holds(v, now))
+        {
+            return None;
         }
         self.metrics.cache(d.values.len() as u64, 0);
         self.metrics.decision_reused();
@@ -266,7 +288,7 @@ impl Webhook {
             pod,
         }: Subject<'_>,
         plan: &plan::Plan,
-        patch: Vec<u8>,
+        patch: Patch<'_>,
         patch_warnings: Vec<String>,
     ) -> Answer {
         let uid = self.namespaces.uid(namespace);
@@ -284,11 +306,22 @@ impl Webhook {
                 .invalidate(namespace, identity, &ensured.stale)
                 .await;
         }
-        let mut patch = patch;
-        patch::record_versions(&mut patch, ensured.versions(plan));
+        // Every backing Secret holds what the plan fetched: a kept decision's
+        // whole patch is the one it keeps.
+        let (patch, patch_base64) = match patch {
+            Patch::Kept(d) if ensured.held.is_empty() => (None, Some(d.warm_patch.clone())),
+            Patch::Kept(d) => (Some(d.patch.clone()), None),
+            Patch::Made(p) => (Some(p), None),
+        };
+        let mut response = match patch {
+            Some(mut patch) => {
+                patch::record_versions(&mut patch, ensured.versions(plan));
+                mutated(req, patch)
+            }
+            None => AdmissionResponse::from(req),
+        };
         let mut warnings = ensured.warnings;
         warnings.extend(patch_warnings);
-        let mut response = mutated(req, patch);
         if !warnings.is_empty() {
             for w in &warnings {
                 tracing::info!(namespace, pod, warning = %w, "admission warning");
@@ -298,6 +331,7 @@ impl Webhook {
         Answer {
             response,
             outcome: Outcome::Mutated,
+            patch_base64,
         }
     }
 }

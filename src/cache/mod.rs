@@ -2,7 +2,7 @@
 //! single-flight loading per tenant and a shorter-lived memory of refusals.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::{FutureExt, join_all};
 
@@ -42,6 +42,8 @@ pub struct CachedSource {
     metrics: Metrics,
     /// What each namespace may spend of the account's quota.
     quota: Option<Quota>,
+    /// How long a value is served from `values`.
+    ttl: Duration,
 }
 
 /// The default time a definite refusal is remembered.
@@ -59,6 +61,9 @@ fn value_cache(
         .max_capacity(bytes)
         .weigher(|_, v: &Arc<SecretValue>| v.weight())
         .time_to_live(ttl)
+        // Replaced, invalidated, expired or evicted: a kept decision made
+        // from this value is not used again ([`CachedSource::still_holds`]).
+        .eviction_listener(|_, v: Arc<SecretValue>, _| v.let_go())
         .build_with_hasher(Hashing::default())
 }
 
@@ -98,6 +103,7 @@ impl CachedSource {
             negative: negative_cache(NEGATIVE_TTL),
             metrics,
             quota: None,
+            ttl,
         }
     }
 
@@ -109,12 +115,7 @@ impl CachedSource {
 
     /// Keeps at most `bytes` of secret values ([`SecretValue::weight`]).
     pub fn with_max_bytes(mut self, bytes: u64) -> Self {
-        let ttl = self
-            .values
-            .policy()
-            .time_to_live()
-            .expect("built with a TTL");
-        self.values = value_cache(ttl, bytes);
+        self.values = value_cache(self.ttl, bytes);
         self
     }
 
@@ -138,6 +139,16 @@ impl CachedSource {
     /// The value of `key` read as `identity` the cache holds, if fresh (no fetch).
     pub async fn cached(&self, identity: &Identity, key: &FetchKey) -> Option<Arc<SecretValue>> {
         self.values.get(&IdentityKey(identity, key)).await
+    }
+
+    /// Whether `value`, given by this cache, is still the one it holds for
+    /// its key at `now`: not let go since (each is put there once, under one
+    /// key, and marked when replaced, invalidated, expired or evicted) and
+    /// within the TTL counted from its fetch (an expired entry is marked only
+    /// when moka next tidies up). The same answer as looking its key up and
+    /// comparing, without the lookup.
+    pub fn still_holds(&self, value: &SecretValue, now: Instant) -> bool {
+        value.is_held() && now.saturating_duration_since(value.fetched()) < self.ttl
     }
 
     /// The values of `keys` for `tenant` (the namespace asking) read as
@@ -198,6 +209,7 @@ impl CachedSource {
                         match batch.await.get(k) {
                             Some(Ok(v)) => {
                                 let v = Arc::new(v.clone());
+                                v.hold();
                                 self.values
                                     .insert((identity.clone(), k.clone()), v.clone())
                                     .await;

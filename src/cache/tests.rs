@@ -374,3 +374,34 @@ async fn a_value_read_with_one_identity_is_never_served_to_another() {
     assert!(cache.cached(&a, &k[0]).await.is_some());
     assert!(cache.cached(&b, &k[0]).await.is_none());
 }
+
+#[tokio::test]
+async fn a_value_knows_while_the_cache_holds_it() {
+    let src = counting(Duration::ZERO);
+    let cache = CachedSource::new(src.clone(), Duration::from_millis(300), Metrics::new());
+    let d = Duration::from_secs(5);
+    let k = [key("n/a")];
+    let get = |r: CachedResults| r.values().next().unwrap().clone().unwrap();
+    let first = get(cache.get_many("n", &Identity::Own, &k, d).await);
+    let now = Instant::now();
+    assert!(cache.still_holds(&first, now));
+    // A copy was never put in the cache.
+    assert!(!cache.still_holds(&(*first).clone(), now));
+    // Invalidated: let go, and the next read is a new value, held.
+    cache.invalidate("n", &Identity::Own, &k).await;
+    assert!(!cache.still_holds(&first, Instant::now()));
+    let second = get(cache.get_many("n", &Identity::Own, &k, d).await);
+    assert!(!Arc::ptr_eq(&first, &second));
+    assert!(cache.still_holds(&second, Instant::now()));
+    // Past the TTL from its fetch, whether or not moka has tidied up yet.
+    assert!(!cache.still_holds(&second, second.fetched() + Duration::from_millis(300)));
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(!cache.still_holds(&second, Instant::now()));
+    // Expired and looked up again: a third value; the second stays let go
+    // once moka has evicted it.
+    let third = get(cache.get_many("n", &Identity::Own, &k, d).await);
+    cache.values.run_pending_tasks().await;
+    assert!(!second.is_held());
+    assert!(cache.still_holds(&third, Instant::now()));
+    assert_eq!(src.calls.load(Ordering::SeqCst), 3);
+}

@@ -311,10 +311,14 @@ async fn identical_pods_reuse_a_decision_only_while_its_rule_and_values_hold() {
     // Three replicas (each given its own token volume by the API server): the
     // first is decided, the next two reuse its decision, and each gets the
     // same, working patch. So does a pod named otherwise (a StatefulSet's).
+    let record =
+        |p: &Pod| p.metadata.annotations.as_ref().unwrap()["sm-injector.io/versions"].clone();
     let mut names = vec![];
+    let mut records = vec![];
     for _ in 0..3 {
         let p = create(&client, &ns, &replica).await.unwrap();
         names.push(p.metadata.name.clone().unwrap());
+        records.push(record(&p));
         assert_eq!(db_url(p).await, b"one");
     }
     names.dedup();
@@ -331,10 +335,25 @@ async fn identical_pods_reuse_a_decision_only_while_its_rule_and_values_hold() {
     // A pod whose containers differ is decided afresh.
     let mut other = replica.clone();
     other.spec.as_mut().unwrap().containers[0].name = "api".into();
+    let afresh = create(&client, &ns, &other).await.unwrap();
+    // The kept decision's patch (written out as kept, with its record of
+    // versions) records what one made afresh records.
+    records.push(record(&afresh));
+    records.dedup();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let current = sm
+        .get_secret_value()
+        .secret_id(format!("{ns}/db"))
+        .send()
+        .await
+        .unwrap();
+    let recorded: BTreeMap<String, String> = serde_json::from_str(&records[0]).unwrap();
     assert_eq!(
-        db_url(create(&client, &ns, &other).await.unwrap()).await,
-        b"one"
+        recorded.values().collect::<Vec<_>>(),
+        [current.version_id().unwrap()],
+        "{records:?}"
     );
+    assert_eq!(db_url(afresh).await, b"one");
     assert_eq!(reused().await, 3.0);
 
     // A new value: once the cache holds it, the kept decision no longer
