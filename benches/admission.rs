@@ -157,6 +157,26 @@ function done(summary, latency, requests)
 end
 "#;
 
+/// The bytes of the answer to one post of `body`, and of its base64 patch.
+fn answer_size(port: u16, body: &Path) -> (usize, usize) {
+    let out = Command::new("curl")
+        .args([
+            "-sk",
+            "--fail",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+        ])
+        .arg(format!("@{}", body.display()))
+        .arg(format!("https://127.0.0.1:{port}/mutate"))
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "curl: {out:?}");
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let patch = answer["response"]["patch"].as_str().map_or(0, str::len);
+    (out.stdout.len(), patch)
+}
+
 struct Run {
     rate: f64,
     cpu_us: f64,
@@ -484,8 +504,10 @@ async fn main() {
             writes += metric(sm.probe, "sm_injector_backing_secret_writes_total").await - w;
         }
         let audit = audited(iam.audit());
+        let (sm_answer, sm_patch) = answer_size(server.port, &body);
+        let (floor_answer, floor_patch) = answer_size(noop_port, &body);
         println!(
-            "  ({shape}: Secrets Manager calls during the load: {aws}, backing Secret writes: {writes}, all three sm-injectors; in the SA role's mode, STS exchanges during the load: {}, Secrets Manager calls signed with the role: {})",
+            "  ({shape}: Secrets Manager calls during the load: {aws}, backing Secret writes: {writes}, all three sm-injectors; in the SA role's mode, STS exchanges during the load: {}, Secrets Manager calls signed with the role: {}; the answer: {sm_answer} bytes with a {sm_patch}-byte base64 patch, the floor's {floor_answer} with {floor_patch})",
             audit.0 - audit_before.0,
             audit.1 - audit_before.1
         );
