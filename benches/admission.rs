@@ -1,12 +1,16 @@
 //! The warm admission path against its floor, and pod creation end to end.
 //!
-//! `./tests/bench` starts the test bed and two servers, each pinned to CPU 0:
+//! `./tests/bench` starts the test bed and the servers below, each pinned to CPU 0:
 //! the release `sm-injector serve` (as in a cluster: KUBECONFIG,
 //! AWS_ENDPOINT_URL_SECRETS_MANAGER to moto) and `examples/noop_webhook.rs`,
 //! the minimal floor: the same stack, finding only the request's uid
-//! (borrowed from the body) and answering a fixed one-operation patch. `wrk` (Debian's), pinned to CPU 1, posts
+//! (borrowed from the body) and answering a fixed one-operation patch; for
+//! each pod shape, that floor again answering sm-injector's own patch for the
+//! pod (`floor sm-size`: the answer's size without the review's work). `wrk`
+//! (Debian's), pinned to CPU 1, posts
 //! AdmissionReviews over TLS with HTTP/1.1 keep-alive (what kube-apiserver
-//! speaks to webhooks) for 5 s at 1 and 8 connections, flat out, and at 8
+//! speaks to webhooks) for 3 s (3 runs each, the servers alternating) at 1
+//! and 8 connections, flat out, and at 8
 //! connections paced (4 ms between an answer and the next request, the same
 //! rate for both servers: flat out, a server that answers more slowly also
 //! pays for waking the idle load generator on each answer, since loopback
@@ -14,7 +18,7 @@
 //! pod shape it prints admissions/s, CPU time per admission (the server's
 //! utime+stime from /proc/<pid>/stat over the run, divided by the admissions),
 //! latency percentiles, denials and errors (counted from the answers), and
-//! RSS; then the ratio of sm-injector's CPU per admission to the floor's.
+//! RSS; then the ratio of sm-injector's CPU per admission to each floor's.
 //! Last, pod creation through the real API server, sequentially and from 16
 //! clients, with sm-injector registered and with the no-op webhook registered.
 
@@ -158,7 +162,7 @@ end
 "#;
 
 /// The bytes of the answer to one post of `body`, and of its base64 patch.
-fn answer_size(port: u16, body: &Path) -> (usize, usize) {
+fn answer(port: u16, body: &Path) -> (usize, String) {
     let out = Command::new("curl")
         .args([
             "-sk",
@@ -173,8 +177,8 @@ fn answer_size(port: u16, body: &Path) -> (usize, usize) {
         .expect("curl");
     assert!(out.status.success(), "curl: {out:?}");
     let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let patch = answer["response"]["patch"].as_str().map_or(0, str::len);
-    (out.stdout.len(), patch)
+    let patch = answer["response"]["patch"].as_str().unwrap_or_default();
+    (out.stdout.len(), patch.to_owned())
 }
 
 struct Run {
@@ -419,7 +423,7 @@ async fn main() {
     pin(noop_pid, 0);
 
     println!(
-        "warm admissions over TLS, HTTP/1.1 keep-alive; each server pinned to CPU 0, wrk (1 thread) to CPU 1; each row the median of {REPS} runs of {SECONDS} s, the servers alternating; paced: each connection waits {PACE_MS} ms between an answer and its next request; sm-inj afresh: sm-injector with --decision-cache-bytes=0, every admission decided afresh (pods that share no decision); sm-inj SA role: sm-injector reading with the pod's ServiceAccount's role (aws-identity: serviceaccount, IAM enforced), the same pod in a namespace of that mode"
+        "warm admissions over TLS, HTTP/1.1 keep-alive; each server pinned to CPU 0, wrk (1 thread) to CPU 1; each row the median of {REPS} runs of {SECONDS} s, the servers alternating; paced: each connection waits {PACE_MS} ms between an answer and its next request; sm-inj afresh: sm-injector with --decision-cache-bytes=0, every admission decided afresh (pods that share no decision); sm-inj SA role: sm-injector reading with the pod's ServiceAccount's role (aws-identity: serviceaccount, IAM enforced), the same pod in a namespace of that mode; floor sm-size: the minimal floor answering sm-injector's own patch for the pod (what the answer's size costs, whoever answers it)"
     );
     println!(
         "{:<14} {:<9} {:>9} {:>12} {:>10} {:>8} {:>8} {:>7} {:>7} {:>8}",
@@ -435,6 +439,7 @@ async fn main() {
         "RSS MiB"
     );
     let mut ratios = vec![];
+    let mut sized_ratios = vec![];
     for (shape, refs) in [("seed", 0usize), ("20 refs", 20)] {
         let body = dir.path().join(format!("review-{refs}.json"));
         std::fs::write(&body, review(&ns, refs)).unwrap();
@@ -451,6 +456,21 @@ async fn main() {
                 metric(sm.probe, "sm_injector_backing_secret_writes_total").await,
             ));
         }
+        // The minimal floor again, answering sm-injector's own patch for
+        // this pod: what the answer's size costs, whoever answers it.
+        let (sm_answer, sm_patch) = answer(server.port, &body);
+        let (floor_answer, floor_patch) = answer(noop_port, &body);
+        let patch_file = dir.path().join(format!("patch-{refs}.b64"));
+        std::fs::write(&patch_file, &sm_patch).unwrap();
+        let (sized_port, sized_pid) =
+            support::start_noop_webhook_answering(bed, dir.path(), Some(&patch_file));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        pin(sized_pid, 0);
+        let (sized_answer, sized_patch) = answer(sized_port, &body);
+        assert_eq!(
+            sized_patch, sm_patch,
+            "the sized floor answers sm-injector's patch"
+        );
         let audited = |a: support::iam::Audit| (a.exchanges.len(), a.reads.len());
         let audit_before = audited(iam.audit());
         for (load, conns, script) in [
@@ -460,11 +480,12 @@ async fn main() {
         ] {
             let servers = [
                 ("no-op floor", noop_port, noop_pid, &body),
+                ("floor sm-size", sized_port, sized_pid, &body),
                 ("sm-injector", server.port, server.pid, &body),
                 ("sm-inj afresh", afresh.port, afresh.pid, &body),
                 ("sm-inj SA role", workload.port, workload.pid, &wl_body),
             ];
-            let mut runs: [Vec<Run>; 4] = [vec![], vec![], vec![], vec![]];
+            let mut runs: [Vec<Run>; 5] = Default::default();
             for _ in 0..REPS {
                 for (i, (_, port, pid, body)) in servers.iter().enumerate() {
                     let row = format!("{shape}-{load}");
@@ -472,14 +493,15 @@ async fn main() {
                 }
             }
             // Each run's ratio is taken against the floor's run next to it.
-            let ratio = |i: usize| {
+            let ratio = |i: usize, floor: usize| {
                 let mut r: Vec<f64> = (0..REPS)
-                    .map(|r| runs[i][r].cpu_us / runs[0][r].cpu_us)
+                    .map(|r| runs[i][r].cpu_us / runs[floor][r].cpu_us)
                     .collect();
                 r.sort_by(f64::total_cmp);
                 [r[REPS / 2], r[0], r[REPS - 1]]
             };
-            let (kept, fresh, role) = (ratio(1), ratio(2), ratio(3));
+            let (kept, fresh, role) = (ratio(2, 0), ratio(3, 0), ratio(4, 0));
+            let (kept_sized, fresh_sized) = (ratio(2, 1), ratio(3, 1));
             for (i, (name, ..)) in servers.iter().enumerate() {
                 let runs = &mut runs[i];
                 runs.sort_by(|a, b| a.cpu_us.total_cmp(&b.cpu_us));
@@ -496,6 +518,15 @@ async fn main() {
                 "{shape}, {load} conns: {:.2}x ({:.2}-{:.2}), afresh {:.2}x ({:.2}-{:.2}), SA role {:.2}x ({:.2}-{:.2})",
                 kept[0], kept[1], kept[2], fresh[0], fresh[1], fresh[2], role[0], role[1], role[2]
             ));
+            sized_ratios.push(format!(
+                "{shape}, {load} conns: {:.2}x ({:.2}-{:.2}), afresh {:.2}x ({:.2}-{:.2})",
+                kept_sized[0],
+                kept_sized[1],
+                kept_sized[2],
+                fresh_sized[0],
+                fresh_sized[1],
+                fresh_sized[2]
+            ));
         }
         let mut aws = 0.0;
         let mut writes = 0.0;
@@ -504,17 +535,22 @@ async fn main() {
             writes += metric(sm.probe, "sm_injector_backing_secret_writes_total").await - w;
         }
         let audit = audited(iam.audit());
-        let (sm_answer, sm_patch) = answer_size(server.port, &body);
-        let (floor_answer, floor_patch) = answer_size(noop_port, &body);
         println!(
-            "  ({shape}: Secrets Manager calls during the load: {aws}, backing Secret writes: {writes}, all three sm-injectors; in the SA role's mode, STS exchanges during the load: {}, Secrets Manager calls signed with the role: {}; the answer: {sm_answer} bytes with a {sm_patch}-byte base64 patch, the floor's {floor_answer} with {floor_patch})",
+            "  ({shape}: Secrets Manager calls during the load: {aws}, backing Secret writes: {writes}, all three sm-injectors; in the SA role's mode, STS exchanges during the load: {}, Secrets Manager calls signed with the role: {}; the answer: {sm_answer} bytes with a {}-byte base64 patch, the floor's {floor_answer} with {}, the sm-size floor's {sized_answer} with {})",
             audit.0 - audit_before.0,
-            audit.1 - audit_before.1
+            audit.1 - audit_before.1,
+            sm_patch.len(),
+            floor_patch.len(),
+            sized_patch.len(),
         );
     }
     println!(
         "sm-injector CPU per admission / floor's (median of the runs' ratios, and their range): {}",
         ratios.join("; ")
+    );
+    println!(
+        "sm-injector CPU per admission / the sm-size floor's (the same minimal work answering sm-injector's patch): {}",
+        sized_ratios.join("; ")
     );
     println!(
         "sm-injector RSS: {idle_rss:.1} MiB idle (after start), {:.1} MiB peak",

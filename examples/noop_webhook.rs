@@ -5,7 +5,12 @@
 //! (borrowed from the body; the rest of the review is parsed past, not
 //! built), and answers a fixed one-operation patch.
 //!
-//! `noop_webhook <listen addr> <tls.crt> <tls.key>`
+//! `noop_webhook <listen addr> <tls.crt> <tls.key> [<patch file>]`
+//!
+//! With a patch file (base64, as an AdmissionReview carries it), the fixed
+//! patch is that file's instead: the same minimal work answering as many
+//! bytes as sm-injector answers for a pod, which tells the answer's size (the
+//! copy, the encryption, the delivery) from the review's own work.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -32,13 +37,13 @@ struct Request<'a> {
 const PATCH: &str =
     "W3sib3AiOiJhZGQiLCJwYXRoIjoiL21ldGFkYXRhL2xhYmVscy9ub29wIiwidmFsdWUiOiJ5ZXMifV0=";
 
-async fn mutate(body: Bytes) -> axum::response::Response {
+async fn mutate(patch: &'static str, body: Bytes) -> axum::response::Response {
     let review: Review = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
     let answer = format!(
-        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{{"uid":"{}","allowed":true,"patchType":"JSONPatch","patch":"{PATCH}"}}}}"#,
+        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{{"uid":"{}","allowed":true,"patchType":"JSONPatch","patch":"{patch}"}}}}"#,
         review.request.uid
     );
     ([(header::CONTENT_TYPE, "application/json")], answer).into_response()
@@ -50,9 +55,16 @@ async fn main() {
         .install_default()
         .unwrap();
     let args: Vec<String> = std::env::args().collect();
-    let [_, listen, cert, key] = &args[..] else {
-        eprintln!("usage: noop_webhook <listen addr> <tls.crt> <tls.key>");
-        std::process::exit(2);
+    let (listen, cert, key, patch): (_, _, _, &'static str) = match &args[..] {
+        [_, listen, cert, key] => (listen, cert, key, PATCH),
+        [_, listen, cert, key, file] => {
+            let patch = std::fs::read_to_string(file).unwrap();
+            (listen, cert, key, String::leak(patch.trim().to_owned()))
+        }
+        _ => {
+            eprintln!("usage: noop_webhook <listen addr> <tls.crt> <tls.key> [<patch file>]");
+            std::process::exit(2);
+        }
     };
     // HTTP/1.1 by ALPN, as sm-injector's server: axum-server's default
     // offers h2 too, which the API server then speaks to an HTTP/1.1 server.
@@ -69,7 +81,7 @@ async fn main() {
         .unwrap();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tls = axum_server::tls_rustls::RustlsConfig::from_config(std::sync::Arc::new(config));
-    let app = Router::new().route("/mutate", post(mutate));
+    let app = Router::new().route("/mutate", post(move |body| mutate(patch, body)));
     let addr: std::net::SocketAddr = listen.parse().unwrap();
     axum_server::bind_rustls(addr, tls)
         .http1_only()

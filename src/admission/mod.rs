@@ -24,7 +24,7 @@ use crate::identity::{self as ids, Identity, Mode};
 use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
 use crate::service_accounts::ServiceAccounts;
-use crate::store::{Ensured, Syncer};
+use crate::store::Syncer;
 use crate::{annotations, patch, plan};
 
 pub struct Webhook {
@@ -55,15 +55,6 @@ struct Subject<'a> {
 enum Patch<'a> {
     Made(Vec<u8>),
     Kept(&'a Decision),
-}
-
-/// A kept decision's whole patch for the warm path: its patch with the record
-/// of the versions its plan fetched (what [`crate::store::Ensured::versions`]
-/// gives when every backing Secret holds them), as base64.
-fn warm_patch(plan: &plan::Plan, patch: &[u8]) -> Arc<str> {
-    let mut whole = patch.to_vec();
-    patch::record_versions(&mut whole, Ensured::default().versions(plan));
-    base64_simd::STANDARD.encode_to_string(&whole).into()
 }
 
 /// The pod's name, or its generateName prefix (pods made by controllers have
@@ -202,14 +193,7 @@ impl Webhook {
             && Decision::keepable(&values, &plan, &warnings)
         {
             // Kept, then answered from what was kept: the plan is not copied.
-            let d = Arc::new(Decision {
-                identity: identity.clone(),
-                rule,
-                values,
-                warm_patch: warm_patch(&plan, &patch),
-                plan,
-                patch,
-            });
+            let d = Arc::new(Decision::new(identity.clone(), rule, values, plan, patch));
             self.decisions.insert(key, d.clone()).await;
             return self
                 .conclude(req, subject, &d.plan, Patch::Kept(&d), warnings)
@@ -310,7 +294,7 @@ impl Webhook {
         // whole patch is the one it keeps.
         let (patch, patch_base64) = match patch {
             Patch::Kept(d) if ensured.held.is_empty() => (None, Some(d.warm_patch.clone())),
-            Patch::Kept(d) => (Some(d.patch.clone()), None),
+            Patch::Kept(d) => (Some(d.patch()), None),
             Patch::Made(p) => (Some(p), None),
         };
         let mut response = match patch {

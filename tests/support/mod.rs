@@ -157,20 +157,23 @@ pub fn noop_webhook_binary() -> PathBuf {
 /// Starts the minimal no-op webhook on 127.0.0.1 with the bed's serving
 /// certificate (written into `dir`); its port and pid.
 pub fn start_noop_webhook(bed: &TestBed, dir: &Path) -> (u16, u32) {
+    start_noop_webhook_answering(bed, dir, None)
+}
+
+/// [`start_noop_webhook`], answering the base64 patch in `patch` when given.
+pub fn start_noop_webhook_answering(bed: &TestBed, dir: &Path, patch: Option<&Path>) -> (u16, u32) {
     let pem = bed.serving_cert();
     fs::write(dir.join("tls.crt"), &pem.cert).unwrap();
     fs::write(dir.join("tls.key"), &pem.key).unwrap();
     let port = free_port();
-    let noop = spawn(
-        &bed.dir,
-        "noop-webhook",
-        &noop_webhook_binary(),
-        &[
-            format!("127.0.0.1:{port}"),
-            dir.join("tls.crt").display().to_string(),
-            dir.join("tls.key").display().to_string(),
-        ],
-    );
+    let mut args = vec![
+        format!("127.0.0.1:{port}"),
+        dir.join("tls.crt").display().to_string(),
+        dir.join("tls.key").display().to_string(),
+    ];
+    args.extend(patch.map(|p| p.display().to_string()));
+    let name = format!("noop-webhook-{port}");
+    let noop = spawn(&bed.dir, &name, &noop_webhook_binary(), &args);
     let pid = noop.id();
     // Stopped at exit with the other children (its pid is in CHILDREN).
     std::mem::forget(noop);

@@ -108,16 +108,53 @@ pub struct Decision {
     /// Each secret value read, as the cache held it.
     pub values: Vec<(FetchKey, Arc<SecretValue>)>,
     pub plan: Plan,
-    /// The JSON patch's bytes, without the record of versions
-    /// ([`crate::patch::record_versions`]).
-    pub patch: Vec<u8>,
     /// The whole patch, with the record of the versions the plan fetched, as
     /// base64: the answer while every backing Secret holds what was fetched
     /// (the warm path), written out as it is, neither rebuilt nor encoded.
     pub warm_patch: Arc<str>,
+    /// The length of the patch without that record ([`Decision::patch`]).
+    patch_len: usize,
 }
 
 impl Decision {
+    /// The decision to keep for `plan` and its `patch`, made with `identity`
+    /// under `rule` from `values`.
+    pub fn new(
+        identity: crate::identity::Identity,
+        rule: Arc<AccessRule>,
+        values: Vec<(FetchKey, Arc<SecretValue>)>,
+        plan: Plan,
+        patch: Vec<u8>,
+    ) -> Decision {
+        let patch_len = patch.len();
+        let mut whole = patch;
+        crate::patch::record_versions(&mut whole, crate::store::Ensured::default().versions(&plan));
+        Decision {
+            identity,
+            rule,
+            values,
+            warm_patch: base64_simd::STANDARD.encode_to_string(&whole).into(),
+            plan,
+            patch_len,
+        }
+    }
+
+    /// The JSON patch without the record of versions
+    /// ([`crate::patch::record_versions`]), for a pod one of whose backing
+    /// Secrets holds another version than the plan fetched: decoded back
+    /// from [`Decision::warm_patch`] on that rare path, so that a kept
+    /// decision holds its patch once.
+    pub fn patch(&self) -> Vec<u8> {
+        let mut patch = base64_simd::STANDARD
+            .decode_to_vec(self.warm_patch.as_bytes())
+            .expect("the base64 that Decision::new wrote");
+        // The record's operation, when there is one, was added before the
+        // patch's closing bracket.
+        patch.truncate(self.patch_len - 1);
+        patch.push(b']');
+        patch
+    }
+
     /// Whether a decision made from `values` with `plan` and a patch carrying
     /// `warnings` is to be kept (see the module's documentation).
     pub fn keepable(
@@ -134,8 +171,7 @@ impl Decision {
 
     fn weight(&self, key: usize) -> u32 {
         let plan = self.plan.backing.len() * 256 + self.plan.env.len() * 96;
-        let patches = self.patch.len() + self.warm_patch.len();
-        u32::try_from(key + patches + plan + 512).unwrap_or(u32::MAX)
+        u32::try_from(key + self.warm_patch.len() + plan + 512).unwrap_or(u32::MAX)
     }
 }
 
@@ -183,135 +219,4 @@ impl Decisions {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn pod(v: serde_json::Value) -> Pod {
-        serde_json::from_value(v).unwrap()
-    }
-
-    fn replica(name: &str, token_volume: &str) -> Pod {
-        pod(json!({
-            "metadata": {
-                "name": name, "generateName": "web-", "labels": {"app": "web"},
-                "annotations": {"sm-injector.io/env.DB": "n/db#url", "other": name},
-                "managedFields": [{"manager": "m", "operation": name}]
-            },
-            "spec": {
-                "containers": [{"name": "app", "image": "x",
-                    "env": [{"name": "X", "value": "1"}],
-                    "volumeMounts": [{"name": token_volume, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]}],
-                "volumes": [{"name": token_volume, "projected": {"sources": []}}]
-            }
-        }))
-    }
-
-    #[test]
-    fn replicas_share_a_key_and_anything_the_decision_reads_changes_it() {
-        let a = key("n", &replica("web-1", "kube-api-access-abcde")).unwrap();
-        // Name, other annotations, managed fields and the token volume differ.
-        assert_eq!(
-            a,
-            key("n", &replica("web-2", "kube-api-access-fghij")).unwrap()
-        );
-
-        let changed = |f: &dyn Fn(&mut serde_json::Value)| {
-            let mut v = serde_json::to_value(replica("web-1", "kube-api-access-abcde")).unwrap();
-            f(&mut v);
-            key("n", &pod(v))
-        };
-        let differ = [
-            changed(&|v| {
-                v["metadata"]["annotations"]["sm-injector.io/env.DB"] = json!("n/db#other")
-            }),
-            changed(&|v| v["metadata"]["annotations"]["sm-injector.io/containers"] = json!("app")),
-            changed(&|v| {
-                v["metadata"]
-                    .as_object_mut()
-                    .unwrap()
-                    .remove("labels")
-                    .map(drop)
-                    .unwrap()
-            }),
-            changed(&|v| v["spec"]["containers"][0]["name"] = json!("app2")),
-            changed(&|v| v["spec"]["containers"][0]["env"][0]["value"] = json!("2")),
-            changed(&|v| v["spec"]["containers"][0]["env"] = json!([])),
-            changed(&|v| {
-                v["spec"]["containers"][0]["envFrom"] = json!([{"secretRef": {"name": "s"}}])
-            }),
-            changed(&|v| {
-                let c = v["spec"]["containers"][0].clone();
-                v["spec"]["initContainers"] = json!([c]);
-            }),
-            changed(&|v| {
-                let c = v["spec"]["containers"][0].clone();
-                v["spec"]["containers"].as_array_mut().unwrap().push(c);
-            }),
-        ];
-        for (i, k) in differ.iter().enumerate() {
-            assert_ne!(k.as_ref(), Some(&a), "change {i} kept the key");
-        }
-        assert_ne!(
-            key("m", &replica("web-1", "t")).unwrap(),
-            a,
-            "the namespace"
-        );
-        // Nothing asked for: no key.
-        assert_eq!(
-            key(
-                "n",
-                &pod(json!({"metadata": {"annotations": {"a": "b"}}, "spec": {"containers": []}}))
-            ),
-            None
-        );
-        assert_eq!(
-            key(
-                "n",
-                &pod(json!({"metadata": {}, "spec": {"containers": []}}))
-            ),
-            None
-        );
-    }
-
-    #[test]
-    fn field_boundaries_are_part_of_the_key() {
-        let two = |k1: &str, v1: &str| {
-            pod(json!({"metadata": {"annotations": {k1: v1}}, "spec": {"containers": []}}))
-        };
-        assert_ne!(
-            key("n", &two("sm-injector.io/env.AB", "c")),
-            key("n", &two("sm-injector.io/env.A", "Bc"))
-        );
-        // Where the annotations end and the containers begin, and where one
-        // list ends and the next begins.
-        let p = |anns: serde_json::Value, init: serde_json::Value, cs: serde_json::Value| {
-            key(
-                "n",
-                &pod(
-                    json!({"metadata": {"annotations": anns}, "spec": {"initContainers": init, "containers": cs}}),
-                ),
-            )
-        };
-        let a = json!({"sm-injector.io/env.A": "n/s#k"});
-        let ab = json!({"sm-injector.io/env.A": "n/s#k", "sm-injector.io/env.B": "n/s#k"});
-        let c = |name: &str| json!([{"name": name}]);
-        let keys = [
-            p(a.clone(), json!([]), c("x")),
-            p(a.clone(), c("x"), json!([])),
-            p(a.clone(), json!(null), c("x")),
-            p(ab.clone(), json!([]), c("x")),
-            p(a.clone(), json!([]), json!([{"name": "x"}, {"name": "y"}])),
-            p(
-                a,
-                json!([]),
-                json!([{"name": "x"}, {"name": "y", "env": []}]),
-            ),
-        ];
-        for (i, k) in keys.iter().enumerate() {
-            for (j, l) in keys.iter().enumerate().skip(i + 1) {
-                assert_ne!(k, l, "pods {i} and {j} share a key");
-            }
-        }
-    }
-}
+mod tests;
