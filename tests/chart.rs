@@ -3,7 +3,7 @@
 //! and by `helm template` (values.schema.json), the values admins need
 //! rendered where the API server reads them, objects that need a CRD skipped
 //! with a note where the CRD is absent, and the chart README generated from
-//! values.yaml. No test bed: nothing here is installed (tests/packaging.rs
+//! values.yaml. No test bed: nothing here is installed (tests/packaging/
 //! installs).
 
 mod support;
@@ -276,7 +276,7 @@ fn default_renders_are_identical_and_carry_no_certificate() {
 #[ignore = "needs helm: run ./tests/run"]
 fn sharp_edges_are_gone() {
     // No placeholder AWS role in someone else's account (the install's notes
-    // warn that none is configured: tests/packaging.rs).
+    // warn that none is configured: tests/packaging/).
     let o = template(&[]);
     assert!(
         o["ServiceAccount/sm-injector"]["metadata"]
@@ -291,7 +291,7 @@ fn sharp_edges_are_gone() {
     assert!(template(&[]).contains_key("PodDisruptionBudget/sm-injector"));
 
     // Objects of CRDs the cluster does not serve are skipped (the install's
-    // notes say so: tests/packaging.rs); where they are served, rendered.
+    // notes say so: tests/packaging/); where they are served, rendered.
     let monitoring = ["serviceMonitor.enabled=true", "prometheusRule.enabled=true"];
     let flags: Vec<&str> = monitoring.iter().flat_map(|s| ["--set", *s]).collect();
     let skipped = template(&flags);

@@ -1,6 +1,6 @@
-//! The webhooks the tests and benchmarks start as processes: `sm-injector
-//! serve` as in a cluster, the minimal no-op floor, and their registration
-//! with the API server by URL.
+//! The webhooks the tests and benchmarks start: `sm-injector serve` as in a
+//! cluster and the minimal no-op floor as processes, their registration with
+//! the API server by URL, and an in-process marker webhook.
 
 use super::*;
 
@@ -209,6 +209,64 @@ pub async fn register_webhook(
                 "matchLabels": {"sm-injector.io/inject": "enabled"},
                 "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": namespaces}]
             }
+        }]
+    }))
+    .unwrap();
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &config)
+        .await
+        .unwrap();
+}
+
+/// A webhook that labels every pod `testbed-mutated=yes`.
+pub(super) async fn marker(
+    body: axum::body::Bytes,
+) -> axum::Json<kube::core::admission::AdmissionReview<kube::core::DynamicObject>> {
+    use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+    let review: AdmissionReview<k8s_openapi::api::core::v1::Pod> =
+        serde_json::from_slice(&body).unwrap();
+    let req: AdmissionRequest<_> = review.try_into().unwrap();
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        {"op": "add", "path": "/metadata/labels", "value": {"testbed-mutated": "yes"}}
+    ]))
+    .unwrap();
+    axum::Json(
+        AdmissionResponse::from(&req)
+            .with_patch(patch)
+            .unwrap()
+            .into_review(),
+    )
+}
+
+/// Serves the marker webhook over TLS on loopback and registers it as the
+/// MutatingWebhookConfiguration `name` for pods in `namespaces`.
+pub async fn start_marker(bed: &TestBed, client: &kube::Client, name: &str, namespaces: &[&str]) {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    let pem = bed.serving_cert();
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem(pem.cert.into(), pem.key.into())
+        .await
+        .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let app = axum::Router::new().route("/mutate", axum::routing::post(marker));
+    tokio::spawn(async move {
+        axum_server::from_tcp_rustls(listener, tls)
+            .unwrap()
+            .serve(app.into_make_service())
+            .await
+    });
+    let config: MutatingWebhookConfiguration = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "marker.testbed.sm-injector.io",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Fail",
+            "timeoutSeconds": 10,
+            "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate"), "caBundle": bed.ca_bundle_b64()},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+            "namespaceSelector": {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": namespaces}]}
         }]
     }))
     .unwrap();

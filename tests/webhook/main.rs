@@ -6,11 +6,14 @@
 mod support;
 
 mod availability;
+mod decisions;
 mod decode;
 mod denials;
 mod identity;
 mod injection;
+mod render;
 mod serving;
+mod shutdown;
 mod status;
 
 use std::collections::BTreeMap;
