@@ -15,11 +15,40 @@ pub fn child_pid(name: &str) -> Option<u32> {
         .map(|(_, pid)| *pid)
 }
 
+/// A loopback port no listener holds, for a process about to listen on it.
+///
+/// Taken below the kernel's ephemeral range: a port from that range (what
+/// binding port 0 gives) can be handed to any outgoing connection on the
+/// machine between this check and the process's own bind (seen in CI:
+/// kube-controller-manager's `bind: address already in use`). Below it, only
+/// a listener can take it, and each port is offered once per test process,
+/// whichever thread asks.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    const FIRST: u32 = 10_000;
+    if low <= FIRST + 1000 {
+        // An unusual range: the kernel's choice, as before.
+        return TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+    }
+    let span = low - FIRST;
+    // Test binaries run one after another; each starts at its own offset.
+    let start = std::process::id() * 7919 % span;
+    for _ in 0..span {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = (FIRST + offset) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {FIRST} and {low}");
 }
 
 /// Spawns a process whose output goes to `<dir>/logs/<name>.log` and which is
