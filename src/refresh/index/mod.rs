@@ -33,6 +33,9 @@ pub use read::{owner, read_record, workload};
 
 mod bounds;
 mod read;
+mod shared;
+
+use shared::Shared;
 
 /// What a workload's pods are behind on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -94,40 +97,6 @@ struct PodUse {
     /// ([`VERSIONS`]): what its containers read. Empty for pods admitted
     /// before sm-injector recorded it. One per entry, in the same order.
     versions: Arc<Versions>,
-}
-
-/// Texts seen on pods, each kept once while a pod carries it.
-#[derive(Debug)]
-struct Shared<T: ?Sized> {
-    by_text: HashMap<Box<str>, Arc<T>>,
-}
-
-impl<T: ?Sized> Default for Shared<T> {
-    fn default() -> Self {
-        Shared {
-            by_text: HashMap::new(),
-        }
-    }
-}
-
-impl<T: ?Sized> Shared<T> {
-    fn get(&self, text: &str) -> Option<Arc<T>> {
-        self.by_text.get(text).cloned()
-    }
-
-    fn insert(&mut self, text: &str, value: Arc<T>) -> Arc<T> {
-        self.by_text.insert(text.into(), value.clone());
-        value
-    }
-
-    /// Forgets the texts no pod carries any more.
-    fn prune(&mut self) {
-        self.by_text.retain(|_, v| Arc::strong_count(v) > 1);
-    }
-
-    fn len(&self) -> usize {
-        self.by_text.len()
-    }
 }
 
 /// One backing Secret in use, over every pod that uses it.
