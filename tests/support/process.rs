@@ -39,8 +39,9 @@ pub fn free_port() -> u16 {
             .expect("a free loopback port");
     }
     let span = low - FIRST;
-    // Test binaries run one after another; each starts at its own offset.
-    let start = std::process::id() * 7919 % span;
+    // Test binaries run one after another; each starts at its own offset
+    // (in u64: a pid times the step can pass u32 where pid_max is 4194304).
+    let start = (u64::from(std::process::id()) * 7919 % u64::from(span)) as u32;
     for _ in 0..span {
         let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
         let port = (FIRST + offset) as u16;
