@@ -21,6 +21,7 @@ pub mod credentials;
 pub mod decisions;
 pub mod decode;
 pub mod fetch;
+pub mod glance;
 pub mod identity;
 pub mod inflight;
 pub mod kube_error;

@@ -70,7 +70,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Bounded<T> {
     }
 }
 
-fn bounded_list<'de, D, T>(d: D) -> Result<Option<Vec<T>>, D::Error>
+pub(crate) fn bounded_list<'de, D, T>(d: D) -> Result<Option<Vec<T>>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,

@@ -16,8 +16,9 @@ use kube::core::admission::AdmissionResponse;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::admission::Webhook;
+use crate::admission::{Reply, Webhook};
 use crate::connections;
+use crate::glance;
 use crate::inflight;
 use crate::tls::Certificates;
 use crate::wire;
@@ -151,6 +152,23 @@ async fn answer(st: &AppState, source: IpAddr, request: axum::extract::Request) 
             return (StatusCode::REQUEST_TIMEOUT, reason).into_response();
         }
     };
+    let answer_by = tokio::time::Instant::now() + st.deadline;
+    // A first look, borrowed from the body: a pod whose decision is kept is
+    // answered from it without building kube's request ([`crate::glance`]).
+    let glance = glance::read(&body, st.max_pod_entries);
+    let key = glance
+        .as_ref()
+        .filter(|_| st.webhook.decisions.enabled())
+        .and_then(|g| g.key());
+    if let (Some(g), Some(key)) = (&glance, &key) {
+        let kept = Box::pin(st.webhook.review_kept(g, key));
+        match tokio::time::timeout_at(answer_by, kept).await {
+            Ok(Some(answer)) => return answered(answer.response, answer.patch_base64),
+            Ok(None) => {}
+            Err(_) => return answered(too_late(st, &Reply::from(g)), None),
+        }
+    }
+    drop(glance);
     let decoded = wire::decode(&body, st.max_pod_entries);
     drop(body);
     let req = match decoded {
@@ -180,25 +198,31 @@ async fn answer(st: &AppState, source: IpAddr, request: axum::extract::Request) 
     };
     // Boxed: the review's future is the larger part of this one, which is
     // made, then moved through axum's and tower's layers as a whole.
-    let review = Box::pin(st.webhook.review(&req));
-    let (response, patch_base64) = match tokio::time::timeout(st.deadline, review).await {
-        Ok(answer) => (answer.response, answer.patch_base64),
-        Err(_) => {
-            st.webhook
-                .metrics
-                .admission("denied", st.deadline.as_secs_f64());
-            let denied = AdmissionResponse::from(&req).deny(format!(
-                "sm-injector: no answer within its deadline of {}",
-                humantime::format_duration(st.deadline)
-            ));
-            (denied, None)
-        }
-    };
+    let review = Box::pin(st.webhook.review(&req, key));
+    match tokio::time::timeout_at(answer_by, review).await {
+        Ok(answer) => answered(answer.response, answer.patch_base64),
+        Err(_) => answered(too_late(st, &Reply::from(&req)), None),
+    }
+}
+
+/// The HTTP answer carrying `response` (and its patch as base64, where kept so).
+fn answered(response: AdmissionResponse, patch_base64: Option<Arc<str>>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
         wire::encode_with(&response, patch_base64.as_deref()),
     )
         .into_response()
+}
+
+/// The denial of a review not answered within the deadline.
+fn too_late(st: &AppState, reply: &Reply<'_>) -> AdmissionResponse {
+    st.webhook
+        .metrics
+        .admission("denied", st.deadline.as_secs_f64());
+    reply.allowed().deny(format!(
+        "sm-injector: no answer within its deadline of {}",
+        humantime::format_duration(st.deadline)
+    ))
 }
 
 /// The body, into one buffer sized from its `Content-Length` (collecting

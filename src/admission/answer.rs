@@ -71,15 +71,67 @@ pub fn denial_message(reasons: &[String]) -> String {
     format!("sm-injector: {}", parts.join("; "))
 }
 
+/// What an answer copies of its request, from kube's decoding or from the
+/// first look at the body ([`crate::glance`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Reply<'a> {
+    pub uid: &'a str,
+    /// For the log lines: the request's namespace (else the pod's), and who
+    /// sent it.
+    pub namespace: &'a str,
+    pub user: &'a str,
+    pub dry_run: bool,
+}
+
+impl<'a> From<&'a AdmissionRequest<Pod>> for Reply<'a> {
+    fn from(req: &'a AdmissionRequest<Pod>) -> Self {
+        Reply {
+            uid: &req.uid,
+            namespace: (req.namespace.as_deref())
+                .or(req
+                    .object
+                    .as_ref()
+                    .and_then(|p| p.metadata.namespace.as_deref()))
+                .unwrap_or(""),
+            user: req.user_info.username.as_deref().unwrap_or(""),
+            dry_run: req.dry_run,
+        }
+    }
+}
+
+impl<'a> From<&'a crate::glance::Glance<'a>> for Reply<'a> {
+    fn from(g: &'a crate::glance::Glance<'a>) -> Self {
+        Reply {
+            uid: g.uid(),
+            namespace: g.namespace().unwrap_or(""),
+            user: g.user(),
+            dry_run: g.dry_run(),
+        }
+    }
+}
+
+impl Reply<'_> {
+    /// The allowing response, as kube's `AdmissionResponse::from` a request
+    /// makes it (its `types` are not written: [`crate::wire::encode`] writes
+    /// `admission.k8s.io/v1`).
+    pub fn allowed(&self) -> AdmissionResponse {
+        let mut response = AdmissionResponse::invalid("");
+        response.uid = self.uid.to_owned();
+        response.allowed = true;
+        response.result = Default::default();
+        response
+    }
+}
+
 /// The denying answer; the log line names the pod and the user, and gives
 /// the reasons (they name annotations, references and AWS/Kubernetes errors,
 /// never values).
-pub(super) fn deny(req: &AdmissionRequest<Pod>, pod: &str, denial: Denial) -> Answer {
-    let response = AdmissionResponse::from(req).deny(denial_message(&denial.0));
+pub(super) fn deny(reply: &Reply<'_>, pod: &str, denial: Denial) -> Answer {
+    let response = reply.allowed().deny(denial_message(&denial.0));
     tracing::info!(
-        namespace = req.namespace.as_deref().unwrap_or(""),
+        namespace = reply.namespace,
         pod,
-        user = req.user_info.username.as_deref().unwrap_or(""),
+        user = reply.user,
         reason = %response.result.message,
         "admission denied"
     );
@@ -99,9 +151,9 @@ pub fn mutated<K: kube::Resource>(req: &AdmissionRequest<K>, patch: Vec<u8>) -> 
     response
 }
 
-pub(super) fn unchanged(req: &AdmissionRequest<Pod>) -> Answer {
+pub(super) fn unchanged(reply: &Reply<'_>) -> Answer {
     Answer {
-        response: AdmissionResponse::from(req),
+        response: reply.allowed(),
         outcome: Outcome::Unchanged,
         patch_base64: None,
     }

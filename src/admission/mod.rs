@@ -4,28 +4,32 @@
 //! with the decision kept for pods like it ([`crate::decisions`]).
 
 mod answer;
+mod asked;
 mod pod;
 pub mod scope;
 
-pub use answer::{Answer, Denial, Outcome, denial_message, mutated};
+pub use answer::{Answer, Denial, Outcome, Reply, denial_message, mutated};
 pub use pod::{MAX_AWS_CALLS, Planned, Settings, plan_pod};
 
 use answer::{deny, unchanged};
+pub use asked::Asked;
+use asked::{asks, pod_name};
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::pod::Pod;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use kube::core::admission::{AdmissionRequest, Operation};
 
 use crate::cache::CachedSource;
-use crate::decisions::{self, Decision, Decisions};
+use crate::decisions::{Decision, Decisions};
+use crate::glance::Glance;
 use crate::identity::{self as ids, Identity, Mode};
 use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
 use crate::service_accounts::ServiceAccounts;
 use crate::store::Syncer;
-use crate::{annotations, patch, plan};
+use crate::{patch, plan};
 
 pub struct Webhook {
     pub source: CachedSource,
@@ -57,31 +61,39 @@ enum Patch<'a> {
     Kept(&'a Decision),
 }
 
-/// The pod's name, or its generateName prefix (pods made by controllers have
-/// no name yet), or the request's name.
-fn pod_name<'a>(req: &'a AdmissionRequest<Pod>, pod: &'a Pod) -> &'a str {
-    let m = &pod.metadata;
-    m.name
-        .as_deref()
-        .or(m.generate_name.as_deref())
-        .unwrap_or(&req.name)
-}
-
-/// Whether the pod asks anything of sm-injector (an input annotation).
-fn asks(pod: &Pod) -> bool {
-    pod.metadata
-        .annotations
-        .as_ref()
-        .is_some_and(|a| annotations::inputs(a).next().is_some())
-}
-
 impl Webhook {
-    pub async fn review(&self, req: &AdmissionRequest<Pod>) -> Answer {
+    /// The answer to `req`; `key` is its pod's decision key, from the first
+    /// look at the body ([`crate::glance::Glance::key`]).
+    pub async fn review(&self, req: &AdmissionRequest<Pod>, key: Option<Vec<u8>>) -> Answer {
         let start = Instant::now();
-        let answer = self.decide(req).await;
+        let answer = self.decide(req, key).await;
         self.metrics
             .admission(answer.outcome.metric_label(), start.elapsed().as_secs_f64());
         answer
+    }
+
+    /// The answer to the review `g` glanced at, from the decision kept under
+    /// its `key` if there is one and it is current; `None` otherwise, and the
+    /// review is then decoded and answered by [`Webhook::review`]. The steps
+    /// before are the same as there, on what the glance read.
+    pub async fn review_kept(&self, g: &Glance<'_>, key: &[u8]) -> Option<Answer> {
+        let start = Instant::now();
+        // Looked up first: a pod decided afresh pays this lookup only.
+        let d = self.decisions.get(key).await?;
+        let asked = Asked::of_glance(g)?;
+        let (namespace, identity) = self.admit(&asked).await.ok()?;
+        let d = self.current(d, namespace, &identity).await?;
+        let subject = Subject {
+            namespace,
+            identity: &identity,
+            pod: asked.pod,
+        };
+        let answer = self
+            .conclude(&asked.reply, subject, &d.plan, Patch::Kept(&d), vec![])
+            .await;
+        self.metrics
+            .admission(answer.outcome.metric_label(), start.elapsed().as_secs_f64());
+        Some(answer)
     }
 
     /// A review whose pod has more list entries than were decoded
@@ -91,79 +103,40 @@ impl Webhook {
     pub fn review_oversized(&self, req: &AdmissionRequest<Pod>, max: usize) -> Answer {
         let answer = match &req.object {
             Some(pod) if asks(pod) && req.operation == Operation::Create => deny(
-                req,
+                &Reply::from(req),
                 pod_name(req, pod),
                 Denial::one(format!(
                     "the pod's containers have more than {max} env, envFrom and volumeMounts \
                      entries; sm-injector reads at most {max} (--max-pod-entries)"
                 )),
             ),
-            _ => unchanged(req),
+            _ => unchanged(&Reply::from(req)),
         };
         self.metrics.admission(answer.outcome.metric_label(), 0.0);
         answer
     }
 
-    async fn decide(&self, req: &AdmissionRequest<Pod>) -> Answer {
-        if req.operation != Operation::Create
-            || req.kind.kind != "Pod"
-            || req.sub_resource.is_some()
-        {
-            return unchanged(req);
-        }
-        let Some(pod) = &req.object else {
-            return unchanged(req);
+    async fn decide(&self, req: &AdmissionRequest<Pod>, key: Option<Vec<u8>>) -> Answer {
+        let (Some(asked), Some(pod)) = (Asked::of_request(req), &req.object) else {
+            return unchanged(&Reply::from(req));
         };
-        let name = pod_name(req, pod);
-        let Some(namespace) = req
-            .namespace
-            .as_deref()
-            .or(pod.metadata.namespace.as_deref())
-        else {
-            return deny(req, name, Denial::one("the request names no namespace"));
+        let (namespace, identity) = match self.admit(&asked).await {
+            Ok(admitted) => admitted,
+            Err(answer) => return answer,
         };
-        // A pod that asks for nothing is answered as it is, without looking
-        // at its namespace.
-        if !asks(pod) {
-            return unchanged(req);
-        }
-        // Its own inputs: whoever sent the review, nothing is written where
-        // the webhook configuration would never send one.
-        let in_scope = match self.scope.check_name(namespace) {
-            Err(why) => Err(why),
-            Ok(()) => match self.namespaces.opted_in(namespace).await {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(scope::OutOfScope::NotOptedIn),
-                Err(e) => return deny(req, name, Denial::one(e)),
-            },
-        };
-        if let Err(why) = in_scope {
-            tracing::debug!(
-                namespace,
-                reason = why.reason(),
-                "review answered unchanged: out of scope"
-            );
-            return unchanged(req);
-        }
-        let identity = match self.identity(namespace, pod).await {
-            Ok(i) => i,
-            Err(e) => return deny(req, name, Denial::one(e)),
-        };
+        let (reply, name) = (&asked.reply, asked.pod);
         let subject = Subject {
             namespace,
             identity: &identity,
             pod: name,
         };
-        let key = self
-            .decisions
-            .enabled()
-            .then(|| decisions::key(namespace, pod))
-            .flatten();
+        let key = key.filter(|_| self.decisions.enabled());
         if let Some(key) = &key
-            && let Some(d) = self.kept(namespace, &identity, key).await
+            && let Some(d) = self.decisions.get(key).await
+            && let Some(d) = self.current(d, namespace, &identity).await
         {
             return self
-                .conclude(req, subject, &d.plan, Patch::Kept(&d), vec![])
+                .conclude(reply, subject, &d.plan, Patch::Kept(&d), vec![])
                 .await;
         }
         // Boxed, as the ServiceAccount's lookup below: a pod decided afresh
@@ -179,8 +152,8 @@ impl Webhook {
         ))
         .await
         {
-            Planned::Nothing => return unchanged(req),
-            Planned::Denied(reasons) => return deny(req, name, reasons),
+            Planned::Nothing => return unchanged(reply),
+            Planned::Denied(reasons) => return deny(reply, name, reasons),
             Planned::Plan {
                 plan,
                 targets,
@@ -196,17 +169,58 @@ impl Webhook {
             let d = Arc::new(Decision::new(identity.clone(), rule, values, plan, patch));
             self.decisions.insert(key, d.clone()).await;
             return self
-                .conclude(req, subject, &d.plan, Patch::Kept(&d), warnings)
+                .conclude(reply, subject, &d.plan, Patch::Kept(&d), warnings)
                 .await;
         }
-        self.conclude(req, subject, &plan, Patch::Made(patch), warnings)
+        self.conclude(reply, subject, &plan, Patch::Made(patch), warnings)
             .await
+    }
+
+    /// The steps before the plan: the namespace named, the pod asking
+    /// something, the namespace in scope and opted in, the identity that
+    /// reads its secrets. `Err`: the answer already (unchanged or denied).
+    async fn admit<'a>(&self, asked: &Asked<'a>) -> Result<(&'a str, Identity), Answer> {
+        let (reply, name) = (&asked.reply, asked.pod);
+        let Some(namespace) = asked.namespace else {
+            return Err(deny(
+                reply,
+                name,
+                Denial::one("the request names no namespace"),
+            ));
+        };
+        // A pod that asks for nothing is answered as it is, without looking
+        // at its namespace.
+        if !asked.asks {
+            return Err(unchanged(reply));
+        }
+        // Its own inputs: whoever sent the review, nothing is written where
+        // the webhook configuration would never send one.
+        let in_scope = match self.scope.check_name(namespace) {
+            Err(why) => Err(why),
+            Ok(()) => match self.namespaces.opted_in(namespace).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(scope::OutOfScope::NotOptedIn),
+                Err(e) => return Err(deny(reply, name, Denial::one(e))),
+            },
+        };
+        if let Err(why) = in_scope {
+            tracing::debug!(
+                namespace,
+                reason = why.reason(),
+                "review answered unchanged: out of scope"
+            );
+            return Err(unchanged(reply));
+        }
+        match self.identity(namespace, asked.service_account).await {
+            Ok(identity) => Ok((namespace, identity)),
+            Err(e) => Err(deny(reply, name, Denial::one(e))),
+        }
     }
 
     /// Whose identity reads the pod's secrets: sm-injector's own, or where the
     /// namespace (or the cluster's default) says so, the role of the pod's
     /// ServiceAccount. Why not, naming the namespace and ServiceAccount.
-    async fn identity(&self, namespace: &str, pod: &Pod) -> Result<Identity, String> {
+    async fn identity(&self, namespace: &str, account: &str) -> Result<Identity, String> {
         // Read through like the rule: a namespace made a moment ago, not yet
         // in the watched cache, must not fall back to the cluster's default.
         let annotation = self
@@ -218,28 +232,19 @@ impl Webhook {
         if mode == Mode::Own {
             return Ok(Identity::Own);
         }
-        let spec = pod.spec.as_ref();
-        let account = spec
-            .and_then(|s| {
-                s.service_account_name
-                    .as_deref()
-                    .or(s.service_account.as_deref())
-            })
-            .unwrap_or("default");
         let annotations = Box::pin(self.service_accounts.annotations(namespace, account)).await?;
         ids::resolve(mode, namespace, account, annotations.as_deref()).map_err(|e| e.to_string())
     }
 
-    /// The decision kept under `key`, if what it was made from is unchanged:
-    /// the namespace's rule and each value, the same `Arc`s
+    /// The kept decision `d`, if what it was made from is unchanged: the
+    /// identity, the namespace's rule and each value, the same `Arc`s
     /// ([`crate::decisions`]).
-    async fn kept(
+    async fn current(
         &self,
+        d: Arc<Decision>,
         namespace: &str,
         identity: &Identity,
-        key: &[u8],
     ) -> Option<Arc<Decision>> {
-        let d = self.decisions.get(key).await?;
         if d.identity != *identity {
             return None;
         }
@@ -265,7 +270,7 @@ impl Webhook {
     /// Ensures the plan's backing Secrets and answers with the patch.
     async fn conclude(
         &self,
-        req: &AdmissionRequest<Pod>,
+        reply: &Reply<'_>,
         Subject {
             namespace,
             identity,
@@ -278,11 +283,11 @@ impl Webhook {
         let uid = self.namespaces.uid(namespace);
         let ensured = match self
             .syncer
-            .ensure(namespace, uid.as_deref(), plan, req.dry_run)
+            .ensure(namespace, uid.as_deref(), plan, reply.dry_run)
             .await
         {
             Ok(e) => e,
-            Err(e) => return deny(req, pod, Denial(e)),
+            Err(e) => return deny(reply, pod, Denial(e)),
         };
         if !ensured.stale.is_empty() {
             // A backing Secret holds another version than the cache.
@@ -297,13 +302,11 @@ impl Webhook {
             Patch::Kept(d) => (Some(d.patch()), None),
             Patch::Made(p) => (Some(p), None),
         };
-        let mut response = match patch {
-            Some(mut patch) => {
-                patch::record_versions(&mut patch, ensured.versions(plan));
-                mutated(req, patch)
-            }
-            None => AdmissionResponse::from(req),
-        };
+        let mut response = reply.allowed();
+        if let Some(mut patch) = patch {
+            patch::record_versions(&mut patch, ensured.versions(plan));
+            response.patch = Some(patch);
+        }
         let mut warnings = ensured.warnings;
         warnings.extend(patch_warnings);
         if !warnings.is_empty() {

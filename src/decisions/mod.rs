@@ -3,7 +3,9 @@
 //! names and in the ServiceAccount token volume the API server adds to each
 //! (`kube-api-access-<random>`), but not in what sm-injector reads to decide:
 //! the `sm-injector.io/` annotations, each container's name, env and envFrom,
-//! and whether the pod has labels. That is the [`key`].
+//! and whether the pod has labels. That is the [`key`], read from the
+//! review's first look at its body ([`crate::glance`]) whether the pod is
+//! then answered from a kept decision or decided afresh.
 //!
 //! A decision, the plan and its patch, is a function of that key, the
 //! namespace's access rule and the secret values it read (`plan_pod` and
@@ -26,14 +28,13 @@
 //! always made afresh. The memory is bounded by bytes, and an entry lives no
 //! longer than the secret cache's TTL, so a value is not held past it.
 
-use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::pod::{Container, Pod};
+use serde_json::value::RawValue;
 
-use crate::annotations::PREFIX;
 use crate::fetch::FetchKey;
+use crate::glance::PodGlance;
 use crate::lookup::Hashing;
 use crate::plan::{Content, Plan};
 use crate::policy::AccessRule;
@@ -42,37 +43,35 @@ use crate::secret::SecretValue;
 /// The default bound on the memory of kept decisions: 8 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 8 << 20;
 
-/// What a decision about `pod` in `namespace` reads of it, as bytes; `None`
-/// for a pod without `sm-injector.io/` annotations (nothing to decide). Every
-/// string is length-prefixed and every list count-prefixed, so that the
-/// bytes read back one way only: no two different inputs give the same key,
+/// What a decision about `pod` in `namespace` reads of it, as bytes, from
+/// the review's first look ([`crate::glance`]); `None` for a pod without
+/// `sm-injector.io/` annotations (nothing to decide) or without a spec. Every
+/// string is length-prefixed and every list count-prefixed, so that the bytes
+/// read back one way only: no two different inputs give the same key,
 /// whatever a tenant writes in its annotations or container names.
-pub fn key(namespace: &str, pod: &Pod) -> Option<Vec<u8>> {
-    let anns = pod.metadata.annotations.as_ref()?;
-    let mut ours = anns
-        .range::<str, _>((Bound::Included(PREFIX), Bound::Unbounded))
-        .take_while(|(k, _)| k.starts_with(PREFIX))
-        .peekable();
-    ours.peek()?;
+pub fn key(namespace: &str, pod: &PodGlance<'_>) -> Option<Vec<u8>> {
+    let ours = &pod.metadata.annotations.as_ref()?.0;
+    if ours.is_empty() {
+        return None;
+    }
     let spec = pod.spec.as_ref()?;
     let mut out = Vec::with_capacity(1024);
     field(&mut out, namespace.as_bytes());
-    out.push(pod.metadata.labels.is_some() as u8);
-    let count = out.len();
-    out.extend_from_slice(&[0; 8]);
-    let mut n = 0u64;
+    out.push(pod.metadata.has_labels() as u8);
+    out.extend_from_slice(&(ours.len() as u64).to_le_bytes());
     for (k, v) in ours {
-        field(&mut out, k.as_bytes());
-        field(&mut out, v.as_bytes());
-        n += 1;
+        field(&mut out, k.0.as_bytes());
+        field(&mut out, v.0.as_bytes());
     }
-    out[count..count + 8].copy_from_slice(&n.to_le_bytes());
     for list in [spec.init_containers.as_deref(), Some(&spec.containers[..])] {
         out.push(list.is_some() as u8);
         let list = list.unwrap_or_default();
         out.extend_from_slice(&(list.len() as u64).to_le_bytes());
         for c in list {
-            container(&mut out, c);
+            field(&mut out, c.name.0.as_bytes());
+            // An absent list is told from an empty one, as the patch does.
+            entries(&mut out, c.env.as_deref());
+            entries(&mut out, c.env_from.as_deref());
         }
     }
     Some(out)
@@ -83,21 +82,14 @@ fn field(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-fn container(out: &mut Vec<u8>, c: &Container) {
-    field(out, c.name.as_bytes());
-    // JSON tells an absent list from an empty one, as the patch does.
-    json(out, &c.env);
-    json(out, &c.env_from);
-}
-
-/// `v` as JSON (k8s-openapi's types write their fields in a fixed order),
-/// length-prefixed.
-fn json<T: serde::Serialize>(out: &mut Vec<u8>, v: &T) {
-    let start = out.len();
-    out.extend_from_slice(&[0; 8]);
-    serde_json::to_writer(&mut *out, v).expect("k8s-openapi values serialize");
-    let len = (out.len() - start - 8) as u64;
-    out[start..start + 8].copy_from_slice(&len.to_le_bytes());
+/// A list's presence, its count and each entry's JSON text.
+fn entries(out: &mut Vec<u8>, list: Option<&[&RawValue]>) {
+    out.push(list.is_some() as u8);
+    let list = list.unwrap_or_default();
+    out.extend_from_slice(&(list.len() as u64).to_le_bytes());
+    for e in list {
+        field(out, e.get().as_bytes());
+    }
 }
 
 /// A decision, and what it was made from.

@@ -1,11 +1,26 @@
 use super::*;
 use serde_json::json;
 
-fn pod(v: serde_json::Value) -> Pod {
-    serde_json::from_value(v).unwrap()
+fn pod(v: serde_json::Value) -> serde_json::Value {
+    v
 }
 
-fn replica(name: &str, token_volume: &str) -> Pod {
+/// The decision key of `pod` created in `namespace`, as the server reads it
+/// (the first look at the review's body).
+fn key(namespace: &str, pod: &serde_json::Value) -> Option<Vec<u8>> {
+    let body = serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "operation": "CREATE", "userInfo": {}, "namespace": namespace, "object": pod
+        }
+    }))
+    .unwrap();
+    crate::glance::read(&body, 4096)?.key()
+}
+
+fn replica(name: &str, token_volume: &str) -> serde_json::Value {
     pod(json!({
         "metadata": {
             "name": name, "generateName": "web-", "labels": {"app": "web"},
@@ -31,7 +46,7 @@ fn replicas_share_a_key_and_anything_the_decision_reads_changes_it() {
     );
 
     let changed = |f: &dyn Fn(&mut serde_json::Value)| {
-        let mut v = serde_json::to_value(replica("web-1", "kube-api-access-abcde")).unwrap();
+        let mut v = replica("web-1", "kube-api-access-abcde");
         f(&mut v);
         key("n", &pod(v))
     };
@@ -168,7 +183,8 @@ fn fetched_plan() -> (Plan, Arc<SecretValue>) {
 #[test]
 fn a_kept_decision_gives_back_its_patch_with_and_without_the_versions() {
     let (plan, value) = fetched_plan();
-    let p = replica("web-1", "kube-api-access-abcde");
+    let p: crate::pod::Pod =
+        serde_json::from_value(replica("web-1", "kube-api-access-abcde")).unwrap();
     let targets = crate::patch::select(&p, None).unwrap();
     let (patch, warnings) = crate::patch::build(&p, &plan, &targets);
     assert!(warnings.is_empty());

@@ -1,0 +1,273 @@
+//! A first look at a review, borrowed from its body: what the warm path
+//! needs to answer a pod from a kept decision ([`crate::decisions`]) without
+//! building kube's owned [`AdmissionRequest`](kube::core::admission::AdmissionRequest).
+//!
+//! It reads the request's uid, operation, kind, sub-resource, name,
+//! namespace, user and dry-run flag, and of the pod what a decision's key
+//! holds: its names, whether it has labels, its `sm-injector.io/`
+//! annotations, each container's name and its env and envFrom entries as
+//! their JSON text, and the ServiceAccount. Strings are borrowed from the
+//! body wherever they hold no escape; everything else is parsed past. The
+//! body's env, envFrom and volumeMounts entries count against the same
+//! `--max-pod-entries` as [`crate::wire::decode`]'s, and a pod past it gets
+//! no glance: the full decoding answers it.
+//!
+//! The key is built from the glance on every path (kept or decided afresh),
+//! so a decision is found again by pods whose glance is the same. The text
+//! of env entries, not their typed value, is in the key: the same text always
+//! reads as the same entries, and a pod whose entries are written otherwise
+//! (the API server writes them one way) is only decided afresh.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde::de::{IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::annotations::{self, PREFIX};
+use crate::pod::{bounded, bounded_list};
+
+/// A string borrowed from the body, or owned where it held an escape.
+#[derive(Default, Debug, PartialEq)]
+pub struct Str<'a>(pub Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Cow<'de, str>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(s))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(s.to_owned()))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(s))
+            }
+        }
+        d.deserialize_str(V).map(Str)
+    }
+}
+
+fn text<'b>(s: &'b Option<Str<'_>>) -> Option<&'b str> {
+    s.as_ref().map(|s| &*s.0)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Review<'a> {
+    // Required as kube requires them; their content is not read.
+    #[serde(rename = "apiVersion")]
+    _api_version: IgnoredAny,
+    #[serde(rename = "kind")]
+    _kind: IgnoredAny,
+    #[serde(borrow)]
+    request: Option<Request<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Kind<'a> {
+    #[serde(borrow)]
+    kind: Str<'a>,
+}
+
+#[derive(Deserialize, Default)]
+struct User<'a> {
+    #[serde(default, borrow)]
+    username: Option<Str<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Request<'a> {
+    #[serde(borrow)]
+    uid: Str<'a>,
+    #[serde(borrow)]
+    kind: Kind<'a>,
+    #[serde(rename = "resource")]
+    _resource: IgnoredAny,
+    #[serde(default, borrow)]
+    sub_resource: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    name: Str<'a>,
+    #[serde(default, borrow)]
+    namespace: Option<Str<'a>>,
+    #[serde(borrow)]
+    operation: Str<'a>,
+    #[serde(borrow)]
+    user_info: User<'a>,
+    #[serde(borrow)]
+    object: Option<PodGlance<'a>>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// What a decision reads of a pod.
+#[derive(Deserialize, Default)]
+pub struct PodGlance<'a> {
+    #[serde(default, borrow)]
+    pub metadata: MetaGlance<'a>,
+    #[serde(default, borrow)]
+    pub spec: Option<SpecGlance<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MetaGlance<'a> {
+    #[serde(default, borrow)]
+    name: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    generate_name: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    namespace: Option<Str<'a>>,
+    /// Only whether there are labels (the patch adds to them or makes them).
+    #[serde(default)]
+    labels: Option<IgnoredAny>,
+    /// The `sm-injector.io/` annotations, in the body's order; `Some`
+    /// whenever the pod has an annotations object.
+    #[serde(default, borrow)]
+    pub annotations: Option<Own<'a>>,
+}
+
+impl MetaGlance<'_> {
+    pub fn has_labels(&self) -> bool {
+        self.labels.is_some()
+    }
+}
+
+/// A pod's `sm-injector.io/` annotations; the others are parsed past.
+#[derive(Default)]
+pub struct Own<'a>(pub Vec<(Str<'a>, Str<'a>)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Own<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Vec<(Str<'de>, Str<'de>)>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of strings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(k) = map.next_key::<Str<'de>>()? {
+                    if k.0.starts_with(PREFIX) {
+                        out.push((k, map.next_value::<Str<'de>>()?));
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(V).map(Own)
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SpecGlance<'a> {
+    #[serde(default, borrow)]
+    pub containers: Vec<ContainerGlance<'a>>,
+    #[serde(default, borrow)]
+    pub init_containers: Option<Vec<ContainerGlance<'a>>>,
+    #[serde(default, borrow)]
+    service_account_name: Option<Str<'a>>,
+    #[serde(default, borrow)]
+    service_account: Option<Str<'a>>,
+}
+
+/// A container's name, and its env and envFrom entries as their JSON text.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerGlance<'a> {
+    #[serde(borrow)]
+    pub name: Str<'a>,
+    #[serde(default, borrow, deserialize_with = "bounded_list")]
+    pub env: Option<Vec<&'a RawValue>>,
+    #[serde(default, borrow, deserialize_with = "bounded_list")]
+    pub env_from: Option<Vec<&'a RawValue>>,
+    /// Counted against the bound only (a list of nothing allocates nothing).
+    #[serde(default, rename = "volumeMounts", deserialize_with = "bounded_list")]
+    _volume_mounts: Option<Vec<IgnoredAny>>,
+}
+
+/// A first look at a review whose body holds a request with a pod.
+pub struct Glance<'a> {
+    request: Request<'a>,
+}
+
+/// The glance at `body`, if it is a review with a request and at most
+/// `max_entries` env, envFrom and volumeMounts entries; `None` otherwise
+/// (the full decoding then answers it, or says what is wrong).
+pub fn read(body: &[u8], max_entries: usize) -> Option<Glance<'_>> {
+    let (review, skipped) = bounded(max_entries, || serde_json::from_slice::<Review>(body));
+    let request = review.ok()?.request?;
+    (skipped == 0).then_some(Glance { request })
+}
+
+impl<'a> Glance<'a> {
+    pub fn uid(&self) -> &str {
+        &self.request.uid.0
+    }
+
+    pub fn user(&self) -> &str {
+        text(&self.request.user_info.username).unwrap_or("")
+    }
+
+    pub fn dry_run(&self) -> bool {
+        self.request.dry_run
+    }
+
+    /// The pod being created, if the review is a pod's creation (not an
+    /// update, not a sub-resource).
+    pub fn created_pod(&self) -> Option<&PodGlance<'a>> {
+        let r = &self.request;
+        (r.operation.0 == "CREATE" && r.kind.kind.0 == "Pod" && r.sub_resource.is_none())
+            .then_some(r.object.as_ref())
+            .flatten()
+    }
+
+    /// The request's namespace, else the pod's.
+    pub fn namespace(&self) -> Option<&str> {
+        let pod_ns = self.request.object.as_ref().map(|p| &p.metadata.namespace);
+        text(&self.request.namespace).or(pod_ns.and_then(text))
+    }
+
+    /// The created pod's decision key ([`crate::decisions::key`]), if it asks
+    /// for something.
+    pub fn key(&self) -> Option<Vec<u8>> {
+        crate::decisions::key(self.namespace()?, self.created_pod()?)
+    }
+
+    /// The pod's name, or its generateName prefix, or the request's name.
+    pub fn pod_name(&self) -> &str {
+        let m = self.request.object.as_ref().map(|p| &p.metadata);
+        m.and_then(|m| text(&m.name).or(text(&m.generate_name)))
+            .unwrap_or(&self.request.name.0)
+    }
+}
+
+impl PodGlance<'_> {
+    /// Whether the pod asks anything of sm-injector (an input annotation).
+    pub fn asks(&self) -> bool {
+        self.metadata.annotations.as_ref().is_some_and(|a| {
+            a.0.iter()
+                .any(|(k, _)| !annotations::OUTPUT_KEYS.contains(&&*k.0))
+        })
+    }
+
+    /// The pod's ServiceAccount: `serviceAccountName`, else its deprecated
+    /// alias, else `default`.
+    pub fn service_account(&self) -> &str {
+        let s = self.spec.as_ref();
+        s.and_then(|s| text(&s.service_account_name).or(text(&s.service_account)))
+            .unwrap_or("default")
+    }
+}
+
+#[cfg(test)]
+mod tests;
