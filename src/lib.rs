@@ -1,7 +1,7 @@
 //! sm-injector: a Kubernetes mutating admission webhook that injects AWS Secrets
 //! Manager secrets into pods as env vars, through backing Kubernetes Secrets.
 //!
-//! The decision logic is pure ([`annotations`], [`reference`], [`policy`],
+//! The decision logic is pure ([`annotations`], [`reference`](mod@reference), [`policy`],
 //! [`plan`], [`patch`], [`backing`], [`secret`], [`fetch`], the write rule in
 //! [`store::rule`], the refresher's planner and index); I/O lives at the
 //! edges ([`source`] for AWS, [`store`] for backing Secrets in Kubernetes,

@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 
 thread_local! {
     /// Entries a list may still build, and entries skipped: set for one
-    /// review by [`crate::wire::decode`], unbounded otherwise.
+    /// review by [`crate::wire::decode`] (and by [`crate::glance::read`]),
+    /// unbounded otherwise.
     static ENTRIES: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((usize::MAX, 0)) };
 }
 

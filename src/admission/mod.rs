@@ -1,7 +1,9 @@
 //! One admission review, from request to response: read the annotations, check
 //! the access rule, fetch the secrets, write the backing Secrets, patch the pod.
-//! [`pod`] plans a pod; this module answers the review with that plan, or
-//! with the decision kept for pods like it ([`crate::decisions`]).
+//! Its submodule `pod` plans a pod ([`plan_pod`]); this module answers the
+//! review with that plan, or with the decision kept for pods like it
+//! ([`crate::decisions`]), found from the first look at the body
+//! ([`crate::glance`]).
 
 mod answer;
 mod asked;

@@ -4,7 +4,7 @@
 use crate::fetch::FetchKey;
 use crate::plan::{Content, Plan};
 
-/// What [`Syncer::ensure`] found.
+/// What [`Syncer::ensure`](super::Syncer::ensure) found.
 #[derive(Debug, Default)]
 pub struct Ensured {
     pub warnings: Vec<String>,
