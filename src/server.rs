@@ -155,11 +155,11 @@ async fn answer(st: &AppState, source: IpAddr, request: axum::extract::Request) 
     let answer_by = tokio::time::Instant::now() + st.deadline;
     // A first look, borrowed from the body: a pod whose decision is kept is
     // answered from it without building kube's request ([`crate::glance`]).
-    let glance = glance::read(&body, st.max_pod_entries);
-    let key = glance
-        .as_ref()
-        .filter(|_| st.webhook.decisions.enabled())
-        .and_then(|g| g.key());
+    // (Without kept decisions, `--decision-cache-bytes=0`, nothing needs it.)
+    let glance = (st.webhook.decisions.enabled())
+        .then(|| glance::read(&body, st.max_pod_entries))
+        .flatten();
+    let key = glance.as_ref().and_then(|g| g.key());
     if let (Some(g), Some(key)) = (&glance, &key) {
         let kept = Box::pin(st.webhook.review_kept(g, key));
         match tokio::time::timeout_at(answer_by, kept).await {
