@@ -195,7 +195,7 @@ pub struct ContainerGlance<'a> {
     _volume_mounts: Option<Vec<IgnoredAny>>,
 }
 
-/// A first look at a review whose body holds a request with a pod.
+/// A first look at a review that holds a request.
 pub struct Glance<'a> {
     request: Request<'a>,
 }
@@ -237,8 +237,8 @@ impl<'a> Glance<'a> {
         text(&self.request.namespace).or(pod_ns.and_then(text))
     }
 
-    /// The created pod's decision key ([`crate::decisions::key`]), if it asks
-    /// for something.
+    /// The created pod's decision key ([`crate::decisions::key`]), if it has
+    /// `sm-injector.io/` annotations and a spec.
     pub fn key(&self) -> Option<Vec<u8>> {
         crate::decisions::key(self.namespace()?, self.created_pod()?)
     }
