@@ -164,6 +164,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_reply_allows_as_kubes_response_from_the_request_does() {
+        let review: kube::core::admission::AdmissionReview<Pod> =
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                "request": {
+                    "uid": "u-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "resource": {"group": "", "version": "v1", "resource": "pods"},
+                    "operation": "CREATE", "userInfo": {"username": "me"}, "namespace": "n",
+                    "dryRun": true, "object": {"metadata": {}, "spec": {"containers": []}}
+                }
+            }))
+            .unwrap();
+        let req: AdmissionRequest<Pod> = review.try_into().unwrap();
+        let reply = Reply::from(&req);
+        assert_eq!(reply.allowed(), AdmissionResponse::from(&req));
+        assert_eq!(
+            (reply.uid, reply.namespace, reply.user, reply.dry_run),
+            ("u-1", "n", "me", true)
+        );
+    }
+
+    #[test]
     fn denial_messages_are_bounded_whatever_the_input() {
         let huge = format!(
             "annotation sm-injector.io/env.X: {:?} is bad",
