@@ -12,7 +12,7 @@
 //! `--max-pod-entries` as [`crate::wire::decode`]'s, and a pod past it gets
 //! no glance: the full decoding answers it.
 //!
-//! The key is built from the glance on every path (kept or decided afresh),
+//! The key ([`crate::decisions::key_of`]) is built from the glance on every path (kept or decided afresh),
 //! so a decision is found again by pods whose glance is the same. The text
 //! of env entries, not their typed value, is in the key: the same text always
 //! reads as the same entries, and a pod whose entries are written otherwise
@@ -235,12 +235,6 @@ impl<'a> Glance<'a> {
     pub fn namespace(&self) -> Option<&str> {
         let pod_ns = self.request.object.as_ref().map(|p| &p.metadata.namespace);
         text(&self.request.namespace).or(pod_ns.and_then(text))
-    }
-
-    /// The created pod's decision key ([`crate::decisions::key`]), if it has
-    /// `sm-injector.io/` annotations and a spec.
-    pub fn key(&self) -> Option<Vec<u8>> {
-        crate::decisions::key(self.namespace()?, self.created_pod()?)
     }
 
     /// The pod's name, or its generateName prefix, or the request's name.

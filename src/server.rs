@@ -159,7 +159,7 @@ async fn answer(st: &AppState, source: IpAddr, request: axum::extract::Request) 
     let glance = (st.webhook.decisions.enabled())
         .then(|| glance::read(&body, st.max_pod_entries))
         .flatten();
-    let key = glance.as_ref().and_then(|g| g.key());
+    let key = glance.as_ref().and_then(crate::decisions::key_of);
     if let (Some(g), Some(key)) = (&glance, &key) {
         let kept = Box::pin(st.webhook.review_kept(g, key));
         match tokio::time::timeout_at(answer_by, kept).await {

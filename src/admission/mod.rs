@@ -64,8 +64,11 @@ enum Patch<'a> {
 }
 
 impl Webhook {
-    /// The answer to `req`; `key` is its pod's decision key, from the first
-    /// look at the body ([`crate::glance::Glance::key`]).
+    /// The answer to `req`, decided afresh; `key` is its pod's decision key,
+    /// from the first look at the body ([`crate::decisions::key_of`]), under
+    /// which the decision is kept. The decision already kept under it, if any,
+    /// was tried by [`Webhook::review_kept`] on the same facts, so it is not
+    /// looked up again.
     pub async fn review(&self, req: &AdmissionRequest<Pod>, key: Option<Vec<u8>>) -> Answer {
         let start = Instant::now();
         let answer = self.decide(req, key).await;
@@ -76,7 +79,7 @@ impl Webhook {
 
     /// The answer to the review `g` glanced at, from the decision kept under
     /// its `key` if there is one and it is current; `None` otherwise, and the
-    /// review is then decoded and answered by [`Webhook::review`]. The steps
+    /// review is then decoded and decided afresh by [`Webhook::review`]. The steps
     /// before are the same as there, on what the glance read.
     pub async fn review_kept(&self, g: &Glance<'_>, key: &[u8]) -> Option<Answer> {
         let start = Instant::now();
@@ -133,14 +136,6 @@ impl Webhook {
             pod: name,
         };
         let key = key.filter(|_| self.decisions.enabled());
-        if let Some(key) = &key
-            && let Some(d) = self.decisions.get(key).await
-            && let Some(d) = self.current(d, namespace, &identity).await
-        {
-            return self
-                .conclude(reply, subject, &d.plan, Patch::Kept(&d), vec![])
-                .await;
-        }
         // Boxed, as the ServiceAccount's lookup below: a pod decided afresh
         // pays one allocation, and every review's future stays small instead
         // of being copied whole as it is made and moved (seen in profiles).

@@ -34,7 +34,7 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 
 use crate::fetch::FetchKey;
-use crate::glance::PodGlance;
+use crate::glance::{Glance, PodGlance};
 use crate::lookup::Hashing;
 use crate::plan::{Content, Plan};
 use crate::policy::AccessRule;
@@ -75,6 +75,12 @@ pub fn key(namespace: &str, pod: &PodGlance<'_>) -> Option<Vec<u8>> {
         }
     }
     Some(out)
+}
+
+/// The decision key of the pod a glanced review creates ([`key`]), if it has
+/// `sm-injector.io/` annotations and a spec.
+pub fn key_of(g: &Glance<'_>) -> Option<Vec<u8>> {
+    key(g.namespace()?, g.created_pod()?)
 }
 
 fn field(out: &mut Vec<u8>, bytes: &[u8]) {

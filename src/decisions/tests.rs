@@ -17,7 +17,7 @@ fn key(namespace: &str, pod: &serde_json::Value) -> Option<Vec<u8>> {
         }
     }))
     .unwrap();
-    crate::glance::read(&body, 4096)?.key()
+    key_of(&crate::glance::read(&body, 4096)?)
 }
 
 fn replica(name: &str, token_volume: &str) -> serde_json::Value {

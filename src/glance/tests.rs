@@ -71,15 +71,21 @@ fn what_is_not_a_review_with_a_request_gets_no_glance() {
 
 #[test]
 fn a_key_only_for_a_created_pod_that_has_sm_injector_annotations_and_a_spec() {
-    assert!(read(&review(pod(1, 1)), 10).unwrap().key().is_some());
+    assert!(crate::decisions::key_of(&read(&review(pod(1, 1)), 10).unwrap()).is_some());
     let mut p = pod(1, 1);
     p["metadata"]["annotations"] = json!({"other": "x"});
-    assert_eq!(read(&review(p), 10).unwrap().key(), None);
+    assert_eq!(
+        crate::decisions::key_of(&read(&review(p), 10).unwrap()),
+        None
+    );
     let mut p = pod(1, 1);
     p.as_object_mut().unwrap().remove("spec");
-    assert_eq!(read(&review(p), 10).unwrap().key(), None);
+    assert_eq!(
+        crate::decisions::key_of(&read(&review(p), 10).unwrap()),
+        None
+    );
     let mut body: Value = serde_json::from_slice(&review(pod(1, 1))).unwrap();
     body["request"]["operation"] = json!("UPDATE");
     let body = serde_json::to_vec(&body).unwrap();
-    assert_eq!(read(&body, 10).unwrap().key(), None);
+    assert_eq!(crate::decisions::key_of(&read(&body, 10).unwrap()), None);
 }
