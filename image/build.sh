@@ -25,7 +25,9 @@ case "$arch" in
     target=aarch64-unknown-linux-musl
     # Rust's musl target links its own musl (self-contained); the cross gcc
     # compiles the C dependencies (aws-lc) and drives the link.
-    command -v aarch64-linux-gnu-gcc >/dev/null || { echo "image/build.sh: aarch64-linux-gnu-gcc is required (apt-get install gcc-aarch64-linux-gnu)" >&2; exit 1; }
+    command -v aarch64-linux-gnu-gcc >/dev/null || { echo "image/build.sh: aarch64-linux-gnu-gcc is required (apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross)" >&2; exit 1; }
+    # Its C headers come in another package, only recommended by the compiler's.
+    echo '#include <sys/types.h>' | aarch64-linux-gnu-gcc -E - >/dev/null 2>&1 || { echo "image/build.sh: aarch64-linux-gnu-gcc finds no C headers for arm64 (apt-get install libc6-dev-arm64-cross)" >&2; exit 1; }
     export CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc AR_aarch64_unknown_linux_musl=aarch64-linux-gnu-ar \
       CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc ;;
   *) echo "image/build.sh: ARCH must be amd64 or arm64, not $arch" >&2; exit 2 ;;
