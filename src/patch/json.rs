@@ -82,6 +82,56 @@ impl Item<'_> {
     }
 }
 
+/// Items written once each, to be copied into every container's operations:
+/// a plan's entries are the same text in each container they go to.
+pub struct Texts {
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Texts {
+    pub fn new<'a>(items: impl ExactSizeIterator<Item = Item<'a>>) -> Texts {
+        let mut ends = Vec::with_capacity(items.len());
+        let mut buf = Vec::with_capacity(items.len() * 128);
+        for item in items {
+            item.write(&mut buf);
+            ends.push(buf.len());
+        }
+        Texts { buf, ends }
+    }
+
+    /// The JSON text of the `i`th item.
+    pub fn get(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.buf[start..self.ends[i]]
+    }
+}
+
+/// The JSON Pointer of `path`, as it is written between the quotes of a
+/// JSON string.
+pub fn pointer(path: &[&str]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.iter().map(|t| t.len() + 1).sum());
+    for t in path {
+        out.push(b'/');
+        if plain(t) {
+            // JSON Pointer's escapes only (the label and annotation keys hold a '/').
+            for &b in t.as_bytes() {
+                match b {
+                    b'~' => out.extend_from_slice(b"~0"),
+                    b'/' => out.extend_from_slice(b"~1"),
+                    b => out.push(b),
+                }
+            }
+        } else {
+            // JSON Pointer's escapes, then JSON's (without the quotes).
+            let t = t.replace('~', "~0").replace('/', "~1");
+            let quoted = serde_json::to_vec(&t).expect("a string serializes");
+            out.extend_from_slice(&quoted[1..quoted.len() - 1]);
+        }
+    }
+    out
+}
+
 impl Ops {
     /// Ops whose bytes are expected to take about `bytes` (growing a large
     /// patch by doubling costs copies and allocator work on every admission).
@@ -93,50 +143,36 @@ impl Ops {
 
     /// Adds an operation at `path` whose value `value` writes.
     fn add(&mut self, path: &[&str], value: impl FnOnce(&mut Vec<u8>)) {
+        self.add_at(&pointer(path), value);
+    }
+
+    /// Adds an operation at the written [`pointer`] whose value `value` writes.
+    fn add_at(&mut self, pointer: &[u8], value: impl FnOnce(&mut Vec<u8>)) {
         if self.count > 0 {
             self.out.push(b',');
         }
         self.count += 1;
-        self.out.extend_from_slice(br#"{"op":"add","path":"#);
-        self.out.push(b'"');
-        for t in path {
-            self.out.push(b'/');
-            if plain(t) {
-                // JSON Pointer's escapes only (the label and annotation keys hold a '/').
-                for &b in t.as_bytes() {
-                    match b {
-                        b'~' => self.out.extend_from_slice(b"~0"),
-                        b'/' => self.out.extend_from_slice(b"~1"),
-                        b => self.out.push(b),
-                    }
-                }
-            } else {
-                // JSON Pointer's escapes, then JSON's (without the quotes).
-                let t = t.replace('~', "~0").replace('/', "~1");
-                let quoted = serde_json::to_vec(&t).expect("a string serializes");
-                self.out.extend_from_slice(&quoted[1..quoted.len() - 1]);
-            }
-        }
-        self.out.push(b'"');
-        self.out.extend_from_slice(br#","value":"#);
+        self.out.extend_from_slice(br#"{"op":"add","path":""#);
+        self.out.extend_from_slice(pointer);
+        self.out.extend_from_slice(br#"","value":"#);
         value(&mut self.out);
         self.out.push(b'}');
     }
 
-    /// Adds `item` at `path`.
-    pub fn item(&mut self, path: &[&str], item: Item) {
-        self.add(path, |out| item.write(out));
+    /// Adds the item whose JSON is `text` at the written [`pointer`].
+    pub fn item(&mut self, pointer: &[u8], text: &[u8]) {
+        self.add_at(pointer, |out| out.extend_from_slice(text));
     }
 
-    /// Adds the list of `items` at `path`.
-    pub fn list(&mut self, path: &[&str], items: &[Item]) {
+    /// Adds the list of the items whose JSON are `texts` at `path`.
+    pub fn list(&mut self, path: &[&str], texts: &[&[u8]]) {
         self.add(path, |out| {
             out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
+            for (i, text) in texts.iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
-                item.write(out);
+                out.extend_from_slice(text);
             }
             out.push(b']');
         });
@@ -199,16 +235,29 @@ mod tests {
             secret: "m".into(),
             path: "/x/\u{1}".into(),
         };
+        let texts = Texts::new(
+            [
+                Item::Env(&env),
+                Item::EnvFrom(&from),
+                Item::EnvFrom(&prefixed),
+                Item::Volume(&mount),
+                Item::Mount(&mount),
+            ]
+            .into_iter(),
+        );
         let mut ops = Ops::with_capacity(64);
-        ops.item(&["spec", "containers", "0", "env", "-"], Item::Env(&env));
+        ops.item(
+            &pointer(&["spec", "containers", "0", "env", "-"]),
+            texts.get(0),
+        );
         ops.list(
             &["spec", "containers", "0", "envFrom"],
-            &[Item::EnvFrom(&from), Item::EnvFrom(&prefixed)],
+            &[texts.get(1), texts.get(2)],
         );
-        ops.list(&["spec", "volumes"], &[Item::Volume(&mount)]);
+        ops.list(&["spec", "volumes"], &[texts.get(3)]);
         ops.item(
-            &["spec", "containers", "0", "volumeMounts", "-"],
-            Item::Mount(&mount),
+            &pointer(&["spec", "containers", "0", "volumeMounts", "-"]),
+            texts.get(4),
         );
         ops.string(&["metadata", "labels", "a.io/b~c"], "x\"y");
         ops.map(&["metadata", "annotations"], "k/1", "{\"v\":1}");

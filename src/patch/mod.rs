@@ -11,7 +11,7 @@ use crate::pod::{Container, Pod};
 use crate::annotations::{CONTAINERS, INJECTED, INJECTED_LABEL};
 use crate::plan::{self, Plan};
 pub(crate) use json::plain;
-use json::{Item, Ops};
+use json::{Item, Ops, Texts};
 
 /// A container the pod's annotations select: its list and index in the spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,8 +85,9 @@ pub fn select(pod: &Pod, wanted: Option<&[String]>) -> Result<Vec<Target>, Strin
         .collect())
 }
 
-/// Appends `items` to the array at `base/field`, adding the array when absent.
-fn append(ops: &mut Ops, base: &[&str], field: &str, exists: bool, items: &[Item]) {
+/// Appends the items whose JSON are `items` to the array at `base/field`,
+/// adding the array when absent.
+fn append(ops: &mut Ops, base: &[&str], field: &str, exists: bool, items: &[&[u8]]) {
     if items.is_empty() {
         return;
     }
@@ -94,8 +95,10 @@ fn append(ops: &mut Ops, base: &[&str], field: &str, exists: bool, items: &[Item
     path.push(field);
     if exists {
         path.push("-");
+        // The same pointer for each item: written once.
+        let at = json::pointer(&path);
         for item in items {
-            ops.item(&path, *item);
+            ops.item(&at, item);
         }
     } else {
         ops.list(&path, items);
@@ -103,15 +106,20 @@ fn append(ops: &mut Ops, base: &[&str], field: &str, exists: bool, items: &[Item
 }
 
 /// Like [`append`], but `items` go before what the list holds.
-fn prepend(ops: &mut Ops, base: &[&str], field: &str, exists: bool, items: &[Item]) {
+fn prepend(ops: &mut Ops, base: &[&str], field: &str, exists: bool, items: &[&[u8]]) {
     if !exists {
         return append(ops, base, field, exists, items);
     }
+    let mut path: Vec<&str> = base.to_vec();
+    path.push(field);
+    let list = json::pointer(&path);
+    let mut at = list.clone();
     for (i, item) in items.iter().enumerate() {
-        let index = i.to_string();
-        let mut path: Vec<&str> = base.to_vec();
-        path.extend([field, index.as_str()]);
-        ops.item(&path, *item);
+        // An index needs no escaping.
+        at.truncate(list.len());
+        at.push(b'/');
+        at.extend_from_slice(i.to_string().as_bytes());
+        ops.item(&at, item);
     }
 }
 
@@ -150,7 +158,11 @@ pub fn build(pod: &Pod, plan: &Plan, targets: &[Target]) -> (Vec<u8>, Vec<String
     let mut ops = Ops::with_capacity(estimate.min(1 << 20));
     let mut warnings = vec![];
     let all = all_containers(pod);
-    let mut items = Vec::with_capacity(plan.env.len().max(plan.env_from.len()));
+    // Each entry's JSON is written once, and copied into each container.
+    let env = Texts::new(plan.env.iter().map(Item::Env));
+    let env_from = Texts::new(plan.env_from.iter().map(Item::EnvFrom));
+    let mounts = Texts::new(plan.mounts.iter().map(Item::Mount));
+    let mut items: Vec<&[u8]> = Vec::with_capacity(plan.env.len().max(plan.env_from.len()));
 
     for t in targets {
         let c = all
@@ -163,23 +175,23 @@ pub fn build(pod: &Pod, plan: &Plan, targets: &[Target]) -> (Vec<u8>, Vec<String
 
         let existing_env = c.env.as_deref().unwrap_or_default();
         items.clear();
-        for e in &plan.env {
+        for (i, e) in plan.env.iter().enumerate() {
             match existing_env.iter().find(|x| x.name == e.var) {
                 Some(x) if is_ours(x, e) => {}
                 Some(_) => warnings.push(format!(
                     "container {:?} already sets {}; its own value is kept and sm-injector's is not injected",
                     c.name, e.var
                 )),
-                None => items.push(Item::Env(e)),
+                None => items.push(env.get(i)),
             }
         }
         append(&mut ops, &base, "env", c.env.is_some(), &items);
 
         let existing_from = c.env_from.as_deref().unwrap_or_default();
         items.clear();
-        for e in &plan.env_from {
+        for (i, e) in plan.env_from.iter().enumerate() {
             if !existing_from.iter().any(|x| is_our_source(x, e)) {
-                items.push(Item::EnvFrom(e));
+                items.push(env_from.get(i));
             }
         }
         // Of two envFrom sources with the same key, the later wins: ours go
@@ -195,7 +207,7 @@ pub fn build(pod: &Pod, plan: &Plan, targets: &[Target]) -> (Vec<u8>, Vec<String
 
         let existing_mounts = c.volume_mounts.as_deref().unwrap_or_default();
         items.clear();
-        for m in &plan.mounts {
+        for (i, m) in plan.mounts.iter().enumerate() {
             if existing_mounts.iter().any(|x| x.name == m.secret) {
                 continue;
             }
@@ -206,7 +218,7 @@ pub fn build(pod: &Pod, plan: &Plan, targets: &[Target]) -> (Vec<u8>, Vec<String
                 ));
                 continue;
             }
-            items.push(Item::Mount(m));
+            items.push(mounts.get(i));
         }
         append(
             &mut ops,
@@ -220,15 +232,15 @@ pub fn build(pod: &Pod, plan: &Plan, targets: &[Target]) -> (Vec<u8>, Vec<String
     if !plan.mounts.is_empty() {
         let spec = pod.spec.as_ref();
         let existing = spec.and_then(|s| s.volumes.as_deref()).unwrap_or_default();
-        items.clear();
-        items.extend(
-            plan.mounts
-                .iter()
-                .filter(|m| !existing.iter().any(|v| v.name == m.secret))
-                .map(Item::Volume),
-        );
+        let added: Vec<&plan::Mount> = plan
+            .mounts
+            .iter()
+            .filter(|m| !existing.iter().any(|v| v.name == m.secret))
+            .collect();
+        let volumes = Texts::new(added.iter().map(|m| Item::Volume(m)));
+        let volumes: Vec<&[u8]> = (0..added.len()).map(|i| volumes.get(i)).collect();
         let has_volumes = spec.is_some_and(|s| s.volumes.is_some());
-        append(&mut ops, &["spec"], "volumes", has_volumes, &items);
+        append(&mut ops, &["spec"], "volumes", has_volumes, &volumes);
     }
 
     // The label lets the refresher watch only the pods sm-injector mutated.
