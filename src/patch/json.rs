@@ -90,9 +90,10 @@ pub struct Texts {
 }
 
 impl Texts {
-    pub fn new<'a>(items: impl ExactSizeIterator<Item = Item<'a>>) -> Texts {
-        let mut ends = Vec::with_capacity(items.len());
-        let mut buf = Vec::with_capacity(items.len() * 128);
+    pub fn new<'a>(items: impl IntoIterator<Item = Item<'a>>) -> Texts {
+        let items = items.into_iter();
+        let mut ends = Vec::with_capacity(items.size_hint().0);
+        let mut buf = Vec::with_capacity(ends.capacity() * 128);
         for item in items {
             item.write(&mut buf);
             ends.push(buf.len());
@@ -105,12 +106,23 @@ impl Texts {
         let start = if i == 0 { 0 } else { self.ends[i - 1] };
         &self.buf[start..self.ends[i]]
     }
+
+    /// The JSON text of each item, in order.
+    pub fn all(&self) -> Vec<&[u8]> {
+        (0..self.ends.len()).map(|i| self.get(i)).collect()
+    }
 }
 
 /// The JSON Pointer of `path`, as it is written between the quotes of a
 /// JSON string.
 pub fn pointer(path: &[&str]) -> Vec<u8> {
     let mut out = Vec::with_capacity(path.iter().map(|t| t.len() + 1).sum());
+    write_pointer(&mut out, path);
+    out
+}
+
+/// Writes [`pointer`]'s text for `path` to `out`.
+fn write_pointer(out: &mut Vec<u8>, path: &[&str]) {
     for t in path {
         out.push(b'/');
         if plain(t) {
@@ -129,7 +141,6 @@ pub fn pointer(path: &[&str]) -> Vec<u8> {
             out.extend_from_slice(&quoted[1..quoted.len() - 1]);
         }
     }
-    out
 }
 
 impl Ops {
@@ -143,17 +154,18 @@ impl Ops {
 
     /// Adds an operation at `path` whose value `value` writes.
     fn add(&mut self, path: &[&str], value: impl FnOnce(&mut Vec<u8>)) {
-        self.add_at(&pointer(path), value);
+        self.add_with(|out| write_pointer(out, path), value);
     }
 
-    /// Adds an operation at the written [`pointer`] whose value `value` writes.
-    fn add_at(&mut self, pointer: &[u8], value: impl FnOnce(&mut Vec<u8>)) {
+    /// Adds an operation whose path `path` writes (between the quotes) and
+    /// whose value `value` writes.
+    fn add_with(&mut self, path: impl FnOnce(&mut Vec<u8>), value: impl FnOnce(&mut Vec<u8>)) {
         if self.count > 0 {
             self.out.push(b',');
         }
         self.count += 1;
         self.out.extend_from_slice(br#"{"op":"add","path":""#);
-        self.out.extend_from_slice(pointer);
+        path(&mut self.out);
         self.out.extend_from_slice(br#"","value":"#);
         value(&mut self.out);
         self.out.push(b'}');
@@ -161,7 +173,10 @@ impl Ops {
 
     /// Adds the item whose JSON is `text` at the written [`pointer`].
     pub fn item(&mut self, pointer: &[u8], text: &[u8]) {
-        self.add_at(pointer, |out| out.extend_from_slice(text));
+        self.add_with(
+            |out| out.extend_from_slice(pointer),
+            |out| out.extend_from_slice(text),
+        );
     }
 
     /// Adds the list of the items whose JSON are `texts` at `path`.
@@ -235,16 +250,13 @@ mod tests {
             secret: "m".into(),
             path: "/x/\u{1}".into(),
         };
-        let texts = Texts::new(
-            [
-                Item::Env(&env),
-                Item::EnvFrom(&from),
-                Item::EnvFrom(&prefixed),
-                Item::Volume(&mount),
-                Item::Mount(&mount),
-            ]
-            .into_iter(),
-        );
+        let texts = Texts::new([
+            Item::Env(&env),
+            Item::EnvFrom(&from),
+            Item::EnvFrom(&prefixed),
+            Item::Volume(&mount),
+            Item::Mount(&mount),
+        ]);
         let mut ops = Ops::with_capacity(64);
         ops.item(
             &pointer(&["spec", "containers", "0", "env", "-"]),

@@ -4,6 +4,8 @@
 
 mod json;
 
+use std::io::Write as _;
+
 use k8s_openapi::api::core::v1::{EnvFromSource, EnvVar};
 
 use crate::pod::{Container, Pod};
@@ -117,8 +119,7 @@ fn prepend(ops: &mut Ops, base: &[&str], field: &str, exists: bool, items: &[&[u
     for (i, item) in items.iter().enumerate() {
         // An index needs no escaping.
         at.truncate(list.len());
-        at.push(b'/');
-        at.extend_from_slice(i.to_string().as_bytes());
+        write!(at, "/{i}").expect("writing to a Vec");
         ops.item(&at, item);
     }
 }
@@ -232,15 +233,14 @@ pub fn build(pod: &Pod, plan: &Plan, targets: &[Target]) -> (Vec<u8>, Vec<String
     if !plan.mounts.is_empty() {
         let spec = pod.spec.as_ref();
         let existing = spec.and_then(|s| s.volumes.as_deref()).unwrap_or_default();
-        let added: Vec<&plan::Mount> = plan
-            .mounts
-            .iter()
-            .filter(|m| !existing.iter().any(|v| v.name == m.secret))
-            .collect();
-        let volumes = Texts::new(added.iter().map(|m| Item::Volume(m)));
-        let volumes: Vec<&[u8]> = (0..added.len()).map(|i| volumes.get(i)).collect();
+        let volumes = Texts::new(
+            plan.mounts
+                .iter()
+                .filter(|m| !existing.iter().any(|v| v.name == m.secret))
+                .map(Item::Volume),
+        );
         let has_volumes = spec.is_some_and(|s| s.volumes.is_some());
-        append(&mut ops, &["spec"], "volumes", has_volumes, &volumes);
+        append(&mut ops, &["spec"], "volumes", has_volumes, &volumes.all());
     }
 
     // The label lets the refresher watch only the pods sm-injector mutated.

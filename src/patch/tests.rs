@@ -195,8 +195,14 @@ fn the_containers_own_env_from_sources_keep_their_keys() {
         ..Default::default()
     };
     p.spec.as_mut().unwrap().containers[0].env_from = Some(vec![own.clone()]);
+    // Two sources of ours, each inserted at its own index before the container's.
+    let mut plan = plan();
+    plan.env_from.push(EnvFrom {
+        prefix: None,
+        secret: "sm-n-cache-3".into(),
+    });
     let targets = select(&p, None).unwrap();
-    let (patch, warnings) = build(&p, &plan(), &targets);
+    let (patch, warnings) = build(&p, &plan, &targets);
     let out = apply(&p, &patch);
     let from = out.spec.as_ref().unwrap().containers[0]
         .env_from
@@ -207,7 +213,11 @@ fn the_containers_own_env_from_sources_keep_their_keys() {
         Some(&own),
         "the container's own source comes last, so it wins"
     );
-    assert!(from[0].secret_ref.is_some());
+    let ours: Vec<_> = from[..2]
+        .iter()
+        .map(|f| f.secret_ref.as_ref().map(|r| r.name.as_str()))
+        .collect();
+    assert_eq!(ours, [Some("sm-n-redis-2"), Some("sm-n-cache-3")]);
     assert!(
         warnings
             .iter()
@@ -215,7 +225,7 @@ fn the_containers_own_env_from_sources_keep_their_keys() {
         "{warnings:?}"
     );
     // Reinvocation adds nothing.
-    let (again, _) = build(&out, &plan(), &select(&out, None).unwrap());
+    let (again, _) = build(&out, &plan, &select(&out, None).unwrap());
     assert_eq!(
         apply(&out, &again).spec.unwrap().containers[0]
             .env_from
