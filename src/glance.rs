@@ -1,6 +1,8 @@
 //! A first look at a review, borrowed from its body: what the warm path
 //! needs to answer a pod from a kept decision ([`crate::decisions`]) without
-//! building kube's owned [`AdmissionRequest`](kube::core::admission::AdmissionRequest).
+//! building kube's owned [`AdmissionRequest`](kube::core::admission::AdmissionRequest),
+//! and what a pod decided afresh is planned from when it mounts no file
+//! ([`PodGlance::planning_pod`]), so that its body is read once.
 //!
 //! It reads the request's uid, operation, kind, sub-resource, name,
 //! namespace, user and dry-run flag, and of the pod what a decision's key
@@ -25,7 +27,7 @@ use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::annotations::{self, PREFIX};
-use crate::pod::{bounded, bounded_list};
+use crate::pod::{Container, Meta, Pod, Spec, bounded, bounded_list};
 
 /// A string borrowed from the body, or owned where it held an escape.
 #[derive(Default, Debug, PartialEq)]
@@ -195,6 +197,30 @@ pub struct ContainerGlance<'a> {
     _volume_mounts: Option<Vec<IgnoredAny>>,
 }
 
+impl ContainerGlance<'_> {
+    /// The container as planning reads it ([`PodGlance::planning_pod`]).
+    fn container(&self) -> Option<Container> {
+        fn entries<T: serde::de::DeserializeOwned>(
+            list: &Option<Vec<&RawValue>>,
+        ) -> Option<Option<Vec<T>>> {
+            match list {
+                None => Some(None),
+                Some(l) => l
+                    .iter()
+                    .map(|e| serde_json::from_str(e.get()).ok())
+                    .collect::<Option<_>>()
+                    .map(Some),
+            }
+        }
+        Some(Container {
+            name: self.name.0.to_string(),
+            env: entries(&self.env)?,
+            env_from: entries(&self.env_from)?,
+            volume_mounts: None,
+        })
+    }
+}
+
 /// A first look at a review that holds a request.
 pub struct Glance<'a> {
     request: Request<'a>,
@@ -246,6 +272,51 @@ impl<'a> Glance<'a> {
 }
 
 impl PodGlance<'_> {
+    /// The pod as planning reads it ([`crate::admission::plan_pod`] and
+    /// [`crate::patch::build`]), built from this glance instead of a second
+    /// decoding of the body, for a pod that mounts no file (no
+    /// `sm-injector.io/mount-path`): only a mount's patch reads the
+    /// containers' volume mounts and the pod's volumes, which the glance
+    /// parses past, so here they are `None`, and the labels, which the patch
+    /// only asks the presence of, an empty map when present. `None` for a pod
+    /// that mounts a file, has no spec, or whose env or envFrom entry does not
+    /// read as one: the full decoding answers those (and says what is wrong).
+    pub fn planning_pod(&self) -> Option<Pod> {
+        let m = &self.metadata;
+        let own = m.annotations.as_ref();
+        if own.is_some_and(|a| a.0.iter().any(|(k, _)| k.0 == annotations::MOUNT_PATH)) {
+            return None;
+        }
+        let spec = self.spec.as_ref()?;
+        let owned = |s: &Option<Str<'_>>| text(s).map(str::to_owned);
+        let containers = |list: &[ContainerGlance<'_>]| -> Option<Vec<Container>> {
+            list.iter().map(ContainerGlance::container).collect()
+        };
+        let metadata = Meta {
+            name: owned(&m.name),
+            generate_name: owned(&m.generate_name),
+            namespace: owned(&m.namespace),
+            labels: m.labels.as_ref().map(|_| Default::default()),
+            // As the decoding's map: of a key given twice, the last value.
+            annotations: own.map(|a| {
+                a.0.iter()
+                    .map(|(k, v)| (k.0.to_string(), v.0.to_string()))
+                    .collect()
+            }),
+        };
+        let spec = Spec {
+            containers: containers(&spec.containers)?,
+            init_containers: match &spec.init_containers {
+                Some(list) => Some(containers(list)?),
+                None => None,
+            },
+            volumes: None,
+            service_account_name: owned(&spec.service_account_name),
+            service_account: owned(&spec.service_account),
+        };
+        Some(Pod::new(metadata, Some(spec)))
+    }
+
     /// Whether the pod asks anything of sm-injector (an input annotation).
     pub fn asks(&self) -> bool {
         self.metadata.annotations.as_ref().is_some_and(|a| {

@@ -196,6 +196,32 @@ pub struct Pod {
     object_meta: Option<Box<ObjectMeta>>,
 }
 
+impl Pod {
+    pub fn new(metadata: Meta, spec: Option<Spec>) -> Pod {
+        Pod {
+            metadata,
+            spec,
+            object_meta: None,
+        }
+    }
+
+    /// This pod as the first look at a review reads it for planning
+    /// ([`crate::glance::PodGlance::planning_pod`]): without its volumes and
+    /// volume mounts, its labels only as present. For the tests and the fuzz
+    /// target that hold the two readings to each other.
+    pub fn as_planning_reads(mut self) -> Pod {
+        self.metadata.labels = self.metadata.labels.map(|_| Default::default());
+        if let Some(s) = &mut self.spec {
+            s.volumes = None;
+            let init = s.init_containers.iter_mut().flatten();
+            for c in s.containers.iter_mut().chain(init) {
+                c.volume_mounts = None;
+            }
+        }
+        self
+    }
+}
+
 static NO_META: std::sync::LazyLock<ObjectMeta> = std::sync::LazyLock::new(ObjectMeta::default);
 
 impl kube::Resource for Pod {

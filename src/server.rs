@@ -16,7 +16,7 @@ use kube::core::admission::AdmissionResponse;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::admission::{Reply, Webhook};
+use crate::admission::{Asked, Reply, Webhook};
 use crate::connections;
 use crate::glance;
 use crate::inflight;
@@ -153,19 +153,31 @@ async fn answer(st: &AppState, source: IpAddr, request: axum::extract::Request) 
         }
     };
     let answer_by = tokio::time::Instant::now() + st.deadline;
-    // A first look, borrowed from the body: a pod whose decision is kept is
-    // answered from it without building kube's request ([`crate::glance`]).
-    // (Without kept decisions, `--decision-cache-bytes=0`, nothing needs it.)
-    let glance = (st.webhook.decisions.enabled())
-        .then(|| glance::read(&body, st.max_pod_entries))
-        .flatten();
-    let key = glance.as_ref().and_then(crate::decisions::key_of);
-    if let (Some(g), Some(key)) = (&glance, &key) {
-        let kept = Box::pin(st.webhook.review_kept(g, key));
-        match tokio::time::timeout_at(answer_by, kept).await {
-            Ok(Some(answer)) => return answered(answer.response, answer.patch_base64),
-            Ok(None) => {}
-            Err(_) => return answered(too_late(st, &Reply::from(g)), None),
+    // A first look, borrowed from the body ([`crate::glance`]): a pod whose
+    // decision is kept is answered from it without building kube's request,
+    // and a pod decided afresh is planned from it where it reads all that
+    // planning reads; the rest is decoded.
+    let glance = glance::read(&body, st.max_pod_entries);
+    let key = (glance.as_ref())
+        .filter(|_| st.webhook.decisions.enabled())
+        .and_then(crate::decisions::key_of);
+    if let Some(g) = &glance {
+        if let Some(key) = &key {
+            let kept = Box::pin(st.webhook.review_kept(g, key));
+            match tokio::time::timeout_at(answer_by, kept).await {
+                Ok(Some(answer)) => return answered(answer.response, answer.patch_base64),
+                Ok(None) => {}
+                Err(_) => return answered(too_late(st, &Reply::from(g)), None),
+            }
+        }
+        let pod = g.created_pod().and_then(glance::PodGlance::planning_pod);
+        if let (Some(asked), Some(pod)) = (Asked::of_glance(g), pod) {
+            // Boxed, as below.
+            let review = Box::pin(st.webhook.review_asked(asked, &pod, key));
+            return match tokio::time::timeout_at(answer_by, review).await {
+                Ok(answer) => answered(answer.response, answer.patch_base64),
+                Err(_) => answered(too_late(st, &Reply::from(g)), None),
+            };
         }
     }
     drop(glance);

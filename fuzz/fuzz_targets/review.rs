@@ -3,9 +3,9 @@
 //! source, plan, patch) and the response's encoding. The server reads the pod
 //! as `sm_injector::pod` keeps it; where k8s-openapi's full Pod also decodes,
 //! what sm-injector reads of it gives the same patch; where the first look at
-//! the body (`sm_injector::glance`) also reads it, it asks the same. The
-//! patch must apply to the pod it was built for, and the patched pod must
-//! still be a pod.
+//! the body (`sm_injector::glance`) also reads it, it asks the same and
+//! plans the same pod. The patch must apply to the pod it was built for, and
+//! the patched pod must still be a pod.
 #![no_main]
 
 use std::collections::HashMap;
@@ -81,12 +81,22 @@ fuzz_target!(|data: &[u8]| {
         .and_then(|r| r.try_into().ok());
     // The first look at the body (the warm path's) asks what kube's
     // decoding asks, wherever both read the body.
+    // And a pod decided afresh from the glance is the pod kube's decoding
+    // reads, as far as planning reads it.
     if let Some(g) = sm_injector::glance::read(data, sm_injector::wire::DEFAULT_MAX_ENTRIES) {
         assert_eq!(
             Asked::of_request(&req),
             Asked::of_glance(&g),
             "the glance asks otherwise"
         );
+        let planned = g.created_pod().and_then(|p| p.planning_pod());
+        if let (Some(planned), Some(pod)) = (planned, &req.object) {
+            assert_eq!(
+                planned,
+                pod.clone().as_planning_reads(),
+                "the glance plans another pod"
+            );
+        }
     }
     let Some(pod) = &req.object else {
         return;

@@ -70,8 +70,26 @@ impl Webhook {
     /// was tried by [`Webhook::review_kept`] on the same facts, so it is not
     /// looked up again.
     pub async fn review(&self, req: &AdmissionRequest<Pod>, key: Option<Vec<u8>>) -> Answer {
+        match (Asked::of_request(req), &req.object) {
+            (Some(asked), Some(pod)) => self.review_asked(asked, pod, key).await,
+            _ => {
+                let start = Instant::now();
+                let answer = unchanged(&Reply::from(req));
+                self.metrics
+                    .admission(answer.outcome.metric_label(), start.elapsed().as_secs_f64());
+                answer
+            }
+        }
+    }
+
+    /// The answer to what `asked` asks for `pod`, decided afresh: from kube's
+    /// decoding ([`Webhook::review`]), or from the first look at the body when
+    /// it reads all that planning reads of the pod
+    /// ([`crate::glance::PodGlance::planning_pod`]), so that the body is not
+    /// decoded a second time.
+    pub async fn review_asked(&self, asked: Asked<'_>, pod: &Pod, key: Option<Vec<u8>>) -> Answer {
         let start = Instant::now();
-        let answer = self.decide(req, key).await;
+        let answer = self.decide(asked, pod, key).await;
         self.metrics
             .admission(answer.outcome.metric_label(), start.elapsed().as_secs_f64());
         answer
@@ -79,7 +97,7 @@ impl Webhook {
 
     /// The answer to the review `g` glanced at, from the decision kept under
     /// its `key` if there is one and it is current; `None` otherwise, and the
-    /// review is then decoded and decided afresh by [`Webhook::review`]. The steps
+    /// pod is then decided afresh ([`Webhook::review_asked`]). The steps
     /// before are the same as there, on what the glance read.
     pub async fn review_kept(&self, g: &Glance<'_>, key: &[u8]) -> Option<Answer> {
         let start = Instant::now();
@@ -121,10 +139,8 @@ impl Webhook {
         answer
     }
 
-    async fn decide(&self, req: &AdmissionRequest<Pod>, key: Option<Vec<u8>>) -> Answer {
-        let (Some(asked), Some(pod)) = (Asked::of_request(req), &req.object) else {
-            return unchanged(&Reply::from(req));
-        };
+    /// The answer to what `asked` asks for `pod`, decided afresh.
+    async fn decide(&self, asked: Asked<'_>, pod: &Pod, key: Option<Vec<u8>>) -> Answer {
         let (namespace, identity) = match self.admit(&asked).await {
             Ok(admitted) => admitted,
             Err(answer) => return answer,

@@ -89,3 +89,121 @@ fn a_key_only_for_a_created_pod_that_has_sm_injector_annotations_and_a_spec() {
     let body = serde_json::to_vec(&body).unwrap();
     assert_eq!(crate::decisions::key_of(&read(&body, 10).unwrap()), None);
 }
+
+#[test]
+fn a_pod_planned_from_the_glance_is_the_decoded_one_and_gets_the_same_patch() {
+    let p = json!({
+        "metadata": {
+            "generateName": "bot-7d9f8c6b5-", "namespace": "n",
+            "labels": {"app": "bot"},
+            "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": "{}",
+                "sm-injector.io/env.DB": "n/db#url",
+                "sm-injector.io/env-from.R": "n/r",
+                // Of a key given twice, the last value, as kube's decoding.
+                "sm-injector.io/env.X": "n/x#first",
+                "sm-injector.io/env.X": "n/x#k",
+                "sm-injector.io/containers": "app,init"
+            }
+        },
+        "spec": {
+            "serviceAccountName": "bot",
+            "initContainers": [{"name": "init", "image": "x", "env": []}],
+            "containers": [
+                {"name": "app", "image": "x",
+                 "env": [{"name": "DB", "value": "mine"},
+                         {"name": "P", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+                         {"name": "Q\u{e9}\"", "value": "esc\\aped"}],
+                 "envFrom": [{"prefix": "A_", "secretRef": {"name": "other"}}],
+                 "volumeMounts": [{"name": "v", "mountPath": "/data"}]},
+                {"name": "side", "image": "x", "env": null}
+            ],
+            "volumes": [{"name": "v", "emptyDir": {}}]
+        }
+    });
+    // serde_json's `json!` keeps one of two equal keys: the body is written out.
+    let body = String::from_utf8(review(p)).unwrap().replace(
+        r#""sm-injector.io/env.X":"n/x#k""#,
+        r#""sm-injector.io/env.X":"n/x#first","sm-injector.io/env.X":"n/x#k""#,
+    );
+    let g = read(body.as_bytes(), 100).unwrap();
+    let planned = g.created_pod().unwrap().planning_pod().unwrap();
+    let decoded = crate::wire::decode(body.as_bytes(), 100)
+        .unwrap()
+        .object
+        .unwrap();
+    assert_eq!(
+        decoded.metadata.annotations.as_ref().unwrap()["sm-injector.io/env.X"],
+        "n/x#k"
+    );
+    assert_eq!(planned, decoded.clone().as_planning_reads());
+
+    // The patch of a plan without mounts reads nothing else.
+    let plan = crate::plan::Plan {
+        backing: vec![],
+        env: vec![
+            crate::plan::EnvVar {
+                var: "DB".into(),
+                secret: "sm-db".into(),
+                key: "url".into(),
+            },
+            crate::plan::EnvVar {
+                var: "X".into(),
+                secret: "sm-x".into(),
+                key: "k".into(),
+            },
+        ],
+        env_from: vec![crate::plan::EnvFrom {
+            prefix: None,
+            secret: "sm-r".into(),
+        }],
+        mounts: vec![],
+        refresh_interval: std::time::Duration::from_secs(3600),
+        service_account: None,
+    };
+    let targets = crate::patch::select(&decoded, None).unwrap();
+    assert_eq!(crate::patch::select(&planned, None).unwrap(), targets);
+    assert_eq!(
+        crate::patch::build(&planned, &plan, &targets),
+        crate::patch::build(&decoded, &plan, &targets)
+    );
+}
+
+#[test]
+fn a_pod_that_mounts_a_file_or_whose_entries_do_not_read_is_decoded_instead() {
+    let mut p = pod(1, 1);
+    p["metadata"]["annotations"]["sm-injector.io/mount-path"] = json!("/s");
+    let body = review(p);
+    let g = read(&body, 10).unwrap();
+    assert!(g.created_pod().unwrap().planning_pod().is_none());
+    assert!(crate::wire::decode(&body, 10).is_ok());
+    // An env entry that is not one: the decoding says what is wrong.
+    let mut p = pod(1, 0);
+    p["spec"]["initContainers"][0]["env"][0] = json!({"name": 5});
+    let body = review(p);
+    let g = read(&body, 10).unwrap();
+    assert!(g.created_pod().unwrap().planning_pod().is_none());
+    assert!(crate::wire::decode(&body, 10).is_err());
+    // Without a spec there is nothing to plan from.
+    let mut p = pod(1, 1);
+    p.as_object_mut().unwrap().remove("spec");
+    let body = review(p);
+    assert!(
+        read(&body, 10)
+            .unwrap()
+            .created_pod()
+            .unwrap()
+            .planning_pod()
+            .is_none()
+    );
+    // And the pod of an ordinary review is planned from the glance.
+    let body = review(pod(2, 1));
+    assert!(
+        read(&body, 10)
+            .unwrap()
+            .created_pod()
+            .unwrap()
+            .planning_pod()
+            .is_some()
+    );
+}
