@@ -161,26 +161,33 @@ async fn answer(st: &AppState, source: IpAddr, request: axum::extract::Request) 
     let key = (glance.as_ref())
         .filter(|_| st.webhook.decisions.enabled())
         .and_then(crate::decisions::key_of);
-    if let Some(g) = &glance {
-        if let Some(key) = &key {
-            let kept = Box::pin(st.webhook.review_kept(g, key));
-            match tokio::time::timeout_at(answer_by, kept).await {
-                Ok(Some(answer)) => return answered(answer.response, answer.patch_base64),
-                Ok(None) => {}
-                Err(_) => return answered(too_late(st, &Reply::from(g)), None),
-            }
-        }
-        let pod = g.created_pod().and_then(glance::PodGlance::planning_pod);
-        if let (Some(asked), Some(pod)) = (Asked::of_glance(g), pod) {
-            // Boxed, as below.
-            let review = Box::pin(st.webhook.review_asked(asked, &pod, key));
-            return match tokio::time::timeout_at(answer_by, review).await {
-                Ok(answer) => answered(answer.response, answer.patch_base64),
-                Err(_) => answered(too_late(st, &Reply::from(g)), None),
-            };
+    if let (Some(g), Some(key)) = (&glance, &key) {
+        let kept = Box::pin(st.webhook.review_kept(g, key));
+        match tokio::time::timeout_at(answer_by, kept).await {
+            Ok(Some(answer)) => return answered(answer.response, answer.patch_base64),
+            Ok(None) => {}
+            Err(_) => return answered(too_late(st, &Reply::from(g)), None),
         }
     }
+    // The pod decided afresh from the look, where it reads all that planning
+    // reads; what it asks is copied out, so that the body is let go before
+    // the review, which may wait on Secrets Manager (as after decoding).
+    let planned = glance.as_ref().and_then(|g| {
+        let pod = g.created_pod()?.planning_pod()?;
+        Some((Asked::of_glance(g)?.owned(), pod))
+    });
     drop(glance);
+    if let Some((owned, pod)) = planned {
+        drop(body);
+        let asked = owned.asked();
+        let reply = asked.reply;
+        // Boxed, as below.
+        let review = Box::pin(st.webhook.review_asked(asked, &pod, key));
+        return match tokio::time::timeout_at(answer_by, review).await {
+            Ok(answer) => answered(answer.response, answer.patch_base64),
+            Err(_) => answered(too_late(st, &reply), None),
+        };
+    }
     let decoded = wire::decode(&body, st.max_pod_entries);
     drop(body);
     let req = match decoded {

@@ -64,6 +64,53 @@ impl<'a> Asked<'a> {
     }
 }
 
+impl Asked<'_> {
+    /// What this borrows, owned: so that the body it was read from can be let
+    /// go before a review that may wait on Secrets Manager.
+    pub fn owned(&self) -> OwnedAsked {
+        let r = &self.reply;
+        OwnedAsked {
+            uid: r.uid.to_owned(),
+            reply_namespace: r.namespace.to_owned(),
+            user: r.user.to_owned(),
+            dry_run: r.dry_run,
+            namespace: self.namespace.map(str::to_owned),
+            pod: self.pod.to_owned(),
+            asks: self.asks,
+            service_account: self.service_account.to_owned(),
+        }
+    }
+}
+
+/// An [`Asked`] that owns its strings ([`Asked::owned`]).
+pub struct OwnedAsked {
+    uid: String,
+    reply_namespace: String,
+    user: String,
+    dry_run: bool,
+    namespace: Option<String>,
+    pod: String,
+    asks: bool,
+    service_account: String,
+}
+
+impl OwnedAsked {
+    pub fn asked(&self) -> Asked<'_> {
+        Asked {
+            reply: Reply {
+                uid: &self.uid,
+                namespace: &self.reply_namespace,
+                user: &self.user,
+                dry_run: self.dry_run,
+            },
+            namespace: self.namespace.as_deref(),
+            pod: &self.pod,
+            asks: self.asks,
+            service_account: &self.service_account,
+        }
+    }
+}
+
 /// The pod's name, or its generateName prefix (pods made by controllers have
 /// no name yet), or the request's name.
 pub(super) fn pod_name<'a>(req: &'a AdmissionRequest<Pod>, pod: &'a Pod) -> &'a str {

@@ -14,7 +14,7 @@ pub use answer::{Answer, Denial, Outcome, Reply, denial_message, mutated};
 pub use pod::{MAX_AWS_CALLS, Planned, Settings, plan_pod};
 
 use answer::{deny, unchanged};
-pub use asked::Asked;
+pub use asked::{Asked, OwnedAsked};
 use asked::{asks, pod_name};
 
 use std::sync::Arc;

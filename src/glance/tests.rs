@@ -169,41 +169,32 @@ fn a_pod_planned_from_the_glance_is_the_decoded_one_and_gets_the_same_patch() {
     );
 }
 
+/// The pod planned from the glance at `body`.
+fn planned(body: &[u8]) -> Option<crate::pod::Pod> {
+    read(body, 10)
+        .unwrap()
+        .created_pod()
+        .unwrap()
+        .planning_pod()
+}
+
 #[test]
 fn a_pod_that_mounts_a_file_or_whose_entries_do_not_read_is_decoded_instead() {
     let mut p = pod(1, 1);
     p["metadata"]["annotations"]["sm-injector.io/mount-path"] = json!("/s");
     let body = review(p);
-    let g = read(&body, 10).unwrap();
-    assert!(g.created_pod().unwrap().planning_pod().is_none());
+    assert!(planned(&body).is_none());
     assert!(crate::wire::decode(&body, 10).is_ok());
     // An env entry that is not one: the decoding says what is wrong.
     let mut p = pod(1, 0);
     p["spec"]["initContainers"][0]["env"][0] = json!({"name": 5});
     let body = review(p);
-    let g = read(&body, 10).unwrap();
-    assert!(g.created_pod().unwrap().planning_pod().is_none());
+    assert!(planned(&body).is_none());
     assert!(crate::wire::decode(&body, 10).is_err());
     // Without a spec there is nothing to plan from.
     let mut p = pod(1, 1);
     p.as_object_mut().unwrap().remove("spec");
-    let body = review(p);
-    assert!(
-        read(&body, 10)
-            .unwrap()
-            .created_pod()
-            .unwrap()
-            .planning_pod()
-            .is_none()
-    );
+    assert!(planned(&review(p)).is_none());
     // And the pod of an ordinary review is planned from the glance.
-    let body = review(pod(2, 1));
-    assert!(
-        read(&body, 10)
-            .unwrap()
-            .created_pod()
-            .unwrap()
-            .planning_pod()
-            .is_some()
-    );
+    assert!(planned(&review(pod(2, 1))).is_some());
 }

@@ -39,6 +39,10 @@ fn both(body: &[u8]) {
         "{}",
         String::from_utf8_lossy(body)
     );
+    // Copied out of the body, it asks the same.
+    if let Some(asked) = Asked::of_glance(&g) {
+        assert_eq!(asked.owned().asked(), asked);
+    }
 }
 
 #[test]
