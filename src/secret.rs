@@ -9,6 +9,8 @@ use std::time::Instant;
 
 use serde_json::Value;
 
+use crate::reference::Version;
+
 /// The value of one version of one secret.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Payload {
@@ -42,6 +44,9 @@ pub struct SecretValue {
     fetched: Instant,
     /// Whether the secret cache holds it ([`crate::cache`]).
     held: Held,
+    /// Backing Secret names derived from it ([`crate::backing::name_of`]),
+    /// by slot: hashed once per value, not once per pod decided afresh.
+    names: [OnceLock<(Version, String)>; 8],
 }
 
 /// Whether a value is in the secret cache: never put there, held, or let go
@@ -140,6 +145,24 @@ impl SecretValue {
             fields: OnceLock::new(),
             fetched: Instant::now(),
             held: Held::default(),
+            names: Default::default(),
+        }
+    }
+
+    /// The name kept in `slot` for `version`, else `make`'s (kept when the
+    /// slot is free: a value is fetched for one version, so a slot rarely
+    /// sees two).
+    pub(crate) fn name_in(
+        &self,
+        slot: usize,
+        version: &Version,
+        make: impl FnOnce() -> String,
+    ) -> String {
+        let cell = &self.names[slot];
+        match cell.get() {
+            Some((v, name)) if v == version => name.clone(),
+            Some(_) => make(),
+            None => cell.get_or_init(|| (version.clone(), make())).1.clone(),
         }
     }
 

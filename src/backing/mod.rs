@@ -179,6 +179,17 @@ pub fn name_scoped(
     derive(secret_name, scope, version, form, 8)
 }
 
+/// [`name_scoped`] of the backing Secret of `value` in `form`, read by a
+/// reference of `version` (by ARN when `by_arn`, scoped to its account and
+/// region): the hash is taken once per fetched value.
+pub fn name_of(value: &SecretValue, by_arn: bool, version: &Version, form: Form) -> String {
+    let slot = 4 * by_arn as usize + form as usize;
+    value.name_in(slot, version, || {
+        let scope = by_arn.then(|| arn_scope(&value.arn)).flatten();
+        name_scoped(&value.name, scope.as_deref(), version, form)
+    })
+}
+
 /// The name earlier releases gave (a 32-bit hash): backing Secrets and pod
 /// records written by them are still taken for what they are, until their
 /// pods are gone and they are collected; new pods get [`name_scoped`].

@@ -139,3 +139,39 @@ fn arn_references_of_other_accounts_get_their_own_backing_secret() {
     assert_ne!(local, remote);
     assert!(remote.starts_with("sm-team-db-"), "{remote}");
 }
+
+#[test]
+fn a_values_backing_names_are_the_derived_ones_for_every_form_scope_and_version() {
+    let arn = "arn:aws:secretsmanager:eu-west-1:999999999999:secret:team/db-AbCdEf";
+    let v = SecretValue::new(
+        arn.into(),
+        "team/db".into(),
+        "v1".into(),
+        Payload::String("{}".into()),
+    );
+    let versions = [
+        Version::current(),
+        Version::Stage("AWSPREVIOUS".into()),
+        Version::Id("v1".into()),
+    ];
+    // Twice over: the second round reads what the first kept, and a slot
+    // kept for one version still gives another version its own name.
+    for _ in 0..2 {
+        for version in &versions {
+            for form in [Form::Keys, Form::Raw, Form::KeysBase64, Form::RawBase64] {
+                assert_eq!(
+                    name_of(&v, false, version, form),
+                    name_scoped("team/db", None, version, form)
+                );
+                assert_eq!(
+                    name_of(&v, true, version, form),
+                    name_scoped("team/db", arn_scope(arn).as_deref(), version, form)
+                );
+            }
+        }
+    }
+    assert_ne!(
+        name_of(&v, true, &versions[0], Form::Keys),
+        name_of(&v, false, &versions[0], Form::Keys)
+    );
+}

@@ -61,8 +61,7 @@ impl<'a> Builder<'a> {
                     return fail(self, denied(r, Some(&value.name), self.rule));
                 }
                 let arn = r.is_arn().then(|| value.arn.clone());
-                let scope = arn.as_deref().and_then(backing::arn_scope);
-                let name = backing::name_scoped(&value.name, scope.as_deref(), &r.version, form);
+                let name = backing::name_of(&value, r.is_arn(), &r.version, form);
                 if !self.backing.contains_key(&name) {
                     if form.is_keys()
                         && let Err(e) = value.json_fields()
