@@ -32,7 +32,8 @@ case "$arch" in
       CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc ;;
   *) echo "image/build.sh: ARCH must be amd64 or arm64, not $arch" >&2; exit 2 ;;
 esac
-rustup target list --installed 2>/dev/null | grep -qx "$target" || rustup target add "$target" >&2
+# (grep without -q reads the whole list: under pipefail, -q can fail the check.)
+rustup target list --installed 2>/dev/null | grep -x "$target" >/dev/null || rustup target add "$target" >&2
 cargo build --locked --release --target "$target" --bin sm-injector >&2
 bin="${CARGO_TARGET_DIR:-target}/$target/release/sm-injector"
 

@@ -12,7 +12,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 busybox=/bin/busybox
 command -v musl-gcc >/dev/null || { echo "images.sh: musl-gcc is required (apt-get install musl-tools)" >&2; exit 1; }
-[ -x "$busybox" ] && "$busybox" --list | grep -qx sha256sum ||
+# grep reads the whole list: with -q it may exit at the match while busybox
+# still writes, and under pipefail busybox's SIGPIPE fails the check.
+[ -x "$busybox" ] && "$busybox" --list | grep -x sha256sum >/dev/null ||
   { echo "images.sh: busybox-static is required (apt-get install busybox-static)" >&2; exit 1; }
 key=$( (cat "$here/pause.c" "$here/images.sh"; sha256sum "$busybox") | sha256sum | cut -c1-12)
 out="${SM_INJECTOR_IMAGES_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sm-injector/images}/node-$key"
