@@ -294,9 +294,13 @@ impl Webhook {
         patch_warnings: Vec<String>,
     ) -> Answer {
         let uid = self.namespaces.uid(namespace);
+        let vouched = match &patch {
+            Patch::Kept(d) => Some(&d.vouched),
+            Patch::Made(_) => None,
+        };
         let ensured = match self
             .syncer
-            .ensure(namespace, uid.as_deref(), plan, reply.dry_run)
+            .ensure(namespace, uid.as_deref(), plan, reply.dry_run, vouched)
             .await
         {
             Ok(e) => e,

@@ -19,8 +19,11 @@
 //! ([`crate::cache::CachedSource::still_holds`]: marked when let go, and its
 //! TTL) rather than looked up, so a kept admission does not count as a use
 //! of its values in the cache's eviction order; under its byte bound, values
-//! only kept decisions read go first, and those pods are decided afresh. The backing Secrets are still ensured on every admission
-//! ([`crate::store::Syncer::ensure`]), as the inventory record is.
+//! only kept decisions read go first, and those pods are decided afresh.
+//! The backing Secrets are still ensured on every admission
+//! ([`crate::store::Syncer::ensure`]), as the inventory record is; once the
+//! warm path found them all holding what was fetched, a decision's replicas
+//! trust so for [`crate::store::VOUCHED_FOR`] without a lookup per Secret.
 //!
 //! Kept: allowed decisions whose every value was fetched, whose plan mounts no
 //! file (a mount's patch reads the pod's volumes and mounts, which differ per
@@ -112,6 +115,8 @@ pub struct Decision {
     pub warm_patch: Arc<str>,
     /// The length of the patch without that record ([`Decision::patch`]).
     patch_len: usize,
+    /// That its backing Secrets held what it fetched when last asked.
+    pub vouched: crate::store::Vouched,
 }
 
 impl Decision {
@@ -134,6 +139,7 @@ impl Decision {
             warm_patch: base64_simd::STANDARD.encode_to_string(&whole).into(),
             plan,
             patch_len,
+            vouched: Default::default(),
         }
     }
 

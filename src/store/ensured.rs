@@ -1,8 +1,45 @@
 //! What an admission's [`super::Syncer::ensure`] found of the plan's backing
-//! Secrets: warnings, stale cached values, and the version each holds.
+//! Secrets: warnings, stale cached values, and the version each holds; and
+//! [`Vouched`], that a kept decision's backing Secrets were all found so.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::fetch::FetchKey;
 use crate::plan::{Content, Plan};
+
+/// How long, at most, a kept decision's admissions trust that its backing
+/// Secrets hold what it fetched, once [`super::Syncer::ensure`] found them
+/// all so on its warm path, without asking again for each ([`Vouched`]); and
+/// at most a tenth of what an admission remembers ([`super::KNOWN_TTL`], or
+/// `--cache-ttl` if shorter). It adds at most this to that memory and to the
+/// inventory's memory of what it recorded: a Secret deleted by hand is
+/// written again by the first admission after both.
+pub const VOUCHED_FOR: Duration = Duration::from_secs(1);
+
+/// Kept with a decision ([`crate::decisions::Decision`]): until when, and in
+/// which namespace (its UID, as [`super::Syncer::ensure`] scopes what it
+/// knows), every backing Secret of the decision's plan was last found
+/// holding what the plan fetched and recorded in the inventory. While it
+/// holds, the replicas' admissions skip the two lookups per backing Secret
+/// that tell them so.
+#[derive(Debug, Default)]
+pub struct Vouched(Mutex<Option<(Box<str>, Instant)>>);
+
+impl Vouched {
+    /// Whether all was found so in `scope`, trusted until after `now`.
+    pub fn holds(&self, scope: &str, now: Instant) -> bool {
+        let held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        held.as_ref()
+            .is_some_and(|(s, until)| **s == *scope && now < *until)
+    }
+
+    /// All was found so in `scope`: trusted until `until`.
+    pub fn found(&self, scope: &str, until: Instant) {
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *held = Some((scope.into(), until));
+    }
+}
 
 /// What [`Syncer::ensure`](super::Syncer::ensure) found.
 #[derive(Debug, Default)]
@@ -34,5 +71,31 @@ impl Ensured {
             };
             Some((b.name.as_str(), held.or(fetched)?))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vouched_holds_in_its_namespace_until_its_time() {
+        let v = Vouched::default();
+        let t = Instant::now();
+        assert!(!v.holds("uid-1", t), "nothing found yet");
+        v.found("uid-1", t + VOUCHED_FOR);
+        assert!(v.holds("uid-1", t));
+        assert!(v.holds("uid-1", t + VOUCHED_FOR - Duration::from_millis(1)));
+        assert!(!v.holds("uid-1", t + VOUCHED_FOR), "past its time");
+        assert!(
+            !v.holds("uid-2", t),
+            "a namespace made again has another UID"
+        );
+        v.found("uid-2", t + 2 * VOUCHED_FOR);
+        assert!(v.holds("uid-2", t + VOUCHED_FOR));
+        assert!(
+            !v.holds("uid-1", t + VOUCHED_FOR),
+            "found in the other only"
+        );
     }
 }

@@ -23,7 +23,7 @@ pub mod inventory;
 pub mod rule;
 mod write;
 
-pub use ensured::Ensured;
+pub use ensured::{Ensured, VOUCHED_FOR, Vouched};
 pub use write::{WriteError, Written, create_backing, delete_backing, read, write_backing};
 
 use crate::backing;
@@ -51,6 +51,8 @@ pub struct Syncer {
     /// (namespace, backing Secret name, version fetched) the refresher was
     /// told about lately.
     nudged: moka::future::Cache<(String, String, String), (), Hashing>,
+    /// How long a kept decision trusts its warm path's finding ([`Vouched`]).
+    vouch_for: Duration,
     metrics: Metrics,
     inventory: Option<Inventory>,
 }
@@ -110,6 +112,7 @@ impl Syncer {
             client,
             known: memory(ttl.min(KNOWN_TTL)),
             nudged: memory(ttl.min(KNOWN_TTL)),
+            vouch_for: VOUCHED_FOR.min(ttl.min(KNOWN_TTL) / 10),
             metrics,
             inventory: None,
         }
@@ -128,14 +131,27 @@ impl Syncer {
     /// ones and answers against what the others hold ([`rule`]). With
     /// `dry_run`, nothing is written. Returns what the Secrets hold, the
     /// admission warnings and the cached values found stale, or the reasons
-    /// to deny.
+    /// to deny. A kept decision passes its [`Vouched`]: while it holds, all
+    /// is as found last time and nothing is asked again; each time the warm
+    /// path finds all so, it is renewed.
     pub async fn ensure(
         &self,
         namespace: &str,
         uid: Option<&str>,
         plan: &Plan,
         dry_run: bool,
+        vouched: Option<&Vouched>,
     ) -> Result<Ensured, Vec<String>> {
+        // The owned form of `uid`, or of the name when the cache has no UID yet
+        // (a '/' is in neither a UID nor a name, so the two never meet).
+        let scope: std::borrow::Cow<str> = match uid {
+            Some(u) => u.into(),
+            None => format!("/{namespace}").into(),
+        };
+        let now = std::time::Instant::now();
+        if vouched.is_some_and(|v| v.holds(&scope, now)) {
+            return Ok(Ensured::default());
+        }
         let mut out = Ensured::default();
         // The namespace's first backing Secrets: created without a read first.
         let mut first = false;
@@ -156,12 +172,6 @@ impl Syncer {
                 }
             }
         }
-        // The owned form of `uid`, or of the name when the cache has no UID yet
-        // (a '/' is in neither a UID nor a name, so the two never meet).
-        let scope: std::borrow::Cow<str> = match uid {
-            Some(u) => u.into(),
-            None => format!("/{namespace}").into(),
-        };
         // The warm path: every value fetched, and each backing Secret known to
         // hold it (or nothing to write on a dry run). Answered here, without
         // building a write for each.
@@ -175,6 +185,9 @@ impl Syncer {
             Content::Unreachable { .. } => false,
         });
         if warm {
+            if let Some(v) = vouched.filter(|_| !dry_run && out.warnings.is_empty()) {
+                v.found(&scope, now + self.vouch_for);
+            }
             return Ok(out);
         }
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
