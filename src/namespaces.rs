@@ -67,16 +67,6 @@ impl Namespaces {
         self.store.get(&ObjectRef::new(namespace)).is_some()
     }
 
-    /// The UID of the Namespace `namespace`, from the watched cache: a
-    /// namespace deleted and made again has another.
-    pub fn uid(&self, namespace: &str) -> Option<String> {
-        self.store
-            .get(&ObjectRef::new(namespace))?
-            .metadata
-            .uid
-            .clone()
-    }
-
     /// An annotation of a Namespace, from the watched cache.
     pub fn annotation(&self, namespace: &str, key: &str) -> Option<String> {
         self.store
@@ -88,24 +78,25 @@ impl Namespaces {
             .cloned()
     }
 
-    /// An annotation of a Namespace: from the watched cache, else read (a
-    /// namespace made a moment ago).
-    pub async fn read_annotation(
-        &self,
-        namespace: &str,
-        key: &str,
-    ) -> Result<Option<String>, String> {
-        let annotation = |ns: &Namespace| ns.metadata.annotations.as_ref()?.get(key).cloned();
+    /// The Namespace `namespace` as an admission reads it: from the watched
+    /// cache, else read (a namespace made a moment ago); `None` if there is
+    /// none. One read answers all an admission asks of it ([`Seen`]).
+    pub async fn read(&self, namespace: &str) -> Result<Option<Arc<Namespace>>, String> {
         if let Some(ns) = self.store.get(&ObjectRef::new(namespace)) {
-            return Ok(annotation(&ns));
+            return Ok(Some(ns));
         }
         match self.api.get_opt(namespace).await {
-            Ok(ns) => Ok(ns.as_ref().and_then(annotation)),
+            Ok(ns) => Ok(ns.map(Arc::new)),
             Err(e) => Err(format!(
                 "could not read Namespace {namespace:?}: {}",
                 kube_reason(&e)
             )),
         }
+    }
+
+    /// The access rule of `seen`.
+    pub fn rule(&self, seen: &Seen) -> Arc<AccessRule> {
+        self.rules.get(seen.name, allowed(&seen.object))
     }
 
     /// What the refresher's planner needs of a Namespace, from the watched
@@ -120,34 +111,29 @@ impl Namespaces {
             refresh_now: annotation(REFRESH_NOW).cloned(),
         })
     }
+}
 
-    /// Whether `namespace` carries `sm-injector.io/inject=enabled`: from the
-    /// watched cache, else read (a namespace made a moment ago).
-    pub async fn opted_in(&self, namespace: &str) -> Result<bool, String> {
-        if let Some(ns) = self.store.get(&ObjectRef::new(namespace)) {
-            return Ok(labelled(&ns));
-        }
-        match self.api.get_opt(namespace).await {
-            Ok(ns) => Ok(ns.as_ref().is_some_and(labelled)),
-            Err(e) => Err(format!(
-                "could not read Namespace {namespace:?}: {}",
-                kube_reason(&e)
-            )),
-        }
+/// A Namespace as one admission read it ([`Namespaces::read`]).
+pub struct Seen<'a> {
+    pub name: &'a str,
+    pub object: Arc<Namespace>,
+}
+
+impl Seen<'_> {
+    /// Whether it carries `sm-injector.io/inject=enabled`.
+    pub fn opted_in(&self) -> bool {
+        labelled(&self.object)
     }
 
-    /// The access rule of `namespace`: from the watched cache, else read.
-    pub async fn rule(&self, namespace: &str) -> Result<Arc<AccessRule>, String> {
-        if let Some(ns) = self.store.get(&ObjectRef::new(namespace)) {
-            return Ok(self.rules.get(namespace, allowed(&ns)));
-        }
-        match self.api.get(namespace).await {
-            Ok(ns) => Ok(self.rules.get(namespace, allowed(&ns))),
-            Err(e) => Err(format!(
-                "could not read Namespace {namespace:?} for its access rule: {}",
-                kube_reason(&e)
-            )),
-        }
+    /// Its annotation `key`.
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        let a = self.object.metadata.annotations.as_ref()?;
+        a.get(key).map(String::as_str)
+    }
+
+    /// Its UID: a namespace deleted and made again has another.
+    pub fn uid(&self) -> Option<&str> {
+        self.object.metadata.uid.as_deref()
     }
 }
 
@@ -163,4 +149,61 @@ fn labelled(ns: &Namespace) -> bool {
 /// The Namespace's `sm-injector.io/allowed-secrets` annotation.
 fn allowed(ns: &Namespace) -> Option<&String> {
     ns.metadata.annotations.as_ref()?.get(ALLOWED_SECRETS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mock_api::{self, done};
+    use serde_json::json;
+
+    /// Namespaces whose watched cache never fills: every read falls back.
+    fn unwatched(client: kube::Client) -> Namespaces {
+        let (store, _writer) = reflector::store();
+        Namespaces {
+            api: Api::all(client),
+            store,
+            ready: Default::default(),
+            rules: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_namespace_the_cache_has_not_seen_is_read_once_for_all_an_admission_asks() {
+        let (mut h, client) = mock_api::client();
+        let ns = unwatched(client);
+        let reader = ns.clone();
+        let t = tokio::spawn(async move { reader.read("fresh").await });
+        let asked = mock_api::answer(
+            &mut h,
+            200,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+                "name": "fresh", "uid": "u-9",
+                "labels": {INJECT_LABEL: INJECT_ENABLED},
+                "annotations": {ALLOWED_SECRETS: "fresh/db", "other": "x"}}}),
+        )
+        .await;
+        assert_eq!(
+            (asked.method.as_str(), asked.path.as_str()),
+            ("GET", "/api/v1/namespaces/fresh")
+        );
+        let seen = Seen {
+            name: "fresh",
+            object: done(t).await.unwrap().expect("it exists"),
+        };
+        // Everything from that one read: no further request is answered.
+        assert!(seen.opted_in());
+        assert_eq!(seen.uid(), Some("u-9"));
+        assert_eq!(seen.annotation("other"), Some("x"));
+        let rule = ns.rule(&seen);
+        assert!(
+            rule.allows("fresh/db") && !rule.allows("fresh/other"),
+            "{rule}"
+        );
+        // None there: no namespace, not an error.
+        let reader = ns.clone();
+        let t = tokio::spawn(async move { reader.read("gone").await });
+        mock_api::answer(&mut h, 404, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})).await;
+        assert!(done(t).await.unwrap().is_none());
+    }
 }

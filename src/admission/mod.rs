@@ -28,7 +28,7 @@ use crate::decisions::{Decision, Decisions};
 use crate::glance::Glance;
 use crate::identity::{self as ids, Identity, Mode};
 use crate::metrics::Metrics;
-use crate::namespaces::Namespaces;
+use crate::namespaces::{Namespaces, Seen};
 use crate::service_accounts::ServiceAccounts;
 use crate::store::Syncer;
 use crate::{patch, plan};
@@ -47,11 +47,12 @@ pub struct Webhook {
     pub decisions: Decisions,
 }
 
-/// Whose review is concluded: the namespace, the identity that read its
-/// secrets, the pod's name.
+/// Whose review is concluded: the namespace and its UID, the identity that
+/// read its secrets, the pod's name.
 #[derive(Clone, Copy)]
 struct Subject<'a> {
     namespace: &'a str,
+    uid: Option<&'a str>,
     identity: &'a Identity,
     pod: &'a str,
 }
@@ -104,10 +105,11 @@ impl Webhook {
         // Looked up first: a pod decided afresh pays this lookup only.
         let d = self.decisions.get(key).await?;
         let asked = Asked::of_glance(g)?;
-        let (namespace, identity) = self.admit(&asked).await.ok()?;
-        let d = self.current(d, namespace, &identity).await?;
+        let (identity, seen) = self.admit(&asked).await.ok()?;
+        let d = self.current(d, &seen, &identity)?;
         let subject = Subject {
-            namespace,
+            namespace: seen.name,
+            uid: seen.uid(),
             identity: &identity,
             pod: asked.pod,
         };
@@ -141,13 +143,14 @@ impl Webhook {
 
     /// The answer to what `asked` asks for `pod`, decided afresh.
     async fn decide(&self, asked: Asked<'_>, pod: &Pod, key: Option<Vec<u8>>) -> Answer {
-        let (namespace, identity) = match self.admit(&asked).await {
+        let (identity, seen) = match self.admit(&asked).await {
             Ok(admitted) => admitted,
             Err(answer) => return answer,
         };
-        let (reply, name) = (&asked.reply, asked.pod);
+        let (reply, name, namespace) = (&asked.reply, asked.pod, seen.name);
         let subject = Subject {
             namespace,
+            uid: seen.uid(),
             identity: &identity,
             pod: name,
         };
@@ -158,7 +161,7 @@ impl Webhook {
         let (plan, targets, rule, values) = match Box::pin(plan_pod(
             pod,
             namespace,
-            self.namespaces.rule(namespace),
+            async { Ok(self.namespaces.rule(&seen)) },
             &identity,
             &self.source,
             &self.settings,
@@ -190,9 +193,10 @@ impl Webhook {
     }
 
     /// The steps before the plan: the namespace named, the pod asking
-    /// something, the namespace in scope and opted in, the identity that
-    /// reads its secrets. `Err`: the answer already (unchanged or denied).
-    async fn admit<'a>(&self, asked: &Asked<'a>) -> Result<(&'a str, Identity), Answer> {
+    /// something, the namespace in scope and opted in (read once, for all
+    /// that follows), the identity that reads its secrets. `Err`: the answer
+    /// already (unchanged or denied).
+    async fn admit<'a>(&self, asked: &Asked<'a>) -> Result<(Identity, Seen<'a>), Answer> {
         let (reply, name) = (&asked.reply, asked.pod);
         let Some(namespace) = asked.namespace else {
             return Err(deny(
@@ -210,22 +214,30 @@ impl Webhook {
         // the webhook configuration would never send one.
         let in_scope = match self.scope.check_name(namespace) {
             Err(why) => Err(why),
-            Ok(()) => match self.namespaces.opted_in(namespace).await {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(scope::OutOfScope::NotOptedIn),
+            Ok(()) => match self.namespaces.read(namespace).await {
+                Ok(Some(object)) => Some(Seen {
+                    name: namespace,
+                    object,
+                })
+                .filter(Seen::opted_in)
+                .ok_or(scope::OutOfScope::NotOptedIn),
+                Ok(None) => Err(scope::OutOfScope::NotOptedIn),
                 Err(e) => return Err(deny(reply, name, Denial::one(e))),
             },
         };
-        if let Err(why) = in_scope {
-            tracing::debug!(
-                namespace,
-                reason = why.reason(),
-                "review answered unchanged: out of scope"
-            );
-            return Err(unchanged(reply));
-        }
-        match self.identity(namespace, asked.service_account).await {
-            Ok(identity) => Ok((namespace, identity)),
+        let seen = match in_scope {
+            Ok(seen) => seen,
+            Err(why) => {
+                tracing::debug!(
+                    namespace,
+                    reason = why.reason(),
+                    "review answered unchanged: out of scope"
+                );
+                return Err(unchanged(reply));
+            }
+        };
+        match self.identity(&seen, asked.service_account).await {
+            Ok(identity) => Ok((identity, seen)),
             Err(e) => Err(deny(reply, name, Denial::one(e))),
         }
     }
@@ -233,14 +245,13 @@ impl Webhook {
     /// Whose identity reads the pod's secrets: sm-injector's own, or where the
     /// namespace (or the cluster's default) says so, the role of the pod's
     /// ServiceAccount. Why not, naming the namespace and ServiceAccount.
-    async fn identity(&self, namespace: &str, account: &str) -> Result<Identity, String> {
-        // Read through like the rule: a namespace made a moment ago, not yet
-        // in the watched cache, must not fall back to the cluster's default.
-        let annotation = self
-            .namespaces
-            .read_annotation(namespace, ids::NAMESPACE_ANNOTATION)
-            .await?;
-        let mode = Mode::of_namespace(annotation.as_deref(), self.settings.identity)
+    async fn identity(&self, seen: &Seen<'_>, account: &str) -> Result<Identity, String> {
+        // Read through like the rule ([`Namespaces::read`]): a namespace made
+        // a moment ago, not yet in the watched cache, must not fall back to
+        // the cluster's default.
+        let namespace = seen.name;
+        let annotation = seen.annotation(ids::NAMESPACE_ANNOTATION);
+        let mode = Mode::of_namespace(annotation, self.settings.identity)
             .map_err(|reason| format!("namespace {namespace}: {reason}"))?;
         if mode == Mode::Own {
             return Ok(Identity::Own);
@@ -252,16 +263,11 @@ impl Webhook {
     /// The kept decision `d`, if what it was made from is unchanged: the
     /// identity, the namespace's rule and each value, the same `Arc`s
     /// ([`crate::decisions`]).
-    async fn current(
-        &self,
-        d: Arc<Decision>,
-        namespace: &str,
-        identity: &Identity,
-    ) -> Option<Arc<Decision>> {
+    fn current(&self, d: Arc<Decision>, seen: &Seen, identity: &Identity) -> Option<Arc<Decision>> {
         if d.identity != *identity {
             return None;
         }
-        let rule = self.namespaces.rule(namespace).await.ok()?;
+        let rule = self.namespaces.rule(seen);
         if !Arc::ptr_eq(&rule, &d.rule) {
             return None;
         }
@@ -286,6 +292,7 @@ impl Webhook {
         reply: &Reply<'_>,
         Subject {
             namespace,
+            uid,
             identity,
             pod,
         }: Subject<'_>,
@@ -293,14 +300,13 @@ impl Webhook {
         patch: Patch<'_>,
         patch_warnings: Vec<String>,
     ) -> Answer {
-        let uid = self.namespaces.uid(namespace);
         let vouched = match &patch {
             Patch::Kept(d) => Some(&d.vouched),
             Patch::Made(_) => None,
         };
         let ensured = match self
             .syncer
-            .ensure(namespace, uid.as_deref(), plan, reply.dry_run, vouched)
+            .ensure(namespace, uid, plan, reply.dry_run, vouched)
             .await
         {
             Ok(e) => e,
