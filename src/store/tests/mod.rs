@@ -8,8 +8,6 @@ use crate::mock_api::{self, done};
 use crate::reference::Version;
 use crate::secret::{Payload, SecretValue};
 use serde_json::{Value, json};
-use std::sync::Arc;
-use std::time::Instant;
 
 type H = mock_api::ApiHandle;
 
@@ -202,111 +200,6 @@ async fn a_deletion_is_preconditioned_on_what_was_read() {
     assert!(done(t).await.unwrap_err().reason.contains("not managed"));
 }
 
-fn plan_for(version: &str) -> Plan {
-    use crate::plan::{Backing, Content};
-    Plan {
-        backing: vec![Backing {
-            name: "sm-n-db-1".into(),
-            secret_name: "n/db".into(),
-            version: Version::current(),
-            form: Form::Keys,
-            fetch: FetchKey {
-                id: "n/db".into(),
-                version: Version::current(),
-            },
-            arn: None,
-            required_keys: ["pw".to_string()].into(),
-            content: Content::Fresh {
-                value: std::sync::Arc::new(value(version)),
-            },
-        }],
-        env: vec![],
-        env_from: vec![],
-        mounts: vec![],
-        refresh_interval: Duration::from_secs(3600),
-        service_account: None,
-    }
-}
-
-fn syncer() -> (H, Syncer) {
-    let (h, client) = mock_api::client();
-    let syncer =
-        Syncer::new(client.clone(), Duration::from_secs(60), Metrics::new()).with_inventory(
-            Inventory::new(client, "own", "inventory", Duration::from_secs(60)),
-        );
-    (h, syncer)
-}
-
-fn config_map() -> Value {
-    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "inventory-n", "namespace": "own"}})
-}
-
-#[tokio::test]
-async fn an_inventory_failure_is_a_warning_not_a_denial() {
-    let (mut h, syncer) = syncer();
-    let plan = plan_for("v1");
-    let t =
-        tokio::spawn(async move { syncer.ensure("n", Some("uid-1"), &plan, false, None).await });
-    answer(&mut h, 500, status(500, "InternalError")).await;
-    answer(&mut h, 404, status(404, "NotFound")).await;
-    let (method, _, _, _) = answer(&mut h, 201, held("v1", true)).await;
-    assert_eq!(method, "POST");
-    let ensured = done(t).await.unwrap();
-    assert!(ensured.warnings[0].contains("inventory"), "{ensured:?}");
-    assert!(ensured.held.is_empty(), "it holds what was fetched");
-}
-
-#[tokio::test]
-async fn an_admission_that_finds_another_version_records_it_and_tells_the_refresher() {
-    let (mut h, syncer) = syncer();
-    let plan = plan_for("v2");
-    let t =
-        tokio::spawn(async move { syncer.ensure("n", Some("uid-1"), &plan, false, None).await });
-    answer(&mut h, 200, config_map()).await;
-    answer(&mut h, 200, held("v1", true)).await;
-    let ensured = done(t).await.unwrap();
-    assert_eq!(
-        ensured.versions(&plan_for("v2")).collect::<Vec<_>>(),
-        [("sm-n-db-1", "v1")],
-        "the pod reads what the Secret holds"
-    );
-    assert_eq!(ensured.stale.len(), 1, "the cached value is dropped");
-    // In the background: the inventory mark that makes the leader look now.
-    let (method, _, ct, body) = answer(&mut h, 200, config_map()).await;
-    assert_eq!(
-        (method.as_str(), ct.as_str()),
-        ("PATCH", "application/merge-patch+json")
-    );
-    assert_eq!(body, json!({"data": {"sm-n-db-1": "due:v2"}}));
-}
-
-#[tokio::test]
-async fn a_namespace_made_again_is_not_taken_for_the_one_written_before() {
-    let (mut h, syncer) = syncer();
-    let plan = plan_for("v1");
-    let (s, p) = (syncer.clone(), plan.clone());
-    let t = tokio::spawn(async move { s.ensure("n", Some("uid-1"), &p, false, None).await });
-    answer(&mut h, 200, config_map()).await;
-    answer(&mut h, 404, status(404, "NotFound")).await;
-    answer(&mut h, 201, held("v1", true)).await;
-    done(t).await.unwrap();
-    // The same namespace: known, no request at all.
-    let (s, p) = (syncer.clone(), plan.clone());
-    let t = tokio::spawn(async move { s.ensure("n", Some("uid-1"), &p, false, None).await });
-    let warm = done(t).await.unwrap();
-    assert_eq!(
-        warm.versions(&plan).collect::<Vec<_>>(),
-        [("sm-n-db-1", "v1")]
-    );
-    // Same name, new UID: read, and created again.
-    let t =
-        tokio::spawn(async move { syncer.ensure("n", Some("uid-2"), &plan, false, None).await });
-    answer(&mut h, 404, status(404, "NotFound")).await;
-    let (method, _, _, _) = answer(&mut h, 201, held("v1", true)).await;
-    assert_eq!(method, "POST");
-    done(t).await.unwrap();
-}
-
 #[tokio::test]
 async fn a_first_write_in_a_namespace_creates_at_once_and_decides_as_usual_when_it_exists() {
     let object = || {
@@ -351,65 +244,4 @@ async fn a_first_write_in_a_namespace_creates_at_once_and_decides_as_usual_when_
     assert!(matches!(done(t).await, Ok(Written::Differs { .. })));
 }
 
-#[tokio::test]
-async fn a_kept_decision_trusts_what_its_warm_path_found_in_that_namespace_only() {
-    let (mut h, syncer) = syncer();
-    let plan = Arc::new(plan_for("v1"));
-    let vouched = Arc::new(Vouched::default());
-    let ensure = |uid: &'static str, dry_run: bool, v: Option<Arc<Vouched>>| {
-        let (s, p) = (syncer.clone(), plan.clone());
-        tokio::spawn(async move { s.ensure("n", Some(uid), &p, dry_run, v.as_deref()).await })
-    };
-    // Written: not vouched for (only the warm path vouches).
-    let t = ensure("uid-1", false, Some(vouched.clone()));
-    answer(&mut h, 200, config_map()).await;
-    answer(&mut h, 404, status(404, "NotFound")).await;
-    answer(&mut h, 201, held("v1", true)).await;
-    done(t).await.unwrap();
-    assert!(!vouched.holds("uid-1", Instant::now()));
-    // A dry run finds nothing: it does not vouch either.
-    done(ensure("uid-1", true, Some(vouched.clone())))
-        .await
-        .unwrap();
-    assert!(!vouched.holds("uid-1", Instant::now()));
-    // Warm, no request: vouched for.
-    done(ensure("uid-1", false, Some(vouched.clone())))
-        .await
-        .unwrap();
-    assert!(vouched.holds("uid-1", Instant::now()));
-    // What the process knew is forgotten: without the memo, read again...
-    syncer.known.invalidate_all();
-    let t = ensure("uid-1", false, None);
-    let (method, _, _, body) = answer(&mut h, 200, held("v1", true)).await;
-    assert_eq!((method.as_str(), body), ("PATCH", json!({})), "the read");
-    done(t).await.unwrap();
-    // ...with it, no request at all, and no warning.
-    syncer.known.invalidate_all();
-    let e = done(ensure("uid-1", false, Some(vouched.clone())))
-        .await
-        .unwrap();
-    assert!(e.warnings.is_empty() && e.held.is_empty() && e.stale.is_empty());
-    // The same name with another UID (made again) is asked afresh.
-    let t = ensure("uid-2", false, Some(vouched.clone()));
-    let (method, _, _, body) = answer(&mut h, 404, status(404, "NotFound")).await;
-    assert_eq!((method.as_str(), body), ("PATCH", json!({})), "the read");
-    let (method, _, _, _) = answer(&mut h, 201, held("v1", true)).await;
-    assert_eq!(method, "POST");
-    done(t).await.unwrap();
-}
-
-#[tokio::test]
-async fn a_kept_decision_trusts_a_tenth_of_what_an_admission_remembers_at_most() {
-    let (_h, client) = mock_api::client();
-    let at = |ttl| Syncer::new(client.clone(), ttl, Metrics::new()).vouch_for;
-    assert_eq!(
-        at(Duration::from_secs(3600)),
-        VOUCHED_FOR,
-        "KNOWN_TTL / 10 is longer"
-    );
-    assert_eq!(
-        at(Duration::from_secs(1)),
-        Duration::from_millis(100),
-        "--cache-ttl=1s"
-    );
-}
+mod ensure;
