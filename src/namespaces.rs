@@ -191,7 +191,7 @@ mod tests {
             name: "fresh",
             object: done(t).await.unwrap().expect("it exists"),
         };
-        // Everything from that one read: no further request is answered.
+        // Everything else from that one object (no further read).
         assert!(seen.opted_in());
         assert_eq!(seen.uid(), Some("u-9"));
         assert_eq!(seen.annotation("other"), Some("x"));
