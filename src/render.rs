@@ -3,7 +3,6 @@
 //! [`crate::patch::build`]), plus the backing Secrets it would write.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::future::ready;
 
 use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
@@ -136,7 +135,7 @@ pub async fn render(
         let (plan, targets) = match plan_pod(
             &pod,
             &ns,
-            ready(Ok(std::sync::Arc::new(rule))),
+            std::sync::Arc::new(rule),
             // `render` reads with the credentials of whoever runs it.
             &crate::identity::Identity::Own,
             source,

@@ -103,7 +103,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let w = world();
     let ns = req.namespace.clone().unwrap_or_else(|| "n".into());
-    let rule = async { Ok(std::sync::Arc::new(AccessRule::for_namespace(&ns, None))) };
+    let rule = std::sync::Arc::new(AccessRule::for_namespace(&ns, None));
     let planned = w.rt.block_on(plan_pod(
         pod,
         &ns,

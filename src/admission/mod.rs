@@ -161,7 +161,7 @@ impl Webhook {
         let (plan, targets, rule, values) = match Box::pin(plan_pod(
             pod,
             namespace,
-            async { Ok(self.namespaces.rule(&seen)) },
+            self.namespaces.rule(&seen),
             &identity,
             &self.source,
             &self.settings,
@@ -246,9 +246,9 @@ impl Webhook {
     /// namespace (or the cluster's default) says so, the role of the pod's
     /// ServiceAccount. Why not, naming the namespace and ServiceAccount.
     async fn identity(&self, seen: &Seen<'_>, account: &str) -> Result<Identity, String> {
-        // Read through like the rule ([`Namespaces::read`]): a namespace made
-        // a moment ago, not yet in the watched cache, must not fall back to
-        // the cluster's default.
+        // From the Namespace as `admit` read it, through to the API server if
+        // the watched cache lacks it: a namespace made a moment ago must not
+        // fall back to the cluster's default.
         let namespace = seen.name;
         let annotation = seen.annotation(ids::NAMESPACE_ANNOTATION);
         let mode = Mode::of_namespace(annotation, self.settings.identity)

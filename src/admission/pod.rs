@@ -49,13 +49,12 @@ pub enum Planned {
 }
 
 /// Everything from a pod to its plan, shared by the webhook and `render`: read
-/// the annotations, select containers, apply the namespace's access rule (from
-/// `rule`, awaited only when the pod asks for something), fetch the secrets, and
-/// check their contents.
+/// the annotations, select containers, apply the namespace's access `rule`,
+/// fetch the secrets, and check their contents.
 pub async fn plan_pod(
     pod: &Pod,
     namespace: &str,
-    rule: impl std::future::Future<Output = Result<Arc<AccessRule>, String>>,
+    rule: Arc<AccessRule>,
     identity: &Identity,
     source: &CachedSource,
     settings: &Settings,
@@ -102,10 +101,6 @@ pub async fn plan_pod(
             annotations::CONTAINERS
         )]));
     }
-    let rule = match rule.await {
-        Ok(r) => r,
-        Err(e) => return Planned::Denied(super::Denial::one(e)),
-    };
     let denials = plan::precheck(&inj, &rule);
     if !denials.is_empty() {
         return Planned::Denied(super::Denial(denials));
@@ -174,7 +169,7 @@ mod tests {
             caps: Default::default(),
             identity: Mode::Own,
         };
-        let rule = async { Ok(Arc::new(AccessRule::for_namespace("n", None))) };
+        let rule = Arc::new(AccessRule::for_namespace("n", None));
         match plan_pod(&pod, "n", rule, &Identity::Own, &source, &settings).await {
             Planned::Denied(e) => Err(e.0),
             _ => Ok(()),
