@@ -20,19 +20,23 @@ fn value(version: &str) -> SecretValue {
     )
 }
 
-/// What the API server holds: `version`'s object as sm-injector writes it,
-/// with resourceVersion 7, or unmanaged.
-fn held(version: &str, managed: bool) -> Value {
-    let obj = backing::object(
+/// The backing Secret `sm-n-db-1` of `version` as sm-injector writes it, at `at`.
+fn object(version: &str, at: &str) -> Secret {
+    backing::object(
         "n",
         "sm-n-db-1",
         &value(version),
         &Version::current(),
         Form::Keys,
-        "then",
+        at,
     )
-    .unwrap();
-    let mut v = serde_json::to_value(obj).unwrap();
+    .unwrap()
+}
+
+/// What the API server holds: `version`'s object as sm-injector writes it,
+/// with resourceVersion 7, or unmanaged.
+fn held(version: &str, managed: bool) -> Value {
+    let mut v = serde_json::to_value(object(version, "then")).unwrap();
     v["apiVersion"] = json!("v1");
     v["kind"] = json!("Secret");
     v["metadata"]["resourceVersion"] = json!("7");
@@ -62,15 +66,7 @@ fn mocked() -> (H, Api<Secret>) {
 
 fn start(version: &str, writer: Writer, leading: bool) -> (H, Task) {
     let (h, api) = mocked();
-    let obj = backing::object(
-        "n",
-        "sm-n-db-1",
-        &value(version),
-        &Version::current(),
-        Form::Keys,
-        "now",
-    )
-    .unwrap();
+    let obj = object(version, "now");
     let leading = move || leading;
     (
         h,
@@ -202,20 +198,9 @@ async fn a_deletion_is_preconditioned_on_what_was_read() {
 
 #[tokio::test]
 async fn a_first_write_in_a_namespace_creates_at_once_and_decides_as_usual_when_it_exists() {
-    let object = || {
-        backing::object(
-            "n",
-            "sm-n-db-1",
-            &value("v1"),
-            &Version::current(),
-            Form::Keys,
-            "now",
-        )
-        .unwrap()
-    };
     // Absent, as it most likely is: one request, a create.
     let (mut h, api) = mocked();
-    let obj = object();
+    let obj = object("v1", "now");
     let t = tokio::spawn(async move { create_backing(&api, &obj).await });
     let (method, query, _, body) = answer(&mut h, 201, held("v1", true)).await;
     assert_eq!(method, "POST");
@@ -228,7 +213,7 @@ async fn a_first_write_in_a_namespace_creates_at_once_and_decides_as_usual_when_
 
     // There after all, and not sm-injector's: read, then left alone.
     let (mut h, api) = mocked();
-    let obj = object();
+    let obj = object("v1", "now");
     let t = tokio::spawn(async move { create_backing(&api, &obj).await });
     answer(&mut h, 409, status(409, "AlreadyExists")).await;
     let (method, _, _, _) = answer(&mut h, 200, held("v1", false)).await;
@@ -237,7 +222,7 @@ async fn a_first_write_in_a_namespace_creates_at_once_and_decides_as_usual_when_
 
     // There after all, at another version: the admission never replaces it.
     let (mut h, api) = mocked();
-    let obj = object();
+    let obj = object("v1", "now");
     let t = tokio::spawn(async move { create_backing(&api, &obj).await });
     answer(&mut h, 409, status(409, "AlreadyExists")).await;
     answer(&mut h, 200, held("v2", true)).await;
