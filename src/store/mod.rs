@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{Patch, PatchParams};
 
 mod ensured;
+mod existing;
 pub mod inventory;
 pub mod rule;
 mod write;
@@ -28,7 +28,6 @@ pub use write::{WriteError, Written, create_backing, delete_backing, read, write
 
 use crate::backing;
 use crate::fetch::FetchKey;
-use crate::kube_error::kube_reason;
 use crate::lookup::{Hashing, Strs};
 use crate::metrics::Metrics;
 use crate::plan::{Backing, Content, Plan};
@@ -96,6 +95,7 @@ enum NotWritten {
     Failed(String),
 }
 
+/// The keys of `required` not in `present`, quoted, for a message.
 fn missing_keys(required: &BTreeSet<String>, present: &BTreeSet<String>) -> String {
     required
         .difference(present)
@@ -293,73 +293,6 @@ impl Syncer {
                 })
             }
         }
-    }
-
-    /// Secrets Manager could not be reached: the existing backing Secret
-    /// serves if it holds the keys the pod reads.
-    async fn existing(
-        &self,
-        api: &Api<Secret>,
-        namespace: &str,
-        b: &Backing,
-        reason: &str,
-        dry_run: bool,
-    ) -> Result<Done, String> {
-        let pp = PatchParams {
-            dry_run,
-            ..Default::default()
-        };
-        let s = match api
-            .patch(&b.name, &pp, &Patch::Merge(serde_json::json!({})))
-            .await
-        {
-            Ok(s) => s,
-            Err(kube::Error::Api(e)) if e.code == 404 => {
-                return Err(format!(
-                    "{reason}, and there is no backing Secret for {:?} in namespace {namespace:?} yet",
-                    b.secret_name
-                ));
-            }
-            Err(e) => {
-                return Err(format!(
-                    "{reason}, and the backing Secret {namespace}/{} could not be checked: {}",
-                    b.name,
-                    kube_reason(&e)
-                ));
-            }
-        };
-        if !rule::managed(&s) {
-            return Err(format!(
-                "{reason}, and the Secret {namespace}/{} is not managed by sm-injector",
-                b.name
-            ));
-        }
-        if !rule::holds_source(&s, &b.secret_name, &b.version.to_string(), b.form.as_str()) {
-            return Err(format!(
-                "{reason}, and the Secret {namespace}/{} is the backing Secret of another secret",
-                b.name
-            ));
-        }
-        let held = rule::version_of(&s).unwrap_or_default().to_string();
-        let annotations = s.metadata.annotations.clone().unwrap_or_default();
-        let keys: BTreeSet<String> = s.data.unwrap_or_default().into_keys().collect();
-        let missing = missing_keys(&b.required_keys, &keys);
-        if !missing.is_empty() {
-            return Err(format!(
-                "{reason}, and the existing backing Secret for {:?} has no key {missing}",
-                b.secret_name,
-            ));
-        }
-        let refreshed = annotations
-            .get(backing::ANN_REFRESHED)
-            .map_or("an unknown time", String::as_str);
-        Ok(Done::Warning {
-            warning: format!(
-                "{reason}; using the existing backing Secret {} for {:?}, last refreshed at {refreshed}",
-                b.name, b.secret_name
-            ),
-            held,
-        })
     }
 
     /// Tells the refresher (through the inventory, which its leader watches)
