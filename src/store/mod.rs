@@ -148,8 +148,8 @@ impl Syncer {
             Some(u) => u.into(),
             None => format!("/{namespace}").into(),
         };
-        let now = std::time::Instant::now();
-        if vouched.is_some_and(|v| v.holds(&scope, now)) {
+        // The clock is read for a kept decision's admissions only.
+        if vouched.is_some_and(|v| v.holds(&scope, std::time::Instant::now())) {
             return Ok(Ensured::default());
         }
         let mut out = Ensured::default();
@@ -186,7 +186,7 @@ impl Syncer {
         });
         if warm {
             if let Some(v) = vouched.filter(|_| !dry_run && out.warnings.is_empty()) {
-                v.found(&scope, now + self.vouch_for);
+                v.found(&scope, std::time::Instant::now() + self.vouch_for);
             }
             return Ok(out);
         }
