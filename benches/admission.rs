@@ -162,6 +162,10 @@ async fn main() {
     let (noop_port, noop_pid) = support::start_noop_webhook(bed, dir.path());
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = rss_mib(server.pid);
+    // Of it, what the process itself holds, and the binary's and libraries'
+    // pages mapped from the page cache (shared, and dropped under pressure).
+    let idle_anon = proc_field(server.pid, "status", "RssAnon:") as f64 / 1024.0;
+    let idle_file = proc_field(server.pid, "status", "RssFile:") as f64 / 1024.0;
     pin(server.pid, 0);
     pin(afresh.pid, 0);
     pin(workload.pid, 0);
@@ -298,7 +302,7 @@ async fn main() {
         sized_ratios.join("; ")
     );
     println!(
-        "sm-injector RSS: {idle_rss:.1} MiB idle (after start), {:.1} MiB peak",
+        "sm-injector RSS: {idle_rss:.1} MiB idle (after start: {idle_anon:.1} anonymous, {idle_file:.1} file pages), {:.1} MiB peak",
         proc_field(server.pid, "status", "VmHWM:") as f64 / 1024.0
     );
 
