@@ -49,6 +49,11 @@ pub struct SecretValue {
     names: [OnceLock<(Version, String)>; 8],
 }
 
+/// What one slot of a value's backing names holds once made, about: the name
+/// (at most 63 bytes, [`crate::backing::name`]) and the version it was made
+/// for (a staging label or a version id).
+const NAME_BYTES: usize = 64 + 64;
+
 /// Whether a value is in the secret cache: never put there, held, or let go
 /// (replaced, invalidated, expired or evicted; never held again). A copy is a
 /// value of its own, not yet held.
@@ -77,14 +82,22 @@ impl fmt::Debug for SecretValue {
 }
 
 impl SecretValue {
-    /// About the bytes this value holds in memory: its names, its payload
-    /// and the fields parsed from it. The value cache is bounded by it.
+    /// About the bytes this value holds in memory: itself, its names, its
+    /// payload and the fields parsed from it (about as many bytes again), and
+    /// the backing names it keeps once they are made (`NAME_BYTES` a slot).
+    /// Counted when the value is cached, before any name is made. The value
+    /// cache is bounded by it.
     pub fn weight(&self) -> u32 {
         let payload = match &self.payload {
             Payload::String(s) => s.len(),
             Payload::Binary(b) => b.len(),
         };
-        let bytes = 256 + self.arn.len() + self.name.len() + self.version_id.len() + 2 * payload;
+        let bytes = std::mem::size_of::<Self>()
+            + self.arn.len()
+            + self.name.len()
+            + self.version_id.len()
+            + 2 * payload
+            + self.names.len() * NAME_BYTES;
         bytes.min(u32::MAX as usize) as u32
     }
 }
@@ -272,6 +285,35 @@ mod tests {
             v(Payload::String(r#"{"a b":"x"}"#.into())).json_fields(),
             Err(ContentError::BadKey { .. })
         ));
+    }
+
+    #[test]
+    fn the_weight_counts_the_value_and_every_backing_name_it_may_keep() {
+        let s = v(Payload::String(r#"{"k":"v"}"#.into()));
+        let before = s.weight() as usize;
+        // Every slot filled, as pods reading it by name and by ARN, in each
+        // form, would fill them.
+        for slot in 0..s.names.len() {
+            s.name_in(slot, &Version::Id("a".repeat(36)), || "n".repeat(63));
+        }
+        let names: usize = s
+            .names
+            .iter()
+            .map(|c| {
+                let (version, name) = c.get().unwrap();
+                let held = match version {
+                    Version::Stage(t) | Version::Id(t) => t.capacity(),
+                };
+                held + name.capacity()
+            })
+            .sum();
+        let held = std::mem::size_of::<SecretValue>()
+            + s.arn.capacity()
+            + s.name.capacity()
+            + s.version_id.capacity()
+            + 9
+            + names;
+        assert!(before >= held, "weighs {before} bytes, holds {held}");
     }
 
     #[test]

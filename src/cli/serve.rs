@@ -96,8 +96,9 @@ pub struct ServeArgs {
     /// remembered, so that retries and dry runs do not spend the account's quota.
     #[arg(long, env = "SM_INJECTOR_NEGATIVE_CACHE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
     negative_cache_ttl: Duration,
-    /// Bytes of secret values kept in memory (names, payload and parsed
-    /// fields, about); the least used go first.
+    /// Bytes of secret values kept in memory (each value's own size, names,
+    /// payload and parsed fields, and the backing Secret names it keeps,
+    /// about); the least used go first.
     #[arg(long, env = "SM_INJECTOR_CACHE_BYTES", default_value_t = sm_injector::cache::DEFAULT_MAX_BYTES)]
     cache_bytes: u64,
     /// How long a fetched secret version is served from memory before Secrets Manager is asked again.
