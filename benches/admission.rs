@@ -28,6 +28,9 @@ mod support;
 #[path = "admission/load.rs"]
 mod load;
 
+#[path = "admission/reviews.rs"]
+mod reviews;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -36,6 +39,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use load::*;
+use reviews::review;
 use serde_json::json;
 use support::injector::metric_sum as metric;
 

@@ -1,0 +1,310 @@
+//! The review's own work, in one thread and without I/O: what a pod decided
+//! afresh costs sm-injector from its body to its answer's bytes, step by step,
+//! and what a kept decision's look and lookup cost, on the reviews
+//! `./tests/bench` posts (`benches/admission/reviews.rs`).
+//!
+//! `cargo bench --bench review` (no test bed: the values come from a
+//! [`StaticSource`], read once and then held by the cache as on the warm
+//! path). Each line is a prefix of a path that starts with the look at the
+//! body, so the step it adds costs the difference from the line before it
+//! on the same path; each figure is the median of 7 batches
+//! of 20,000 reviews, in ns per review. Not timed here, as they need an API
+//! server: the Namespace's lookup in the watched cache and the backing
+//! Secrets' check ([`sm_injector::store::Syncer::ensure`], two cache lookups
+//! per backing Secret on the warm path). For comparison, the minimal floor's
+//! own work (`examples/noop_webhook.rs`): the uid, borrowed from the body.
+//! The server's transport (TLS, HTTP/1.1, system calls) is what
+//! `./tests/bench` adds. `cargo bench --bench review -- <filter>` measures only
+//! the lines whose name contains `<filter>` (for `perf record`).
+
+#[path = "admission/reviews.rs"]
+mod reviews;
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sm_injector::admission::{Planned, Settings, plan_pod};
+use sm_injector::cache::CachedSource;
+use sm_injector::decisions::{self, Decision, Decisions};
+use sm_injector::identity::{Identity, Mode};
+use sm_injector::metrics::Metrics;
+use sm_injector::policy::AccessRule;
+use sm_injector::secret::Payload;
+use sm_injector::source::StaticSource;
+use sm_injector::store::Ensured;
+use sm_injector::{glance, patch, wire};
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const BATCH: u32 = 20_000;
+const BATCHES: usize = 7;
+const NS: &str = "bench";
+
+/// The secrets the reviews read, as `./tests/bench` creates them.
+fn secrets() -> HashMap<String, Payload> {
+    let mut s: HashMap<String, Payload> = [
+        ("discord", r#"{"bot_token":"tok","application_id":123}"#),
+        ("postgres", r#"{"url":"postgres://app:pw@db:5432/app"}"#),
+        ("redis", r#"{"HOST":"redis","PORT":6379}"#),
+    ]
+    .into_iter()
+    .map(|(n, v)| (format!("{NS}/{n}"), Payload::String(v.into())))
+    .collect();
+    for w in 0..5 {
+        let keys: Vec<String> = (0..20)
+            .filter(|i| i % 5 == w)
+            .map(|i| format!("\"k{i}\":\"v{i}\""))
+            .collect();
+        s.insert(
+            format!("{NS}/wide{w}"),
+            Payload::String(format!("{{{}}}", keys.join(","))),
+        );
+    }
+    s
+}
+
+/// What a review needs besides its body.
+struct Bed {
+    source: CachedSource,
+    rule: Arc<AccessRule>,
+    settings: Settings,
+}
+
+/// How far along the path of a pod decided afresh a timed review goes.
+#[derive(Clone, Copy, PartialEq, PartialOrd)]
+enum Upto {
+    /// The pod planned from the look, and what it asks copied out.
+    Pod,
+    /// Then its plan: annotations, containers, rule, values, their contents.
+    Plan,
+    /// Then the patch.
+    Patch,
+    /// Then the record of versions and the answer's bytes (base64 patch).
+    Answer,
+}
+
+/// One review of `body` decided afresh, as far as `upto`; its answer's length.
+async fn afresh(bed: &Bed, body: &[u8], upto: Upto) -> usize {
+    let g = glance::read(body, wire::DEFAULT_MAX_ENTRIES).expect("a review");
+    let pod = g
+        .created_pod()
+        .and_then(|p| p.planning_pod())
+        .expect("planned from the look");
+    let owned = sm_injector::admission::Asked::of_glance(&g)
+        .expect("a pod")
+        .owned();
+    drop(g);
+    let asked = owned.asked();
+    if upto == Upto::Pod {
+        return black_box(&pod)
+            .metadata
+            .annotations
+            .as_ref()
+            .map_or(0, |a| a.len())
+            + asked.pod.len();
+    }
+    let planned = plan_pod(
+        &pod,
+        NS,
+        bed.rule.clone(),
+        &Identity::Own,
+        &bed.source,
+        &bed.settings,
+    )
+    .await;
+    let Planned::Plan { plan, targets, .. } = planned else {
+        panic!("the bench's review is planned");
+    };
+    if upto == Upto::Plan {
+        return black_box(&plan).backing.len();
+    }
+    let (mut built, warnings) = patch::build(&pod, &plan, &targets);
+    assert!(warnings.is_empty());
+    if upto == Upto::Patch {
+        return black_box(&built).len();
+    }
+    patch::record_versions(&mut built, Ensured::default().versions(&plan));
+    let mut response = asked.reply.allowed();
+    response.patch = Some(built);
+    wire::encode_with(&response, None).len()
+}
+
+/// How far along the path of a kept decision's replica a timed review goes.
+#[derive(Clone, Copy, PartialEq)]
+enum Kept {
+    /// The look at the body only (the first step of both paths).
+    Look,
+    /// Then the decision's key.
+    Key,
+    /// Then its lookup.
+    Lookup,
+    /// Then the answer written with the kept base64 patch.
+    Answer,
+}
+
+/// One review answered from the decision kept under its key, as far as `upto`.
+async fn kept(decisions: &Decisions, body: &[u8], upto: Kept) -> usize {
+    let g = glance::read(body, wire::DEFAULT_MAX_ENTRIES).expect("a review");
+    if upto == Kept::Look {
+        return black_box(&g).uid().len();
+    }
+    let key = decisions::key_of(&g).expect("a key");
+    if upto == Kept::Key {
+        return black_box(key).len();
+    }
+    let d = decisions.get(&key).await.expect("kept");
+    if upto == Kept::Lookup {
+        return black_box(d).warm_patch.len();
+    }
+    let asked = sm_injector::admission::Asked::of_glance(&g).expect("a pod");
+    let response = asked.reply.allowed();
+    wire::encode_with(&response, Some(&d.warm_patch)).len()
+}
+
+/// The minimal floor's own work: the uid, borrowed from the body.
+fn floor(body: &[u8]) -> usize {
+    #[derive(serde::Deserialize)]
+    struct Review<'a> {
+        #[serde(borrow)]
+        request: Request<'a>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Request<'a> {
+        uid: &'a str,
+    }
+    let r: Review = serde_json::from_slice(body).expect("a review");
+    r.request.uid.len()
+}
+
+/// The median over [`BATCHES`] of ns per call of `f`, if the line `name` is
+/// wanted: a line is skipped (NaN) when the command line gives a filter
+/// (`cargo bench --bench review -- <filter>`, to profile one line) that its
+/// name does not contain.
+async fn ns_per<F: AsyncFnMut() -> usize>(name: &str, mut f: F) -> f64 {
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+    if filter.is_some_and(|f| !name.contains(f.as_str())) {
+        return f64::NAN;
+    }
+    let mut sink = 0usize;
+    for _ in 0..BATCH / 10 {
+        sink = sink.wrapping_add(f().await);
+    }
+    let mut batches: Vec<f64> = (0..BATCHES).map(|_| 0.0).collect();
+    for b in batches.iter_mut() {
+        let t = Instant::now();
+        for _ in 0..BATCH {
+            sink = sink.wrapping_add(f().await);
+        }
+        *b = t.elapsed().as_nanos() as f64 / f64::from(BATCH);
+    }
+    black_box(sink);
+    batches.sort_by(f64::total_cmp);
+    batches[BATCHES / 2]
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("review benchmark: run it with cargo bench --bench review");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let bed = Bed {
+            source: CachedSource::new(
+                Arc::new(StaticSource::new(secrets())),
+                Duration::from_secs(3600),
+                Metrics::new(),
+            ),
+            rule: Arc::new(AccessRule::for_namespace(NS, None)),
+            settings: Settings {
+                min_refresh: Duration::from_secs(60),
+                aws_deadline: Duration::from_secs(3),
+                max_aws_calls: sm_injector::admission::MAX_AWS_CALLS,
+                caps: Default::default(),
+                identity: Mode::Own,
+            },
+        };
+        println!(
+            "the review's own work in one thread, ns per review (median of {BATCHES} batches of {BATCH}); each line after the look adds its step to the line above (afresh: to the look; kept: to the look, then each kept line to the one above)"
+        );
+        println!("{:<44} {:>10} {:>10}", "", "seed", "20 refs");
+        let shapes = [reviews::review(NS, 0), reviews::review(NS, 20)];
+        let mut rows: Vec<(&str, Vec<f64>)> = vec![];
+        let mut row = |name, v| rows.push((name, v));
+        let mut v = vec![];
+        for body in &shapes {
+            v.push(ns_per("minimal floor: the uid", async || floor(body)).await);
+        }
+        row("minimal floor: the uid", v);
+        let mut kept_rows = vec![];
+        for (name, upto) in [
+            ("the look", Kept::Look),
+            ("kept: + key", Kept::Key),
+            ("kept: + lookup", Kept::Lookup),
+            ("kept: + answer (whole)", Kept::Answer),
+        ] {
+            let mut v = vec![];
+            for body in &shapes {
+                let decisions =
+                    Decisions::new(decisions::DEFAULT_MAX_BYTES, Duration::from_secs(3600));
+                keep(&bed, &decisions, body).await;
+                v.push(ns_per(name, async || kept(&decisions, body, upto).await).await);
+            }
+            kept_rows.push((name, v));
+        }
+        let look = kept_rows.remove(0);
+        row(look.0, look.1);
+        for (name, upto) in [
+            ("afresh: + pod, what it asks", Upto::Pod),
+            ("afresh: + plan", Upto::Plan),
+            ("afresh: + patch", Upto::Patch),
+            ("afresh: + record, answer (whole)", Upto::Answer),
+        ] {
+            let mut v = vec![];
+            for body in &shapes {
+                v.push(ns_per(name, async || afresh(&bed, body, upto).await).await);
+            }
+            row(name, v);
+        }
+        for (name, v) in kept_rows {
+            row(name, v);
+        }
+        for (name, v) in rows {
+            println!("{name:<44} {:>10.0} {:>10.0}", v[0], v[1]);
+        }
+    });
+}
+
+/// Keeps the decision for `body`'s pod, as the first admission of a replica.
+async fn keep(bed: &Bed, decisions: &Decisions, body: &[u8]) {
+    let g = glance::read(body, wire::DEFAULT_MAX_ENTRIES).expect("a review");
+    let key = decisions::key_of(&g).expect("a key");
+    let pod = g.created_pod().and_then(|p| p.planning_pod()).unwrap();
+    let Planned::Plan {
+        plan,
+        targets,
+        rule,
+        values,
+    } = plan_pod(
+        &pod,
+        NS,
+        bed.rule.clone(),
+        &Identity::Own,
+        &bed.source,
+        &bed.settings,
+    )
+    .await
+    else {
+        panic!("planned");
+    };
+    let (built, _) = patch::build(&pod, &plan, &targets);
+    let d = Decision::new(Identity::Own, rule, values, plan, built);
+    decisions.insert(key, Arc::new(d)).await;
+}
