@@ -3,24 +3,28 @@
 //! (`versionStage=<stage>` or `versionId=<id>`, at most one) and
 //! `decode=base64`.
 
+use std::borrow::Cow;
 use std::fmt;
 
-/// Which version of a secret a reference selects.
+/// Which version of a secret a reference selects. The text is borrowed for
+/// `AWSCURRENT`, which most references select without naming it: such a
+/// version is made and copied without an allocation. (It hashes, compares
+/// and prints as the text alone, owned or not.)
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Version {
     /// A staging label; `AWSCURRENT` when the reference pins nothing.
-    Stage(String),
+    Stage(Cow<'static, str>),
     /// A version id (a UUID in AWS).
-    Id(String),
+    Id(Cow<'static, str>),
 }
 
 impl Version {
     pub fn current() -> Self {
-        Version::Stage("AWSCURRENT".into())
+        Version::Stage(Cow::Borrowed(CURRENT))
     }
 
     pub fn is_current(&self) -> bool {
-        matches!(self, Version::Stage(s) if s == "AWSCURRENT")
+        matches!(self, Version::Stage(s) if s == CURRENT)
     }
 
     /// The stage or the version id.
@@ -39,6 +43,9 @@ impl fmt::Display for Version {
         }
     }
 }
+
+/// The stage Secrets Manager gives the current version of a secret.
+pub const CURRENT: &str = "AWSCURRENT";
 
 /// A parsed `<ref>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -169,8 +176,9 @@ fn parse_selector(sel: &str) -> Result<Version, RefError> {
         return Err(RefError::BadSelector(sel.into()));
     }
     match k {
-        "versionStage" => Ok(Version::Stage(v.into())),
-        "versionId" => Ok(Version::Id(v.into())),
+        "versionStage" if v == CURRENT => Ok(Version::current()),
+        "versionStage" => Ok(Version::Stage(v.to_owned().into())),
+        "versionId" => Ok(Version::Id(v.to_owned().into())),
         _ => Err(RefError::BadSelector(sel.into())),
     }
 }
@@ -235,6 +243,26 @@ mod tests {
         assert_eq!(
             r.version,
             Version::Id("0b5e2c1a-aaaa-bbbb-cccc-0123456789ab".into())
+        );
+    }
+
+    #[test]
+    fn the_current_version_is_one_whether_named_or_not_and_borrowed_or_owned() {
+        use std::hash::BuildHasher;
+        let implied = parse("a/b#k").unwrap().version;
+        let named = parse("a/b?versionStage=AWSCURRENT#k").unwrap().version;
+        // As the refresher reads it back from a pod's record.
+        let owned = Version::Stage(String::from("AWSCURRENT").into());
+        let hasher = std::collections::hash_map::RandomState::new();
+        for v in [&named, &owned] {
+            assert_eq!(v, &implied);
+            assert!(v.is_current());
+            assert_eq!(hasher.hash_one(v), hasher.hash_one(&implied));
+            assert_eq!(v.to_string(), "versionStage=AWSCURRENT");
+        }
+        assert_eq!(
+            parse("a/b?versionStage=AWSCURRENT").unwrap().to_string(),
+            "a/b"
         );
     }
 

@@ -244,6 +244,7 @@ impl SecretValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::borrow::Cow;
 
     fn v(payload: Payload) -> SecretValue {
         SecretValue::new(
@@ -294,7 +295,7 @@ mod tests {
         // Every slot filled, as pods reading it by name and by ARN, in each
         // form, would fill them.
         for slot in 0..s.names.len() {
-            s.name_in(slot, &Version::Id("a".repeat(36)), || "n".repeat(63));
+            s.name_in(slot, &Version::Id("a".repeat(36).into()), || "n".repeat(63));
         }
         let names: usize = s
             .names
@@ -302,7 +303,8 @@ mod tests {
             .map(|c| {
                 let (version, name) = c.get().unwrap();
                 let held = match version {
-                    Version::Stage(t) | Version::Id(t) => t.capacity(),
+                    Version::Stage(Cow::Owned(t)) | Version::Id(Cow::Owned(t)) => t.capacity(),
+                    Version::Stage(Cow::Borrowed(_)) | Version::Id(Cow::Borrowed(_)) => 0,
                 };
                 held + name.capacity()
             })

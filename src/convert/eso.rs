@@ -104,8 +104,8 @@ fn reference(r: &Value, with_property: bool) -> Result<String, String> {
     let version = match str_at(r, "/version") {
         None => Version::current(),
         Some(v) => match v.strip_prefix("uuid/") {
-            Some(id) => Version::Id(id.into()),
-            None => Version::Stage(v.into()),
+            Some(id) => Version::Id(id.to_owned().into()),
+            None => Version::Stage(v.to_owned().into()),
         },
     };
     let decode = match str_at(r, "/decodingStrategy").unwrap_or("None") {

@@ -145,8 +145,8 @@ impl AwsSource {
         self.metrics.aws_call(OP, 1);
         let mut req = client.get_secret_value().secret_id(&key.id);
         req = match &key.version {
-            Version::Stage(s) => req.version_stage(s),
-            Version::Id(id) => req.version_id(id),
+            Version::Stage(s) => req.version_stage(s.as_ref()),
+            Version::Id(id) => req.version_id(id.as_ref()),
         };
         match req.send().await {
             Ok(o) => {

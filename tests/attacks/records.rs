@@ -42,7 +42,13 @@ fn forged(name: &str, record: String) -> Pod {
 
 fn pinned(ns: &str, tag: &str, n: usize) -> Vec<(String, Version, Option<String>)> {
     (0..n)
-        .map(|i| (format!("{ns}/db"), Version::Id(format!("{tag}-{i}")), None))
+        .map(|i| {
+            (
+                format!("{ns}/db"),
+                Version::Id(format!("{tag}-{i}").into()),
+                None,
+            )
+        })
         .collect()
 }
 

@@ -190,7 +190,7 @@ fn records_needing_more_calls_than_the_webhook_allows_are_refused() {
     // Eleven pinned versions: eleven GetSecretValue calls, one over the cap.
     let pinned = |n: usize| -> Vec<(String, Version)> {
         (0..n)
-            .map(|i| ("n/db".to_string(), Version::Id(format!("v{i}"))))
+            .map(|i| ("n/db".to_string(), Version::Id(format!("v{i}").into())))
             .collect()
     };
     let rec = |n: usize| {
