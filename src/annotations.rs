@@ -100,6 +100,18 @@ pub fn valid_env_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// Whether `prefix` followed by `name` is a valid environment variable name
+/// ([`valid_env_name`]), without joining them: env-from checks every key of
+/// a secret under its prefix on each admission.
+pub fn valid_env_name_with(prefix: &str, name: &str) -> bool {
+    let name_chars = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if prefix.is_empty() {
+        valid_env_name(name)
+    } else {
+        valid_env_name(prefix) && name_chars(name)
+    }
+}
+
 /// Reads the pod's annotations. `Ok(None)`: the pod asks for nothing (no input
 /// key under `sm-injector.io/`). `Err`: every problem found, each naming its annotation.
 pub fn parse(
@@ -357,5 +369,21 @@ mod tests {
         assert!(!valid_env_name("1X"));
         assert!(!valid_env_name("A-B"));
         assert!(!valid_env_name(""));
+    }
+
+    #[test]
+    fn a_prefixed_name_is_checked_as_the_joined_name() {
+        let parts = [
+            "", "_", "REDIS_", "A", "1X_", "A-B_", "x", "HOST", "1", "é", "a-b", "_9",
+        ];
+        for prefix in parts {
+            for name in parts {
+                assert_eq!(
+                    valid_env_name_with(prefix, name),
+                    valid_env_name(&format!("{prefix}{name}")),
+                    "{prefix:?} + {name:?}"
+                );
+            }
+        }
     }
 }

@@ -231,7 +231,7 @@ pub fn resolve(
             let prefix = e.prefix.as_deref().unwrap_or("");
             let bad: Vec<&String> = fields
                 .keys()
-                .filter(|k| !annotations::valid_env_name(&format!("{prefix}{k}")))
+                .filter(|k| !annotations::valid_env_name_with(prefix, k))
                 .collect();
             if !bad.is_empty() {
                 b.errors.push(format!(
