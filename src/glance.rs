@@ -103,7 +103,9 @@ struct Request<'a> {
     #[serde(borrow)]
     user_info: User<'a>,
     #[serde(borrow)]
-    object: Option<PodGlance<'a>>,
+    /// Boxed: the request is built and then moved a few times on its way
+    /// out of the deserializer, and the pod is most of its size.
+    object: Option<Box<PodGlance<'a>>>,
     #[serde(default)]
     dry_run: bool,
 }
@@ -253,7 +255,7 @@ impl<'a> Glance<'a> {
     pub fn created_pod(&self) -> Option<&PodGlance<'a>> {
         let r = &self.request;
         (r.operation.0 == "CREATE" && r.kind.kind.0 == "Pod" && r.sub_resource.is_none())
-            .then_some(r.object.as_ref())
+            .then_some(r.object.as_deref())
             .flatten()
     }
 
