@@ -74,21 +74,38 @@ struct Bed {
     settings: Settings,
 }
 
-/// How far along the path of a pod decided afresh a timed review goes.
-#[derive(Clone, Copy, PartialEq, PartialOrd)]
-enum Upto {
+impl Bed {
+    /// The plan for `pod`, as the webhook makes it for a pod decided afresh.
+    async fn plan(&self, pod: &sm_injector::pod::Pod) -> Planned {
+        let rule = self.rule.clone();
+        plan_pod(pod, NS, rule, &Identity::Own, &self.source, &self.settings).await
+    }
+}
+
+/// How far along its path a timed review goes: a pod decided afresh takes
+/// the look, then `Pod`, `Plan`, `Patch` and `Answer`; a kept decision's
+/// replica the look, then `Key`, `Lookup` and `Answer`.
+#[derive(Clone, Copy, PartialEq)]
+enum Step {
+    /// The look at the body only (the first step of both paths).
+    Look,
     /// The pod planned from the look, and what it asks copied out.
     Pod,
-    /// Then its plan: annotations, containers, rule, values, their contents.
+    /// Its plan: annotations, containers, rule, values, their contents.
     Plan,
-    /// Then the patch.
+    /// The patch.
     Patch,
-    /// Then the record of versions and the answer's bytes (base64 patch).
+    /// The decision's key.
+    Key,
+    /// The kept decision's lookup.
+    Lookup,
+    /// The answer's bytes: afresh, the record of versions and the patch as
+    /// base64; kept, the kept base64 patch.
     Answer,
 }
 
 /// One review of `body` decided afresh, as far as `upto`; its answer's length.
-async fn afresh(bed: &Bed, body: &[u8], upto: Upto) -> usize {
+async fn afresh(bed: &Bed, body: &[u8], upto: Step) -> usize {
     let g = glance::read(body, wire::DEFAULT_MAX_ENTRIES).expect("a review");
     let pod = g
         .created_pod()
@@ -99,7 +116,7 @@ async fn afresh(bed: &Bed, body: &[u8], upto: Upto) -> usize {
         .owned();
     drop(g);
     let asked = owned.asked();
-    if upto == Upto::Pod {
+    if upto == Step::Pod {
         return black_box(&pod)
             .metadata
             .annotations
@@ -107,24 +124,15 @@ async fn afresh(bed: &Bed, body: &[u8], upto: Upto) -> usize {
             .map_or(0, |a| a.len())
             + asked.pod.len();
     }
-    let planned = plan_pod(
-        &pod,
-        NS,
-        bed.rule.clone(),
-        &Identity::Own,
-        &bed.source,
-        &bed.settings,
-    )
-    .await;
-    let Planned::Plan { plan, targets, .. } = planned else {
+    let Planned::Plan { plan, targets, .. } = bed.plan(&pod).await else {
         panic!("the bench's review is planned");
     };
-    if upto == Upto::Plan {
+    if upto == Step::Plan {
         return black_box(&plan).backing.len();
     }
     let (mut built, warnings) = patch::build(&pod, &plan, &targets);
     assert!(warnings.is_empty());
-    if upto == Upto::Patch {
+    if upto == Step::Patch {
         return black_box(&built).len();
     }
     patch::record_versions(&mut built, Ensured::default().versions(&plan));
@@ -133,31 +141,18 @@ async fn afresh(bed: &Bed, body: &[u8], upto: Upto) -> usize {
     wire::encode_with(&response, None).len()
 }
 
-/// How far along the path of a kept decision's replica a timed review goes.
-#[derive(Clone, Copy, PartialEq)]
-enum Kept {
-    /// The look at the body only (the first step of both paths).
-    Look,
-    /// Then the decision's key.
-    Key,
-    /// Then its lookup.
-    Lookup,
-    /// Then the answer written with the kept base64 patch.
-    Answer,
-}
-
 /// One review answered from the decision kept under its key, as far as `upto`.
-async fn kept(decisions: &Decisions, body: &[u8], upto: Kept) -> usize {
+async fn kept(decisions: &Decisions, body: &[u8], upto: Step) -> usize {
     let g = glance::read(body, wire::DEFAULT_MAX_ENTRIES).expect("a review");
-    if upto == Kept::Look {
+    if upto == Step::Look {
         return black_box(&g).uid().len();
     }
     let key = decisions::key_of(&g).expect("a key");
-    if upto == Kept::Key {
+    if upto == Step::Key {
         return black_box(key).len();
     }
     let d = decisions.get(&key).await.expect("kept");
-    if upto == Kept::Lookup {
+    if upto == Step::Lookup {
         return black_box(d).warm_patch.len();
     }
     let asked = sm_injector::admission::Asked::of_glance(&g).expect("a pod");
@@ -236,48 +231,36 @@ fn main() {
         );
         println!("{:<44} {:>10} {:>10}", "", "seed", "20 refs");
         let shapes = [reviews::review(NS, 0), reviews::review(NS, 20)];
-        let mut rows: Vec<(&str, Vec<f64>)> = vec![];
-        let mut row = |name, v| rows.push((name, v));
+        let print = |name: &str, v: &[f64]| println!("{name:<44} {:>10.0} {:>10.0}", v[0], v[1]);
         let mut v = vec![];
         for body in &shapes {
             v.push(ns_per("minimal floor: the uid", async || floor(body)).await);
         }
-        row("minimal floor: the uid", v);
-        let mut kept_rows = vec![];
-        for (name, upto) in [
-            ("the look", Kept::Look),
-            ("kept: + key", Kept::Key),
-            ("kept: + lookup", Kept::Lookup),
-            ("kept: + answer (whole)", Kept::Answer),
+        print("minimal floor: the uid", &v);
+        // Each line: its name, whether its pod is decided afresh (else
+        // answered from the decision kept for it), and how far it goes.
+        for (name, fresh, upto) in [
+            ("the look", false, Step::Look),
+            ("afresh: + pod, what it asks", true, Step::Pod),
+            ("afresh: + plan", true, Step::Plan),
+            ("afresh: + patch", true, Step::Patch),
+            ("afresh: + record, answer (whole)", true, Step::Answer),
+            ("kept: + key", false, Step::Key),
+            ("kept: + lookup", false, Step::Lookup),
+            ("kept: + answer (whole)", false, Step::Answer),
         ] {
             let mut v = vec![];
             for body in &shapes {
-                let decisions =
-                    Decisions::new(decisions::DEFAULT_MAX_BYTES, Duration::from_secs(3600));
-                keep(&bed, &decisions, body).await;
-                v.push(ns_per(name, async || kept(&decisions, body, upto).await).await);
+                v.push(if fresh {
+                    ns_per(name, async || afresh(&bed, body, upto).await).await
+                } else {
+                    let decisions =
+                        Decisions::new(decisions::DEFAULT_MAX_BYTES, Duration::from_secs(3600));
+                    keep(&bed, &decisions, body).await;
+                    ns_per(name, async || kept(&decisions, body, upto).await).await
+                });
             }
-            kept_rows.push((name, v));
-        }
-        let look = kept_rows.remove(0);
-        row(look.0, look.1);
-        for (name, upto) in [
-            ("afresh: + pod, what it asks", Upto::Pod),
-            ("afresh: + plan", Upto::Plan),
-            ("afresh: + patch", Upto::Patch),
-            ("afresh: + record, answer (whole)", Upto::Answer),
-        ] {
-            let mut v = vec![];
-            for body in &shapes {
-                v.push(ns_per(name, async || afresh(&bed, body, upto).await).await);
-            }
-            row(name, v);
-        }
-        for (name, v) in kept_rows {
-            row(name, v);
-        }
-        for (name, v) in rows {
-            println!("{name:<44} {:>10.0} {:>10.0}", v[0], v[1]);
+            print(name, &v);
         }
     });
 }
@@ -292,17 +275,9 @@ async fn keep(bed: &Bed, decisions: &Decisions, body: &[u8]) {
         targets,
         rule,
         values,
-    } = plan_pod(
-        &pod,
-        NS,
-        bed.rule.clone(),
-        &Identity::Own,
-        &bed.source,
-        &bed.settings,
-    )
-    .await
+    } = bed.plan(&pod).await
     else {
-        panic!("planned");
+        panic!("the bench's review is planned");
     };
     let (built, _) = patch::build(&pod, &plan, &targets);
     let d = Decision::new(Identity::Own, rule, values, plan, built);
