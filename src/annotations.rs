@@ -95,21 +95,23 @@ fn err(annotation: &str, problem: impl Into<String>) -> AnnotationError {
 
 /// An environment variable name as shells and most runtimes accept it.
 pub fn valid_env_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    matches!(s.chars().next(), Some(c) if c.is_ascii_alphabetic() || c == '_') && env_name_chars(s)
 }
 
 /// Whether `prefix` followed by `name` is a valid environment variable name
 /// ([`valid_env_name`]), without joining them: env-from checks every key of
 /// a secret under its prefix on each admission.
 pub fn valid_env_name_with(prefix: &str, name: &str) -> bool {
-    let name_chars = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if prefix.is_empty() {
         valid_env_name(name)
     } else {
-        valid_env_name(prefix) && name_chars(name)
+        valid_env_name(prefix) && env_name_chars(name)
     }
+}
+
+/// Letters, digits and '_' only.
+fn env_name_chars(s: &str) -> bool {
+    s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Reads the pod's annotations. `Ok(None)`: the pod asks for nothing (no input
