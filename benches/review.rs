@@ -8,7 +8,9 @@
 //! path). Each line is a prefix of a path that starts with the look at the
 //! body, so the step it adds costs the difference from the line before it
 //! on the same path; each figure is the median of 7 batches
-//! of 20,000 reviews, in ns per review. Not timed here, as they need an API
+//! of 20,000 reviews, in ns per review, and beside it the allocations per
+//! review, counted over 100 more (the allocator counts only then; the
+//! floor's one is serde_json's buffer for the nesting it skips). Not timed here, as they need an API
 //! server: the Namespace's lookup in the watched cache and the backing
 //! Secrets' check ([`sm_injector::store::Syncer::ensure`], two cache lookups
 //! per backing Secret on the warm path). For comparison, the minimal floor's
@@ -20,9 +22,11 @@
 #[path = "admission/reviews.rs"]
 mod reviews;
 
+use std::alloc::{GlobalAlloc, Layout};
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sm_injector::admission::{Planned, Settings, plan_pod};
@@ -37,11 +41,60 @@ use sm_injector::store::Ensured;
 use sm_injector::{glance, patch, wire};
 
 #[cfg(feature = "mimalloc")]
+type Underlying = mimalloc::MiMalloc;
+#[cfg(not(feature = "mimalloc"))]
+type Underlying = std::alloc::System;
+
+/// The process's allocator, as the binary's, counting the allocations made
+/// while [`Counting::on`] (one untimed review per line, after its timing).
+struct Counting {
+    on: AtomicBool,
+    allocations: AtomicU64,
+}
+
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: Counting = Counting {
+    on: AtomicBool::new(false),
+    allocations: AtomicU64::new(0),
+};
+
+// The one unsafe code of the crate's benches: a global allocator is an unsafe
+// trait. SAFETY: every call is passed to the underlying allocator unchanged.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        self.count();
+        // SAFETY: the caller's contract, passed on.
+        unsafe { Underlying {}.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        self.count();
+        // SAFETY: as above.
+        unsafe { Underlying {}.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        self.count();
+        // SAFETY: as above.
+        unsafe { Underlying {}.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { Underlying {}.dealloc(ptr, layout) }
+    }
+}
+
+impl Counting {
+    fn count(&self) {
+        if self.on.load(Ordering::Relaxed) {
+            self.allocations.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
 
 const BATCH: u32 = 20_000;
 const BATCHES: usize = 7;
+/// The untimed calls whose allocations are counted, per line.
+const COUNTED: u32 = 100;
 const NS: &str = "bench";
 
 /// The secrets the reviews read, as `./tests/bench` creates them.
@@ -175,14 +228,15 @@ fn floor(body: &[u8]) -> usize {
     r.request.uid.len()
 }
 
-/// The median over [`BATCHES`] of ns per call of `f`, if the line `name` is
+/// The median over [`BATCHES`] of ns per call of `f`, and the allocations
+/// per call over [`COUNTED`] untimed calls after, if the line `name` is
 /// wanted: a line is skipped (NaN) when the command line gives a filter
 /// (`cargo bench --bench review -- <filter>`, to profile one line) that its
 /// name does not contain.
-async fn ns_per<F: AsyncFnMut() -> usize>(name: &str, mut f: F) -> f64 {
+async fn ns_per<F: AsyncFnMut() -> usize>(name: &str, mut f: F) -> (f64, f64) {
     let filter = std::env::args().skip(1).find(|a| !a.starts_with("--"));
     if filter.is_some_and(|f| !name.contains(f.as_str())) {
-        return f64::NAN;
+        return (f64::NAN, f64::NAN);
     }
     let mut sink = 0usize;
     for _ in 0..BATCH / 10 {
@@ -196,9 +250,16 @@ async fn ns_per<F: AsyncFnMut() -> usize>(name: &str, mut f: F) -> f64 {
         }
         *b = t.elapsed().as_nanos() as f64 / f64::from(BATCH);
     }
+    GLOBAL.allocations.store(0, Ordering::Relaxed);
+    GLOBAL.on.store(true, Ordering::Relaxed);
+    for _ in 0..COUNTED {
+        sink = sink.wrapping_add(f().await);
+    }
+    GLOBAL.on.store(false, Ordering::Relaxed);
+    let allocations = GLOBAL.allocations.load(Ordering::Relaxed) as f64 / f64::from(COUNTED);
     black_box(sink);
     batches.sort_by(f64::total_cmp);
-    batches[BATCHES / 2]
+    (batches[BATCHES / 2], allocations)
 }
 
 fn main() {
@@ -227,11 +288,19 @@ fn main() {
             },
         };
         println!(
-            "the review's own work in one thread, ns per review (median of {BATCHES} batches of {BATCH}); each line after the look adds its step to the line above (afresh: to the look; kept: to the look, then each kept line to the one above)"
+            "the review's own work in one thread, ns per review (median of {BATCHES} batches of {BATCH}) and allocations per review (over {COUNTED} more); each line after the look adds its step to the line above (afresh: to the look; kept: to the look, then each kept line to the one above)"
         );
-        println!("{:<44} {:>10} {:>10}", "", "seed", "20 refs");
+        println!(
+            "{:<44} {:>8} {:>7} {:>8} {:>7}",
+            "", "seed ns", "allocs", "20 refs", "allocs"
+        );
         let shapes = [reviews::review(NS, 0), reviews::review(NS, 20)];
-        let print = |name: &str, v: &[f64]| println!("{name:<44} {:>10.0} {:>10.0}", v[0], v[1]);
+        let print = |name: &str, v: &[(f64, f64)]| {
+            println!(
+                "{name:<44} {:>8.0} {:>7.1} {:>8.0} {:>7.1}",
+                v[0].0, v[0].1, v[1].0, v[1].1
+            )
+        };
         let mut v = vec![];
         for body in &shapes {
             v.push(ns_per("minimal floor: the uid", async || floor(body)).await);
