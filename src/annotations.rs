@@ -51,28 +51,29 @@ pub const REFRESH_NOW: &str = "sm-injector.io/refresh-now";
 
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(3600);
 
-/// `env.<VAR>`: one variable from one reference.
+/// `env.<VAR>`: one variable from one reference. The variable's name and the
+/// annotation's are borrowed from the annotations parsed ([`parse`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EnvRequest {
-    pub var: String,
+pub struct EnvRequest<'a> {
+    pub var: &'a str,
     pub reference: SecretRef,
-    pub annotation: String,
+    pub annotation: &'a str,
 }
 
 /// `env-from` / `env-from.<PREFIX>`: every top-level key of a JSON secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EnvFromRequest {
+pub struct EnvFromRequest<'a> {
     /// The env var prefix including its trailing `_`.
     pub prefix: Option<String>,
     pub reference: SecretRef,
-    pub annotation: String,
+    pub annotation: &'a str,
 }
 
 /// Everything a pod asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Injection {
-    pub env: Vec<EnvRequest>,
-    pub env_from: Vec<EnvFromRequest>,
+pub struct Injection<'a> {
+    pub env: Vec<EnvRequest<'a>>,
+    pub env_from: Vec<EnvFromRequest<'a>>,
     pub containers: Option<Vec<String>>,
     pub mount_path: Option<String>,
     pub refresh_interval: Duration,
@@ -119,7 +120,7 @@ fn env_name_chars(s: &str) -> bool {
 pub fn parse(
     annotations: &BTreeMap<String, String>,
     min_refresh: Duration,
-) -> Result<Option<Injection>, Vec<AnnotationError>> {
+) -> Result<Option<Injection<'_>>, Vec<AnnotationError>> {
     // Sized once: a pod's env references are most of its annotations here.
     let envs = annotations.keys().filter(|k| k.starts_with(ENV)).count();
     let mut inj = Injection {
@@ -147,9 +148,9 @@ pub fn parse(
             }
             match reference::parse(value) {
                 Ok(r) => inj.env.push(EnvRequest {
-                    var: var.to_string(),
+                    var,
                     reference: r,
-                    annotation: key.clone(),
+                    annotation: key,
                 }),
                 Err(e) => errors.push(err(key, format!("{value:?}: {e}"))),
             }
@@ -178,7 +179,7 @@ pub fn parse(
                         inj.env_from.push(EnvFromRequest {
                             prefix: prefix.map(|p| format!("{p}_")),
                             reference: r,
-                            annotation: key.clone(),
+                            annotation: key,
                         });
                     }
                 }

@@ -203,7 +203,6 @@ mod tests {
                 version,
             },
             arn: arn.map(Into::into),
-            required_keys: Default::default(),
             content: Content::Unreachable {
                 reason: FetchError::Unreachable("test".into()).to_string(),
             },

@@ -162,7 +162,6 @@ fn fetched_plan() -> (Plan, Arc<SecretValue>) {
             form: crate::backing::Form::Keys,
             fetch,
             arn: None,
-            required_keys: ["url".to_string()].into(),
             content: Content::Fresh {
                 value: value.clone(),
             },

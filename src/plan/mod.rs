@@ -24,7 +24,7 @@ pub enum Content {
     /// known to be current ([`crate::backing::data`] gives its data).
     Fresh { value: Arc<SecretValue> },
     /// Secrets Manager could not be reached: the existing backing Secret must
-    /// serve, and must hold [`Backing::required_keys`].
+    /// serve, and must hold the keys the pod reads ([`Plan::required_keys`]).
     Unreachable { reason: String },
 }
 
@@ -71,8 +71,6 @@ pub struct Backing {
     /// The full ARN when the reference named the secret by ARN (its account
     /// and region are part of the backing name and of the pod's record).
     pub arn: Option<String>,
-    /// The data keys the pod's env entries read.
-    pub required_keys: BTreeSet<String>,
     pub content: Content,
 }
 
@@ -108,6 +106,19 @@ pub struct Plan {
     pub service_account: Option<String>,
 }
 
+impl Plan {
+    /// The data keys the pod's env entries read from the backing Secret
+    /// `backing`: what a Secret holding another version than was fetched must
+    /// still hold for the pod to start ([`crate::store`]).
+    pub fn required_keys(&self, backing: &str) -> BTreeSet<&str> {
+        self.env
+            .iter()
+            .filter(|e| e.secret == backing)
+            .map(|e| e.key.as_str())
+            .collect()
+    }
+}
+
 /// The version selectors a pod needs fetched, in a stable order.
 pub fn fetch_keys(inj: &Injection) -> Vec<FetchKey> {
     // Sorted and deduplicated before anything is copied.
@@ -130,15 +141,11 @@ pub fn aws_calls(keys: &[FetchKey]) -> usize {
     current.div_ceil(20) + (keys.len() - current)
 }
 
-fn refs(inj: &Injection) -> impl Iterator<Item = (&SecretRef, &str)> {
+fn refs<'a>(inj: &'a Injection) -> impl Iterator<Item = (&'a SecretRef, &'a str)> {
     inj.env
         .iter()
-        .map(|e| (&e.reference, e.annotation.as_str()))
-        .chain(
-            inj.env_from
-                .iter()
-                .map(|e| (&e.reference, e.annotation.as_str())),
-        )
+        .map(|e| (&e.reference, e.annotation))
+        .chain(inj.env_from.iter().map(|e| (&e.reference, e.annotation)))
 }
 
 fn denied(r: &SecretRef, canonical: Option<&str>, rule: &AccessRule) -> String {

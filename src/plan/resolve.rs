@@ -2,7 +2,7 @@
 //! against the access rule and its fetched value, and given its backing
 //! Secret (one per secret, version and form, however many keys the pod reads).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use super::{Backing, Caps, Content, EnvFrom, EnvVar, MAX_BACKING_PER_POD, Mount, Plan, denied};
 use crate::annotations::{self, Injection};
@@ -83,7 +83,6 @@ impl<'a> Builder<'a> {
                             form,
                             fetch: key,
                             arn,
-                            required_keys: BTreeSet::new(),
                             content: Content::Fresh { value },
                         },
                     );
@@ -99,7 +98,6 @@ impl<'a> Builder<'a> {
                     form,
                     fetch: key,
                     arn: None,
-                    required_keys: BTreeSet::new(),
                     content: Content::Unreachable {
                         reason: e.to_string(),
                     },
@@ -121,7 +119,6 @@ impl<'a> Builder<'a> {
     fn require_key(&mut self, name: &str, key: &str, r: &SecretRef, ann: &str) -> bool {
         let b = self.backing.get_mut(name).expect("backing_for inserted it");
         let form = b.form;
-        b.required_keys.insert(key.to_string());
         match &b.content {
             Content::Fresh { value } => {
                 let field = match (form.is_keys(), value.json_fields()) {
@@ -180,13 +177,13 @@ pub fn resolve(
     let mut env = Vec::with_capacity(inj.env.len());
     for e in &inj.env {
         let form = Form::of(e.reference.key.is_some(), e.reference.decode);
-        let Some(name) = b.backing_for(&e.reference, &e.annotation, form) else {
+        let Some(name) = b.backing_for(&e.reference, e.annotation, form) else {
             continue;
         };
         let key = e.reference.key.clone().unwrap_or_else(|| RAW_KEY.into());
-        if b.require_key(&name, &key, &e.reference, &e.annotation) {
+        if b.require_key(&name, &key, &e.reference, e.annotation) {
             env.push(EnvVar {
-                var: e.var.clone(),
+                var: e.var.to_string(),
                 secret: name,
                 key,
             });
@@ -195,7 +192,7 @@ pub fn resolve(
     let mut env_from = vec![];
     for e in &inj.env_from {
         let form = Form::of(true, e.reference.decode);
-        let Some(name) = b.backing_for(&e.reference, &e.annotation, form) else {
+        let Some(name) = b.backing_for(&e.reference, e.annotation, form) else {
             continue;
         };
         if let Content::Fresh { value } = &b.backing[&name].content

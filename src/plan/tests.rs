@@ -6,12 +6,15 @@ use crate::record::Record;
 use crate::secret::Payload;
 use std::collections::BTreeMap as Map;
 
-fn inj(pairs: &[(&str, &str)]) -> Injection {
-    let a: Map<String, String> = pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    annotations::parse(&a, Duration::from_secs(60))
+/// The pod's request, borrowing from annotations kept for the test's length.
+fn inj(pairs: &[(&str, &str)]) -> Injection<'static> {
+    let a: &'static Map<String, String> = Box::leak(Box::new(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    ));
+    annotations::parse(a, Duration::from_secs(60))
         .unwrap()
         .unwrap()
 }
@@ -240,8 +243,8 @@ fn unreachable_names_fall_back_to_the_existing_secret_but_arns_cannot() {
     )
     .unwrap();
     assert!(matches!(p.backing[0].content, Content::Unreachable { .. }));
-    let required = &p.backing[0].required_keys;
-    assert_eq!(required.iter().collect::<Vec<_>>(), ["k1", "k2"]);
+    let required = p.required_keys(&p.backing[0].name);
+    assert_eq!(required.into_iter().collect::<Vec<_>>(), ["k1", "k2"]);
 
     let arn = "arn:aws:secretsmanager:eu-west-1:1:secret:n/s-AbCdEf";
     let i = inj(&[("sm-injector.io/env.A", arn)]);

@@ -22,6 +22,7 @@ impl Syncer {
         api: &Api<Secret>,
         namespace: &str,
         b: &Backing,
+        required: &BTreeSet<&str>,
         reason: &str,
         dry_run: bool,
     ) -> Result<Done, String> {
@@ -63,7 +64,7 @@ impl Syncer {
         let held = rule::version_of(&s).unwrap_or_default().to_string();
         let annotations = s.metadata.annotations.clone().unwrap_or_default();
         let keys: BTreeSet<String> = s.data.unwrap_or_default().into_keys().collect();
-        let missing = missing_keys(&b.required_keys, &keys);
+        let missing = missing_keys(required, &keys);
         if !missing.is_empty() {
             return Err(format!(
                 "{reason}, and the existing backing Secret for {:?} has no key {missing}",

@@ -96,9 +96,10 @@ enum NotWritten {
 }
 
 /// The keys of `required` not in `present`, quoted, for a message.
-fn missing_keys(required: &BTreeSet<String>, present: &BTreeSet<String>) -> String {
+fn missing_keys(required: &BTreeSet<&str>, present: &BTreeSet<String>) -> String {
     required
-        .difference(present)
+        .iter()
+        .filter(|k| !present.contains(**k))
         .map(|k| format!("{k:?}"))
         .collect::<Vec<_>>()
         .join(", ")
@@ -194,7 +195,7 @@ impl Syncer {
         let jobs = plan
             .backing
             .iter()
-            .map(|b| self.ensure_one(&api, namespace, &scope, b, dry_run, first));
+            .map(|b| self.ensure_one(&api, namespace, &scope, (plan, b), dry_run, first));
         let results = futures::future::join_all(jobs).await;
         let mut errors = vec![];
         for (i, r) in results.into_iter().enumerate() {
@@ -223,14 +224,17 @@ impl Syncer {
         api: &Api<Secret>,
         namespace: &str,
         scope: &str,
-        b: &Backing,
+        (plan, b): (&Plan, &Backing),
         dry_run: bool,
         first: bool,
     ) -> Result<Done, String> {
         let value = match &b.content {
             Content::Fresh { value } => value,
             Content::Unreachable { reason } => {
-                return self.existing(api, namespace, b, reason, dry_run).await;
+                let required = plan.required_keys(&b.name);
+                return self
+                    .existing(api, namespace, b, &required, reason, dry_run)
+                    .await;
             }
         };
         if dry_run {
@@ -280,7 +284,7 @@ impl Syncer {
             // Secrets Manager holds.
             Err(NotWritten::Differs { version_id, keys }) => {
                 self.nudge(namespace, &b.name, &value.version_id).await;
-                let missing = missing_keys(&b.required_keys, &keys);
+                let missing = missing_keys(&plan.required_keys(&b.name), &keys);
                 if !missing.is_empty() {
                     return Err(format!(
                         "the backing Secret {namespace}/{} holds version {version_id} of {:?}, which has no key {missing}; sm-injector's refresher is bringing it to the version Secrets Manager has, retry shortly",

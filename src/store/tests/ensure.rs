@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 fn plan_for(version: &str) -> Plan {
-    use crate::plan::{Backing, Content};
+    use crate::plan::{Backing, Content, EnvVar};
     Plan {
         backing: vec![Backing {
             name: "sm-n-db-1".into(),
@@ -19,12 +19,16 @@ fn plan_for(version: &str) -> Plan {
                 version: Version::current(),
             },
             arn: None,
-            required_keys: ["pw".to_string()].into(),
             content: Content::Fresh {
                 value: std::sync::Arc::new(value(version)),
             },
         }],
-        env: vec![],
+        // The key a Secret at another version must hold.
+        env: vec![EnvVar {
+            var: "PW".into(),
+            secret: "sm-n-db-1".into(),
+            key: "pw".into(),
+        }],
         env_from: vec![],
         mounts: vec![],
         refresh_interval: Duration::from_secs(3600),
@@ -60,15 +64,35 @@ async fn an_inventory_failure_is_a_warning_not_a_denial() {
     assert!(ensured.held.is_empty(), "it holds what was fetched");
 }
 
-#[tokio::test]
-async fn an_admission_that_finds_another_version_records_it_and_tells_the_refresher() {
+/// An admission's ensure of version v2, the inventory already made, finding
+/// the backing Secret as `found`; the API server's handle (for what follows
+/// in the background) and what ensure returned.
+async fn ensure_v2_finding(found: Value) -> (H, Result<Ensured, Vec<String>>) {
     let (mut h, syncer) = syncer();
     let plan = plan_for("v2");
     let t =
         tokio::spawn(async move { syncer.ensure("n", Some("uid-1"), &plan, false, None).await });
     answer(&mut h, 200, config_map()).await;
-    answer(&mut h, 200, held("v1", true)).await;
-    let ensured = done(t).await.unwrap();
+    answer(&mut h, 200, found).await;
+    (h, done(t).await)
+}
+
+#[tokio::test]
+async fn another_version_without_a_key_an_env_entry_reads_is_a_denial_naming_it() {
+    let mut v1 = held("v1", true);
+    v1["data"] = json!({"user": "eA=="});
+    let (_h, ensured) = ensure_v2_finding(v1).await;
+    let errors = ensured.unwrap_err();
+    assert!(
+        errors[0].contains("holds version v1") && errors[0].contains(r#"has no key "pw""#),
+        "{errors:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_admission_that_finds_another_version_records_it_and_tells_the_refresher() {
+    let (mut h, ensured) = ensure_v2_finding(held("v1", true)).await;
+    let ensured = ensured.unwrap();
     assert_eq!(
         ensured.versions(&plan_for("v2")).collect::<Vec<_>>(),
         [("sm-n-db-1", "v1")],
