@@ -56,7 +56,7 @@ pub const DEFAULT_REFRESH: Duration = Duration::from_secs(3600);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvRequest<'a> {
     pub var: &'a str,
-    pub reference: SecretRef,
+    pub reference: SecretRef<'a>,
     pub annotation: &'a str,
 }
 
@@ -65,7 +65,7 @@ pub struct EnvRequest<'a> {
 pub struct EnvFromRequest<'a> {
     /// The env var prefix including its trailing `_`.
     pub prefix: Option<String>,
-    pub reference: SecretRef,
+    pub reference: SecretRef<'a>,
     pub annotation: &'a str,
 }
 

@@ -47,19 +47,19 @@ impl fmt::Display for Version {
 /// The stage Secrets Manager gives the current version of a secret.
 pub const CURRENT: &str = "AWSCURRENT";
 
-/// A parsed `<ref>`.
+/// A parsed `<ref>`, its id and key borrowed from the text parsed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct SecretRef {
+pub struct SecretRef<'a> {
     /// The secret id as written: a name or an ARN.
-    pub id: String,
+    pub id: Cow<'a, str>,
     pub version: Version,
     /// `#<key>`: a top-level key of the secret's JSON object.
-    pub key: Option<String>,
+    pub key: Option<Cow<'a, str>>,
     /// `decode=base64`: the selected value is base64, injected decoded.
     pub decode: bool,
 }
 
-impl SecretRef {
+impl SecretRef<'_> {
     /// True when the id is an ARN; its canonical name is only known once
     /// Secrets Manager has answered.
     pub fn is_arn(&self) -> bool {
@@ -67,7 +67,7 @@ impl SecretRef {
     }
 }
 
-impl fmt::Display for SecretRef {
+impl fmt::Display for SecretRef<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.id)?;
         let mut sep = '?';
@@ -118,7 +118,7 @@ fn valid_name_char(c: char) -> bool {
 }
 
 /// Parses one `<ref>`. Surrounding white space is ignored.
-pub fn parse(input: &str) -> Result<SecretRef, RefError> {
+pub fn parse(input: &str) -> Result<SecretRef<'_>, RefError> {
     let s = input.trim();
     if s.is_empty() {
         return Err(RefError::Empty);
@@ -128,7 +128,7 @@ pub fn parse(input: &str) -> Result<SecretRef, RefError> {
             if k.is_empty() {
                 return Err(RefError::EmptyKey);
             }
-            (r, Some(k.to_string()))
+            (r, Some(Cow::Borrowed(k)))
         }
         None => (s, None),
     };
@@ -141,7 +141,7 @@ pub fn parse(input: &str) -> Result<SecretRef, RefError> {
     };
     validate_id(id)?;
     Ok(SecretRef {
-        id: id.to_string(),
+        id: Cow::Borrowed(id),
         version,
         key,
         decode,
@@ -212,7 +212,7 @@ fn validate_id(id: &str) -> Result<(), RefError> {
 }
 
 /// Parses a comma-separated list of `<ref>`s (the `env-from` annotation).
-pub fn parse_list(input: &str) -> Result<Vec<SecretRef>, RefError> {
+pub fn parse_list(input: &str) -> Result<Vec<SecretRef<'_>>, RefError> {
     if input.trim().is_empty() {
         return Err(RefError::Empty);
     }
@@ -276,7 +276,8 @@ mod tests {
     #[test]
     fn arn_is_accepted_and_flagged() {
         let arn = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:arrakis/discord-AbCdEf";
-        let r = parse(&format!("{arn}#bot_token")).unwrap();
+        let text = format!("{arn}#bot_token");
+        let r = parse(&text).unwrap();
         assert!(r.is_arn());
         assert_eq!(r.id, arn);
         assert!(matches!(

@@ -7,7 +7,8 @@ use sm_injector::reference;
 
 fuzz_target!(|s: &str| {
     if let Ok(r) = reference::parse(s) {
-        let again = reference::parse(&r.to_string()).expect("a printed reference parses");
+        let printed = r.to_string();
+        let again = reference::parse(&printed).expect("a printed reference parses");
         assert_eq!(again, r);
     }
     let _ = reference::parse_list(s);

@@ -133,7 +133,7 @@ fn reference(r: &Value, with_property: bool) -> Result<String, String> {
     let r = SecretRef {
         id: key.into(),
         version,
-        key: property.map(String::from),
+        key: property.map(Into::into),
         decode,
     };
     let text = r.to_string();

@@ -123,7 +123,7 @@ impl Plan {
 pub fn fetch_keys(inj: &Injection) -> Vec<FetchKey> {
     // Sorted and deduplicated before anything is copied.
     refs(inj)
-        .map(|(r, _)| (r.id.as_str(), &r.version))
+        .map(|(r, _)| (&*r.id, &r.version))
         .collect::<BTreeSet<_>>()
         .into_iter()
         .map(|(id, version)| FetchKey {
@@ -141,7 +141,7 @@ pub fn aws_calls(keys: &[FetchKey]) -> usize {
     current.div_ceil(20) + (keys.len() - current)
 }
 
-fn refs<'a>(inj: &'a Injection) -> impl Iterator<Item = (&'a SecretRef, &'a str)> {
+fn refs<'a>(inj: &'a Injection) -> impl Iterator<Item = (&'a SecretRef<'a>, &'a str)> {
     inj.env
         .iter()
         .map(|e| (&e.reference, e.annotation))
@@ -166,7 +166,7 @@ pub fn precheck(inj: &Injection, rule: &AccessRule) -> Vec<String> {
     let mut allowed: Vec<&str> = vec![];
     let mut denials = vec![];
     for (r, ann) in refs(inj) {
-        if r.is_arn() || allowed.contains(&r.id.as_str()) {
+        if r.is_arn() || allowed.contains(&&*r.id) {
             continue;
         }
         if rule.allows(&r.id) {

@@ -36,14 +36,13 @@ impl<'a> Builder<'a> {
             return Some(name.clone());
         }
         let name = self.resolve_backing(r, ann, form)?;
-        self.resolved
-            .push((r.id.as_str(), &r.version, form, name.clone()));
+        self.resolved.push((&r.id, &r.version, form, name.clone()));
         Some(name)
     }
 
     fn resolve_backing(&mut self, r: &SecretRef, ann: &str, form: Form) -> Option<String> {
         let key = FetchKey {
-            id: r.id.clone(),
+            id: r.id.to_string(),
             version: r.version.clone(),
         };
         let result = self
@@ -93,7 +92,7 @@ impl<'a> Builder<'a> {
                 let name = backing::name(&r.id, &r.version, form);
                 self.backing.entry(name.clone()).or_insert_with(|| Backing {
                     name: name.clone(),
-                    secret_name: r.id.clone(),
+                    secret_name: r.id.to_string(),
                     version: r.version.clone(),
                     form,
                     fetch: key,
@@ -180,12 +179,12 @@ pub fn resolve(
         let Some(name) = b.backing_for(&e.reference, e.annotation, form) else {
             continue;
         };
-        let key = e.reference.key.clone().unwrap_or_else(|| RAW_KEY.into());
-        if b.require_key(&name, &key, &e.reference, e.annotation) {
+        let key = e.reference.key.as_deref().unwrap_or(RAW_KEY);
+        if b.require_key(&name, key, &e.reference, e.annotation) {
             env.push(EnvVar {
                 var: e.var.to_string(),
                 secret: name,
-                key,
+                key: key.to_string(),
             });
         }
     }

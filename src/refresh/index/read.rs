@@ -55,7 +55,8 @@ pub(super) fn check_record(text: &str, limits: Limits) -> Result<Read, String> {
     }
     let mut entries = Vec::with_capacity(record.secrets.len());
     for e in record.secrets {
-        let Ok(r) = reference::parse(&format!("{}?{}", e.secret, e.version)) else {
+        let text = format!("{}?{}", e.secret, e.version);
+        let Ok(r) = reference::parse(&text) else {
             return Err(format!("the entry {:?} is malformed", e.backing));
         };
         let Some(form) = Form::parse(&e.form) else {
@@ -91,10 +92,10 @@ pub(super) fn check_record(text: &str, limits: Limits) -> Result<Read, String> {
         entries.push(Entry {
             backing: e.backing,
             fetch: FetchKey {
-                id: e.arn.unwrap_or_else(|| r.id.clone()),
+                id: e.arn.unwrap_or_else(|| r.id.to_string()),
                 version: r.version,
             },
-            secret: r.id,
+            secret: r.id.into_owned(),
             form,
         });
     }
