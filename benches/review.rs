@@ -18,6 +18,11 @@
 //! The server's transport (TLS, HTTP/1.1, system calls) is what
 //! `./tests/bench` adds. `cargo bench --bench review -- <filter>` measures only
 //! the lines whose name contains `<filter>` (for `perf record`).
+//!
+//! `cargo bench --bench review -- --cold`: each review is timed alone, after
+//! 4 MiB are written between it and the one before (batches of 2,000), so
+//! that it finds the caches as a server's admission does after the kernel,
+//! TLS and other connections' work: what it costs to touch what it touches.
 
 #[path = "admission/reviews.rs"]
 mod reviews;
@@ -93,6 +98,10 @@ impl Counting {
 
 const BATCH: u32 = 20_000;
 const BATCHES: usize = 7;
+/// With `--cold`: the bytes written between two reviews, more than this
+/// machine's caches hold, and the reviews of a batch.
+const COLD_BYTES: usize = 4 << 20;
+const COLD_BATCH: u32 = 2_000;
 /// The untimed calls whose allocations are counted, per line.
 const COUNTED: u32 = 100;
 const NS: &str = "bench";
@@ -243,7 +252,27 @@ async fn ns_per<F: AsyncFnMut() -> usize>(name: &str, mut f: F) -> (f64, f64) {
         sink = sink.wrapping_add(f().await);
     }
     let mut batches: Vec<f64> = (0..BATCHES).map(|_| 0.0).collect();
+    let mut cold = std::env::args()
+        .any(|a| a == "--cold")
+        .then(|| vec![0u8; COLD_BYTES]);
     for b in batches.iter_mut() {
+        if let Some(buffer) = cold.as_mut() {
+            // Each review timed alone, after the buffer's every cache line
+            // is written.
+            let mut spent = Duration::ZERO;
+            for _ in 0..COLD_BATCH {
+                buffer
+                    .iter_mut()
+                    .step_by(64)
+                    .for_each(|x| *x = x.wrapping_add(1));
+                black_box(&buffer);
+                let t = Instant::now();
+                sink = sink.wrapping_add(f().await);
+                spent += t.elapsed();
+            }
+            *b = spent.as_nanos() as f64 / f64::from(COLD_BATCH);
+            continue;
+        }
         let t = Instant::now();
         for _ in 0..BATCH {
             sink = sink.wrapping_add(f().await);
@@ -287,8 +316,16 @@ fn main() {
                 identity: Mode::Own,
             },
         };
+        let timed = if std::env::args().any(|a| a == "--cold") {
+            format!(
+                "cold: each review timed alone after {} MiB written, median of {BATCHES} batches of {COLD_BATCH}",
+                COLD_BYTES >> 20
+            )
+        } else {
+            format!("median of {BATCHES} batches of {BATCH}")
+        };
         println!(
-            "the review's own work in one thread, ns per review (median of {BATCHES} batches of {BATCH}) and allocations per review (over {COUNTED} more); each line after the look adds its step to the line above (afresh: to the look; kept: to the look, then each kept line to the one above)"
+            "the review's own work in one thread, ns per review ({timed}) and allocations per review (over {COUNTED} more); each line after the look adds its step to the line above (afresh: to the look; kept: to the look, then each kept line to the one above)"
         );
         println!(
             "{:<44} {:>8} {:>7} {:>8} {:>7}",
