@@ -14,10 +14,27 @@ use crate::policy::AccessRule;
 use crate::reference::{SecretRef, Version};
 use crate::secret::ContentError;
 
+/// The backing Secrets resolved so far, sorted by name (the plan's order),
+/// each name held once.
+struct Backings(Vec<Backing>);
+
+impl Backings {
+    /// Where the backing Secret `name` is, or would be inserted.
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|b| b.name.as_str().cmp(name))
+    }
+
+    /// The backing Secret `name`, which [`Builder::backing_for`] inserted.
+    fn named(&mut self, name: &str) -> &mut Backing {
+        let at = self.find(name).expect("backing_for inserted it");
+        &mut self.0[at]
+    }
+}
+
 struct Builder<'a> {
     rule: &'a AccessRule,
     results: &'a CachedResults,
-    backing: BTreeMap<String, Backing>,
+    backing: Backings,
     errors: Vec<String>,
     /// References already resolved to a backing Secret (id, version, form):
     /// many references to the keys of one secret make one backing Secret,
@@ -61,7 +78,7 @@ impl<'a> Builder<'a> {
                 }
                 let arn = r.is_arn().then(|| value.arn.clone());
                 let name = backing::name_of(&value, r.is_arn(), &r.version, form);
-                if !self.backing.contains_key(&name) {
+                if let Err(at) = self.backing.find(&name) {
                     if form.is_keys()
                         && let Err(e) = value.json_fields()
                     {
@@ -73,8 +90,8 @@ impl<'a> Builder<'a> {
                             ContentError::NotBase64(value.name.clone()).to_string(),
                         );
                     }
-                    self.backing.insert(
-                        name.clone(),
+                    self.backing.0.insert(
+                        at,
                         Backing {
                             name: name.clone(),
                             secret_name: value.name.clone(),
@@ -90,17 +107,22 @@ impl<'a> Builder<'a> {
             }
             Err(e) if e.is_transient() && !r.is_arn() => {
                 let name = backing::name(&r.id, &r.version, form);
-                self.backing.entry(name.clone()).or_insert_with(|| Backing {
-                    name: name.clone(),
-                    secret_name: r.id.to_string(),
-                    version: r.version.clone(),
-                    form,
-                    fetch: key,
-                    arn: None,
-                    content: Content::Unreachable {
-                        reason: e.to_string(),
-                    },
-                });
+                if let Err(at) = self.backing.find(&name) {
+                    self.backing.0.insert(
+                        at,
+                        Backing {
+                            name: name.clone(),
+                            secret_name: r.id.to_string(),
+                            version: r.version.clone(),
+                            form,
+                            fetch: key,
+                            arn: None,
+                            content: Content::Unreachable {
+                                reason: e.to_string(),
+                            },
+                        },
+                    );
+                }
                 Some(name)
             }
             Err(e) if e.is_transient() => fail(
@@ -116,7 +138,7 @@ impl<'a> Builder<'a> {
 
     /// The data key `key` must exist in the backing Secret `name`.
     fn require_key(&mut self, name: &str, key: &str, r: &SecretRef, ann: &str) -> bool {
-        let b = self.backing.get_mut(name).expect("backing_for inserted it");
+        let b = self.backing.named(name);
         let form = b.form;
         match &b.content {
             Content::Fresh { value } => {
@@ -169,7 +191,7 @@ pub fn resolve(
     let mut b = Builder {
         rule,
         results,
-        backing: BTreeMap::new(),
+        backing: Backings(vec![]),
         errors: vec![],
         resolved: vec![],
     };
@@ -194,7 +216,7 @@ pub fn resolve(
         let Some(name) = b.backing_for(&e.reference, e.annotation, form) else {
             continue;
         };
-        if let Content::Fresh { value } = &b.backing[&name].content
+        if let Content::Fresh { value } = &b.backing.named(&name).content
             && let Ok(fields) = value.json_fields()
         {
             if fields.len() > caps.env_from_keys {
@@ -247,10 +269,10 @@ pub fn resolve(
             env_from.push(entry);
         }
     }
-    if b.backing.len() > MAX_BACKING_PER_POD {
+    if b.backing.0.len() > MAX_BACKING_PER_POD {
         b.errors.push(format!(
             "the pod's references need {} backing Secrets; at most {MAX_BACKING_PER_POD} per pod",
-            b.backing.len()
+            b.backing.0.len()
         ));
     }
     if !b.errors.is_empty() {
@@ -264,7 +286,7 @@ pub fn resolve(
         // and keystores are files), the forms ranked in that order.
         let rank = |f: Form| (f.is_keys(), f.decodes());
         let mut chosen: BTreeMap<(String, Version), &Backing> = BTreeMap::new();
-        for bk in b.backing.values() {
+        for bk in &b.backing.0 {
             let slot = chosen
                 .entry((bk.secret_name.clone(), bk.version.clone()))
                 .or_insert(bk);
@@ -300,7 +322,7 @@ pub fn resolve(
         }
     }
     Ok(Plan {
-        backing: b.backing.into_values().collect(),
+        backing: b.backing.0,
         env,
         env_from,
         mounts,
