@@ -7,11 +7,11 @@
 //! [`StaticSource`], read once and then held by the cache as on the warm
 //! path). Each line is a prefix of a path that starts with the look at the
 //! body, so the step it adds costs the difference from the line before it
-//! on the same path; each figure is the median of 7 batches
-//! of 20,000 reviews, in ns per review, and beside it the allocations per
-//! review, counted over 100 more (the allocator counts only then; the
-//! floor's one is serde_json's buffer for the nesting it skips). Not timed here, as they need an API
-//! server: the Namespace's lookup in the watched cache and the backing
+//! on the same path; each figure is the median of 7 batches of 20,000
+//! reviews, in ns per review, and beside it the allocations per review,
+//! counted over 100 more (the allocator counts only then; the floor's one is
+//! serde_json's buffer for the nesting it skips). Not timed here, as they
+//! need an API server: the Namespace's lookup in the watched cache and the backing
 //! Secrets' check ([`sm_injector::store::Syncer::ensure`], two cache lookups
 //! per backing Secret on the warm path). For comparison, the minimal floor's
 //! own work (`examples/noop_webhook.rs`): the uid, borrowed from the body.

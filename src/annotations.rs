@@ -294,7 +294,7 @@ mod tests {
         let inj = parse(&a, MIN).unwrap().unwrap();
         assert_eq!(inj.env.len(), 2);
         assert_eq!(inj.env[0].var, "DATABASE_URL");
-        assert_eq!(inj.env[0].reference.key.as_deref(), Some("url"));
+        assert_eq!(inj.env[0].reference.key, Some("url"));
         assert_eq!(inj.env_from.len(), 3);
         let redis = inj
             .env_from

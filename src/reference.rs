@@ -51,10 +51,10 @@ pub const CURRENT: &str = "AWSCURRENT";
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SecretRef<'a> {
     /// The secret id as written: a name or an ARN.
-    pub id: Cow<'a, str>,
+    pub id: &'a str,
     pub version: Version,
     /// `#<key>`: a top-level key of the secret's JSON object.
-    pub key: Option<Cow<'a, str>>,
+    pub key: Option<&'a str>,
     /// `decode=base64`: the selected value is base64, injected decoded.
     pub decode: bool,
 }
@@ -69,7 +69,7 @@ impl SecretRef<'_> {
 
 impl fmt::Display for SecretRef<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.id)?;
+        f.write_str(self.id)?;
         let mut sep = '?';
         if !self.version.is_current() {
             write!(f, "{sep}{}", self.version)?;
@@ -128,7 +128,7 @@ pub fn parse(input: &str) -> Result<SecretRef<'_>, RefError> {
             if k.is_empty() {
                 return Err(RefError::EmptyKey);
             }
-            (r, Some(Cow::Borrowed(k)))
+            (r, Some(k))
         }
         None => (s, None),
     };
@@ -141,7 +141,7 @@ pub fn parse(input: &str) -> Result<SecretRef<'_>, RefError> {
     };
     validate_id(id)?;
     Ok(SecretRef {
-        id: Cow::Borrowed(id),
+        id,
         version,
         key,
         decode,
@@ -235,10 +235,10 @@ mod tests {
     #[test]
     fn key_and_selectors() {
         let r = parse("arrakis/discord#bot_token").unwrap();
-        assert_eq!(r.key.as_deref(), Some("bot_token"));
+        assert_eq!(r.key, Some("bot_token"));
         let r = parse("a/b?versionStage=AWSPREVIOUS#k").unwrap();
         assert_eq!(r.version, Version::Stage("AWSPREVIOUS".into()));
-        assert_eq!(r.key.as_deref(), Some("k"));
+        assert_eq!(r.key, Some("k"));
         let r = parse("a/b?versionId=0b5e2c1a-aaaa-bbbb-cccc-0123456789ab").unwrap();
         assert_eq!(
             r.version,
@@ -326,7 +326,7 @@ mod tests {
         let r = parse("arrakis/scylladb?decode=base64#bundle").unwrap();
         assert!(r.decode);
         assert!(r.version.is_current());
-        assert_eq!(r.key.as_deref(), Some("bundle"));
+        assert_eq!(r.key, Some("bundle"));
         let r = parse("a/b?decode=base64&versionStage=AWSPREVIOUS").unwrap();
         assert!(r.decode);
         assert_eq!(r.version, Version::Stage("AWSPREVIOUS".into()));

@@ -131,9 +131,9 @@ fn reference(r: &Value, with_property: bool) -> Result<String, String> {
         }
     }
     let r = SecretRef {
-        id: key.into(),
+        id: key,
         version,
-        key: property.map(Into::into),
+        key: property,
         decode,
     };
     let text = r.to_string();

@@ -123,7 +123,7 @@ impl Plan {
 pub fn fetch_keys(inj: &Injection) -> Vec<FetchKey> {
     // Sorted and deduplicated before anything is copied.
     refs(inj)
-        .map(|(r, _)| (&*r.id, &r.version))
+        .map(|(r, _)| (r.id, &r.version))
         .collect::<BTreeSet<_>>()
         .into_iter()
         .map(|(id, version)| FetchKey {
@@ -166,11 +166,11 @@ pub fn precheck(inj: &Injection, rule: &AccessRule) -> Vec<String> {
     let mut allowed: Vec<&str> = vec![];
     let mut denials = vec![];
     for (r, ann) in refs(inj) {
-        if r.is_arn() || allowed.contains(&&*r.id) {
+        if r.is_arn() || allowed.contains(&r.id) {
             continue;
         }
-        if rule.allows(&r.id) {
-            allowed.push(&r.id);
+        if rule.allows(r.id) {
+            allowed.push(r.id);
         } else {
             denials.push(format!("{ann}: {}", denied(r, None, rule)));
         }

@@ -25,9 +25,9 @@ impl Backings {
     }
 
     /// The backing Secret `name`, which [`Builder::backing_for`] inserted.
-    fn named(&mut self, name: &str) -> &mut Backing {
+    fn named(&self, name: &str) -> &Backing {
         let at = self.find(name).expect("backing_for inserted it");
-        &mut self.0[at]
+        &self.0[at]
     }
 }
 
@@ -53,7 +53,7 @@ impl<'a> Builder<'a> {
             return Some(name.clone());
         }
         let name = self.resolve_backing(r, ann, form)?;
-        self.resolved.push((&r.id, &r.version, form, name.clone()));
+        self.resolved.push((r.id, &r.version, form, name.clone()));
         Some(name)
     }
 
@@ -106,7 +106,7 @@ impl<'a> Builder<'a> {
                 Some(name)
             }
             Err(e) if e.is_transient() && !r.is_arn() => {
-                let name = backing::name(&r.id, &r.version, form);
+                let name = backing::name(r.id, &r.version, form);
                 if let Err(at) = self.backing.find(&name) {
                     self.backing.0.insert(
                         at,
@@ -201,7 +201,7 @@ pub fn resolve(
         let Some(name) = b.backing_for(&e.reference, e.annotation, form) else {
             continue;
         };
-        let key = e.reference.key.as_deref().unwrap_or(RAW_KEY);
+        let key = e.reference.key.unwrap_or(RAW_KEY);
         if b.require_key(&name, key, &e.reference, e.annotation) {
             env.push(EnvVar {
                 var: e.var.to_string(),

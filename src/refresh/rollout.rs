@@ -53,8 +53,8 @@ pub fn template_uses(
             .iter()
             .any(|s| id == s || (id.starts_with("arn:") && crate::backing::arn_names(id, s)))
     };
-    inj.env.iter().any(|e| names(&e.reference.id))
-        || inj.env_from.iter().any(|e| names(&e.reference.id))
+    inj.env.iter().any(|e| names(e.reference.id))
+        || inj.env_from.iter().any(|e| names(e.reference.id))
 }
 
 /// What this leader has made sure of, per workload: the versions its

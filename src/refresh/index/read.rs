@@ -81,7 +81,7 @@ pub(super) fn check_record(text: &str, limits: Limits) -> Result<Read, String> {
         // Records of earlier releases name the backing Secret with a 32-bit
         // hash; theirs are still refreshed until their pods are gone.
         let derived = |f: fn(&str, Option<&str>, &reference::Version, Form) -> String| {
-            f(&r.id, scope.as_deref(), &r.version, form) == e.backing
+            f(r.id, scope.as_deref(), &r.version, form) == e.backing
         };
         if r.is_arn() || !(derived(backing::name_scoped) || derived(backing::legacy_name_scoped)) {
             return Err(format!(
@@ -95,7 +95,7 @@ pub(super) fn check_record(text: &str, limits: Limits) -> Result<Read, String> {
                 id: e.arn.unwrap_or_else(|| r.id.to_string()),
                 version: r.version,
             },
-            secret: r.id.into_owned(),
+            secret: r.id.to_string(),
             form,
         });
     }
