@@ -19,6 +19,13 @@
 //! of env entries, not their typed value, is in the key: the same text always
 //! reads as the same entries, and a pod whose entries are written otherwise
 //! (the API server writes them one way) is only decided afresh.
+//!
+//! The glance also notes where, in the body, the strings are that differ
+//! between a ReplicaSet's replicas and that it parses past or reads apart
+//! ([`Glance::volatile`]): the request's uid, each managed-fields entry's
+//! time, the volumes' and volume mounts' names (the API server names each
+//! replica's token volume afresh). A body equal to one glanced before
+//! outside those strings reads the same ([`crate::recall`]).
 
 use std::borrow::Cow;
 
@@ -131,6 +138,9 @@ pub struct MetaGlance<'a> {
     /// Only whether there are labels (the patch adds to them or makes them).
     #[serde(default)]
     labels: Option<IgnoredAny>,
+    /// Parsed past, each entry's time noted as volatile.
+    #[serde(default, rename = "managedFields", deserialize_with = "volatile_list")]
+    _managed_fields: Option<IgnoredAny>,
     /// The `sm-injector.io/` annotations, in the body's order; `Some`
     /// whenever the pod has an annotations object.
     #[serde(default, borrow)]
@@ -182,6 +192,9 @@ pub struct SpecGlance<'a> {
     service_account_name: Option<Str<'a>>,
     #[serde(default, borrow)]
     service_account: Option<Str<'a>>,
+    /// Parsed past, each volume's name noted as volatile.
+    #[serde(default, deserialize_with = "volatile_list")]
+    _volumes: Option<IgnoredAny>,
 }
 
 /// A container's name, and its env and envFrom entries as their JSON text.
@@ -194,9 +207,62 @@ pub struct ContainerGlance<'a> {
     pub env: Option<Vec<&'a RawValue>>,
     #[serde(default, borrow, deserialize_with = "bounded_list")]
     pub env_from: Option<Vec<&'a RawValue>>,
-    /// Counted against the bound only (a list of nothing allocates nothing).
+    /// Counted against the bound, and their names noted as volatile (a list
+    /// of nothing allocates nothing).
     #[serde(default, rename = "volumeMounts", deserialize_with = "bounded_list")]
-    _volume_mounts: Option<Vec<IgnoredAny>>,
+    _volume_mounts: Option<Vec<Volatile>>,
+}
+
+/// The most volatile strings a glance notes; past them, the rest are read
+/// as any other byte of the body.
+pub const MAX_VOLATILE: usize = 16;
+
+thread_local! {
+    /// The volatile strings noted while [`read`] parses, as (address, length).
+    static NOTED: std::cell::RefCell<Vec<(usize, usize)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An entry of a list the glance parses past (volumes, volume mounts,
+/// managed fields): its `name` and `time`, where borrowed from the body,
+/// are noted as volatile ([`Glance::volatile`]); nothing is kept.
+struct Volatile;
+
+impl<'de> Deserialize<'de> for Volatile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Volatile;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Volatile, A::Error> {
+                while let Some(k) = map.next_key::<Str<'de>>()? {
+                    if k.0 == "name" || k.0 == "time" {
+                        if let Cow::Borrowed(s) = map.next_value::<Str<'de>>()?.0 {
+                            note(s);
+                        }
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(Volatile)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A list of [`Volatile`] entries, parsed past but for their names.
+fn volatile_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<IgnoredAny>, D::Error> {
+    Option::<Vec<Volatile>>::deserialize(d).map(|l| l.map(|_| IgnoredAny))
+}
+
+fn note(s: &str) {
+    NOTED.with_borrow_mut(|n| {
+        if n.len() < MAX_VOLATILE {
+            n.push((s.as_ptr() as usize, s.len()));
+        }
+    });
 }
 
 impl ContainerGlance<'_> {
@@ -226,20 +292,51 @@ impl ContainerGlance<'_> {
 /// A first look at a review that holds a request.
 pub struct Glance<'a> {
     request: Request<'a>,
+    /// Where the volatile strings are in the body: start and end offsets,
+    /// the uid's first.
+    volatile: Option<Volatiles>,
+}
+
+/// Where a body's volatile strings are ([`Glance::volatile`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Volatiles {
+    /// The uid's place.
+    pub uid: (usize, usize),
+    /// The others' (at most [`MAX_VOLATILE`]), in the body's order.
+    pub others: Vec<(usize, usize)>,
 }
 
 /// The glance at `body`, if it is a review with a request and at most
 /// `max_entries` env, envFrom and volumeMounts entries; `None` otherwise
 /// (the full decoding then answers it, or says what is wrong).
 pub fn read(body: &[u8], max_entries: usize) -> Option<Glance<'_>> {
+    NOTED.with_borrow_mut(Vec::clear);
     let (review, skipped) = bounded(max_entries, || serde_json::from_slice::<Review>(body));
     let request = review.ok()?.request?;
-    (skipped == 0).then_some(Glance { request })
+    let start = body.as_ptr() as usize;
+    let at = |(address, len): (usize, usize)| (address - start, address - start + len);
+    let volatile = match &request.uid.0 {
+        Cow::Borrowed(uid) => Some(Volatiles {
+            uid: at((uid.as_ptr() as usize, uid.len())),
+            others: NOTED.with_borrow(|n| n.iter().copied().map(at).collect()),
+        }),
+        Cow::Owned(_) => None,
+    };
+    (skipped == 0).then_some(Glance { request, volatile })
 }
 
 impl<'a> Glance<'a> {
     pub fn uid(&self) -> &str {
         &self.request.uid.0
+    }
+
+    /// Where in the body the strings are that differ between a ReplicaSet's
+    /// replicas and that the glance parses past (or reads apart, the uid):
+    /// `None` where the uid held an escape. A body equal to this one outside
+    /// them, and whose strings there are as long and plain, glances the same
+    /// but for its uid ([`crate::recall`]).
+    pub fn volatile(&self) -> Option<&Volatiles> {
+        self.volatile.as_ref()
     }
 
     pub fn user(&self) -> &str {

@@ -37,6 +37,7 @@ pub mod pod;
 pub mod policy;
 pub mod probes;
 pub mod quota;
+pub mod recall;
 pub mod record;
 pub mod reference;
 pub mod refresh;

@@ -36,6 +36,7 @@ struct Inner {
     cache_hits: Counter,
     cache_misses: Counter,
     decisions_reused: Counter,
+    reviews_recalled: Counter,
     secret_writes: Family<OperationLabels, Counter>,
     refresh_failures: Family<ReasonLabels, Counter>,
     refresh_refused: Family<ReasonLabels, Counter>,
@@ -112,6 +113,12 @@ impl Metrics {
             "decisions_reused",
             "Admissions answered with the decision kept for an identical pod (a ReplicaSet's replicas), its rule and values unchanged",
             decisions_reused.clone(),
+        );
+        let reviews_recalled = Counter::default();
+        registry.register(
+            "reviews_recalled",
+            "Of those, admissions whose body equalled a remembered replica's but for its volatile strings (uid, managed-fields times, volume names), answered without reading it again",
+            reviews_recalled.clone(),
         );
         let secret_writes = Family::<OperationLabels, Counter>::default();
         registry.register(
@@ -198,6 +205,7 @@ impl Metrics {
                 cache_hits,
                 cache_misses,
                 decisions_reused,
+                reviews_recalled,
                 secret_writes,
                 refresh_failures,
                 refresh_refused,
@@ -265,6 +273,10 @@ impl Metrics {
 
     pub fn decision_reused(&self) {
         self.inner.decisions_reused.inc();
+    }
+
+    pub fn review_recalled(&self) {
+        self.inner.reviews_recalled.inc();
     }
 
     pub fn secret_write(&self, operation: &'static str) {

@@ -74,6 +74,8 @@ struct AppState {
     max_body_bytes: usize,
     budget: inflight::Budget,
     max_pod_entries: usize,
+    /// Replicas' reviews remembered by their bodies.
+    recall: Arc<crate::recall::Recall>,
     /// Set once shutting down: every answer then closes its connection.
     stopping: Arc<AtomicBool>,
 }
@@ -153,18 +155,40 @@ async fn answer(st: &AppState, source: IpAddr, request: axum::extract::Request) 
         }
     };
     let answer_by = tokio::time::Instant::now() + st.deadline;
+    // A replica's review, recalled ([`crate::recall`]): answered from the
+    // decision kept for its pod without a look at its body.
+    let keeping = st.webhook.decisions.enabled();
+    if let Some(r) = st.recall.recall(&body).filter(|_| keeping) {
+        let asked = r.asked();
+        let reply = asked.reply;
+        let kept = Box::pin(st.webhook.review_kept(asked, r.key()));
+        match tokio::time::timeout_at(answer_by, kept).await {
+            Ok(Some(answer)) => {
+                st.webhook.metrics.review_recalled();
+                return answered(answer.response, answer.patch_base64);
+            }
+            Ok(None) => {}
+            Err(_) => return answered(too_late(st, &reply), None),
+        }
+    }
     // A first look, borrowed from the body ([`crate::glance`]): a pod whose
     // decision is kept is answered from it without building kube's request,
     // and a pod decided afresh is planned from it where it reads all that
     // planning reads; the rest is decoded.
     let glance = glance::read(&body, st.max_pod_entries);
     let key = (glance.as_ref())
-        .filter(|_| st.webhook.decisions.enabled())
+        .filter(|_| keeping)
         .and_then(crate::decisions::key_of);
-    if let (Some(g), Some(key)) = (&glance, &key) {
-        let kept = Box::pin(st.webhook.review_kept(g, key));
+    if let (Some(g), Some(key)) = (&glance, &key)
+        && let Some(asked) = Asked::of_glance(g)
+    {
+        let kept = Box::pin(st.webhook.review_kept(asked, key));
         match tokio::time::timeout_at(answer_by, kept).await {
-            Ok(Some(answer)) => return answered(answer.response, answer.patch_base64),
+            Ok(Some(answer)) => {
+                // Its replicas are recalled from here on.
+                st.recall.remember(&body, g, key);
+                return answered(answer.response, answer.patch_base64);
+            }
             Ok(None) => {}
             Err(_) => return answered(too_late(st, &Reply::from(g)), None),
         }
@@ -282,6 +306,7 @@ fn admission_router(
             max_body_bytes: settings.max_body_bytes,
             budget: inflight::Budget::new(settings.inflight),
             max_pod_entries: settings.max_pod_entries,
+            recall: Arc::default(),
             stopping,
         })
 }

@@ -80,6 +80,15 @@ impl Asked<'_> {
             service_account: self.service_account.to_owned(),
         }
     }
+
+    /// As [`Asked::owned`], without the uid: what a recalled review asks
+    /// ([`crate::recall`]) but for its own uid, given with
+    /// [`OwnedAsked::asked_for`].
+    pub fn owned_but_uid(&self) -> OwnedAsked {
+        let mut owned = self.owned();
+        owned.uid = String::new();
+        owned
+    }
 }
 
 /// An [`Asked`] that owns its strings ([`Asked::owned`]).
@@ -96,9 +105,14 @@ pub struct OwnedAsked {
 
 impl OwnedAsked {
     pub fn asked(&self) -> Asked<'_> {
+        self.asked_for(&self.uid)
+    }
+
+    /// What this asks, answered to `uid`.
+    pub fn asked_for<'s>(&'s self, uid: &'s str) -> Asked<'s> {
         Asked {
             reply: Reply {
-                uid: &self.uid,
+                uid,
                 namespace: &self.reply_namespace,
                 user: &self.user,
                 dry_run: self.dry_run,

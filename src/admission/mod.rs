@@ -25,7 +25,6 @@ use kube::core::admission::{AdmissionRequest, Operation};
 
 use crate::cache::CachedSource;
 use crate::decisions::{Decision, Decisions};
-use crate::glance::Glance;
 use crate::identity::{self as ids, Identity, Mode};
 use crate::metrics::Metrics;
 use crate::namespaces::{Namespaces, Seen};
@@ -96,15 +95,15 @@ impl Webhook {
         answer
     }
 
-    /// The answer to the review `g` glanced at, from the decision kept under
-    /// its `key` if there is one and it is current; `None` otherwise, and the
-    /// pod is then decided afresh ([`Webhook::review_asked`]). The steps
-    /// before are the same as there, on what the glance read.
-    pub async fn review_kept(&self, g: &Glance<'_>, key: &[u8]) -> Option<Answer> {
+    /// The answer to what `asked` asks (read by the glance at its body, or
+    /// recalled, [`crate::recall`]), from the decision kept under its pod's
+    /// `key` if there is one and it is current; `None` otherwise, and the pod
+    /// is then decided afresh ([`Webhook::review_asked`]). The steps before
+    /// are the same as there.
+    pub async fn review_kept(&self, asked: Asked<'_>, key: &[u8]) -> Option<Answer> {
         let start = Instant::now();
         // Looked up first: a pod decided afresh pays this lookup only.
         let d = self.decisions.get(key).await?;
-        let asked = Asked::of_glance(g)?;
         let (identity, seen) = self.admit(&asked).await.ok()?;
         let d = self.current(d, &seen, &identity)?;
         let subject = Subject {

@@ -50,6 +50,11 @@ async fn identical_pods_reuse_a_decision_only_while_its_rule_and_values_hold() {
     names.dedup();
     assert_eq!(names.len(), 3, "{names:?}");
     assert_eq!(reused().await, 2.0);
+    // The third's review is recalled (src/recall.rs): its body is the
+    // second's but for the uid, the managed fields' time and the token
+    // volume's name.
+    let recalled = || inj.metric("sm_injector_reviews_recalled_total");
+    assert_eq!(recalled().await, 1.0);
     let mut named = replica.clone();
     named.metadata.generate_name = None;
     named.metadata.name = Some("db-0".into());
@@ -58,6 +63,11 @@ async fn identical_pods_reuse_a_decision_only_while_its_rule_and_values_hold() {
         b"one"
     );
     assert_eq!(reused().await, 3.0);
+    assert_eq!(
+        recalled().await,
+        1.0,
+        "a pod named otherwise is read afresh"
+    );
     // A pod whose containers differ is decided afresh.
     let mut other = replica.clone();
     other.spec.as_mut().unwrap().containers[0].name = "api".into();
