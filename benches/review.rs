@@ -1,6 +1,6 @@
 //! The review's own work, in one thread and without I/O: what a pod decided
 //! afresh costs sm-injector from its body to its answer's bytes, step by step,
-//! and what a kept decision's look and lookup cost, on the reviews
+//! and what a kept decision's look (or a replica's recall) and lookup cost, on the reviews
 //! `./tests/bench` posts (`benches/admission/reviews.rs`).
 //!
 //! `cargo bench --bench review` (no test bed: the values come from a
@@ -40,6 +40,7 @@ use sm_injector::decisions::{self, Decision, Decisions};
 use sm_injector::identity::{Identity, Mode};
 use sm_injector::metrics::Metrics;
 use sm_injector::policy::AccessRule;
+use sm_injector::recall::Recall;
 use sm_injector::secret::Payload;
 use sm_injector::source::StaticSource;
 use sm_injector::store::Ensured;
@@ -146,7 +147,8 @@ impl Bed {
 
 /// How far along its path a timed review goes: a pod decided afresh takes
 /// the look, then `Pod`, `Plan`, `Patch` and `Answer`; a kept decision's
-/// replica the look, then `Key`, `Lookup` and `Answer`.
+/// replica the look, then `Key`, `Lookup` and `Answer`; a recalled replica
+/// `Recall`, then `Lookup` and `Answer`.
 #[derive(Clone, Copy, PartialEq)]
 enum Step {
     /// The look at the body only (the first step of both paths).
@@ -159,6 +161,9 @@ enum Step {
     Patch,
     /// The decision's key.
     Key,
+    /// The review recalled (`sm_injector::recall`): a replica's body found
+    /// equal to a remembered one, what it asks and its key, without a look.
+    Recall,
     /// The kept decision's lookup.
     Lookup,
     /// The answer's bytes: afresh, the record of versions and the patch as
@@ -201,6 +206,29 @@ async fn afresh(bed: &Bed, body: &[u8], upto: Step) -> usize {
     let mut response = asked.reply.allowed();
     response.patch = Some(built);
     wire::encode_with(&response, None).len()
+}
+
+/// One review recalled from `recall`, answered from the decision kept under
+/// its key, as far as `upto`.
+async fn recalled(recall: &Recall, decisions: &Decisions, body: &[u8], upto: Step) -> usize {
+    let r = recall.recall(body).expect("recalled");
+    if upto == Step::Recall {
+        return black_box(&r).key().len();
+    }
+    let d = decisions.get(r.key()).await.expect("kept");
+    if upto == Step::Lookup {
+        return black_box(d).warm_patch.len();
+    }
+    let response = r.asked().reply.allowed();
+    wire::encode_with(&response, Some(&d.warm_patch)).len()
+}
+
+/// How a line's review is answered.
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    Afresh,
+    Kept,
+    Recalled,
 }
 
 /// One review answered from the decision kept under its key, as far as `upto`.
@@ -325,7 +353,7 @@ fn main() {
             format!("median of {BATCHES} batches of {BATCH}")
         };
         println!(
-            "the review's own work in one thread, ns per review ({timed}) and allocations per review (over {COUNTED} more); each line after the look adds its step to the line above (afresh: to the look; kept: to the look, then each kept line to the one above)"
+            "the review's own work in one thread, ns per review ({timed}) and allocations per review (over {COUNTED} more); each line after the look adds its step to the line above (afresh: to the look; kept: to the look, then each kept line to the one above; recalled: a replica's body found equal to a remembered one, without the look, then each line to the one above)"
         );
         println!(
             "{:<44} {:>8} {:>7} {:>8} {:>7}",
@@ -345,25 +373,41 @@ fn main() {
         print("minimal floor: the uid", &v);
         // Each line: its name, whether its pod is decided afresh (else
         // answered from the decision kept for it), and how far it goes.
-        for (name, fresh, upto) in [
-            ("the look", false, Step::Look),
-            ("afresh: + pod, what it asks", true, Step::Pod),
-            ("afresh: + plan", true, Step::Plan),
-            ("afresh: + patch", true, Step::Patch),
-            ("afresh: + record, answer (whole)", true, Step::Answer),
-            ("kept: + key", false, Step::Key),
-            ("kept: + lookup", false, Step::Lookup),
-            ("kept: + answer (whole)", false, Step::Answer),
+        for (name, path, upto) in [
+            ("the look", Path::Kept, Step::Look),
+            ("afresh: + pod, what it asks", Path::Afresh, Step::Pod),
+            ("afresh: + plan", Path::Afresh, Step::Plan),
+            ("afresh: + patch", Path::Afresh, Step::Patch),
+            ("afresh: + record, answer (whole)", Path::Afresh, Step::Answer),
+            ("kept: + key", Path::Kept, Step::Key),
+            ("kept: + lookup", Path::Kept, Step::Lookup),
+            ("kept: + answer (whole)", Path::Kept, Step::Answer),
+            ("recalled: the recall (no look)", Path::Recalled, Step::Recall),
+            ("recalled: + lookup", Path::Recalled, Step::Lookup),
+            ("recalled: + answer (whole)", Path::Recalled, Step::Answer),
         ] {
             let mut v = vec![];
             for body in &shapes {
-                v.push(if fresh {
-                    ns_per(name, async || afresh(&bed, body, upto).await).await
-                } else {
-                    let decisions =
-                        Decisions::new(decisions::DEFAULT_MAX_BYTES, Duration::from_secs(3600));
+                let decisions =
+                    Decisions::new(decisions::DEFAULT_MAX_BYTES, Duration::from_secs(3600));
+                let recall = Recall::default();
+                if path != Path::Afresh {
                     keep(&bed, &decisions, body).await;
-                    ns_per(name, async || kept(&decisions, body, upto).await).await
+                    let g = glance::read(body, wire::DEFAULT_MAX_ENTRIES).expect("a review");
+                    let key = decisions::key_of(&g).expect("a key");
+                    recall.remember(body, &g, &key, wire::DEFAULT_MAX_ENTRIES);
+                }
+                v.push(match path {
+                    Path::Afresh => ns_per(name, async || afresh(&bed, body, upto).await).await,
+                    Path::Kept => {
+                        ns_per(name, async || kept(&decisions, body, upto).await).await
+                    }
+                    Path::Recalled => {
+                        ns_per(name, async || {
+                            recalled(&recall, &decisions, body, upto).await
+                        })
+                        .await
+                    }
                 });
             }
             print(name, &v);

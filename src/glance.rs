@@ -20,9 +20,9 @@
 //! reads as the same entries, and a pod whose entries are written otherwise
 //! (the API server writes them one way) is only decided afresh.
 //!
-//! The glance also notes where, in the body, the strings are that differ
-//! between a ReplicaSet's replicas and that it parses past or reads apart
-//! ([`Glance::volatile`]): the request's uid, each managed-fields entry's
+//! A second reading ([`volatile`]) notes where, in the body, the strings are
+//! that differ between a ReplicaSet's replicas and that the glance parses
+//! past or reads apart: the request's uid, each managed-fields entry's
 //! time, the volumes' and volume mounts' names (the API server names each
 //! replica's token volume afresh). A body equal to one glanced before
 //! outside those strings reads the same ([`crate::recall`]).
@@ -218,17 +218,21 @@ pub struct ContainerGlance<'a> {
 pub const MAX_VOLATILE: usize = 16;
 
 thread_local! {
-    /// The volatile strings noted while [`read`] parses, as (address, length).
-    static NOTED: std::cell::RefCell<Vec<(usize, usize)>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The volatile strings noted while [`volatile`] parses, as (address,
+    /// length); `None` while [`read`] does, which notes nothing.
+    static NOTED: std::cell::RefCell<Option<Vec<(usize, usize)>>> = const { std::cell::RefCell::new(None) };
 }
 
 /// An entry of a list the glance parses past (volumes, volume mounts,
-/// managed fields): its `name` and `time`, where borrowed from the body,
-/// are noted as volatile ([`Glance::volatile`]); nothing is kept.
+/// managed fields): while [`volatile`] parses, its `name` and `time`, where
+/// borrowed from the body, are noted; nothing is kept.
 struct Volatile;
 
 impl<'de> Deserialize<'de> for Volatile {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if NOTED.with_borrow(Option::is_none) {
+            return d.deserialize_ignored_any(IgnoredAny).map(|_| Volatile);
+        }
         struct V;
         impl<'de> Visitor<'de> for V {
             type Value = Volatile;
@@ -259,7 +263,7 @@ fn volatile_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Ignore
 
 fn note(s: &str) {
     NOTED.with_borrow_mut(|n| {
-        if n.len() < MAX_VOLATILE {
+        if let Some(n) = n.as_mut().filter(|n| n.len() < MAX_VOLATILE) {
             n.push((s.as_ptr() as usize, s.len()));
         }
     });
@@ -292,12 +296,10 @@ impl ContainerGlance<'_> {
 /// A first look at a review that holds a request.
 pub struct Glance<'a> {
     request: Request<'a>,
-    /// Where the volatile strings are in the body: start and end offsets,
-    /// the uid's first.
-    volatile: Option<Volatiles>,
 }
 
-/// Where a body's volatile strings are ([`Glance::volatile`]).
+/// Where a body's volatile strings are ([`volatile`]), as start and end
+/// offsets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Volatiles {
     /// The uid's place.
@@ -310,33 +312,39 @@ pub struct Volatiles {
 /// `max_entries` env, envFrom and volumeMounts entries; `None` otherwise
 /// (the full decoding then answers it, or says what is wrong).
 pub fn read(body: &[u8], max_entries: usize) -> Option<Glance<'_>> {
-    NOTED.with_borrow_mut(Vec::clear);
     let (review, skipped) = bounded(max_entries, || serde_json::from_slice::<Review>(body));
     let request = review.ok()?.request?;
-    let start = body.as_ptr() as usize;
-    let at = |(address, len): (usize, usize)| (address - start, address - start + len);
-    let volatile = match &request.uid.0 {
-        Cow::Borrowed(uid) => Some(Volatiles {
-            uid: at((uid.as_ptr() as usize, uid.len())),
-            others: NOTED.with_borrow(|n| n.iter().copied().map(at).collect()),
-        }),
-        Cow::Owned(_) => None,
+    (skipped == 0).then_some(Glance { request })
+}
+
+/// Where in `body` the strings are that differ between a ReplicaSet's
+/// replicas and that the glance parses past (or reads apart, the uid), read
+/// again for [`crate::recall`]: a body equal to this one outside them, and
+/// whose strings there are as long and plain, glances the same but for its
+/// uid. `None` where [`read`] gives no glance, an entry of those lists is
+/// not an object whose `name` or `time` is a string, or the uid holds an
+/// escape.
+pub fn volatile(body: &[u8], max_entries: usize) -> Option<Volatiles> {
+    NOTED.set(Some(Vec::new()));
+    let glance = read(body, max_entries);
+    let noted = NOTED.take().unwrap_or_default();
+    let Cow::Borrowed(uid) = glance?.request.uid.0 else {
+        return None;
     };
-    (skipped == 0).then_some(Glance { request, volatile })
+    let start = body.as_ptr() as usize;
+    let at = |(address, len): (usize, usize)| {
+        let from = address.checked_sub(start)?;
+        Some((from, from.checked_add(len)?)).filter(|(_, to)| *to <= body.len())
+    };
+    Some(Volatiles {
+        uid: at((uid.as_ptr() as usize, uid.len()))?,
+        others: noted.into_iter().map(at).collect::<Option<_>>()?,
+    })
 }
 
 impl<'a> Glance<'a> {
     pub fn uid(&self) -> &str {
         &self.request.uid.0
-    }
-
-    /// Where in the body the strings are that differ between a ReplicaSet's
-    /// replicas and that the glance parses past (or reads apart, the uid):
-    /// `None` where the uid held an escape. A body equal to this one outside
-    /// them, and whose strings there are as long and plain, glances the same
-    /// but for its uid ([`crate::recall`]).
-    pub fn volatile(&self) -> Option<&Volatiles> {
-        self.volatile.as_ref()
     }
 
     pub fn user(&self) -> &str {

@@ -6,7 +6,7 @@
 //! ([`crate::glance`]), the warm path's largest cost after the transport.
 //!
 //! Recalling is exact, not a guess: the remembered body's volatile strings
-//! are where its glance found them ([`Glance::volatile`]), every other byte
+//! are where a second reading found them ([`glance::volatile`]), every other byte
 //! of the new body must equal the remembered one's, and the new body's bytes
 //! in those places must be as many and plain (printable ASCII, no quote and
 //! no backslash), so that every string ends where it ended and the JSON
@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use crate::admission::{Asked, OwnedAsked};
-use crate::glance::{Glance, Volatiles};
+use crate::glance::{self, Glance, Volatiles};
 
 /// Bytes of remembered bodies, in all.
 pub const MAX_BYTES: usize = 1 << 20;
@@ -93,17 +93,21 @@ impl Recall {
     /// not where its uid held an escape, or one of its length is remembered
     /// for the same key (its replicas then differ elsewhere, and recalling
     /// would only fail again).
-    pub fn remember(&self, body: &[u8], g: &Glance<'_>, key: &[u8]) {
-        let Some((volatile, places)) = g.volatile().and_then(|v| Some((v, placed(v, body.len())?)))
-        else {
-            return;
-        };
+    pub fn remember(&self, body: &[u8], g: &Glance<'_>, key: &[u8], max_entries: usize) {
         let Some(asked) = Asked::of_glance(g) else {
             return;
         };
-        if body.len() > MAX_BYTES / 4 {
+        if body.len() > MAX_BYTES / 4 || self.remembers(body.len(), key) {
             return;
         }
+        // Read again, noting where the volatile strings are: once for a
+        // workload's replicas, which are then recalled.
+        let Some(volatile) = glance::volatile(body, max_entries) else {
+            return;
+        };
+        let Some(places) = placed(&volatile, body.len()) else {
+            return;
+        };
         let looked = Arc::new(Looked {
             body: body.into(),
             places,
@@ -130,6 +134,14 @@ impl Recall {
             let gone = r.by_length.remove(&length).unwrap_or_default();
             r.bytes -= gone.iter().map(|l| l.body.len()).sum::<usize>();
         }
+    }
+
+    /// Whether a body of `len` bytes is remembered for `key`.
+    fn remembers(&self, len: usize, key: &[u8]) -> bool {
+        let r = self.remembered.read().expect("not poisoned");
+        r.by_length
+            .get(&len)
+            .is_some_and(|same| same.iter().any(|l| *l.key == *key))
     }
 
     /// Bodies remembered, and their bytes.

@@ -89,6 +89,28 @@ fuzz_target!(|data: &[u8]| {
             Asked::of_glance(&g),
             "the glance asks otherwise"
         );
+        // A replica's body recalled (`sm_injector::recall`) asks what its
+        // own glance asks, and has its key: the volatile strings (uid,
+        // managed-fields times, volume names) changed to other plain bytes,
+        // the body is recalled, and read as its glance reads it.
+        let max = sm_injector::wire::DEFAULT_MAX_ENTRIES;
+        if let Some(key) = sm_injector::decisions::key_of(&g) {
+            let recall = sm_injector::recall::Recall::default();
+            recall.remember(data, &g, &key, max);
+            if recall.size().0 == 1 {
+                let v = sm_injector::glance::volatile(data, max).expect("remembered, so placed");
+                let mut changed = data.to_vec();
+                for (s, e) in std::iter::once(v.uid).chain(v.others.iter().copied()) {
+                    for b in &mut changed[s..e] {
+                        *b = b'a' + (*b % 26);
+                    }
+                }
+                let r = recall.recall(&changed).expect("its replica is recalled");
+                let g2 = sm_injector::glance::read(&changed, max).expect("a recalled body glances");
+                assert_eq!(Some(r.asked()), Asked::of_glance(&g2), "recalled otherwise");
+                assert_eq!(Some(r.key().to_vec()), sm_injector::decisions::key_of(&g2));
+            }
+        }
         let planned = g.created_pod().and_then(|p| p.planning_pod());
         if let (Some(planned), Some(pod)) = (planned, &req.object) {
             assert_eq!(

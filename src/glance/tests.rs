@@ -198,3 +198,32 @@ fn a_pod_that_mounts_a_file_or_whose_entries_do_not_read_is_decoded_instead() {
     // And the pod of an ordinary review is planned from the glance.
     assert!(planned(&review(pod(2, 1))).is_some());
 }
+
+#[test]
+fn the_second_reading_finds_the_uid_the_managed_times_and_the_volume_names() {
+    let mut object = pod(1, 2);
+    object["metadata"]["managedFields"] = json!([{"manager": "m", "time": "2026-12-05T08:00:00Z"}]);
+    object["spec"]["volumes"] =
+        json!([{"name": "kube-api-access-abcde", "configMap": {"name": "cm"}}]);
+    let body = review(object);
+    let v = volatile(&body, 100).unwrap();
+    let text = |(s, e): (usize, usize)| std::str::from_utf8(&body[s..e]).unwrap();
+    assert_eq!(text(v.uid), "u-1");
+    let others: Vec<&str> = v.others.iter().copied().map(text).collect();
+    // In the body's order; the config map's name, inside a volume's source, is not one.
+    assert_eq!(
+        others,
+        ["2026-12-05T08:00:00Z", "m0", "m1", "kube-api-access-abcde"]
+    );
+    // The glance itself notes nothing, and reads as before.
+    assert!(read(&body, 100).is_some());
+}
+
+#[test]
+fn a_mount_that_is_not_an_object_is_glanced_past_but_gives_no_places() {
+    let mut object = pod(1, 0);
+    object["spec"]["containers"][0]["volumeMounts"] = json!(["odd"]);
+    let body = review(object);
+    assert!(read(&body, 100).is_some());
+    assert_eq!(volatile(&body, 100), None);
+}
