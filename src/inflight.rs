@@ -147,6 +147,28 @@ impl Drop for Taken {
     }
 }
 
+/// The body, into one buffer sized from its `Content-Length` (collecting
+/// frames and joining them held twice the body at the end).
+pub async fn read_body(
+    body: axum::body::Body,
+    length: Option<u64>,
+    max: usize,
+) -> Result<Vec<u8>, String> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut out = Vec::with_capacity(length.map_or(0, |n| n as usize).min(max));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > max {
+                return Err("length limit exceeded".into());
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -133,7 +133,7 @@ async fn answer(st: &AppState, source: IpAddr, request: axum::extract::Request) 
             return (status, [(header::RETRY_AFTER, "1")], refusal.to_string()).into_response();
         }
     };
-    let read = read_body(request.into_body(), length, st.max_body_bytes);
+    let read = inflight::read_body(request.into_body(), length, st.max_body_bytes);
     let body = match tokio::time::timeout(st.body_timeout, read).await {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => {
@@ -158,7 +158,10 @@ async fn answer(st: &AppState, source: IpAddr, request: axum::extract::Request) 
     // A replica's review, recalled ([`crate::recall`]): answered from the
     // decision kept for its pod without a look at its body.
     let keeping = st.webhook.decisions.enabled();
-    if let Some(r) = st.recall.recall(&body).filter(|_| keeping) {
+    let recalled = st.recall.recall(&body).filter(|_| keeping);
+    // Recalled, its look's key is the one tried: not tried again below.
+    let tried = recalled.is_some();
+    if let Some(r) = recalled {
         let asked = r.asked();
         let reply = asked.reply;
         let kept = Box::pin(st.webhook.review_kept(asked, r.key()));
@@ -179,7 +182,7 @@ async fn answer(st: &AppState, source: IpAddr, request: axum::extract::Request) 
     let key = (glance.as_ref())
         .filter(|_| keeping)
         .and_then(crate::decisions::key_of);
-    if let (Some(g), Some(key)) = (&glance, &key)
+    if let (Some(g), Some(key), false) = (&glance, &key, tried)
         && let Some(asked) = Asked::of_glance(g)
     {
         let kept = Box::pin(st.webhook.review_kept(asked, key));
@@ -266,28 +269,6 @@ fn too_late(st: &AppState, reply: &Reply<'_>) -> AdmissionResponse {
         "sm-injector: no answer within its deadline of {}",
         humantime::format_duration(st.deadline)
     ))
-}
-
-/// The body, into one buffer sized from its `Content-Length` (collecting
-/// frames and joining them held twice the body at the end).
-async fn read_body(
-    body: axum::body::Body,
-    length: Option<u64>,
-    max: usize,
-) -> Result<Vec<u8>, String> {
-    use http_body_util::BodyExt;
-    let mut body = body;
-    let mut out = Vec::with_capacity(length.map_or(0, |n| n as usize).min(max));
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| e.to_string())?;
-        if let Ok(data) = frame.into_data() {
-            if out.len() + data.len() > max {
-                return Err("length limit exceeded".into());
-            }
-            out.extend_from_slice(&data);
-        }
-    }
-    Ok(out)
 }
 
 /// The admission router. The body limit is applied where the body is read
