@@ -158,7 +158,7 @@ async fn answer(st: &AppState, source: IpAddr, request: axum::extract::Request) 
     // A replica's review, recalled ([`crate::recall`]): answered from the
     // decision kept for its pod without a look at its body.
     let keeping = st.webhook.decisions.enabled();
-    let recalled = st.recall.recall(&body).filter(|_| keeping);
+    let recalled = keeping.then(|| st.recall.recall(&body)).flatten();
     // Recalled, its look's key is the one tried: not tried again below.
     let tried = recalled.is_some();
     if let Some(r) = recalled {
