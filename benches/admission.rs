@@ -323,13 +323,27 @@ async fn main() {
         "{:<22} {:>22} {:>22}",
         "webhook", "sequential (100)", "16 clients (320)"
     );
+    let counts = async || {
+        let m = async |name: &str| metric(server.probe, name).await;
+        [
+            m("sm_injector_admissions_total").await,
+            m("sm_injector_decisions_reused_total").await,
+            m("sm_injector_reviews_recalled_total").await,
+        ]
+    };
+    let mut counted = None;
     for (name, port) in [("no-op webhook", noop_port), ("sm-injector", server.port)] {
         let config = format!("bench-{name}").replace(' ', "-");
         support::register_webhook(bed, &client, &config, &format!("0.0.0.0:{port}"), &[&ns]).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         create_pods(&client, &ns, seed_refs.clone(), 20, 4).await; // warm
+        let before = counts().await;
         let (s50, s99, sf) = create_pods(&client, &ns, seed_refs.clone(), 100, 1).await;
         let (c50, c99, cf) = create_pods(&client, &ns, seed_refs.clone(), 320, 16).await;
+        if port == server.port {
+            let after = counts().await;
+            counted = Some([0, 1, 2].map(|i| after[i] - before[i]));
+        }
         println!(
             "{:<22} {:>14.1} / {:>5.1} {:>14.1} / {:>5.1}{}",
             name,
@@ -349,5 +363,10 @@ async fn main() {
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    if let Some([admissions, kept, recalled]) = counted {
+        println!(
+            "  (sm-injector's admissions of those pods: {admissions}, answered from a kept decision: {kept}, of them recalled by their bytes: {recalled}; the pods are created with generateName, as a ReplicaSet's are)"
+        );
     }
 }
