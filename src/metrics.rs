@@ -117,7 +117,7 @@ impl Metrics {
         let reviews_recalled = Counter::default();
         registry.register(
             "reviews_recalled",
-            "Of those, admissions whose body equalled a remembered replica's but for its volatile strings (uid, managed-fields times, volume names), answered without reading it again",
+            "Admissions answered from a kept decision whose body equalled a remembered replica's but for its volatile strings (uid, managed-fields times, volume names), so it was not read again",
             reviews_recalled.clone(),
         );
         let secret_writes = Family::<OperationLabels, Counter>::default();
