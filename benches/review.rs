@@ -24,17 +24,17 @@
 //! that it finds the caches as a server's admission does after the kernel,
 //! TLS and other connections' work: what it costs to touch what it touches.
 
+#[path = "review/counting.rs"]
+mod counting;
 #[path = "admission/reviews.rs"]
 mod reviews;
 
-use std::alloc::{GlobalAlloc, Layout};
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sm_injector::admission::{Planned, Settings, plan_pod};
+use sm_injector::admission::{Asked, Planned, Settings, plan_pod};
 use sm_injector::cache::CachedSource;
 use sm_injector::decisions::{self, Decision, Decisions};
 use sm_injector::identity::{Identity, Mode};
@@ -45,57 +45,6 @@ use sm_injector::secret::Payload;
 use sm_injector::source::StaticSource;
 use sm_injector::store::Ensured;
 use sm_injector::{glance, patch, wire};
-
-#[cfg(feature = "mimalloc")]
-type Underlying = mimalloc::MiMalloc;
-#[cfg(not(feature = "mimalloc"))]
-type Underlying = std::alloc::System;
-
-/// The process's allocator, as the binary's, counting the allocations made
-/// while [`Counting::on`] (one untimed review per line, after its timing).
-struct Counting {
-    on: AtomicBool,
-    allocations: AtomicU64,
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting {
-    on: AtomicBool::new(false),
-    allocations: AtomicU64::new(0),
-};
-
-// The one unsafe code of the crate's benches: a global allocator is an unsafe
-// trait. SAFETY: every call is passed to the underlying allocator unchanged.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        self.count();
-        // SAFETY: the caller's contract, passed on.
-        unsafe { Underlying {}.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        self.count();
-        // SAFETY: as above.
-        unsafe { Underlying {}.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        self.count();
-        // SAFETY: as above.
-        unsafe { Underlying {}.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as above.
-        unsafe { Underlying {}.dealloc(ptr, layout) }
-    }
-}
-
-impl Counting {
-    fn count(&self) {
-        if self.on.load(Ordering::Relaxed) {
-            self.allocations.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
 
 const BATCH: u32 = 20_000;
 const BATCHES: usize = 7;
@@ -307,13 +256,11 @@ async fn ns_per<F: AsyncFnMut() -> usize>(name: &str, mut f: F) -> (f64, f64) {
         }
         *b = t.elapsed().as_nanos() as f64 / f64::from(BATCH);
     }
-    GLOBAL.allocations.store(0, Ordering::Relaxed);
-    GLOBAL.on.store(true, Ordering::Relaxed);
+    counting::start();
     for _ in 0..COUNTED {
         sink = sink.wrapping_add(f().await);
     }
-    GLOBAL.on.store(false, Ordering::Relaxed);
-    let allocations = GLOBAL.allocations.load(Ordering::Relaxed) as f64 / f64::from(COUNTED);
+    let allocations = counting::stop() as f64 / f64::from(COUNTED);
     black_box(sink);
     batches.sort_by(f64::total_cmp);
     (batches[BATCHES / 2], allocations)
@@ -395,7 +342,8 @@ fn main() {
                     keep(&bed, &decisions, body).await;
                     let g = glance::read(body, wire::DEFAULT_MAX_ENTRIES).expect("a review");
                     let key = decisions::key_of(&g).expect("a key");
-                    recall.remember(body, &g, &key, wire::DEFAULT_MAX_ENTRIES);
+                    let asked = Asked::of_glance(&g).expect("a pod's creation");
+                    recall.remember(body, &asked, &key, wire::DEFAULT_MAX_ENTRIES);
                 }
                 v.push(match path {
                     Path::Afresh => ns_per(name, async || afresh(&bed, body, upto).await).await,

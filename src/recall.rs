@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use crate::admission::{Asked, OwnedAsked};
-use crate::glance::{self, Glance, Volatiles};
+use crate::glance::{self, Volatiles};
 
 /// Bytes of remembered bodies, in all.
 pub const MAX_BYTES: usize = 1 << 20;
@@ -89,14 +89,11 @@ impl Recall {
         Some(Recalled { looked, uid })
     }
 
-    /// Remembers `body`, glanced as `g`, whose pod's decision key is `key`;
-    /// not where its uid held an escape, or one of its length is remembered
-    /// for the same key (its replicas then differ elsewhere, and recalling
-    /// would only fail again).
-    pub fn remember(&self, body: &[u8], g: &Glance<'_>, key: &[u8], max_entries: usize) {
-        let Some(asked) = Asked::of_glance(g) else {
-            return;
-        };
+    /// Remembers `body`, which asks `asked` for a pod whose decision key is
+    /// `key`; not where its uid held an escape, or one of its length is
+    /// remembered for the same key (its replicas then differ elsewhere, and
+    /// recalling would only fail again).
+    pub fn remember(&self, body: &[u8], asked: &Asked<'_>, key: &[u8], max_entries: usize) {
         if body.len() > MAX_BYTES / 4 || self.remembers(body.len(), key) {
             return;
         }
@@ -164,7 +161,7 @@ fn placed(v: &Volatiles, len: usize) -> Option<Box<[(usize, usize)]>> {
 
 /// Whether `body` equals `remembered` but for `places` (in order and apart),
 /// where its bytes are plain (printable ASCII, neither `"` nor `\`).
-pub fn same_but_volatile(remembered: &[u8], places: &[(usize, usize)], body: &[u8]) -> bool {
+fn same_but_volatile(remembered: &[u8], places: &[(usize, usize)], body: &[u8]) -> bool {
     if remembered.len() != body.len() {
         return false;
     }

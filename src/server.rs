@@ -189,7 +189,7 @@ async fn answer(st: &AppState, source: IpAddr, request: axum::extract::Request) 
         match tokio::time::timeout_at(answer_by, kept).await {
             Ok(Some(answer)) => {
                 // Its replicas are recalled from here on.
-                st.recall.remember(&body, g, key, st.max_pod_entries);
+                st.recall.remember(&body, &asked, key, st.max_pod_entries);
                 return answered(answer.response, answer.patch_base64);
             }
             Ok(None) => {}

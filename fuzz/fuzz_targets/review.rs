@@ -94,9 +94,10 @@ fuzz_target!(|data: &[u8]| {
         // managed-fields times, volume names) changed to other plain bytes,
         // the body is recalled, and read as its glance reads it.
         let max = sm_injector::wire::DEFAULT_MAX_ENTRIES;
-        if let Some(key) = sm_injector::decisions::key_of(&g) {
+        if let (Some(key), Some(asked)) = (sm_injector::decisions::key_of(&g), Asked::of_glance(&g))
+        {
             let recall = sm_injector::recall::Recall::default();
-            recall.remember(data, &g, &key, max);
+            recall.remember(data, &asked, &key, max);
             if recall.size().0 == 1 {
                 let v = sm_injector::glance::volatile(data, max).expect("remembered, so placed");
                 let mut changed = data.to_vec();

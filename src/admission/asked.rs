@@ -12,7 +12,7 @@ use crate::pod::Pod;
 /// What a review's first steps read of a pod's creation, from kube's
 /// decoding or from the first look at the body ([`crate::glance`], whose
 /// methods of the same names read the same).
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Asked<'a> {
     pub reply: Reply<'a>,
     /// The request's namespace, else the pod's.

@@ -44,7 +44,7 @@ fn remembered(body: &[u8]) -> Recall {
     let recall = Recall::default();
     let g = glance::read(body, 1000).unwrap();
     let key = crate::decisions::key_of(&g).unwrap();
-    recall.remember(body, &g, &key, 1000);
+    recall.remember(body, &Asked::of_glance(&g).unwrap(), &key, 1000);
     recall
 }
 
@@ -130,14 +130,14 @@ fn a_second_body_for_the_same_key_is_not_remembered_and_the_bytes_are_bounded() 
     let other = text.replace(r#""other":"x""#, r#""other":"y""#);
     let g = glance::read(other.as_bytes(), 1000).unwrap();
     let key = crate::decisions::key_of(&g).unwrap();
-    recall.remember(other.as_bytes(), &g, &key, 1000);
+    recall.remember(other.as_bytes(), &Asked::of_glance(&g).unwrap(), &key, 1000);
     assert_eq!(recall.size().0, 1);
     // Many workloads: what is remembered stays within MAX_BYTES.
     for i in 0..4000 {
         let body = review(UID, TIME, "abcde", &format!("team/db{i}#url"));
         let g = glance::read(&body, 1000).unwrap();
         let key = crate::decisions::key_of(&g).unwrap();
-        recall.remember(&body, &g, &key, 1000);
+        recall.remember(&body, &Asked::of_glance(&g).unwrap(), &key, 1000);
     }
     let (count, bytes) = recall.size();
     assert!(bytes <= MAX_BYTES && count > PER_LENGTH, "{count} {bytes}");
