@@ -10,7 +10,7 @@ type Underlying = mimalloc::MiMalloc;
 type Underlying = std::alloc::System;
 
 /// The process's allocator, as the binary's, counting the allocations made
-/// while [`Counting::on`] (one untimed review per line, after its timing).
+/// while [`Counting::on`]: between [`start`] and [`stop`].
 struct Counting {
     on: AtomicBool,
     allocations: AtomicU64,

@@ -34,14 +34,6 @@ pub(crate) fn plain(s: &str) -> bool {
         .fold(true, |ok, b| ok & (b >= 0x20) & (b != b'"') & (b != b'\\'))
 }
 
-/// Whether `t` is plain and holds neither of JSON Pointer's escaped
-/// characters (`~`, `/`): written into a path as it is.
-fn plain_token(t: &str) -> bool {
-    t.bytes().fold(true, |ok, b| {
-        ok & (b >= 0x20) & (b != b'"') & (b != b'\\') & (b != b'~') & (b != b'/')
-    })
-}
-
 fn string(out: &mut Vec<u8>, s: &str) {
     if plain(s) {
         out.push(b'"');
@@ -136,9 +128,13 @@ pub fn pointer(path: &[&str]) -> Vec<u8> {
 fn write_pointer(out: &mut Vec<u8>, path: &[&str]) {
     for t in path {
         out.push(b'/');
-        if plain_token(t) {
-            out.extend_from_slice(t.as_bytes());
-        } else if plain(t) {
+        if plain(t) {
+            // Checked as `plain` is, every byte at once.
+            let unescaped = t.bytes().fold(true, |ok, b| ok & (b != b'~') & (b != b'/'));
+            if unescaped {
+                out.extend_from_slice(t.as_bytes());
+                continue;
+            }
             // JSON Pointer's escapes only (the label and annotation keys hold a '/').
             for &b in t.as_bytes() {
                 match b {
