@@ -23,12 +23,6 @@ impl Backings {
     fn find(&self, name: &str) -> Result<usize, usize> {
         self.0.binary_search_by(|b| b.name.as_str().cmp(name))
     }
-
-    /// The backing Secret `name`, which [`Builder::backing_for`] inserted.
-    fn named(&self, name: &str) -> &Backing {
-        let at = self.find(name).expect("backing_for inserted it");
-        &self.0[at]
-    }
 }
 
 struct Builder<'a> {
@@ -36,28 +30,42 @@ struct Builder<'a> {
     results: &'a CachedResults,
     backing: Backings,
     errors: Vec<String>,
-    /// References already resolved to a backing Secret (id, version, form):
-    /// many references to the keys of one secret make one backing Secret,
-    /// checked and named once.
-    resolved: Vec<(&'a str, &'a Version, Form, String)>,
+    /// References already resolved (id, version, form) and where their
+    /// backing Secret is in `backing`: many references to the keys of one
+    /// secret make one backing Secret, checked and named once, and found
+    /// again without its name.
+    resolved: Vec<(&'a str, &'a Version, Form, usize)>,
 }
 
 impl<'a> Builder<'a> {
-    /// Resolves one reference into a backing Secret of `form`; returns its name.
-    fn backing_for(&mut self, r: &'a SecretRef, ann: &str, form: Form) -> Option<String> {
-        if let Some((.., name)) = self
+    /// Resolves one reference into a backing Secret of `form`; returns where
+    /// it is in `backing` (until the next one is inserted).
+    fn backing_for(&mut self, r: &'a SecretRef, ann: &str, form: Form) -> Option<usize> {
+        if let Some(&(.., at)) = self
             .resolved
             .iter()
             .find(|(id, v, f, _)| *f == form && *id == r.id && **v == r.version)
         {
-            return Some(name.clone());
+            return Some(at);
         }
-        let name = self.resolve_backing(r, ann, form)?;
-        self.resolved.push((r.id, &r.version, form, name.clone()));
-        Some(name)
+        let at = self.resolve_backing(r, ann, form)?;
+        self.resolved.push((r.id, &r.version, form, at));
+        Some(at)
     }
 
-    fn resolve_backing(&mut self, r: &SecretRef, ann: &str, form: Form) -> Option<String> {
+    /// Inserts `b` at `at` in `backing` (where [`Backings::find`] would put
+    /// it); the places of those after it, as `resolved` holds them, move on.
+    fn insert(&mut self, at: usize, b: Backing) -> usize {
+        self.backing.0.insert(at, b);
+        for (.., i) in &mut self.resolved {
+            if *i >= at {
+                *i += 1;
+            }
+        }
+        at
+    }
+
+    fn resolve_backing(&mut self, r: &SecretRef, ann: &str, form: Form) -> Option<usize> {
         let key = FetchKey {
             id: r.id.to_string(),
             version: r.version.clone(),
@@ -78,40 +86,44 @@ impl<'a> Builder<'a> {
                 }
                 let arn = r.is_arn().then(|| value.arn.clone());
                 let name = backing::name_of(&value, r.is_arn(), &r.version, form);
-                if let Err(at) = self.backing.find(&name) {
-                    if form.is_keys()
-                        && let Err(e) = value.json_fields()
-                    {
-                        return fail(self, content_error(r, e));
+                match self.backing.find(&name) {
+                    Ok(at) => Some(at),
+                    Err(at) => {
+                        if form.is_keys()
+                            && let Err(e) = value.json_fields()
+                        {
+                            return fail(self, content_error(r, e));
+                        }
+                        if form == Form::RawBase64 && decode::base64(value.raw_bytes()).is_none() {
+                            return fail(
+                                self,
+                                ContentError::NotBase64(value.name.clone()).to_string(),
+                            );
+                        }
+                        let secret_name = value.name.clone();
+                        Some(self.insert(
+                            at,
+                            Backing {
+                                name,
+                                secret_name,
+                                version: r.version.clone(),
+                                form,
+                                fetch: key,
+                                arn,
+                                content: Content::Fresh { value },
+                            },
+                        ))
                     }
-                    if form == Form::RawBase64 && decode::base64(value.raw_bytes()).is_none() {
-                        return fail(
-                            self,
-                            ContentError::NotBase64(value.name.clone()).to_string(),
-                        );
-                    }
-                    self.backing.0.insert(
-                        at,
-                        Backing {
-                            name: name.clone(),
-                            secret_name: value.name.clone(),
-                            version: r.version.clone(),
-                            form,
-                            fetch: key,
-                            arn,
-                            content: Content::Fresh { value },
-                        },
-                    );
                 }
-                Some(name)
             }
             Err(e) if e.is_transient() && !r.is_arn() => {
                 let name = backing::name(r.id, &r.version, form);
-                if let Err(at) = self.backing.find(&name) {
-                    self.backing.0.insert(
+                match self.backing.find(&name) {
+                    Ok(at) => Some(at),
+                    Err(at) => Some(self.insert(
                         at,
                         Backing {
-                            name: name.clone(),
+                            name,
                             secret_name: r.id.to_string(),
                             version: r.version.clone(),
                             form,
@@ -121,9 +133,8 @@ impl<'a> Builder<'a> {
                                 reason: e.to_string(),
                             },
                         },
-                    );
+                    )),
                 }
-                Some(name)
             }
             Err(e) if e.is_transient() => fail(
                 self,
@@ -136,9 +147,9 @@ impl<'a> Builder<'a> {
         }
     }
 
-    /// The data key `key` must exist in the backing Secret `name`.
-    fn require_key(&mut self, name: &str, key: &str, r: &SecretRef, ann: &str) -> bool {
-        let b = self.backing.named(name);
+    /// The data key `key` must exist in the backing Secret at `at`.
+    fn require_key(&mut self, at: usize, key: &str, r: &SecretRef, ann: &str) -> bool {
+        let b = &self.backing.0[at];
         let form = b.form;
         match &b.content {
             Content::Fresh { value } => {
@@ -198,14 +209,14 @@ pub fn resolve(
     let mut env = Vec::with_capacity(inj.env.len());
     for e in &inj.env {
         let form = Form::of(e.reference.key.is_some(), e.reference.decode);
-        let Some(name) = b.backing_for(&e.reference, e.annotation, form) else {
+        let Some(at) = b.backing_for(&e.reference, e.annotation, form) else {
             continue;
         };
         let key = e.reference.key.unwrap_or(RAW_KEY);
-        if b.require_key(&name, key, &e.reference, e.annotation) {
+        if b.require_key(at, key, &e.reference, e.annotation) {
             env.push(EnvVar {
                 var: e.var.to_string(),
-                secret: name,
+                secret: b.backing.0[at].name.clone(),
                 key: key.to_string(),
             });
         }
@@ -213,10 +224,10 @@ pub fn resolve(
     let mut env_from = vec![];
     for e in &inj.env_from {
         let form = Form::of(true, e.reference.decode);
-        let Some(name) = b.backing_for(&e.reference, e.annotation, form) else {
+        let Some(at) = b.backing_for(&e.reference, e.annotation, form) else {
             continue;
         };
-        if let Content::Fresh { value } = &b.backing.named(&name).content
+        if let Content::Fresh { value } = &b.backing.0[at].content
             && let Ok(fields) = value.json_fields()
         {
             if fields.len() > caps.env_from_keys {
@@ -263,7 +274,7 @@ pub fn resolve(
         }
         let entry = EnvFrom {
             prefix: e.prefix.clone(),
-            secret: name,
+            secret: b.backing.0[at].name.clone(),
         };
         if !env_from.contains(&entry) {
             env_from.push(entry);

@@ -190,6 +190,63 @@ fn access_rule_is_applied_to_names_and_to_what_an_arn_resolves_to() {
     );
 }
 
+/// References to one secret, with another secret's backing Secret sorted in
+/// before it between them: each still points at, and is checked against, its
+/// own secret's backing Secret.
+#[test]
+fn references_to_one_secret_find_its_backing_secret_after_others_sort_before_it() {
+    let rule = AccessRule::for_namespace("n", None);
+    let i = inj(&[
+        ("sm-injector.io/env.A", "n/zeta#k1"),
+        ("sm-injector.io/env.B", "n/alpha#k"),
+        ("sm-injector.io/env.C", "n/zeta#k2"),
+        ("sm-injector.io/env.D", "n/middle#k"),
+        ("sm-injector.io/env.E", "n/zeta#k3"),
+        ("sm-injector.io/env-from.Z", "n/zeta"),
+    ]);
+    let res = results(vec![
+        (
+            "n/zeta",
+            cur(),
+            Ok(value("n/zeta", r#"{"k1":"1","k2":"2","k3":"3"}"#)),
+        ),
+        ("n/alpha", cur(), Ok(value("n/alpha", r#"{"k":"a"}"#))),
+        ("n/middle", cur(), Ok(value("n/middle", r#"{"k":"m"}"#))),
+    ]);
+    let p = resolve(&i, &rule, &res, &Caps::default()).unwrap();
+    let name = |s: &str| backing::name(s, &cur(), Form::Keys);
+    let names: Vec<&str> = p.backing.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, [name("n/alpha"), name("n/middle"), name("n/zeta")]);
+    let env: Vec<(&str, &str, &str)> = (p.env.iter())
+        .map(|e| (e.var.as_str(), e.secret.as_str(), e.key.as_str()))
+        .collect();
+    let (zeta, alpha, middle) = (name("n/zeta"), name("n/alpha"), name("n/middle"));
+    assert_eq!(
+        env,
+        [
+            ("A", zeta.as_str(), "k1"),
+            ("B", alpha.as_str(), "k"),
+            ("C", zeta.as_str(), "k2"),
+            ("D", middle.as_str(), "k"),
+            ("E", zeta.as_str(), "k3"),
+        ]
+    );
+    assert_eq!(p.env_from[0].secret, zeta);
+
+    // A key the secret lacks is found missing in that secret, not in
+    // whichever backing Secret now sits where it first went.
+    let i = inj(&[
+        ("sm-injector.io/env.A", "n/zeta#k1"),
+        ("sm-injector.io/env.B", "n/alpha#k"),
+        ("sm-injector.io/env.C", "n/zeta#k"),
+    ]);
+    let e = resolve(&i, &rule, &res, &Caps::default()).unwrap_err();
+    assert_eq!(
+        e,
+        ["sm-injector.io/env.C: secret \"n/zeta\" has no top-level key \"k\""]
+    );
+}
+
 #[test]
 fn content_problems_are_denials() {
     let rule = AccessRule::for_namespace("n", None);
