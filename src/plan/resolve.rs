@@ -86,35 +86,35 @@ impl<'a> Builder<'a> {
                 }
                 let arn = r.is_arn().then(|| value.arn.clone());
                 let name = backing::name_of(&value, r.is_arn(), &r.version, form);
-                match self.backing.find(&name) {
-                    Ok(at) => Some(at),
-                    Err(at) => {
-                        if form.is_keys()
-                            && let Err(e) = value.json_fields()
-                        {
-                            return fail(self, content_error(r, e));
-                        }
-                        if form == Form::RawBase64 && decode::base64(value.raw_bytes()).is_none() {
-                            return fail(
-                                self,
-                                ContentError::NotBase64(value.name.clone()).to_string(),
-                            );
-                        }
-                        let secret_name = value.name.clone();
-                        Some(self.insert(
-                            at,
-                            Backing {
-                                name,
-                                secret_name,
-                                version: r.version.clone(),
-                                form,
-                                fetch: key,
-                                arn,
-                                content: Content::Fresh { value },
-                            },
-                        ))
-                    }
+                // Another reference already made it (and checked its content).
+                let at = match self.backing.find(&name) {
+                    Ok(at) => return Some(at),
+                    Err(at) => at,
+                };
+                if form.is_keys()
+                    && let Err(e) = value.json_fields()
+                {
+                    return fail(self, content_error(r, e));
                 }
+                if form == Form::RawBase64 && decode::base64(value.raw_bytes()).is_none() {
+                    return fail(
+                        self,
+                        ContentError::NotBase64(value.name.clone()).to_string(),
+                    );
+                }
+                let secret_name = value.name.clone();
+                Some(self.insert(
+                    at,
+                    Backing {
+                        name,
+                        secret_name,
+                        version: r.version.clone(),
+                        form,
+                        fetch: key,
+                        arn,
+                        content: Content::Fresh { value },
+                    },
+                ))
             }
             Err(e) if e.is_transient() && !r.is_arn() => {
                 let name = backing::name(r.id, &r.version, form);
