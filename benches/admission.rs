@@ -21,6 +21,8 @@
 //! RSS; then the ratio of sm-injector's CPU per admission to each floor's.
 //! Last, pod creation through the real API server, sequentially and from 16
 //! clients, with sm-injector registered and with the no-op webhook registered.
+//! The header names how long the machine's idle vCPUs poll before they halt
+//! (`admission/halt_poll.rs`), which moves the rows of an idle server.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -30,6 +32,9 @@ mod load;
 
 #[path = "admission/reviews.rs"]
 mod reviews;
+
+#[path = "admission/halt_poll.rs"]
+mod halt_poll;
 
 use std::path::Path;
 use std::process::Command;
@@ -175,6 +180,10 @@ async fn main() {
     pin(workload.pid, 0);
     pin(noop_pid, 0);
 
+    // Set before the rows, put back when main returns (the pod creation
+    // after them runs under it too).
+    let halt_poll = halt_poll::HaltPoll::from_env();
+    println!("{}", halt_poll.describe());
     println!(
         "warm admissions over TLS, HTTP/1.1 keep-alive; each server pinned to CPU 0, wrk (1 thread) to CPU 1; each row the median of {REPS} runs of {SECONDS} s, the servers alternating; paced: each connection waits {PACE_MS} ms between an answer and its next request; sm-inj afresh: sm-injector with --decision-cache-bytes=0, every admission decided afresh (pods that share no decision); sm-inj SA role: sm-injector reading with the pod's ServiceAccount's role (aws-identity: serviceaccount, IAM enforced), the same pod in a namespace of that mode; floor sm-size: the minimal floor answering sm-injector's own patch for the pod (what the answer's size costs, whoever answers it)"
     );
