@@ -9,10 +9,14 @@
 //! apart), Secrets Manager calls per refresh interval, the time a rotation of every secret
 //! takes to reach every backing Secret, the API requests on pods, secrets,
 //! configmaps and namespaces during an idle minute (from the API server's own
-//! `apiserver_request_total`), and sm-injector's RSS.
+//! `apiserver_request_total`), and sm-injector's RSS. The first line names how
+//! long the machine's idle vCPUs poll before they halt; `BENCH_HALT_POLL_NS`
+//! sets it for the run (`admission/halt_poll.rs`).
 
 #[path = "scale/cost.rs"]
 mod cost;
+#[path = "admission/halt_poll.rs"]
+mod halt_poll;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -72,6 +76,9 @@ async fn main() {
     }
     let num = |i: usize, d: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
     let (n_ns, per_ns, n_secrets) = (num(1, 100), num(2, 10), num(3, 50));
+    // Set for the whole run, put back when main returns.
+    let halt_poll = halt_poll::HaltPoll::from_env();
+    println!("{}", halt_poll.describe());
     let bed = support::testbed();
     let client = bed.client().await;
     let sm = bed.aws().await;

@@ -1,10 +1,11 @@
 //! How long an idle vCPU polls before it halts (the guest's `haltpoll`
-//! cpuidle driver), which the rows depend on. On a VM whose idle vCPUs halt at
-//! once, waking the server or the load generator from idle goes through the
-//! host (an interrupt sent from one vCPU to another), and the server's share of
-//! it counts as its CPU time. A server idle between requests (one connection,
+//! cpuidle driver), which the benches' figures depend on (`admission.rs` and
+//! `scale.rs` print it first). On a VM whose idle vCPUs halt at once, waking
+//! the server or the load generator from idle goes through the host (an
+//! interrupt sent from one vCPU to another), and the server's share of it
+//! counts as its CPU time. A server idle between requests (one connection,
 //! or paced) pays it on every request, whatever its own work, which brings
-//! the rows' ratios nearer to 1 than the servers' own work would put them.
+//! the admission rows' ratios nearer to 1 than the servers' own work would.
 //!
 //! `BENCH_HALT_POLL_NS=<ns>` sets it for the run (as root; the kernel's
 //! default is 200000) and puts the machine's value back when the bench ends.
