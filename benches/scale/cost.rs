@@ -12,7 +12,9 @@
 //! requests per pod by verb and resource (`apiserver_request_total`); bytes
 //! written to etcd's WAL per pod (`etcd_disk_wal_write_bytes_total`); watch
 //! events the API server sent per pod (`apiserver_watch_events_total`, all
-//! watchers); Secrets Manager calls. Work a wave causes after its last
+//! watchers); Secrets Manager calls; the time each admission plugin and
+//! webhook takes per CREATE (`apiserver_admission_{controller,webhook}_admission_duration_seconds`),
+//! which shows where a creation waits inside the API server. Work a wave causes after its last
 //! answer (watches, the refresher's writes) is counted: each wave's figures
 //! are taken after a settling pause, which every way gets alike.
 
@@ -42,6 +44,9 @@ struct Snapshot {
     watch_events: f64,
     etcd_wal_bytes: f64,
     aws_calls: f64,
+    /// Seconds spent and calls made by each admission plugin and webhook
+    /// (`name`, `type`) on creations, as the API server's histograms count them.
+    admission: BTreeMap<(String, String), (f64, f64)>,
 }
 
 /// One way's wave: totals over every chunk of it ([`Row::absorb`]).
@@ -54,6 +59,7 @@ pub struct Row {
     watch_events: f64,
     etcd_bytes: f64,
     pub aws_calls: f64,
+    admission: BTreeMap<(String, String), (f64, f64)>,
 }
 
 impl Row {
@@ -69,6 +75,11 @@ impl Row {
         self.watch_events += other.watch_events;
         self.etcd_bytes += other.etcd_bytes;
         self.aws_calls += other.aws_calls;
+        for (k, (t, n)) in other.admission {
+            let e = self.admission.entry(k).or_default();
+            e.0 += t;
+            e.1 += n;
+        }
     }
 
     fn per_pod(&self, total: f64) -> f64 {
@@ -116,6 +127,23 @@ pub fn samples(text: &str, name: &str, labels: &[&str]) -> BTreeMap<Vec<String>,
     out
 }
 
+/// Seconds and calls of each admission plugin (`admission_controller`) and
+/// webhook on CREATE requests, by (`name`, `type`).
+fn admission(api: &str) -> BTreeMap<(String, String), (f64, f64)> {
+    let mut out: BTreeMap<(String, String), (f64, f64)> = BTreeMap::new();
+    for kind in ["controller", "webhook"] {
+        let metric = format!("apiserver_admission_{kind}_admission_duration_seconds");
+        let labels = ["name", "type", "operation"];
+        let sums = samples(api, &format!("{metric}_sum"), &labels);
+        let counts = samples(api, &format!("{metric}_count"), &labels);
+        for (k, t) in sums.into_iter().filter(|(k, _)| k[2] == "CREATE") {
+            let n = counts.get(&k).copied().unwrap_or(0.0);
+            out.insert((k[0].clone(), k[1].clone()), (t, n));
+        }
+    }
+    out
+}
+
 async fn snapshot(client: &kube::Client, procs: &Processes) -> Snapshot {
     let req = http::Request::get("/metrics").body(vec![]).unwrap();
     let api = client.request_text(req).await.unwrap();
@@ -131,6 +159,7 @@ async fn snapshot(client: &kube::Client, procs: &Processes) -> Snapshot {
         .values()
         .sum();
     Snapshot {
+        admission: admission(&api),
         cpu: procs.columns.iter().map(|(_, p)| cpu_seconds(*p)).collect(),
         requests,
         watch_events,
@@ -188,6 +217,15 @@ pub async fn wave(
         watch_events: after.watch_events - before.watch_events,
         etcd_bytes: after.etcd_wal_bytes - before.etcd_wal_bytes,
         aws_calls: after.aws_calls - before.aws_calls,
+        admission: after
+            .admission
+            .iter()
+            .map(|(k, (t, n))| {
+                let (t0, n0) = before.admission.get(k).copied().unwrap_or_default();
+                (k.clone(), (t - t0, n - n0))
+            })
+            .filter(|(_, (_, n))| *n > 0.0)
+            .collect(),
     }
 }
 
@@ -254,6 +292,27 @@ pub fn print(procs: &Processes, rows: &[Row], clients: usize) {
             r.way,
             r.wave,
             by.join(", ")
+        );
+    }
+    // Where a creation waits inside the API server: the plugins and webhooks
+    // that take a tenth of a millisecond or more a call.
+    for r in rows {
+        let by: Vec<String> = r
+            .admission
+            .iter()
+            .map(|((name, kind), (t, n))| (name, kind, t * 1000.0 / n))
+            .filter(|(_, _, ms)| *ms >= 0.1)
+            .map(|(name, kind, ms)| format!("{name} ({kind}) {ms:.1}"))
+            .collect();
+        println!(
+            "  admission ms per CREATE, {} / {}: {}",
+            r.way,
+            r.wave,
+            if by.is_empty() {
+                "none at 0.1 ms or more".to_string()
+            } else {
+                by.join(", ")
+            }
         );
     }
 }
