@@ -13,12 +13,14 @@
 //! long the machine's idle vCPUs poll before they halt; `BENCH_HALT_POLL_NS`
 //! sets it for the run (`admission/halt_poll.rs`). `SCALE_ORDER=interleaved`
 //! creates the pods with the namespaces taking turns instead of namespace by
-//! namespace.
+//! namespace (`scale/order.rs`).
 
 #[path = "scale/cost.rs"]
 mod cost;
 #[path = "admission/halt_poll.rs"]
 mod halt_poll;
+#[path = "scale/order.rs"]
+mod order;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -222,16 +224,9 @@ async fn main() {
         .await;
     }
 
-    // Each namespace's pods reference 5 of the secrets; the same pods in every way,
-    // created namespace by namespace (the 16 creators on one or two namespaces'
-    // pods at a time, as a scale-up), or with SCALE_ORDER=interleaved the
-    // namespaces taking turns (a creator's pod in another namespace than the
-    // others').
-    let interleaved = match std::env::var("SCALE_ORDER").as_deref() {
-        Err(_) | Ok("by-namespace") => false,
-        Ok("interleaved") => true,
-        Ok(other) => panic!("SCALE_ORDER={other:?}: by-namespace (the default) or interleaved"),
-    };
+    // Each namespace's pods reference 5 of the secrets; the same pods in every
+    // way, in the order SCALE_ORDER gives.
+    let order = order::Order::from_env();
     let pods_of = |way: &str, wave: std::ops::Range<usize>| -> Vec<(String, Pod)> {
         let mut pods = vec![];
         for i in 0..n_ns {
@@ -250,16 +245,7 @@ async fn main() {
                 ));
             }
         }
-        if interleaved {
-            // The first pod of every namespace, then the second, ...
-            let per = wave.len();
-            let mut slots: Vec<Option<(String, Pod)>> = pods.into_iter().map(Some).collect();
-            return (0..per)
-                .flat_map(|p| (0..n_ns).map(move |i| i * per + p))
-                .map(|at| slots[at].take().expect("each pod once"))
-                .collect();
-        }
-        pods
+        order.arrange(pods, wave.len())
     };
     let procs = cost::Processes {
         columns: vec![
@@ -385,14 +371,7 @@ async fn main() {
         "sm-injector scale benchmark: {n_ns} namespaces x {per_ns} pods = {} pods, {n_secrets} secrets, {PER_NS} per namespace = {backing_total} backing Secrets, refresh-interval {INTERVAL}",
         n_ns * per_ns
     );
-    println!(
-        "pods created {}",
-        if interleaved {
-            "with the namespaces taking turns (SCALE_ORDER=interleaved)"
-        } else {
-            "namespace by namespace (SCALE_ORDER=by-namespace)"
-        }
-    );
+    println!("{}", order.describe());
     cost::print(&procs, &rows, CLIENTS);
     println!("Secrets Manager calls during admission: {aws_admission}");
     println!(
