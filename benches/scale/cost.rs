@@ -300,12 +300,12 @@ pub fn print(procs: &Processes, rows: &[Row], clients: usize) {
         let by: Vec<String> = r
             .admission
             .iter()
-            .map(|((name, kind), (t, n))| (name, kind, t * 1000.0 / n))
-            .filter(|(_, _, ms)| *ms >= 0.1)
-            .map(|(name, kind, ms)| format!("{name} ({kind}) {ms:.1}"))
+            .map(|((name, kind), (t, n))| (name, kind, t * 1000.0 / n, r.per_pod(*n)))
+            .filter(|(_, _, ms, _)| *ms >= 0.1)
+            .map(|(name, kind, ms, calls)| format!("{name} ({kind}) {ms:.1} x {calls:.2}"))
             .collect();
         println!(
-            "  admission ms per CREATE, {} / {}: {}",
+            "  admission on CREATE, ms a call x calls per pod, {} / {}: {}",
             r.way,
             r.wave,
             if by.is_empty() {

@@ -41,12 +41,10 @@ impl Order {
         if self == Order::ByNamespace || per == 0 {
             return pods;
         }
-        // The first pod of every namespace, then the second, ...
-        let namespaces = pods.len() / per;
-        let mut slots: Vec<Option<(String, Pod)>> = pods.into_iter().map(Some).collect();
-        (0..per)
-            .flat_map(|p| (0..namespaces).map(move |i| i * per + p))
-            .map(|at| slots[at].take().expect("each pod once"))
-            .collect()
+        // The first pod of every namespace, then the second, ...: a stable
+        // sort on the place within the namespace keeps the namespaces' order.
+        let mut placed: Vec<(usize, (String, Pod))> = pods.into_iter().enumerate().collect();
+        placed.sort_by_key(|(i, _)| i % per);
+        placed.into_iter().map(|(_, pod)| pod).collect()
     }
 }
