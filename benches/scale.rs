@@ -13,7 +13,8 @@
 //! long the machine's idle vCPUs poll before they halt; `BENCH_HALT_POLL_NS`
 //! sets it for the run (`admission/halt_poll.rs`). `SCALE_ORDER=interleaved`
 //! creates the pods with the namespaces taking turns instead of namespace by
-//! namespace (`scale/order.rs`).
+//! namespace (`scale/order.rs`); `SCALE_PPROF=<dir>` saves the API server's
+//! CPU profile of each chunk (`scale/pprof.rs`).
 
 #[path = "scale/cost.rs"]
 mod cost;
@@ -21,6 +22,8 @@ mod cost;
 mod halt_poll;
 #[path = "scale/order.rs"]
 mod order;
+#[path = "scale/pprof.rs"]
+mod pprof;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -36,19 +39,6 @@ use support::injector::metric_sum as metric;
 const PER_NS: usize = 5;
 const CLIENTS: usize = 16;
 const INTERVAL: &str = "1m";
-
-fn rss_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| -> f64 {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
 
 /// apiserver_request_total by (verb, resource) for the resources sm-injector uses.
 async fn api_requests(client: &kube::Client) -> BTreeMap<(String, String), f64> {
@@ -259,8 +249,9 @@ async fn main() {
         ],
         sm_probe: server.probe,
         etcd_port: bed.etcd_port,
+        pprof: pprof::Pprof::from_env(),
     };
-    // Each wave in CHUNKS chunks per way, the ways taking turns.
+    // Each wave in CHUNKS chunks per way, the ways taking turns (order::turns).
     const CHUNKS: usize = 4;
     const WAYS: [&str; 3] = ["none", "no-op", "sm-injector"];
     let mut rows: Vec<cost::Row> = vec![];
@@ -269,19 +260,21 @@ async fn main() {
             WAYS.iter().map(|w| pods_of(w, range.clone())).collect();
         let chunk = by_way[0].len().div_ceil(CHUNKS).max(1);
         let mut wave_rows: Vec<Option<cost::Row>> = vec![None, None, None];
+        let mut round = 0;
         while by_way.iter().any(|p| !p.is_empty()) {
-            for (i, way) in WAYS.into_iter().enumerate() {
+            for i in order::turns(round, WAYS.len()) {
                 let take = chunk.min(by_way[i].len());
                 let pods: Vec<(String, Pod)> = by_way[i].drain(..take).collect();
                 if pods.is_empty() {
                     continue;
                 }
-                let r = cost::wave(&client, &procs, (way, wave), pods, CLIENTS).await;
+                let r = cost::wave(&client, &procs, (WAYS[i], wave), pods, CLIENTS).await;
                 match &mut wave_rows[i] {
                     Some(row) => row.absorb(r),
                     None => wave_rows[i] = Some(r),
                 }
             }
+            round += 1;
         }
         rows.extend(wave_rows.into_iter().flatten());
     }
@@ -304,7 +297,7 @@ async fn main() {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(35)).await;
-    let (rss_idle, _) = rss_mib(server.pid);
+    let (rss_idle, _) = cost::rss_mib(server.pid);
     // Two refresh intervals with nothing rotating: the first holds this
     // leader's one check per backing Secret, the second is the steady state.
     let mut minutes = vec![];
@@ -365,7 +358,7 @@ async fn main() {
         },
     )
     .await;
-    let (rss_now, rss_peak) = rss_mib(server.pid);
+    let (rss_now, rss_peak) = cost::rss_mib(server.pid);
 
     println!(
         "sm-injector scale benchmark: {n_ns} namespaces x {per_ns} pods = {} pods, {n_secrets} secrets, {PER_NS} per namespace = {backing_total} backing Secrets, refresh-interval {INTERVAL}",

@@ -14,7 +14,9 @@
 //! events the API server sent per pod (`apiserver_watch_events_total`, all
 //! watchers); Secrets Manager calls; the time each admission plugin and
 //! webhook takes per CREATE (`apiserver_admission_{controller,webhook}_admission_duration_seconds`),
-//! which shows where a creation waits inside the API server. Work a wave causes after its last
+//! which shows where a creation waits inside the API server, and beside the
+//! webhook's call the time sm-injector's own reviews took
+//! (`sm_injector_admission_duration_seconds`). Work a wave causes after its last
 //! answer (watches, the refresher's writes) is counted: each wave's figures
 //! are taken after a settling pause, which every way gets alike.
 
@@ -35,6 +37,8 @@ pub struct Processes {
     pub columns: Vec<(&'static str, u32)>,
     pub sm_probe: u16,
     pub etcd_port: u16,
+    /// The API server's CPU profile of each chunk, where asked for.
+    pub pprof: super::pprof::Pprof,
 }
 
 #[derive(Default, Clone)]
@@ -47,6 +51,10 @@ struct Snapshot {
     /// Seconds spent and calls made by each admission plugin and webhook
     /// (`name`, `type`) on creations, as the API server's histograms count them.
     admission: BTreeMap<(String, String), (f64, f64)>,
+    /// Seconds sm-injector's reviews took and their number
+    /// (`sm_injector_admission_duration_seconds`: from the decision's lookup
+    /// to the answer; the body's read, the first look and HTTP apart).
+    handler: (f64, f64),
 }
 
 /// One way's wave: totals over every chunk of it ([`Row::absorb`]).
@@ -60,6 +68,7 @@ pub struct Row {
     etcd_bytes: f64,
     pub aws_calls: f64,
     admission: BTreeMap<(String, String), (f64, f64)>,
+    handler: (f64, f64),
 }
 
 impl Row {
@@ -80,11 +89,27 @@ impl Row {
             e.0 += t;
             e.1 += n;
         }
+        self.handler.0 += other.handler.0;
+        self.handler.1 += other.handler.1;
     }
 
     fn per_pod(&self, total: f64) -> f64 {
         total / self.latencies.len().max(1) as f64
     }
+}
+
+/// (resident now, peak) of `pid`, in MiB.
+pub fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| -> f64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// CPU seconds (user + system) `pid` has used.
@@ -158,7 +183,12 @@ async fn snapshot(client: &kube::Client, procs: &Processes) -> Snapshot {
     let etcd_wal_bytes = samples(&etcd, "etcd_disk_wal_write_bytes_total", &[])
         .values()
         .sum();
+    let own = |name| support::injector::metric_sum(procs.sm_probe, name);
     Snapshot {
+        handler: (
+            own("sm_injector_admission_duration_seconds_sum").await,
+            own("sm_injector_admission_duration_seconds_count").await,
+        ),
         admission: admission(&api),
         cpu: procs.columns.iter().map(|(_, p)| cpu_seconds(*p)).collect(),
         requests,
@@ -182,6 +212,7 @@ pub async fn wave(
     clients: usize,
 ) -> Row {
     let before = snapshot(client, procs).await;
+    let profile = procs.pprof.start(client, way, wave);
     let latencies: Vec<f64> = futures::stream::iter(pods)
         .map(|(ns, p)| {
             let api = Api::<Pod>::namespaced(client.clone(), &ns);
@@ -197,6 +228,9 @@ pub async fn wave(
         .collect()
         .await;
     tokio::time::sleep(SETTLE).await;
+    if let Some(p) = profile {
+        p.await.expect("the profile's task");
+    }
     let after = snapshot(client, procs).await;
     Row {
         way,
@@ -226,6 +260,10 @@ pub async fn wave(
             })
             .filter(|(_, (_, n))| *n > 0.0)
             .collect(),
+        handler: (
+            after.handler.0 - before.handler.0,
+            after.handler.1 - before.handler.1,
+        ),
     }
 }
 
@@ -303,6 +341,14 @@ pub fn print(procs: &Processes, rows: &[Row], clients: usize) {
             .map(|((name, kind), (t, n))| (name, kind, t * 1000.0 / n, r.per_pod(*n)))
             .filter(|(_, _, ms, _)| *ms >= 0.1)
             .map(|(name, kind, ms, calls)| format!("{name} ({kind}) {ms:.1} x {calls:.2}"))
+            .chain((r.handler.1 > 0.0).then(|| {
+                let (t, n) = r.handler;
+                format!(
+                    "sm-injector's own handler {:.2} x {:.2}",
+                    t * 1000.0 / n,
+                    r.per_pod(n)
+                )
+            }))
             .collect();
         println!(
             "  admission on CREATE, ms a call x calls per pod, {} / {}: {}",

@@ -4,7 +4,8 @@
 //! in another namespace than the others'). Created namespace by namespace,
 //! the pods of a namespace also wait together on the API server's own
 //! admission (its `LimitRanger` lists a namespace's LimitRanges once for all
-//! of them), which can hide what a webhook adds.
+//! of them), which can hide what a webhook adds. [`turns`]: the order of the
+//! three ways in each round of a wave's chunks.
 
 use k8s_openapi::api::core::v1::Pod;
 
@@ -47,4 +48,12 @@ impl Order {
         placed.sort_by_key(|(i, _)| i % per);
         placed.into_iter().map(|(_, pod)| pod).collect()
     }
+}
+
+/// The ways' turns in a wave's `round`, by index: each round starts one way
+/// further on, so that work recurring at the pace of a round (the
+/// refresher's checks, once a minute) does not fall on one way's chunks
+/// every time.
+pub fn turns(round: usize, ways: usize) -> impl Iterator<Item = usize> {
+    (0..ways).map(move |step| (round + step) % ways)
 }
