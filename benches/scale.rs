@@ -3,8 +3,9 @@
 //!
 //! `./tests/scale N P S` (default 100 10 50) runs the release `sm-injector
 //! serve` as its own process and prints: what a pod creation costs the
-//! cluster with no webhook, with the minimal no-op webhook and with
-//! sm-injector (`scale/cost.rs`: latency, CPU by process, API requests, etcd
+//! cluster with no webhook, with the minimal no-op webhook, with the no-op
+//! answering sm-injector's patch and with sm-injector (`scale/ways.rs`,
+//! `scale/cost.rs`: latency, CPU by process, API requests, etcd
 //! bytes, watch events, Secrets Manager calls; first pods of a namespace
 //! apart), Secrets Manager calls per refresh interval, the time a rotation of every secret
 //! takes to reach every backing Secret, the API requests on pods, secrets,
@@ -24,8 +25,12 @@ mod halt_poll;
 mod order;
 #[path = "scale/pprof.rs"]
 mod pprof;
+#[path = "scale/sized.rs"]
+mod sized;
 #[path = "../tests/support/mod.rs"]
 mod support;
+#[path = "scale/ways.rs"]
+mod ways;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -86,14 +91,12 @@ async fn main() {
             .await
             .unwrap();
     }
-    // The same namespaces and pods three times: for sm-injector, for the
-    // no-op webhook, and for none (the label `scale-way` picks the webhook).
-    let ways = ["sm-injector", "no-op", "none"];
+    // The same namespaces and pods for each way (`scale/ways.rs`).
     let ns_of = |way: &str, i: usize| match way {
         "sm-injector" => format!("scale{run}-{i}"),
         w => format!("scale{run}-{w}-{i}"),
     };
-    let every_ns: Vec<(&str, String)> = ways
+    let every_ns: Vec<(&str, String)> = ways::WAYS
         .iter()
         .flat_map(|w| (0..n_ns).map(move |i| (*w, ns_of(w, i))))
         .collect();
@@ -157,82 +160,58 @@ async fn main() {
         &env,
     )
     .await;
-    // The minimal no-op webhook, registered the same way for its namespaces.
+    // Each namespace's pods reference 5 of the secrets.
+    let annotations_of = |i: usize| {
+        let mut ann = serde_json::Map::new();
+        for j in 0..PER_NS {
+            ann.insert(
+                format!("sm-injector.io/env.V{j}"),
+                json!(format!("{}#pw", secret((i * PER_NS + j) % n_secrets))),
+            );
+        }
+        ann.insert("sm-injector.io/refresh-interval".into(), json!(INTERVAL));
+        serde_json::Value::Object(ann)
+    };
+    // The minimal no-op webhook, and the no-op answering sm-injector's patch
+    // for a warm pod (`scale/sized.rs`), registered as sm-injector is.
     let certs = tempfile::tempdir().unwrap();
     let (noop_port, noop_pid) = support::start_noop_webhook(bed, certs.path());
-    for (way, port) in [("sm-injector", server.port), ("no-op", noop_port)] {
-        let config: k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration = serde_json::from_value(json!({
-            "metadata": {"name": format!("scale-{run}-{way}")},
-            "webhooks": [{
-                "name": "pods.sm-injector.io", "admissionReviewVersions": ["v1"], "sideEffects": "NoneOnDryRun",
-                "failurePolicy": "Fail", "reinvocationPolicy": "IfNeeded", "timeoutSeconds": 10,
-                "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate"), "caBundle": bed.ca_bundle_b64()},
-                "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
-                // As shipped (manifests/mutatingwebhookconfiguration.yaml).
-                "matchConditions": [{"name": "has-sm-injector-annotations", "expression":
-                    "has(object.metadata.annotations) && object.metadata.annotations.exists(k, k.startsWith('sm-injector.io/'))"}],
-                "namespaceSelector": {"matchLabels": {"sm-injector.io/inject": "enabled", "scale-bench": run.to_string(), "scale-way": way}}
-            }]
-        }))
-        .unwrap();
-        Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
-            client.clone(),
-        )
-        .create(&PostParams::default(), &config)
-        .await
-        .unwrap();
-    }
-    for (way, label) in [
-        ("sm-injector", "sm-injector.io/injected"),
-        ("no-op", "noop"),
-    ] {
-        let ns = ns_of(way, 0);
-        support::eventually(
-            Duration::from_secs(30),
-            &format!("the {way} webhook to take effect"),
-            || async {
-                let dry = PostParams {
-                    dry_run: true,
-                    ..Default::default()
-                };
-                let p = pod(
-                    999_999,
-                    json!({"sm-injector.io/env.X": format!("{}#pw", secret(0))}),
-                );
-                match Api::<Pod>::namespaced(client.clone(), &ns)
-                    .create(&dry, &p)
-                    .await
-                {
-                    Ok(out) => out.metadata.labels?.contains_key(label).then_some(()),
-                    Err(e) => {
-                        eprintln!("{way}: {e}");
-                        None
-                    }
-                }
-            },
-        )
-        .await;
-    }
+    let dry_pod = pod(
+        999_999,
+        json!({"sm-injector.io/env.X": format!("{}#pw", secret(0))}),
+    );
+    ways::register(&client, bed, run, "sm-injector", server.port).await;
+    let label = "sm-injector.io/injected";
+    ways::take_effect(
+        &client,
+        "sm-injector",
+        &ns_of("sm-injector", 0),
+        label,
+        &dry_pod,
+    )
+    .await;
+    ways::register(&client, bed, run, "no-op", noop_port).await;
+    ways::take_effect(&client, "no-op", &ns_of("no-op", 0), "noop", &dry_pod).await;
+    // Asked of sm-injector for a pod of the sm-size way's first namespace
+    // (opted in as the others), so that none of sm-injector's own is warmed.
+    let patch = certs.path().join("sm-patch.b64");
+    let ns = ns_of("sm-size", 0);
+    let warm = sized::warm_patch(server.port, &ns, &pod(0, annotations_of(0)));
+    std::fs::write(&patch, warm).unwrap();
+    let sized_dir = tempfile::tempdir().unwrap();
+    let (sized_port, sized_pid) =
+        support::start_noop_webhook_answering(bed, sized_dir.path(), Some(&patch));
+    ways::register(&client, bed, run, "sm-size", sized_port).await;
+    let label = "sm-injector.io/injectes";
+    ways::take_effect(&client, "sm-size", &ns, label, &dry_pod).await;
 
-    // Each namespace's pods reference 5 of the secrets; the same pods in every
-    // way, in the order SCALE_ORDER gives.
+    // The same pods in every way, in the order SCALE_ORDER gives.
     let order = order::Order::from_env();
     let pods_of = |way: &str, wave: std::ops::Range<usize>| -> Vec<(String, Pod)> {
         let mut pods = vec![];
         for i in 0..n_ns {
-            let mut ann = serde_json::Map::new();
-            for j in 0..PER_NS {
-                ann.insert(
-                    format!("sm-injector.io/env.V{j}"),
-                    json!(format!("{}#pw", secret((i * PER_NS + j) % n_secrets))),
-                );
-            }
-            ann.insert("sm-injector.io/refresh-interval".into(), json!(INTERVAL));
             for p in wave.clone() {
-                pods.push((
-                    ns_of(way, i),
-                    pod(p, serde_json::Value::Object(ann.clone())),
-                ));
+                pods.push((ns_of(way, i), pod(p, annotations_of(i))));
             }
         }
         order.arrange(pods, wave.len())
@@ -246,6 +225,7 @@ async fn main() {
             ("etcd", support::child_pid("etcd").unwrap()),
             ("sm-injector", server.pid),
             ("no-op", noop_pid),
+            ("sm-size", sized_pid),
         ],
         sm_probe: server.probe,
         etcd_port: bed.etcd_port,
@@ -253,13 +233,13 @@ async fn main() {
     };
     // Each wave in CHUNKS chunks per way, the ways taking turns (order::turns).
     const CHUNKS: usize = 4;
-    const WAYS: [&str; 3] = ["none", "no-op", "sm-injector"];
+    use ways::WAYS;
     let mut rows: Vec<cost::Row> = vec![];
     for (wave, range) in [("first of namespace", 0..1), ("the others", 1..per_ns)] {
         let mut by_way: Vec<Vec<(String, Pod)>> =
             WAYS.iter().map(|w| pods_of(w, range.clone())).collect();
         let chunk = by_way[0].len().div_ceil(CHUNKS).max(1);
-        let mut wave_rows: Vec<Option<cost::Row>> = vec![None, None, None];
+        let mut wave_rows: Vec<Option<cost::Row>> = WAYS.iter().map(|_| None).collect();
         let mut round = 0;
         while by_way.iter().any(|p| !p.is_empty()) {
             for i in order::turns(round, WAYS.len()) {

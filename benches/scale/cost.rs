@@ -1,13 +1,14 @@
-//! What a pod creation costs the whole cluster, three ways in one run: no
-//! webhook, the minimal no-op webhook (`examples/noop_webhook.rs`) and
-//! sm-injector, each registered for its own namespaces, the same pods.
+//! What a pod creation costs the whole cluster, four ways in one run: no
+//! webhook, the minimal no-op webhook (`examples/noop_webhook.rs`), the no-op
+//! answering sm-injector's patch (`sized.rs`) and sm-injector, each
+//! registered for its own namespaces, the same pods.
 //!
 //! Each way runs two waves with 16 concurrent creators: the first pod of
 //! every namespace (for sm-injector: the Secrets Manager read and the backing
 //! Secrets' creation), then the rest, whose secrets are already in the
 //! namespace. Each wave is cut into chunks run in turn (none, no-op,
-//! sm-injector, none, ...), so that a slow spell of the shared 2-core
-//! machine falls on every way alike. Per wave: latency p50/p99; CPU seconds per 1,000 pods of
+//! sm-size, sm-injector, then no-op first, ...: `order::turns`), so that a
+//! slow spell of the shared 2-core machine falls on every way alike. Per wave: latency p50/p99; CPU seconds per 1,000 pods of
 //! kube-apiserver, etcd and each webhook process (`/proc/<pid>/stat`); API
 //! requests per pod by verb and resource (`apiserver_request_total`); bytes
 //! written to etcd's WAL per pod (`etcd_disk_wal_write_bytes_total`); watch
@@ -51,10 +52,11 @@ struct Snapshot {
     /// Seconds spent and calls made by each admission plugin and webhook
     /// (`name`, `type`) on creations, as the API server's histograms count them.
     admission: BTreeMap<(String, String), (f64, f64)>,
-    /// Seconds sm-injector's reviews took and their number
-    /// (`sm_injector_admission_duration_seconds`: from the decision's lookup
-    /// to the answer; the body's read, the first look and HTTP apart).
-    handler: (f64, f64),
+    /// sm-injector's `sm_injector_admission_duration_seconds` (the time its
+    /// reviews took, from the decision's lookup to the answer; the body's
+    /// read, the first look and HTTP apart): `sum`, `count` and each bucket
+    /// by its bound.
+    handler: BTreeMap<String, f64>,
 }
 
 /// One way's wave: totals over every chunk of it ([`Row::absorb`]).
@@ -68,7 +70,7 @@ pub struct Row {
     etcd_bytes: f64,
     pub aws_calls: f64,
     admission: BTreeMap<(String, String), (f64, f64)>,
-    handler: (f64, f64),
+    handler: BTreeMap<String, f64>,
 }
 
 impl Row {
@@ -89,8 +91,9 @@ impl Row {
             e.0 += t;
             e.1 += n;
         }
-        self.handler.0 += other.handler.0;
-        self.handler.1 += other.handler.1;
+        for (k, v) in other.handler {
+            *self.handler.entry(k).or_default() += v;
+        }
     }
 
     fn per_pod(&self, total: f64) -> f64 {
@@ -183,12 +186,20 @@ async fn snapshot(client: &kube::Client, procs: &Processes) -> Snapshot {
     let etcd_wal_bytes = samples(&etcd, "etcd_disk_wal_write_bytes_total", &[])
         .values()
         .sum();
-    let own = |name| support::injector::metric_sum(procs.sm_probe, name);
+    let (_, sm) = support::injector::http_get(procs.sm_probe, "/metrics").await;
+    let histogram = "sm_injector_admission_duration_seconds";
+    let mut handler: BTreeMap<String, f64> = samples(&sm, &format!("{histogram}_bucket"), &["le"])
+        .into_iter()
+        .map(|(k, v)| (k[0].clone(), v))
+        .collect();
+    for part in ["sum", "count"] {
+        let v = samples(&sm, &format!("{histogram}_{part}"), &[])
+            .values()
+            .sum();
+        handler.insert(part.into(), v);
+    }
     Snapshot {
-        handler: (
-            own("sm_injector_admission_duration_seconds_sum").await,
-            own("sm_injector_admission_duration_seconds_count").await,
-        ),
+        handler,
         admission: admission(&api),
         cpu: procs.columns.iter().map(|(_, p)| cpu_seconds(*p)).collect(),
         requests,
@@ -260,10 +271,11 @@ pub async fn wave(
             })
             .filter(|(_, (_, n))| *n > 0.0)
             .collect(),
-        handler: (
-            after.handler.0 - before.handler.0,
-            after.handler.1 - before.handler.1,
-        ),
+        handler: after
+            .handler
+            .iter()
+            .map(|(k, v)| (k.clone(), v - before.handler.get(k).unwrap_or(&0.0)))
+            .collect(),
     }
 }
 
@@ -274,7 +286,29 @@ pub fn pct(mut v: Vec<f64>, p: f64) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The three-way table, then each row's API requests per pod.
+/// sm-injector's own review time in `r`: its mean, the bounds of the buckets
+/// that hold its median and 99th percentile, and reviews per pod.
+fn handler(r: &Row) -> Option<String> {
+    let n = r.handler.get("count").copied().filter(|n| *n > 0.0)?;
+    let mut buckets: Vec<(f64, f64)> = (r.handler.iter())
+        .filter_map(|(le, c)| Some((le.parse::<f64>().ok()?, *c)))
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let at = |q: f64| {
+        let (le, _) = buckets.iter().find(|(_, c)| *c >= q * n)?;
+        Some(format!("{:.1}", le * 1000.0))
+    };
+    let bound = |q| at(q).unwrap_or_else(|| "?".into());
+    Some(format!(
+        "sm-injector's own review {:.2} (p50 <= {}, p99 <= {}) x {:.2}",
+        r.handler["sum"] * 1000.0 / n,
+        bound(0.5),
+        bound(0.99),
+        r.per_pod(n)
+    ))
+}
+
+/// The table of the ways, then each row's API requests per pod.
 pub fn print(procs: &Processes, rows: &[Row], clients: usize) {
     println!("\npod creation, what it costs the cluster ({clients} concurrent creators, one run)");
     let cpu_heads: Vec<String> = procs
@@ -341,14 +375,7 @@ pub fn print(procs: &Processes, rows: &[Row], clients: usize) {
             .map(|((name, kind), (t, n))| (name, kind, t * 1000.0 / n, r.per_pod(*n)))
             .filter(|(_, _, ms, _)| *ms >= 0.1)
             .map(|(name, kind, ms, calls)| format!("{name} ({kind}) {ms:.1} x {calls:.2}"))
-            .chain((r.handler.1 > 0.0).then(|| {
-                let (t, n) = r.handler;
-                format!(
-                    "sm-injector's own handler {:.2} x {:.2}",
-                    t * 1000.0 / n,
-                    r.per_pod(n)
-                )
-            }))
+            .chain(handler(r))
             .collect();
         println!(
             "  admission on CREATE, ms a call x calls per pod, {} / {}: {}",

@@ -5,7 +5,7 @@
 //! the pods of a namespace also wait together on the API server's own
 //! admission (its `LimitRanger` lists a namespace's LimitRanges once for all
 //! of them), which can hide what a webhook adds. [`turns`]: the order of the
-//! three ways in each round of a wave's chunks.
+//! ways in each round of a wave's chunks.
 
 use k8s_openapi::api::core::v1::Pod;
 
