@@ -287,7 +287,7 @@ pub fn pct(mut v: Vec<f64>, p: f64) -> f64 {
 }
 
 /// sm-injector's own review time in `r`: its mean, the bounds of the buckets
-/// that hold its median and 99th percentile, and reviews per pod.
+/// that hold its median, 90th and 99th percentiles, and reviews per pod.
 fn handler(r: &Row) -> Option<String> {
     let n = r.handler.get("count").copied().filter(|n| *n > 0.0)?;
     let mut buckets: Vec<(f64, f64)> = (r.handler.iter())
@@ -300,9 +300,10 @@ fn handler(r: &Row) -> Option<String> {
     };
     let bound = |q| at(q).unwrap_or_else(|| "?".into());
     Some(format!(
-        "sm-injector's own review {:.2} (p50 <= {}, p99 <= {}) x {:.2}",
+        "sm-injector's own review {:.2} (p50 <= {}, p90 <= {}, p99 <= {}) x {:.2}",
         r.handler["sum"] * 1000.0 / n,
         bound(0.5),
+        bound(0.9),
         bound(0.99),
         r.per_pod(n)
     ))
