@@ -23,6 +23,8 @@ mod cost;
 mod halt_poll;
 #[path = "scale/order.rs"]
 mod order;
+#[path = "scale/own.rs"]
+mod own;
 #[path = "scale/pprof.rs"]
 mod pprof;
 #[path = "scale/sized.rs"]
@@ -201,6 +203,7 @@ async fn main() {
     let sized_dir = tempfile::tempdir().unwrap();
     let (sized_port, sized_pid) =
         support::start_noop_webhook_answering(bed, sized_dir.path(), Some(&patch));
+    tokio::time::sleep(Duration::from_millis(300)).await;
     ways::register(&client, bed, run, "sm-size", sized_port).await;
     let label = "sm-injector.io/injectes";
     ways::take_effect(&client, "sm-size", &ns, label, &dry_pod).await;

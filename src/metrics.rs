@@ -38,6 +38,7 @@ struct Inner {
     decisions_reused: Counter,
     reviews_recalled: Counter,
     secret_writes: Family<OperationLabels, Counter>,
+    secret_reads: Family<OperationLabels, Counter>,
     refresh_failures: Family<ReasonLabels, Counter>,
     refresh_refused: Family<ReasonLabels, Counter>,
     refresh_leader: Gauge,
@@ -126,6 +127,12 @@ impl Metrics {
             "Writes of backing Secrets to Kubernetes, by operation",
             secret_writes.clone(),
         );
+        let secret_reads = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "backing_secret_reads",
+            "Reads of backing Secrets (each an empty merge patch: sm-injector has no read verb on Secrets), by what read: admission, refresh, collect",
+            secret_reads.clone(),
+        );
         let refresh_failures = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "refresh_failures",
@@ -207,6 +214,7 @@ impl Metrics {
                 decisions_reused,
                 reviews_recalled,
                 secret_writes,
+                secret_reads,
                 refresh_failures,
                 refresh_refused,
                 refresh_leader,
@@ -286,6 +294,16 @@ impl Metrics {
             .inc();
     }
 
+    /// A read of a backing Secret by `operation`: `admission` (what an
+    /// admission no longer knows it holds), `refresh` (each check), `collect`
+    /// (before a deletion).
+    pub fn secret_read(&self, operation: &'static str) {
+        self.inner
+            .secret_reads
+            .get_or_create(&OperationLabels { operation })
+            .inc();
+    }
+
     pub fn refresh_failure(&self, reason: &'static str) {
         self.inner
             .refresh_failures
@@ -334,6 +352,7 @@ mod tests {
         m.aws_call("BatchGetSecretValue", 3);
         m.cache(2, 1);
         m.serving_certificate_expiry(1_900_000_000);
+        m.secret_read("refresh");
         let text = m.encode();
         assert!(
             text.contains(&format!(
@@ -361,5 +380,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sm_injector_cache_hits_total 2"), "{text}");
+        assert!(
+            text.contains(r#"sm_injector_backing_secret_reads_total{operation="refresh"} 1"#),
+            "{text}"
+        );
     }
 }

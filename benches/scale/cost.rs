@@ -52,11 +52,8 @@ struct Snapshot {
     /// Seconds spent and calls made by each admission plugin and webhook
     /// (`name`, `type`) on creations, as the API server's histograms count them.
     admission: BTreeMap<(String, String), (f64, f64)>,
-    /// sm-injector's `sm_injector_admission_duration_seconds` (the time its
-    /// reviews took, from the decision's lookup to the answer; the body's
-    /// read, the first look and HTTP apart): `sum`, `count` and each bucket
-    /// by its bound.
-    handler: BTreeMap<String, f64>,
+    /// sm-injector's own figures (`own.rs`).
+    own: BTreeMap<String, f64>,
 }
 
 /// One way's wave: totals over every chunk of it ([`Row::absorb`]).
@@ -70,7 +67,7 @@ pub struct Row {
     etcd_bytes: f64,
     pub aws_calls: f64,
     admission: BTreeMap<(String, String), (f64, f64)>,
-    handler: BTreeMap<String, f64>,
+    own: BTreeMap<String, f64>,
 }
 
 impl Row {
@@ -91,8 +88,8 @@ impl Row {
             e.0 += t;
             e.1 += n;
         }
-        for (k, v) in other.handler {
-            *self.handler.entry(k).or_default() += v;
+        for (k, v) in other.own {
+            *self.own.entry(k).or_default() += v;
         }
     }
 
@@ -187,19 +184,9 @@ async fn snapshot(client: &kube::Client, procs: &Processes) -> Snapshot {
         .values()
         .sum();
     let (_, sm) = support::injector::http_get(procs.sm_probe, "/metrics").await;
-    let histogram = "sm_injector_admission_duration_seconds";
-    let mut handler: BTreeMap<String, f64> = samples(&sm, &format!("{histogram}_bucket"), &["le"])
-        .into_iter()
-        .map(|(k, v)| (k[0].clone(), v))
-        .collect();
-    for part in ["sum", "count"] {
-        let v = samples(&sm, &format!("{histogram}_{part}"), &[])
-            .values()
-            .sum();
-        handler.insert(part.into(), v);
-    }
+    let own = super::own::figures(&sm);
     Snapshot {
-        handler,
+        own,
         admission: admission(&api),
         cpu: procs.columns.iter().map(|(_, p)| cpu_seconds(*p)).collect(),
         requests,
@@ -271,10 +258,10 @@ pub async fn wave(
             })
             .filter(|(_, (_, n))| *n > 0.0)
             .collect(),
-        handler: after
-            .handler
+        own: after
+            .own
             .iter()
-            .map(|(k, v)| (k.clone(), v - before.handler.get(k).unwrap_or(&0.0)))
+            .map(|(k, v)| (k.clone(), v - before.own.get(k).unwrap_or(&0.0)))
             .collect(),
     }
 }
@@ -284,29 +271,6 @@ pub fn pct(mut v: Vec<f64>, p: f64) -> f64 {
     v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
         .copied()
         .unwrap_or(0.0)
-}
-
-/// sm-injector's own review time in `r`: its mean, the bounds of the buckets
-/// that hold its median, 90th and 99th percentiles, and reviews per pod.
-fn handler(r: &Row) -> Option<String> {
-    let n = r.handler.get("count").copied().filter(|n| *n > 0.0)?;
-    let mut buckets: Vec<(f64, f64)> = (r.handler.iter())
-        .filter_map(|(le, c)| Some((le.parse::<f64>().ok()?, *c)))
-        .collect();
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let at = |q: f64| {
-        let (le, _) = buckets.iter().find(|(_, c)| *c >= q * n)?;
-        Some(format!("{:.1}", le * 1000.0))
-    };
-    let bound = |q| at(q).unwrap_or_else(|| "?".into());
-    Some(format!(
-        "sm-injector's own review {:.2} (p50 <= {}, p90 <= {}, p99 <= {}) x {:.2}",
-        r.handler["sum"] * 1000.0 / n,
-        bound(0.5),
-        bound(0.9),
-        bound(0.99),
-        r.per_pod(n)
-    ))
 }
 
 /// The table of the ways, then each row's API requests per pod.
@@ -376,7 +340,7 @@ pub fn print(procs: &Processes, rows: &[Row], clients: usize) {
             .map(|((name, kind), (t, n))| (name, kind, t * 1000.0 / n, r.per_pod(*n)))
             .filter(|(_, _, ms, _)| *ms >= 0.1)
             .map(|(name, kind, ms, calls)| format!("{name} ({kind}) {ms:.1} x {calls:.2}"))
-            .chain(handler(r))
+            .chain(super::own::describe(&r.own, |n| r.per_pod(n)))
             .collect();
         println!(
             "  admission on CREATE, ms a call x calls per pod, {} / {}: {}",

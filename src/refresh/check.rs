@@ -150,6 +150,7 @@ impl Refresher {
         )
         .map_err(|e| Failure::Content(e.to_string()))?;
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.namespace);
+        self.metrics.secret_read("refresh");
         let written = write_backing(&api, &obj, Writer::Leader, leading)
             .await
             .map_err(Failure::Kubernetes)?;

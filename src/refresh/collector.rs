@@ -45,6 +45,7 @@ pub async fn collect(
             return;
         }
         let api: Api<Secret> = Api::namespaced(client.clone(), &key.namespace);
+        metrics.secret_read("collect");
         match delete_backing(&api, &key.backing).await {
             Ok(true) => {
                 metrics.secret_write("delete");

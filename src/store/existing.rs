@@ -30,6 +30,7 @@ impl Syncer {
             dry_run,
             ..Default::default()
         };
+        self.metrics.secret_read("admission");
         let s = match api
             .patch(&b.name, &pp, &Patch::Merge(serde_json::json!({})))
             .await

@@ -257,6 +257,7 @@ impl Syncer {
                 let written = if first {
                     create_backing(api, &obj).await
                 } else {
+                    self.metrics.secret_read("admission");
                     write_backing(api, &obj, Writer::Admission, &|| true).await
                 };
                 match written {

@@ -64,6 +64,33 @@ async fn an_inventory_failure_is_a_warning_not_a_denial() {
     assert!(ensured.held.is_empty(), "it holds what was fetched");
 }
 
+#[tokio::test]
+async fn an_admission_that_reads_a_backing_secret_counts_the_read() {
+    let (mut h, client) = mock_api::client();
+    let metrics = Metrics::new();
+    let syncer =
+        Syncer::new(client.clone(), Duration::from_secs(60), metrics.clone()).with_inventory(
+            Inventory::new(client, "own", "inventory", Duration::from_secs(60)),
+        );
+    let plan = plan_for("v1");
+    let (s, p) = (syncer.clone(), plan.clone());
+    let t = tokio::spawn(async move { s.ensure("n", Some("uid-1"), &p, false, None).await });
+    // The inventory was made before: the Secret is read, and holds v1.
+    answer(&mut h, 200, config_map()).await;
+    let (method, _, _, _) = answer(&mut h, 200, held("v1", true)).await;
+    assert_eq!(method, "PATCH", "read with an empty merge patch");
+    done(t).await.unwrap();
+    let reads = r#"sm_injector_backing_secret_reads_total{operation="admission"}"#;
+    assert!(metrics.encode().contains(&format!("{reads} 1")));
+    // Known now: the next admission answers without a request or a read.
+    let again = syncer.ensure("n", Some("uid-1"), &plan, false, None);
+    tokio::time::timeout(Duration::from_secs(5), again)
+        .await
+        .expect("answered without a request")
+        .unwrap();
+    assert!(metrics.encode().contains(&format!("{reads} 1")));
+}
+
 /// An admission's ensure of version v2, the inventory already made, finding
 /// the backing Secret as `found`; the API server's handle (for what follows
 /// in the background) and what ensure returned.
