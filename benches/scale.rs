@@ -15,7 +15,9 @@
 //! sets it for the run (`admission/halt_poll.rs`). `SCALE_ORDER=interleaved`
 //! creates the pods with the namespaces taking turns instead of namespace by
 //! namespace (`scale/order.rs`); `SCALE_PPROF=<dir>` saves the API server's
-//! CPU profile of each chunk (`scale/pprof.rs`).
+//! CPU profile of each chunk (`scale/pprof.rs`); `SCALE_SIZED=no-annotations`
+//! has the `sm-size` way answer sm-injector's patch without its annotations
+//! (`scale/sized.rs`).
 
 #[path = "scale/cost.rs"]
 mod cost;
@@ -348,6 +350,7 @@ async fn main() {
         n_ns * per_ns
     );
     println!("{}", order.describe());
+    println!("{}", sized::describe());
     cost::print(&procs, &rows, CLIENTS);
     println!("Secrets Manager calls during admission: {aws_admission}");
     println!(

@@ -6,6 +6,8 @@
 //! `sm-size`). The patch's `sm-injector.io/injected` label is renamed, so that
 //! sm-injector's refresher, which watches the pods that carry it, does not
 //! take those pods for its own; the bytes are the same but one.
+//! `SCALE_SIZED=no-annotations` answers it without its annotations (the
+//! record and the versions), to tell what they cost.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -55,5 +57,35 @@ pub fn warm_patch(port: u16, ns: &str, pod: &Pod) -> String {
     let text = String::from_utf8(STANDARD.decode(&patch).unwrap()).unwrap();
     let label = "/metadata/labels/sm-injector.io~1injected";
     assert!(text.contains(label), "the patch adds the label: {text}");
-    STANDARD.encode(text.replace(label, "/metadata/labels/sm-injector.io~1injectes"))
+    let text = text.replace(label, "/metadata/labels/sm-injector.io~1injectes");
+    STANDARD.encode(match std::env::var("SCALE_SIZED").as_deref() {
+        Err(_) | Ok("whole") => text,
+        Ok("no-annotations") => without_annotations(&text),
+        Ok(other) => panic!("SCALE_SIZED={other:?}: whole (the default) or no-annotations"),
+    })
+}
+
+/// The patch without its operations on annotations (the record and the
+/// versions): `SCALE_SIZED=no-annotations`, to tell what they cost.
+fn without_annotations(text: &str) -> String {
+    let ops: Vec<serde_json::Value> = serde_json::from_str(text).unwrap();
+    let kept: Vec<&serde_json::Value> = (ops.iter())
+        .filter(|op| {
+            !op["path"]
+                .as_str()
+                .unwrap()
+                .starts_with("/metadata/annotations")
+        })
+        .collect();
+    assert!(kept.len() < ops.len(), "the patch adds annotations: {text}");
+    serde_json::to_string(&kept).unwrap()
+}
+
+/// What the output says of the `sm-size` way.
+pub fn describe() -> String {
+    let what = match std::env::var("SCALE_SIZED").as_deref() {
+        Ok("no-annotations") => "without its annotations (SCALE_SIZED=no-annotations)",
+        _ => "whole (SCALE_SIZED=whole)",
+    };
+    format!("sm-size: the no-op webhook answering sm-injector's patch for a warm pod, {what}")
 }
