@@ -29,6 +29,10 @@ mod order;
 mod own;
 #[path = "scale/pprof.rs"]
 mod pprof;
+// Only the review's envelope is used here.
+#[allow(dead_code)]
+#[path = "admission/reviews.rs"]
+mod reviews;
 #[path = "scale/sized.rs"]
 mod sized;
 #[path = "../tests/support/mod.rs"]

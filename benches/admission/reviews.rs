@@ -25,6 +25,36 @@ pub(crate) fn review(ns: &str, refs: usize) -> Vec<u8> {
             .collect::<serde_json::Map<_, _>>()
             .into();
     }
+    let object = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": "bot-7d9f8c6b5-",
+            "namespace": ns,
+            "labels": {"app": "bot", "pod-template-hash": "7d9f8c6b5"},
+            "annotations": annotations
+        },
+        "spec": {
+            "initContainers": [{"name": "migrate", "image": "registry.example/bot:1.4.2", "args": ["migrate"]}],
+            "containers": [
+                {"name": "bot", "image": "registry.example/bot:1.4.2", "env": [{"name": "LOG_LEVEL", "value": "info"}],
+                 "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+                 "volumeMounts": [{"name": "kube-api-access-x", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}]},
+                {"name": "sidecar", "image": "registry.example/sidecar:2"}
+            ],
+            "serviceAccountName": "bot",
+            "volumes": [{"name": "kube-api-access-x", "projected": {"sources": [{"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}}]}}]
+        }
+    });
+    envelope(
+        ns,
+        "system:serviceaccount:kube-system:replicaset-controller",
+        object,
+    )
+}
+
+/// The AdmissionReview of the creation of `object` (a Pod) in `ns` by `user`.
+pub(crate) fn envelope(ns: &str, user: &str, object: serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
@@ -36,28 +66,8 @@ pub(crate) fn review(ns: &str, refs: usize) -> Vec<u8> {
             "requestResource": {"group": "", "version": "v1", "resource": "pods"},
             "namespace": ns,
             "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-            "object": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {
-                    "generateName": "bot-7d9f8c6b5-",
-                    "namespace": ns,
-                    "labels": {"app": "bot", "pod-template-hash": "7d9f8c6b5"},
-                    "annotations": annotations
-                },
-                "spec": {
-                    "initContainers": [{"name": "migrate", "image": "registry.example/bot:1.4.2", "args": ["migrate"]}],
-                    "containers": [
-                        {"name": "bot", "image": "registry.example/bot:1.4.2", "env": [{"name": "LOG_LEVEL", "value": "info"}],
-                         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
-                         "volumeMounts": [{"name": "kube-api-access-x", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true}]},
-                        {"name": "sidecar", "image": "registry.example/sidecar:2"}
-                    ],
-                    "serviceAccountName": "bot",
-                    "volumes": [{"name": "kube-api-access-x", "projected": {"sources": [{"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}}]}}]
-                }
-            },
+            "userInfo": {"username": user},
+            "object": object,
             "dryRun": false
         }
     }))

@@ -19,23 +19,7 @@ use serde_json::json;
 pub fn warm_patch(port: u16, ns: &str, pod: &Pod) -> String {
     let mut object = serde_json::to_value(pod).unwrap();
     object["metadata"]["namespace"] = json!(ns);
-    let review = serde_json::to_vec(&json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "00000000-0000-0000-0000-0000000005ca",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
-            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": ns,
-            "operation": "CREATE",
-            "userInfo": {"username": "scale-bench"},
-            "object": object,
-            "dryRun": false
-        }
-    }))
-    .unwrap();
+    let review = super::reviews::envelope(ns, "scale-bench", object);
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), review).unwrap();
     let mut patch = String::new();
