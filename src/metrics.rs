@@ -296,7 +296,8 @@ impl Metrics {
 
     /// A read of a backing Secret by `operation`: `admission` (what an
     /// admission no longer knows it holds), `refresh` (each check), `collect`
-    /// (before a deletion).
+    /// (before a deletion). The read again after a write's conflict (another
+    /// writer between the read and the write, rare) is not counted.
     pub fn secret_read(&self, operation: &'static str) {
         self.inner
             .secret_reads
