@@ -211,8 +211,7 @@ async fn main() {
         support::start_noop_webhook_answering(bed, sized_dir.path(), Some(&patch));
     tokio::time::sleep(Duration::from_millis(300)).await;
     ways::register(&client, bed, run, "sm-size", sized_port).await;
-    let label = "sm-injector.io/injectes";
-    ways::take_effect(&client, "sm-size", &ns, label, &dry_pod).await;
+    ways::take_effect(&client, "sm-size", &ns, sized::LABEL, &dry_pod).await;
 
     // The same pods in every way, in the order SCALE_ORDER gives.
     let order = order::Order::from_env();

@@ -14,6 +14,20 @@ use base64::engine::general_purpose::STANDARD;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 
+/// The label the `sm-size` way's pods carry instead of
+/// `sm-injector.io/injected` (which the refresher's pod watch selects).
+pub const LABEL: &str = "sm-injector.io/injectes";
+
+/// Whether `SCALE_SIZED` asks for the patch without its annotations
+/// (`no-annotations`) rather than whole (`whole`, the default).
+fn without_annotations_asked() -> bool {
+    match std::env::var("SCALE_SIZED").as_deref() {
+        Err(_) | Ok("whole") => false,
+        Ok("no-annotations") => true,
+        Ok(other) => panic!("SCALE_SIZED={other:?}: whole (the default) or no-annotations"),
+    }
+}
+
 /// sm-injector's answer (on `port`) to the review of `pod` in `ns`, posted
 /// twice so that the second is a warm pod's: its base64 patch, relabelled.
 pub fn warm_patch(port: u16, ns: &str, pod: &Pod) -> String {
@@ -41,11 +55,14 @@ pub fn warm_patch(port: u16, ns: &str, pod: &Pod) -> String {
     let text = String::from_utf8(STANDARD.decode(&patch).unwrap()).unwrap();
     let label = "/metadata/labels/sm-injector.io~1injected";
     assert!(text.contains(label), "the patch adds the label: {text}");
-    let text = text.replace(label, "/metadata/labels/sm-injector.io~1injectes");
-    STANDARD.encode(match std::env::var("SCALE_SIZED").as_deref() {
-        Err(_) | Ok("whole") => text,
-        Ok("no-annotations") => without_annotations(&text),
-        Ok(other) => panic!("SCALE_SIZED={other:?}: whole (the default) or no-annotations"),
+    let text = text.replace(
+        label,
+        &format!("/metadata/labels/{}", LABEL.replace('/', "~1")),
+    );
+    STANDARD.encode(if without_annotations_asked() {
+        without_annotations(&text)
+    } else {
+        text
     })
 }
 
@@ -67,9 +84,10 @@ fn without_annotations(text: &str) -> String {
 
 /// What the output says of the `sm-size` way.
 pub fn describe() -> String {
-    let what = match std::env::var("SCALE_SIZED").as_deref() {
-        Ok("no-annotations") => "without its annotations (SCALE_SIZED=no-annotations)",
-        _ => "whole (SCALE_SIZED=whole)",
+    let what = if without_annotations_asked() {
+        "without its annotations (SCALE_SIZED=no-annotations)"
+    } else {
+        "whole (SCALE_SIZED=whole)"
     };
     format!("sm-size: the no-op webhook answering sm-injector's patch for a warm pod, {what}")
 }
