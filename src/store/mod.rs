@@ -7,7 +7,7 @@
 //! when it differs from what they fetched (an inventory mark,
 //! [`inventory::nudge_mark`]); only the refresher's leader moves a Secret to
 //! another version. A Secret this process created (or found holding the
-//! fetched version) is [`known`], keyed by the namespace's UID: an admission
+//! fetched version) is known (`known.rs`), keyed by the namespace's UID: an admission
 //! answers from that without a Kubernetes call, reading it again in the
 //! background once the finding is older than [`KNOWN_TTL`]; a namespace
 //! deleted and made again is written afresh.
