@@ -130,7 +130,7 @@ impl Metrics {
         let secret_reads = Family::<OperationLabels, Counter>::default();
         registry.register(
             "backing_secret_reads",
-            "Reads of backing Secrets (each an empty merge patch: sm-injector has no read verb on Secrets), by what read: admission, recheck, refresh, collect",
+            "Reads of backing Secrets (each an empty merge patch: sm-injector has no read verb on Secrets), by what read: admission, refresh, collect",
             secret_reads.clone(),
         );
         let refresh_failures = Family::<ReasonLabels, Counter>::default();
@@ -295,10 +295,8 @@ impl Metrics {
     }
 
     /// A read of a backing Secret by `operation`: `admission` (what an
-    /// admission does not know it holds, read before answering), `recheck`
-    /// (what an admission answered from a finding older than 30 s, read again
-    /// in the background), `refresh` (each check), `collect` (before a
-    /// deletion). The read again after a write's conflict (another
+    /// admission no longer knows it holds), `refresh` (each check), `collect`
+    /// (before a deletion). The read again after a write's conflict (another
     /// writer between the read and the write, rare) is not counted.
     pub fn secret_read(&self, operation: &'static str) {
         self.inner

@@ -11,11 +11,10 @@ use crate::plan::{Content, Plan};
 /// How long, at most, a kept decision's admissions trust that its backing
 /// Secrets hold what it fetched, once [`super::Syncer::ensure`] found them
 /// all so on its warm path, without asking again for each ([`Vouched`]); and
-/// at most a tenth of how old a finding grows before it is read again
-/// ([`super::KNOWN_TTL`], or `--cache-ttl` if shorter). It adds at most this
-/// to that age and to the inventory's memory of what it recorded: a Secret
-/// deleted by hand is written again by the read that the first admission
-/// after both starts.
+/// at most a tenth of what an admission remembers ([`super::KNOWN_TTL`], or
+/// `--cache-ttl` if shorter). It adds at most this to that memory and to the
+/// inventory's memory of what it recorded: a Secret deleted by hand is
+/// written again by the first admission after both.
 pub const VOUCHED_FOR: Duration = Duration::from_secs(1);
 
 /// Kept with a decision ([`crate::decisions::Decision`]): until when, and in

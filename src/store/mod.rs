@@ -7,10 +7,9 @@
 //! when it differs from what they fetched (an inventory mark,
 //! [`inventory::nudge_mark`]); only the refresher's leader moves a Secret to
 //! another version. A Secret this process created (or found holding the
-//! fetched version) is known (`known.rs`), keyed by the namespace's UID: an admission
-//! answers from that without a Kubernetes call, reading it again in the
-//! background once the finding is older than [`KNOWN_TTL`]; a namespace
-//! deleted and made again is written afresh.
+//! fetched version) is not read again for [`KNOWN_TTL`], keyed by the
+//! namespace's UID, so a warm admission makes no Kubernetes call, and a
+//! namespace deleted and made again is written afresh.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -21,8 +20,6 @@ use kube::Api;
 mod ensured;
 mod existing;
 pub mod inventory;
-mod known;
-mod recheck;
 pub mod rule;
 mod write;
 
@@ -37,20 +34,19 @@ use crate::plan::{Backing, Content, Plan};
 use inventory::Inventory;
 use rule::Writer;
 
-/// How old a finding that a backing Secret holds the version an admission
-/// created or found may be before the next admission using it reads it
-/// again, in the background, while answering from it (at most the cache
-/// TTL, for which a finding is kept). After a rotation by another replica,
-/// the admissions after that read record the new version, and a Secret
-/// deleted by hand is written again by that read.
+/// How long an admission trusts that a backing Secret holds the version it
+/// created or found, without reading it again (at most the cache TTL). After
+/// a rotation, admissions of other replicas notice the new version within
+/// this time, and a Secret deleted by hand is written again by the next
+/// admission after it.
 pub const KNOWN_TTL: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct Syncer {
     client: kube::Client,
     /// (namespace UID, backing Secret name, version id) found or created by
-    /// this process lately, and when.
-    known: known::Known,
+    /// this process lately.
+    known: moka::future::Cache<(String, String, String), (), Hashing>,
     /// (namespace, backing Secret name, version fetched) the refresher was
     /// told about lately.
     nudged: moka::future::Cache<(String, String, String), (), Hashing>,
@@ -111,12 +107,11 @@ fn missing_keys(required: &BTreeSet<&str>, present: &BTreeSet<String>) -> String
 
 impl Syncer {
     /// `ttl`: the value cache's; what an admission knows of a backing Secret
-    /// is answered from for it, and read again in the background once older
-    /// than the shorter of it and [`KNOWN_TTL`].
+    /// is trusted for the shorter of it and [`KNOWN_TTL`].
     pub fn new(client: kube::Client, ttl: Duration, metrics: Metrics) -> Self {
         Syncer {
             client,
-            known: known::Known::new(ttl, KNOWN_TTL),
+            known: memory(ttl.min(KNOWN_TTL)),
             nudged: memory(ttl.min(KNOWN_TTL)),
             vouch_for: VOUCHED_FOR.min(ttl.min(KNOWN_TTL) / 10),
             metrics,
@@ -180,32 +175,16 @@ impl Syncer {
         }
         // The warm path: every value fetched, and each backing Secret known to
         // hold it (or nothing to write on a dry run). Answered here, without
-        // building a write for each; findings grown old are read again in the
-        // background.
-        let mut warm = true;
-        if !dry_run {
-            let now = std::time::Instant::now();
-            for b in &plan.backing {
-                let Content::Fresh { value } = &b.content else {
-                    warm = false;
-                    continue;
-                };
-                match self
-                    .known
-                    .find(Strs([&scope, &b.name, &value.version_id]), now)
-                    .await
-                {
-                    known::Finding::Unknown => warm = false,
-                    known::Finding::Known => {}
-                    known::Finding::Recheck => self.recheck(namespace, &scope, b),
-                }
+        // building a write for each.
+        let warm = plan.backing.iter().all(|b| match &b.content {
+            Content::Fresh { value } => {
+                dry_run
+                    || self
+                        .known
+                        .contains_key(&Strs([&scope, &b.name, &value.version_id]))
             }
-        } else {
-            warm = plan
-                .backing
-                .iter()
-                .all(|b| matches!(b.content, Content::Fresh { .. }));
-        }
+            Content::Unreachable { .. } => false,
+        });
         if warm {
             if let Some(v) = vouched.filter(|_| !dry_run && out.warnings.is_empty()) {
                 v.found(&scope, std::time::Instant::now() + self.vouch_for);
@@ -265,7 +244,6 @@ impl Syncer {
         let key = (scope.to_string(), b.name.clone(), value.version_id.clone());
         let r = self
             .known
-            .seen
             .try_get_with(key, async {
                 let obj = backing::object(
                     namespace,
@@ -285,12 +263,12 @@ impl Syncer {
                 match written {
                     Ok(Written::Created) => {
                         self.metrics.secret_write("apply");
-                        Ok(known::Seen::at(std::time::Instant::now()))
+                        Ok(())
                     }
                     Ok(Written::Differs { version_id, keys }) => {
                         Err(NotWritten::Differs { version_id, keys })
                     }
-                    Ok(_) => Ok(known::Seen::at(std::time::Instant::now())),
+                    Ok(_) => Ok(()),
                     Err(e) => Err(NotWritten::Failed(format!(
                         "could not write the backing Secret {namespace}/{}: {e}",
                         b.name
@@ -299,7 +277,7 @@ impl Syncer {
             })
             .await;
         match r.map_err(|e| (*e).clone()) {
-            Ok(_) => Ok(Done::Held),
+            Ok(()) => Ok(Done::Held),
             Err(NotWritten::Failed(e)) => Err(e),
             // The Secret holds another version (or was changed): the pod reads
             // what it holds (it names the Secret, not a value), so its keys

@@ -6,7 +6,7 @@ use super::*;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub(super) fn plan_for(version: &str) -> Plan {
+fn plan_for(version: &str) -> Plan {
     use crate::plan::{Backing, Content, EnvVar};
     Plan {
         backing: vec![Backing {
@@ -36,7 +36,7 @@ pub(super) fn plan_for(version: &str) -> Plan {
     }
 }
 
-pub(super) fn syncer() -> (H, Syncer) {
+fn syncer() -> (H, Syncer) {
     let (h, client) = mock_api::client();
     let syncer =
         Syncer::new(client.clone(), Duration::from_secs(60), Metrics::new()).with_inventory(
@@ -45,7 +45,7 @@ pub(super) fn syncer() -> (H, Syncer) {
     (h, syncer)
 }
 
-pub(super) fn config_map() -> Value {
+fn config_map() -> Value {
     json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "inventory-n", "namespace": "own"}})
 }
 
@@ -189,13 +189,13 @@ async fn a_kept_decision_trusts_what_its_warm_path_found_in_that_namespace_only(
         .unwrap();
     assert!(vouched.holds("uid-1", Instant::now()));
     // What the process knew is forgotten: without the memo, read again...
-    syncer.known.seen.invalidate_all();
+    syncer.known.invalidate_all();
     let t = ensure("uid-1", false, None);
     let (method, _, _, body) = answer(&mut h, 200, held("v1", true)).await;
     assert_eq!((method.as_str(), body), ("PATCH", json!({})), "the read");
     done(t).await.unwrap();
     // ...with it, no request at all, and no warning.
-    syncer.known.seen.invalidate_all();
+    syncer.known.invalidate_all();
     let e = done(ensure("uid-1", false, Some(vouched.clone())))
         .await
         .unwrap();

@@ -230,4 +230,3 @@ async fn a_first_write_in_a_namespace_creates_at_once_and_decides_as_usual_when_
 }
 
 mod ensure;
-mod recheck;
