@@ -203,6 +203,18 @@ impl Planner {
                 failures: 0,
                 version: None,
             });
+            // A pod asking a shorter interval than the Secret's others (or its
+            // own earlier one): checked within that interval from now, not at
+            // the check planned for the longer one. (Failing: the backoff,
+            // never longer than the interval, decides.)
+            // (The spread's hash only when the plain interval is already shorter.)
+            if state.failures == 0 && state.next_attempt > now + want.interval {
+                let soonest = now + want.interval + spread(&want.fetch, want.interval / 10);
+                if state.next_attempt > soonest {
+                    state.next_attempt = soonest;
+                    state.due_since = soonest;
+                }
+            }
             // An admin's forced refresh: a new refresh-now value.
             if let Some(value) = &facts.refresh_now
                 && self.forced.get(&key.namespace) != Some(value)

@@ -88,6 +88,36 @@ fn existing_secrets_are_checked_soon_new_ones_after_their_interval() {
 }
 
 #[test]
+fn a_shorter_interval_is_taken_at_once() {
+    let mut p = Planner::new(TICK);
+    let a = key("n", "a");
+    let mut in_use = BTreeMap::from([(a.clone(), want("n/a", HOUR))]);
+    p.plan(&in_use, facts, &Marks::new(), None, t(0));
+    let d = p.plan(&in_use, facts, &Marks::new(), None, t(30));
+    p.succeeded(&a, "v1", &d.due[0].1, t(30));
+    // A pod now asks for the same Secret every 10 minutes.
+    let ten = Duration::from_secs(600);
+    in_use.insert(a.clone(), want("n/a", ten));
+    let d = p.plan(&in_use, facts, &Marks::new(), None, t(100));
+    assert!(d.due.is_empty());
+    assert!(d.next_wake <= t(100 + 600 + 60), "{:?}", d.next_wake);
+    let d = p.plan(&in_use, facts, &Marks::new(), None, t(100 + 660));
+    assert_eq!(d.due.len(), 1, "due within the new interval + 10 %");
+    p.succeeded(&a, "v1", &d.due[0].1, t(760));
+    // The longer interval again: the next check is the one already planned.
+    in_use.insert(a.clone(), want("n/a", HOUR));
+    let d = p.plan(&in_use, facts, &Marks::new(), None, t(800));
+    assert!(d.due.is_empty());
+    assert!(
+        p.plan(&in_use, facts, &Marks::new(), None, t(760 + 660))
+            .due
+            .len()
+            == 1,
+        "planned when the interval was 10 minutes"
+    );
+}
+
+#[test]
 fn a_burst_does_not_come_due_in_the_same_second() {
     let mut p = Planner::new(TICK);
     let in_use: BTreeMap<Key, Want> = (0..500)
