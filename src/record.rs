@@ -1,13 +1,20 @@
 //! The record sm-injector writes on each pod it mutates
-//! ([`crate::annotations::INJECTED`]): which backing Secrets the pod uses, for
-//! what, and how often they are to be refreshed. The refresher reads it back
+//! ([`crate::annotations::INJECTED`]): which secrets the pod uses, how, and
+//! how often they are to be refreshed. The refresher reads it back
 //! ([`Record`]); admissions write it straight to JSON text ([`Plan::record`]),
 //! since it goes into every patch.
+//!
+//! It is written compact, since every pod carries it (in etcd, and in each
+//! watch event of the pod): an entry leaves out what its reader derives or
+//! assumes, the backing Secret's name (derived from the rest, as the reader
+//! checks it anyway), the version when it is the current one and the form
+//! when it is `keys`. Records written in full (earlier builds) read the same.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::backing::Form;
 use crate::patch::plain;
 use crate::plan::Plan;
 use crate::reference::Version;
@@ -26,16 +33,38 @@ pub struct Record {
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct RecordEntry {
-    pub backing: String,
+    /// The backing Secret's name: written by earlier builds only (the reader
+    /// derives it, and checks it when given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backing: Option<String>,
     pub secret: String,
-    /// [`Version`]'s text: `versionStage=<stage>` or `versionId=<id>`.
+    /// [`Version`]'s text: `versionStage=<stage>` or `versionId=<id>`;
+    /// absent: the current version.
+    #[serde(default = "current", skip_serializing_if = "is_current")]
     pub version: String,
-    /// `keys` or `raw` ([`crate::backing::Form`]).
+    /// `keys` or `raw` ([`crate::backing::Form`]); absent: `keys`.
+    #[serde(default = "keys", skip_serializing_if = "is_keys")]
     pub form: String,
     /// The full ARN, when the pod's reference named the secret by ARN: the
     /// refresher fetches exactly that (its account and region).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arn: Option<String>,
+}
+
+fn current() -> String {
+    Version::current().to_string()
+}
+
+fn is_current(v: &str) -> bool {
+    v.strip_prefix("versionStage=") == Some(crate::reference::CURRENT)
+}
+
+fn keys() -> String {
+    Form::Keys.as_str().into()
+}
+
+fn is_keys(f: &str) -> bool {
+    f == Form::Keys.as_str()
 }
 
 /// `humantime::format_duration`'s text for `d`: written directly for whole
@@ -122,14 +151,17 @@ impl Plan {
                 out.push(b',');
             }
             out.push(b'{');
-            field(out, true, "backing", &[&b.name]);
-            field(out, false, "secret", &[&b.secret_name]);
+            field(out, true, "secret", &[&b.secret_name]);
             let kind = match &b.version {
                 Version::Stage(_) => "versionStage=",
                 Version::Id(_) => "versionId=",
             };
-            field(out, false, "version", &[kind, b.version.selector()]);
-            field(out, false, "form", &[b.form.as_str()]);
+            if !b.version.is_current() {
+                field(out, false, "version", &[kind, b.version.selector()]);
+            }
+            if b.form != Form::Keys {
+                field(out, false, "form", &[b.form.as_str()]);
+            }
             if let Some(arn) = &b.arn {
                 field(out, false, "arn", &[arn]);
             }
@@ -168,7 +200,7 @@ impl Plan {
                 .backing
                 .iter()
                 .map(|b| RecordEntry {
-                    backing: b.name.clone(),
+                    backing: None,
                     secret: b.secret_name.clone(),
                     version: b.version.to_string(),
                     form: b.form.as_str().into(),
@@ -274,6 +306,11 @@ mod tests {
         ];
         assert!(plan.record_is_plain());
         assert_eq!(plan.record(), by_serde(&plan));
+        // Compact: no backing name, no current version, no `keys` form.
+        assert_eq!(
+            plan.record(),
+            r#"{"refreshInterval":"1h 30m","secrets":[{"secret":"n/db"},{"secret":"n/db","version":"versionId=0b5e2c1a-aaaa","form":"raw","arn":"arn:aws:secretsmanager:eu-west-1:123456789012:secret:n/db-AbCdEf"}]}"#
+        );
         assert_eq!(string_written(&plan), string_by_serde(&plan));
         assert!(!plan.record().contains("serviceAccount"));
         // Read with a workload's identity: its ServiceAccount is recorded.

@@ -261,26 +261,33 @@ pub fn build(pod: &Pod, plan: &Plan, targets: &[Target]) -> (Vec<u8>, Vec<String
 
 /// Adds to a patch made by [`build`] (whose ops make sure the pod has an
 /// annotations map) the record of the version each backing Secret holds
-/// ([`crate::annotations::VERSIONS`]): known only once the backing Secrets are ensured, so kept
+/// ([`crate::annotations::VERSIONS`]): a JSON array in the order of the
+/// record's entries, `null` where a version is not known, and no annotation
+/// when none is. Known only once the backing Secrets are ensured, so kept
 /// decisions share the rest of the patch.
 pub fn record_versions<'a>(
     patch: &mut Vec<u8>,
-    versions: impl IntoIterator<Item = (&'a str, &'a str)>,
+    versions: impl IntoIterator<Item = Option<&'a str>>,
 ) {
-    // The object's JSON text, then that text as a JSON string.
-    let mut text = vec![b'{'];
-    for (backing, version) in versions {
+    // The array's JSON text, then that text as a JSON string.
+    let mut text = vec![b'['];
+    let mut known = false;
+    for version in versions {
         if text.len() > 1 {
             text.push(b',');
         }
-        serde_json::to_writer(&mut text, backing).expect("a string serializes");
-        text.push(b':');
-        serde_json::to_writer(&mut text, version).expect("a string serializes");
+        match version {
+            Some(v) => {
+                known = true;
+                serde_json::to_writer(&mut text, v).expect("a string serializes");
+            }
+            None => text.extend_from_slice(b"null"),
+        }
     }
-    if text.len() == 1 || patch.last() != Some(&b']') {
+    if !known || patch.last() != Some(&b']') {
         return;
     }
-    text.push(b'}');
+    text.push(b']');
     let text = std::str::from_utf8(&text).expect("JSON is UTF-8");
     patch.pop();
     patch.extend_from_slice(

@@ -239,25 +239,25 @@ fn the_containers_own_env_from_sources_keep_their_keys() {
 #[test]
 fn the_versions_held_are_recorded_after_the_rest_of_the_patch() {
     use crate::annotations::VERSIONS;
-    use std::collections::BTreeMap;
     let p = pod(
         json!({"metadata": {"annotations": {"sm-injector.io/env.DB": "n/db#url"}},
         "spec": {"containers": [{"name": "app"}]}}),
     );
     let (mut bytes, _) = build(&p, &plan(), &select(&p, None).unwrap());
-    record_versions(&mut bytes, [("sm-n-db-1", "v\"2"), ("sm-x", "v9")]);
+    record_versions(&mut bytes, [Some("v\"2"), None, Some("v9")]);
     let patched = apply(&p, &bytes);
-    let recorded: BTreeMap<String, String> =
+    let recorded: Vec<Option<String>> =
         serde_json::from_str(&patched.metadata.annotations.unwrap()[VERSIONS]).unwrap();
-    assert_eq!(recorded["sm-n-db-1"], "v\"2");
-    assert_eq!(recorded["sm-x"], "v9");
+    assert_eq!(recorded, [Some("v\"2".into()), None, Some("v9".into())]);
     // Without an annotations map on the pod, and with nothing to record.
     let bare = pod(json!({"spec": {"containers": [{"name": "app"}]}}));
     let (mut bytes, _) = build(&bare, &plan(), &select(&bare, None).unwrap());
     let before = bytes.clone();
     record_versions(&mut bytes, []);
     assert_eq!(bytes, before);
-    record_versions(&mut bytes, [("sm-n-db-1", "v1")]);
+    record_versions(&mut bytes, [None, None]);
+    assert_eq!(bytes, before, "no version known: nothing recorded");
+    record_versions(&mut bytes, [Some("v1")]);
     assert!(
         apply(&bare, &bytes)
             .metadata

@@ -56,10 +56,11 @@ pub struct Ensured {
 
 impl Ensured {
     /// The version each backing Secret of `plan` holds, as far as this
-    /// admission saw (what the pod's containers will read): recorded on the
-    /// pod ([`crate::annotations::VERSIONS`]) for the refresher's rollouts.
-    pub fn versions<'a>(&'a self, plan: &'a Plan) -> impl Iterator<Item = (&'a str, &'a str)> {
-        plan.backing.iter().enumerate().filter_map(|(i, b)| {
+    /// admission saw (what the pod's containers will read), in the plan's
+    /// order (`None` where it is not known): recorded on the pod
+    /// ([`crate::annotations::VERSIONS`]) for the refresher's rollouts.
+    pub fn versions<'a>(&'a self, plan: &'a Plan) -> impl Iterator<Item = Option<&'a str>> {
+        plan.backing.iter().enumerate().map(|(i, b)| {
             let held = self
                 .held
                 .iter()
@@ -69,7 +70,7 @@ impl Ensured {
                 Content::Fresh { value } => Some(value.version_id.as_str()),
                 Content::Unreachable { .. } => None,
             };
-            Some((b.name.as_str(), held.or(fetched)?))
+            held.or(fetched)
         })
     }
 }

@@ -112,11 +112,16 @@ async fn an_admission_first_rotation_rolls_once_also_across_a_leader_change() {
     .await;
     let b = backing::name(&secret, &Version::current(), Form::Keys);
     for p in &listed {
-        let recorded: BTreeMap<String, String> = serde_json::from_str(
+        // In the order of the record's entries (one here).
+        let recorded: Vec<Option<String>> = serde_json::from_str(
             &p.metadata.annotations.as_ref().unwrap()["sm-injector.io/versions"],
         )
         .unwrap();
-        assert_eq!(recorded[&b], v1, "each pod records what its Secret held");
+        assert_eq!(
+            recorded,
+            [Some(v1.clone())],
+            "each pod records what its Secret held"
+        );
     }
     let r1 = start_refresher(bed, &client, None, &own, None).await;
     // The leader's first pass verifies what exists (spread over 30 s).

@@ -83,10 +83,10 @@ async fn identical_pods_reuse_a_decision_only_while_its_rule_and_values_hold() {
         .send()
         .await
         .unwrap();
-    let recorded: BTreeMap<String, String> = serde_json::from_str(&records[0]).unwrap();
+    let recorded: Vec<Option<String>> = serde_json::from_str(&records[0]).unwrap();
     assert_eq!(
-        recorded.values().collect::<Vec<_>>(),
-        [current.version_id().unwrap()],
+        recorded,
+        [Some(current.version_id().unwrap().to_string())],
         "{records:?}"
     );
     assert_eq!(db_url(afresh).await, b"one");

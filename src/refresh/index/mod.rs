@@ -23,8 +23,6 @@ use crate::backing;
 use crate::backing::Form;
 use crate::fetch::FetchKey;
 #[cfg(test)]
-use crate::record::Record;
-#[cfg(test)]
 use crate::reference::Version;
 
 pub use crate::backing::Key;
@@ -34,6 +32,10 @@ pub use read::{owner, read_record, workload};
 mod bounds;
 mod read;
 mod shared;
+#[cfg(test)]
+mod written;
+#[cfg(test)]
+pub use written::{record_for, record_in_full};
 
 use shared::Shared;
 
@@ -366,30 +368,6 @@ impl Index {
         }
         out
     }
-}
-
-/// A record as the webhook writes it, for tests.
-#[cfg(test)]
-pub fn record_for(interval: &str, entries: &[(&str, Version, Form, Option<&str>)]) -> String {
-    use crate::record::RecordEntry;
-    let r = Record {
-        refresh_interval: interval.into(),
-        service_account: None,
-        secrets: entries
-            .iter()
-            .map(|(secret, v, form, arn)| {
-                let scope = arn.and_then(backing::arn_scope);
-                RecordEntry {
-                    backing: backing::name_scoped(secret, scope.as_deref(), v, *form),
-                    secret: secret.to_string(),
-                    version: v.to_string(),
-                    form: form.as_str().into(),
-                    arn: arn.map(str::to_string),
-                }
-            })
-            .collect(),
-    };
-    serde_json::to_string(&r).unwrap()
 }
 
 #[cfg(test)]

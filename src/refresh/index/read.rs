@@ -55,12 +55,15 @@ pub(super) fn check_record(text: &str, limits: Limits) -> Result<Read, String> {
     }
     let mut entries = Vec::with_capacity(record.secrets.len());
     for e in record.secrets {
+        // What names the entry in a message: its backing Secret where the
+        // record gives one (earlier builds), else its secret.
+        let label = e.backing.as_deref().unwrap_or(&e.secret);
         let text = format!("{}?{}", e.secret, e.version);
         let Ok(r) = reference::parse(&text) else {
-            return Err(format!("the entry {:?} is malformed", e.backing));
+            return Err(format!("the entry {label:?} is malformed"));
         };
         let Some(form) = Form::parse(&e.form) else {
-            return Err(format!("the entry {:?} has no form", e.backing));
+            return Err(format!("the entry {label:?} has no form"));
         };
         let scope = match &e.arn {
             None => None,
@@ -69,28 +72,39 @@ pub(super) fn check_record(text: &str, limits: Limits) -> Result<Read, String> {
             // quoted back: it may be another tenant's.)
             Some(arn) if !backing::arn_names(arn, &e.secret) => {
                 return Err(format!(
-                    "the entry {:?} has an ARN that does not name its secret",
-                    e.backing
+                    "the entry {label:?} has an ARN that does not name its secret"
                 ));
             }
             Some(arn) => match backing::arn_scope(arn) {
                 Some(s) => Some(s),
-                None => return Err(format!("the entry {:?} has a bad ARN", e.backing)),
+                None => return Err(format!("the entry {label:?} has a bad ARN")),
             },
         };
-        // Records of earlier releases name the backing Secret with a 32-bit
-        // hash; theirs are still refreshed until their pods are gone.
-        let derived = |f: fn(&str, Option<&str>, &reference::Version, Form) -> String| {
-            f(r.id, scope.as_deref(), &r.version, form) == e.backing
-        };
-        if r.is_arn() || !(derived(backing::name_scoped) || derived(backing::legacy_name_scoped)) {
+        if r.is_arn() {
             return Err(format!(
-                "the entry {:?} is not the backing Secret sm-injector derives for {:?}",
-                e.backing, e.secret
+                "the entry {label:?} names its secret by ARN where a name belongs"
             ));
         }
+        let derived = backing::name_scoped(r.id, scope.as_deref(), &r.version, form);
+        // Records of earlier releases name the backing Secret, some with a
+        // 32-bit hash; theirs are still refreshed until their pods are gone.
+        let backing = match e.backing {
+            None => derived,
+            Some(b) if b == derived => derived,
+            Some(b)
+                if b == backing::legacy_name_scoped(r.id, scope.as_deref(), &r.version, form) =>
+            {
+                b
+            }
+            Some(b) => {
+                return Err(format!(
+                    "the entry {b:?} is not the backing Secret sm-injector derives for {:?}",
+                    e.secret
+                ));
+            }
+        };
         entries.push(Entry {
-            backing: e.backing,
+            backing,
             fetch: FetchKey {
                 id: e.arn.unwrap_or_else(|| r.id.to_string()),
                 version: r.version,
@@ -112,22 +126,35 @@ pub(super) fn check_record(text: &str, limits: Limits) -> Result<Read, String> {
 }
 
 /// The versions a pod recorded ([`VERSIONS`]), one per record entry (`None`
-/// where it recorded none, or the annotation is absent or unreadable).
+/// where it recorded none, or the annotation is absent or unreadable): an
+/// array in the record's order, or (earlier builds) an object by backing
+/// Secret.
 pub(super) fn read_versions(
     annotations: &BTreeMap<String, String>,
     entries: &[Entry],
 ) -> Vec<Option<Box<str>>> {
-    let all = annotations
-        .get(VERSIONS)
-        .and_then(|text| serde_json::from_str::<HashMap<String, String>>(text).ok())
-        .unwrap_or_default();
-    if all.is_empty() {
-        return vec![];
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Recorded {
+        InOrder(Vec<Option<String>>),
+        ByBacking(HashMap<String, String>),
     }
-    entries
-        .iter()
-        .map(|e| all.get(&e.backing).map(|v| v.as_str().into()))
-        .collect()
+    let Some(recorded) = annotations
+        .get(VERSIONS)
+        .and_then(|text| serde_json::from_str::<Recorded>(text).ok())
+    else {
+        return vec![];
+    };
+    match recorded {
+        Recorded::InOrder(v) if v.len() == entries.len() && v.iter().any(Option::is_some) => {
+            v.into_iter().map(|v| v.map(Into::into)).collect()
+        }
+        Recorded::ByBacking(all) if !all.is_empty() => entries
+            .iter()
+            .map(|e| all.get(&e.backing).map(|v| v.as_str().into()))
+            .collect(),
+        _ => vec![],
+    }
 }
 
 /// The workload a pod belongs to, from its own metadata: a ReplicaSet's pod

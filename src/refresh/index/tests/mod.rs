@@ -71,7 +71,10 @@ fn shortest_interval_wins_and_intervals_are_clamped() {
 fn forged_oversized_and_garbled_records_are_refused_once_per_pod() {
     let mut ix = Index::new(LIMITS);
     let good = record_for("1h", &[("n/db", cur(), Form::Keys, None)]);
-    let forged = good.replace("sm-n-db-", "sm-someone-else-");
+    let forged = good.replace(
+        r#"{"secret""#,
+        r#"{"backing":"sm-someone-else-db-1a2b3c4d5e6f7a8b","secret""#,
+    );
     let big = record_for(
         "1h",
         &[
@@ -113,6 +116,10 @@ fn forged_oversized_and_garbled_records_are_refused_once_per_pod() {
     assert!(ix.in_use().is_empty());
 }
 
+fn want_backing(ix: &Index) -> String {
+    ix.in_use().into_keys().next().unwrap().backing
+}
+
 #[test]
 fn arn_entries_fetch_by_arn_and_must_match_their_scope() {
     let mut ix = Index::new(LIMITS);
@@ -126,9 +133,22 @@ fn arn_entries_fetch_by_arn_and_must_match_their_scope() {
         "fetched from the account and region the pod named"
     );
     assert_eq!(want.secret, "n/db");
-    // The same entry claiming another account does not match its name.
-    let other = rec.replace("999999999999", "111111111111");
+    // The same entry claiming another account: as earlier builds wrote it,
+    // its backing Secret's name no longer matches; as written now, it is
+    // that account's own backing Secret (a pod may name it as well).
+    let in_full = record_in_full("1h", &[("n/db", cur(), Form::Keys, Some(arn))]);
+    let other = in_full.replace("999999999999", "111111111111");
     assert!(ix.apply(&pod("n", "q", Some(other), json!({}))).is_some());
+    let other = rec.replace("999999999999", "111111111111");
+    let mut elsewhere = Index::new(LIMITS);
+    assert_eq!(
+        elsewhere.apply(&pod("n", "q", Some(other), json!({}))),
+        None
+    );
+    assert_ne!(
+        elsewhere.in_use().into_keys().next().unwrap().backing,
+        want_backing(&ix)
+    );
     // An ARN of another tenant's secret under this namespace's name: the
     // backing name matches (it hashes the name and the scope), the ARN's own
     // name does not, and the reason does not quote the ARN.
@@ -161,7 +181,7 @@ fn arn_entries_fetch_by_arn_and_must_match_their_scope() {
 #[test]
 fn records_of_earlier_releases_keep_their_backing_secrets() {
     let mut ix = Index::new(LIMITS);
-    let now = record_for("1h", &[("n/db", cur(), Form::Keys, None)]);
+    let now = record_in_full("1h", &[("n/db", cur(), Form::Keys, None)]);
     let new_name = backing::name("n/db", &cur(), Form::Keys);
     let old_name = backing::legacy_name_scoped("n/db", None, &cur(), Form::Keys);
     assert_eq!(new_name.len(), old_name.len() + 8);
@@ -171,7 +191,7 @@ fn records_of_earlier_releases_keep_their_backing_secrets() {
     let names: Vec<_> = ix.in_use().into_keys().map(|k| k.backing).collect();
     assert_eq!(names, [old_name.clone(), new_name]);
     // Any other length or hash is still refused.
-    let forged = record_for("1h", &[("n/db", cur(), Form::Keys, None)]).replace(
+    let forged = record_in_full("1h", &[("n/db", cur(), Form::Keys, None)]).replace(
         &backing::name("n/db", &cur(), Form::Keys),
         &format!("{old_name}00"),
     );
@@ -274,7 +294,7 @@ fn pods_with_the_same_record_share_one_copy_until_the_last_goes() {
     let r = record_for("1h", &[("n/db", cur(), Form::Keys, None)]);
     let versions = json!({"annotations": {
         INJECTED: r.clone(),
-        VERSIONS: json!({backing::name("n/db", &cur(), Form::Keys): "v1"}).to_string()
+        VERSIONS: r#"["v1"]"#
     }});
     for name in ["a", "b"] {
         let mut p = pod("n", name, None, json!({}));
@@ -346,4 +366,65 @@ fn each_copy_knows_whose_identities_read_it() {
         refused.is_some_and(|r| r.contains("not a ServiceAccount name")),
         "refused"
     );
+}
+
+#[test]
+fn records_and_versions_of_earlier_builds_read_as_the_compact_ones() {
+    let entries = [
+        ("n/db", cur(), Form::Keys, None),
+        ("n/x", Version::Id("v7".into()), Form::Raw, None),
+        (
+            "n/s",
+            cur(),
+            Form::Keys,
+            Some("arn:aws:secretsmanager:eu-west-1:123456789012:secret:n/s-AbCdEf"),
+        ),
+    ];
+    let compact = record_for("1h", &entries);
+    let full = record_in_full("1h", &entries);
+    assert!(!compact.contains("backing") && !compact.contains("AWSCURRENT"));
+    assert_eq!(compact.matches("\"form\"").count(), 1, "{compact}");
+    assert!(compact.len() * 2 < full.len(), "{compact} against {full}");
+    let names = [
+        backing::name("n/db", &cur(), Form::Keys),
+        backing::name("n/x", &Version::Id("v7".into()), Form::Raw),
+        backing::name_scoped("n/s", Some("eu-west-1:123456789012"), &cur(), Form::Keys),
+    ];
+    let by_backing = json!({&names[0]: "d1", &names[2]: "s1"}).to_string();
+    let in_order = r#"["d1",null,"s1"]"#.to_string();
+    let mut ix = Index::new(LIMITS);
+    for (name, record, versions) in [("new", compact, in_order), ("old", full, by_backing)] {
+        let mut p = pod("n", name, Some(record.clone()), json!({}));
+        p.metadata.annotations =
+            Some([(INJECTED.into(), record), (VERSIONS.into(), versions)].into());
+        assert_eq!(ix.apply(&p), None, "{name}");
+    }
+    let (new, old) = (
+        &ix.pods[&("n".into(), "new".into())],
+        &ix.pods[&("n".into(), "old".into())],
+    );
+    assert_eq!(new.record.entries, old.record.entries);
+    let read: Vec<&str> = new
+        .record
+        .entries
+        .iter()
+        .map(|e| e.backing.as_str())
+        .collect();
+    assert_eq!(read, names);
+    let d1 = |v: &Versions| {
+        v.iter()
+            .map(|v| v.as_deref().map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(d1(&new.versions), d1(&old.versions));
+    assert_eq!(
+        d1(&new.versions),
+        [Some("d1".into()), None, Some("s1".into())]
+    );
+    // An array that does not line up with the record is not taken.
+    let mut p = pod("n", "short", Some(record_for("1h", &entries)), json!({}));
+    let a = p.metadata.annotations.as_mut().unwrap();
+    a.insert(VERSIONS.into(), r#"["d1"]"#.into());
+    ix.apply(&p);
+    assert!(ix.pods[&("n".into(), "short".into())].versions.is_empty());
 }

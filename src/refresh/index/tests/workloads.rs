@@ -67,7 +67,7 @@ fn workloads_are_behind_when_their_pods_ran_another_version() {
         }
         pod("n", name, Some(rec.clone()), extra)
     };
-    let v = |d: &str| Some(format!(r#"{{"{db}":"{d}","{x}":"x1"}}"#));
+    let v = |d: &str| Some(format!(r#"["{d}","x1"]"#));
     ix.apply(&owned("db-0", v("v1")));
     ix.apply(&owned("db-1", v("v2")));
     let k = |b: &str| Key {
