@@ -19,6 +19,7 @@ use sm_injector::service_accounts::{self, ServiceAccounts};
 use sm_injector::source::AwsSource;
 use sm_injector::store::Syncer;
 use sm_injector::store::inventory::Inventory;
+use sm_injector::store::moves::Moves;
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -292,12 +293,22 @@ pub async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         seconds: a.lease_seconds,
     };
     let mut refresher = tokio::spawn(refresher.run_with_lease(lease, stopping.clone()));
+    // Every replica learns of the leader's rotations (the watch retries on
+    // its own; until it is in sync, admissions trust what they found 30 s).
+    let moves = Moves::default();
+    tokio::spawn(sm_injector::store::moves::watch(
+        inventory.metadata_api().clone(),
+        inventory.prefix().to_string(),
+        moves.clone(),
+    ));
     let webhook = Arc::new(Webhook {
         source: CachedSource::new(aws, a.cache_ttl, metrics.clone())
             .with_max_bytes(a.cache_bytes)
             .with_negative_ttl(a.negative_cache_ttl)
             .with_quota(quota),
-        syncer: Syncer::new(client.clone(), a.cache_ttl, metrics.clone()).with_inventory(inventory),
+        syncer: Syncer::new(client.clone(), a.cache_ttl, metrics.clone())
+            .with_inventory(inventory)
+            .with_moves(moves),
         namespaces,
         service_accounts: ServiceAccounts::new(client.clone(), service_accounts::TTL),
         scope: sm_injector::admission::scope::Scope::new(&a.lease_namespace),

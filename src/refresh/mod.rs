@@ -277,6 +277,7 @@ impl Refresher {
         } else {
             self.refresh(index, planner, d.due, leading).await
         };
+        self.stamp_moved(&rotated).await;
         // Level-triggered rollouts: whatever the pods run against what the
         // Secrets hold, whoever wrote it.
         let candidates = rollouts.to_check(index.behind(&planner.versions(), &rotated));
@@ -305,6 +306,31 @@ impl Refresher {
         self.metrics
             .refresh_gauges(g.in_use, g.failing, g.revoked, g.oldest_due);
         d.next_wake
+    }
+}
+
+impl Refresher {
+    /// Tells every replica's admissions that backing Secrets of these
+    /// namespaces have just moved ([`crate::store::moves`]): they read them
+    /// again rather than trust what they found before. A stamp that fails
+    /// leaves them trusting it for at most the value cache's TTL.
+    async fn stamp_moved(&self, rotated: &BTreeSet<Key>) {
+        let namespaces: BTreeSet<String> = rotated.iter().map(|k| k.namespace.clone()).collect();
+        let stamps: Vec<_> = namespaces
+            .into_iter()
+            .map(|ns| {
+                let inventory = self.inventory.clone();
+                async move {
+                    if let Err(e) = inventory.stamp_moved(&ns).await {
+                        tracing::warn!(namespace = %ns, error = %e, "could not tell the replicas of a rotation; their admissions trust what they found for up to the cache TTL");
+                    }
+                }
+            })
+            .collect();
+        futures::stream::iter(stamps)
+            .buffer_unordered(self.settings.concurrency.max(1))
+            .collect::<Vec<()>>()
+            .await;
     }
 }
 

@@ -10,8 +10,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 
 use crate::backing::Key;
 use crate::backing::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
@@ -20,6 +22,11 @@ use crate::lookup::{Hashing, Strs};
 
 /// The label that names the tenant namespace an inventory ConfigMap is for.
 pub const INVENTORY_OF: &str = "sm-injector.io/inventory-of";
+
+/// The annotation the leader changes on a namespace's inventory ConfigMap
+/// right after it moved one of the namespace's backing Secrets to another
+/// version (read by every replica: [`super::moves`]).
+pub const MOVED: &str = "sm-injector.io/moved";
 
 /// The start of a mark that asks the refresher's leader to check a backing
 /// Secret now: an admission fetched a version the Secret does not hold.
@@ -34,6 +41,8 @@ pub fn nudge_mark(version: &str) -> String {
 #[derive(Clone)]
 pub struct Inventory {
     api: Api<ConfigMap>,
+    /// The same ConfigMaps' metadata only (what replicas watch).
+    meta: Api<PartialObjectMeta<ConfigMap>>,
     prefix: String,
     /// Recorded by this process lately: not recorded again.
     recorded: moka::future::Cache<(String, String), (), Hashing>,
@@ -52,6 +61,7 @@ impl Inventory {
     /// ConfigMaps `<prefix>-<namespace>` in `namespace` (sm-injector's own).
     pub fn new(client: kube::Client, namespace: &str, prefix: &str, ttl: Duration) -> Self {
         Inventory {
+            meta: Api::namespaced(client.clone(), namespace),
             api: Api::namespaced(client, namespace),
             prefix: prefix.to_string(),
             recorded: moka::future::Cache::builder()
@@ -63,6 +73,42 @@ impl Inventory {
 
     pub fn api(&self) -> &Api<ConfigMap> {
         &self.api
+    }
+
+    /// [`Inventory::api`] for the ConfigMaps' metadata only.
+    pub fn metadata_api(&self) -> &Api<PartialObjectMeta<ConfigMap>> {
+        &self.meta
+    }
+
+    /// The start of every inventory ConfigMap's name.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Stamps `namespace`'s inventory with a new [`MOVED`]
+    /// value: the leader has just moved one of its backing Secrets to another
+    /// version, and every replica's admissions are to read them again. An
+    /// inventory that does not exist needs no stamp (nothing was written).
+    pub async fn stamp_moved(&self, namespace: &str) -> Result<(), String> {
+        let name = format!("{}-{namespace}", self.prefix);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros()
+            .to_string();
+        let patch = serde_json::json!({"metadata": {"annotations": {MOVED: stamp}}});
+        match self
+            .api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(format!(
+                "cannot stamp the inventory ConfigMap {name}: {}",
+                kube_reason(&e)
+            )),
+        }
     }
 
     /// Records that `backings` in `namespace` are (about to be) written and
@@ -171,19 +217,23 @@ impl Inventory {
     }
 }
 
-fn read_with_prefix(prefix: &str, cm: &ConfigMap) -> Vec<(Key, String)> {
-    let ns = cm
-        .metadata
+/// The tenant namespace of an inventory ConfigMap (`meta`): the one its name
+/// (`<prefix>-<namespace>`) gives, which its label must repeat.
+pub fn tenant<'a>(prefix: &str, meta: &'a ObjectMeta) -> Option<&'a str> {
+    let ns = meta
         .name
         .as_deref()
         .and_then(|n| n.strip_prefix(prefix)?.strip_prefix('-'));
-    let label = cm
-        .metadata
+    let label = meta
         .labels
         .as_ref()
         .and_then(|l| l.get(INVENTORY_OF))
         .map(String::as_str);
-    let Some(ns) = ns.filter(|ns| !ns.is_empty() && Some(*ns) == label) else {
+    ns.filter(|ns| !ns.is_empty() && Some(*ns) == label)
+}
+
+fn read_with_prefix(prefix: &str, cm: &ConfigMap) -> Vec<(Key, String)> {
+    let Some(ns) = tenant(prefix, &cm.metadata) else {
         return vec![];
     };
     cm.data

@@ -7,9 +7,11 @@
 //! when it differs from what they fetched (an inventory mark,
 //! [`inventory::nudge_mark`]); only the refresher's leader moves a Secret to
 //! another version. A Secret this process created (or found holding the
-//! fetched version) is not read again for [`KNOWN_TTL`], keyed by the
-//! namespace's UID, so a warm admission makes no Kubernetes call, and a
-//! namespace deleted and made again is written afresh.
+//! fetched version) is not read again for the cache TTL, or until the leader
+//! moves one of the namespace's backing Secrets ([`moves`]; [`KNOWN_TTL`]
+//! while this replica cannot tell), keyed by the namespace's UID, so a warm
+//! admission makes no Kubernetes call, and a namespace deleted and made again
+//! is written afresh.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -20,6 +22,8 @@ use kube::Api;
 mod ensured;
 mod existing;
 pub mod inventory;
+pub mod moves;
+mod nudge;
 pub mod rule;
 mod write;
 
@@ -32,21 +36,25 @@ use crate::lookup::{Hashing, Strs};
 use crate::metrics::Metrics;
 use crate::plan::{Backing, Content, Plan};
 use inventory::Inventory;
+use moves::Moves;
 use rule::Writer;
 
 /// How long an admission trusts that a backing Secret holds the version it
-/// created or found, without reading it again (at most the cache TTL). After
-/// a rotation, admissions of other replicas notice the new version within
-/// this time, and a Secret deleted by hand is written again by the next
-/// admission after it.
+/// created or found, without reading it again (at most the cache TTL), when
+/// it does not learn of the leader's rotations ([`moves`]): after a rotation,
+/// admissions of other replicas notice the new version within this time.
+/// When it does, it trusts that for the cache TTL, or until the leader moves
+/// one of the namespace's backing Secrets. Either way a Secret deleted by
+/// hand is written again by the first admission after the trust ends.
 pub const KNOWN_TTL: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct Syncer {
     client: kube::Client,
     /// (namespace UID, backing Secret name, version id) found or created by
-    /// this process lately.
-    known: moka::future::Cache<(String, String, String), (), Hashing>,
+    /// this process lately: under which generation of the namespace's
+    /// [`Moves`], and when.
+    known: moka::future::Cache<(String, String, String), Found, Hashing>,
     /// (namespace, backing Secret name, version fetched) the refresher was
     /// told about lately.
     nudged: moka::future::Cache<(String, String, String), (), Hashing>,
@@ -54,6 +62,21 @@ pub struct Syncer {
     vouch_for: Duration,
     metrics: Metrics,
     inventory: Option<Inventory>,
+    /// What the leader's rotations tell this replica (never in sync unless
+    /// [`Syncer::with_moves`]).
+    moves: Moves,
+    /// How long what was found is trusted while `moves` is in sync, and
+    /// while it is not.
+    trust: Duration,
+    short: Duration,
+}
+
+/// When and under which generation a backing Secret was found holding a
+/// version (or created so).
+#[derive(Clone, Copy)]
+struct Found {
+    generation: u64,
+    at: std::time::Instant,
 }
 
 /// Now, as RFC 3339 in UTC with second precision.
@@ -64,7 +87,9 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-fn memory(ttl: Duration) -> moka::future::Cache<(String, String, String), (), Hashing> {
+fn memory<V: Clone + Send + Sync + 'static>(
+    ttl: Duration,
+) -> moka::future::Cache<(String, String, String), V, Hashing> {
     moka::future::Cache::builder()
         .max_capacity(100_000)
         .time_to_live(ttl)
@@ -111,12 +136,34 @@ impl Syncer {
     pub fn new(client: kube::Client, ttl: Duration, metrics: Metrics) -> Self {
         Syncer {
             client,
-            known: memory(ttl.min(KNOWN_TTL)),
+            known: memory(ttl),
             nudged: memory(ttl.min(KNOWN_TTL)),
             vouch_for: VOUCHED_FOR.min(ttl.min(KNOWN_TTL) / 10),
             metrics,
             inventory: None,
+            moves: Moves::default(),
+            trust: ttl,
+            short: ttl.min(KNOWN_TTL),
         }
+    }
+
+    /// Learns of the leader's rotations from `moves` (fed by
+    /// [`moves::watch`]): what an admission found is trusted for the cache TTL
+    /// while that watch is in sync, and until the namespace's generation
+    /// changes.
+    pub fn with_moves(mut self, moves: Moves) -> Self {
+        self.moves = moves;
+        self
+    }
+
+    /// Whether `found` still holds under `generation`.
+    fn trusted(&self, found: Found, generation: u64) -> bool {
+        let trust = if self.moves.watching() {
+            self.trust
+        } else {
+            self.short
+        };
+        found.generation == generation && found.at.elapsed() < trust
     }
 
     /// Records every backing Secret this process writes in the collector's
@@ -176,15 +223,24 @@ impl Syncer {
         // The warm path: every value fetched, and each backing Secret known to
         // hold it (or nothing to write on a dry run). Answered here, without
         // building a write for each.
-        let warm = plan.backing.iter().all(|b| match &b.content {
-            Content::Fresh { value } => {
-                dry_run
-                    || self
-                        .known
-                        .contains_key(&Strs([&scope, &b.name, &value.version_id]))
+        let generation = self.moves.generation(namespace);
+        let mut warm = true;
+        for b in &plan.backing {
+            warm = match &b.content {
+                Content::Fresh { value } => {
+                    dry_run
+                        || self
+                            .known
+                            .get(&Strs([&scope, &b.name, &value.version_id]))
+                            .await
+                            .is_some_and(|f| self.trusted(f, generation))
+                }
+                Content::Unreachable { .. } => false,
+            };
+            if !warm {
+                break;
             }
-            Content::Unreachable { .. } => false,
-        });
+        }
         if warm {
             if let Some(v) = vouched.filter(|_| !dry_run && out.warnings.is_empty()) {
                 v.found(&scope, std::time::Instant::now() + self.vouch_for);
@@ -192,10 +248,10 @@ impl Syncer {
             return Ok(out);
         }
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let jobs = plan
-            .backing
-            .iter()
-            .map(|b| self.ensure_one(&api, namespace, &scope, (plan, b), dry_run, first));
+        let jobs = plan.backing.iter().map(|b| {
+            let at = (&*scope, generation);
+            self.ensure_one(&api, namespace, at, (plan, b), dry_run, first)
+        });
         let results = futures::future::join_all(jobs).await;
         let mut errors = vec![];
         for (i, r) in results.into_iter().enumerate() {
@@ -223,7 +279,7 @@ impl Syncer {
         &self,
         api: &Api<Secret>,
         namespace: &str,
-        scope: &str,
+        (scope, generation): (&str, u64),
         (plan, b): (&Plan, &Backing),
         dry_run: bool,
         first: bool,
@@ -240,8 +296,22 @@ impl Syncer {
         if dry_run {
             return Ok(Done::Held);
         }
-        // Concurrent admissions needing the same Secret share one write.
+        // Concurrent admissions needing the same Secret share one write. What
+        // was found before and is no longer trusted is found again.
         let key = (scope.to_string(), b.name.clone(), value.version_id.clone());
+        if self
+            .known
+            .get(&key)
+            .await
+            .is_some_and(|f| !self.trusted(f, generation))
+        {
+            self.known.invalidate(&key).await;
+        }
+        // The generation before the read: a move during it is not missed.
+        let found = Found {
+            generation,
+            at: std::time::Instant::now(),
+        };
         let r = self
             .known
             .try_get_with(key, async {
@@ -263,12 +333,12 @@ impl Syncer {
                 match written {
                     Ok(Written::Created) => {
                         self.metrics.secret_write("apply");
-                        Ok(())
+                        Ok(found)
                     }
                     Ok(Written::Differs { version_id, keys }) => {
                         Err(NotWritten::Differs { version_id, keys })
                     }
-                    Ok(_) => Ok(()),
+                    Ok(_) => Ok(found),
                     Err(e) => Err(NotWritten::Failed(format!(
                         "could not write the backing Secret {namespace}/{}: {e}",
                         b.name
@@ -277,7 +347,7 @@ impl Syncer {
             })
             .await;
         match r.map_err(|e| (*e).clone()) {
-            Ok(()) => Ok(Done::Held),
+            Ok(_) => Ok(Done::Held),
             Err(NotWritten::Failed(e)) => Err(e),
             // The Secret holds another version (or was changed): the pod reads
             // what it holds (it names the Secret, not a value), so its keys
@@ -298,42 +368,6 @@ impl Syncer {
                 })
             }
         }
-    }
-
-    /// Tells the refresher (through the inventory, which its leader watches)
-    /// that `backing` holds something other than the version `fetched`; once
-    /// per (Secret, version) for [`KNOWN_TTL`], in the background.
-    async fn nudge(&self, namespace: &str, backing: &str, fetched: &str) {
-        let Some(inv) = self.inventory.clone() else {
-            return;
-        };
-        if self
-            .nudged
-            .contains_key(&Strs([namespace, backing, fetched]))
-        {
-            return;
-        }
-        self.nudged
-            .insert(
-                (
-                    namespace.to_string(),
-                    backing.to_string(),
-                    fetched.to_string(),
-                ),
-                (),
-            )
-            .await;
-        let (namespace, backing, fetched) = (
-            namespace.to_string(),
-            backing.to_string(),
-            fetched.to_string(),
-        );
-        tokio::spawn(async move {
-            let marks = [(backing, Some(inventory::nudge_mark(&fetched)))].into();
-            if let Err(e) = inv.mark(&namespace, &marks).await {
-                tracing::warn!(namespace, error = %e, "could not tell the refresher that a backing Secret differs from Secrets Manager; it finds out at its next pass");
-            }
-        });
     }
 }
 

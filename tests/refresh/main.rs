@@ -14,6 +14,7 @@ mod failures;
 mod identity;
 mod lease;
 mod level;
+mod moves;
 mod replicas;
 mod restarts;
 

@@ -23,6 +23,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::{TestBed, eventually};
 
 pub struct Injector {
+    /// What the leader's rotations told this replica (with an inventory).
+    pub moves: sm_injector::store::moves::Moves,
     /// Holds tls.crt and tls.key, reloaded when they change.
     pub dir: std::path::PathBuf,
     pub port: u16,
@@ -107,21 +109,35 @@ pub async fn start(bed: &TestBed, namespaces: &[&str], opts: Options) -> Injecto
         aws_sdk_sts::Client::new(&sts_conf.build()),
         aws_sdk_secretsmanager::Config::new(&aws_conf),
     );
+    // With an inventory, the replica learns of the leader's rotations as
+    // `serve` does (a watch of the inventory ConfigMaps, run with the server).
+    let inventory = opts.inventory.as_ref().map(|ns| {
+        sm_injector::store::inventory::Inventory::new(
+            client.clone(),
+            ns,
+            "inventory",
+            opts.cache_ttl,
+        )
+    });
+    let moves = sm_injector::store::moves::Moves::default();
+    let moves_watch = inventory.as_ref().map(|i| {
+        sm_injector::store::moves::watch(
+            i.metadata_api().clone(),
+            i.prefix().to_string(),
+            moves.clone(),
+        )
+    });
     let webhook = Arc::new(Webhook {
         source: CachedSource::new(
             Arc::new(AwsSource::new(aws, metrics.clone()).with_workloads(workloads)),
             opts.cache_ttl,
             metrics.clone(),
         ),
-        syncer: match &opts.inventory {
+        syncer: match inventory {
             None => Syncer::new(client.clone(), opts.cache_ttl, metrics.clone()),
-            Some(ns) => Syncer::new(client.clone(), opts.cache_ttl, metrics.clone())
-                .with_inventory(sm_injector::store::inventory::Inventory::new(
-                    client.clone(),
-                    ns,
-                    "inventory",
-                    opts.cache_ttl,
-                )),
+            Some(inventory) => Syncer::new(client.clone(), opts.cache_ttl, metrics.clone())
+                .with_inventory(inventory)
+                .with_moves(moves.clone()),
         },
         namespaces: Namespaces::start(client.clone()),
         service_accounts: sm_injector::service_accounts::ServiceAccounts::new(
@@ -153,7 +169,7 @@ pub async fn start(bed: &TestBed, namespaces: &[&str], opts: Options) -> Injecto
     let probes = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let probe_port = probes.local_addr().unwrap().port();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(
+    let serve = server::run(
         webhook.clone(),
         ServerSettings {
             tls: Certificates::Files(TlsFiles {
@@ -184,7 +200,16 @@ pub async fn start(bed: &TestBed, namespaces: &[&str], opts: Options) -> Injecto
         async move {
             let _ = stopped.await;
         },
-    ));
+    );
+    let task = tokio::spawn(async move {
+        match moves_watch {
+            None => serve.await,
+            Some(watch) => tokio::select! {
+                r = serve => r,
+                () = watch => unreachable!("the watch runs until the server ends"),
+            },
+        }
+    });
 
     let config_name = format!("sm-injector-{}", namespaces[0]);
     super::start_url_webhook(bed, &client, &config_name, port, namespaces).await;
@@ -221,6 +246,7 @@ pub async fn start(bed: &TestBed, namespaces: &[&str], opts: Options) -> Injecto
         webhook,
         stop: Some(stop),
         task,
+        moves,
     }
 }
 

@@ -230,3 +230,4 @@ async fn a_first_write_in_a_namespace_creates_at_once_and_decides_as_usual_when_
 }
 
 mod ensure;
+mod moves;

@@ -1,0 +1,61 @@
+//! What an admission trusts when it learns of the leader's rotations
+//! ([`moves`](super::super::moves)), against a mocked API server.
+
+use super::ensure::{config_map, plan_for};
+use super::*;
+use crate::store::moves::Moves;
+
+/// An admission of `plan` in namespace `n`: the read it makes, if any.
+async fn admit(h: &mut H, syncer: &Syncer, plan: &Plan, reads: bool) {
+    let (s, p) = (syncer.clone(), plan.clone());
+    let t = tokio::spawn(async move { s.ensure("n", Some("uid-1"), &p, false, None).await });
+    if reads {
+        let (method, _, _, body) = answer(h, 200, held("v1", true)).await;
+        assert_eq!((method.as_str(), body), ("PATCH", json!({})), "the read");
+    }
+    let e = done(t).await.unwrap();
+    assert!(e.held.is_empty() && e.warnings.is_empty(), "{e:?}");
+}
+
+#[tokio::test]
+async fn in_sync_with_the_leaders_rotations_what_was_found_is_trusted_until_one() {
+    let (mut h, client) = mock_api::client();
+    let moves = Moves::default();
+    let mut syncer = Syncer::new(client.clone(), Duration::from_secs(60), Metrics::new())
+        .with_inventory(Inventory::new(
+            client,
+            "own",
+            "inventory",
+            Duration::from_secs(60),
+        ))
+        .with_moves(moves.clone());
+    // KNOWN_TTL, made short for the test.
+    let short = Duration::from_millis(100);
+    syncer.short = short;
+    let plan = plan_for("v1");
+    let s = syncer.clone();
+    let p = plan.clone();
+    let t = tokio::spawn(async move { s.ensure("n", Some("uid-1"), &p, false, None).await });
+    answer(&mut h, 200, config_map()).await;
+    answer(&mut h, 200, held("v1", true)).await;
+    done(t).await.unwrap();
+    admit(&mut h, &syncer, &plan, false).await;
+    // Not in sync: read again once the short trust is over.
+    tokio::time::sleep(short * 2).await;
+    admit(&mut h, &syncer, &plan, true).await;
+    // In sync: what was found before is found again, then trusted past it.
+    moves.synced();
+    admit(&mut h, &syncer, &plan, true).await;
+    tokio::time::sleep(short * 2).await;
+    admit(&mut h, &syncer, &plan, false).await;
+    // A rotation in another namespace changes nothing here; one here does.
+    moves.saw("other", Some("1"));
+    admit(&mut h, &syncer, &plan, false).await;
+    moves.saw("n", Some("1"));
+    admit(&mut h, &syncer, &plan, true).await;
+    admit(&mut h, &syncer, &plan, false).await;
+    // The watch lost: the short trust again.
+    moves.lost();
+    tokio::time::sleep(short * 2).await;
+    admit(&mut h, &syncer, &plan, true).await;
+}
