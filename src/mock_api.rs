@@ -18,6 +18,9 @@ pub struct Asked {
     pub path: String,
     pub query: String,
     pub content_type: String,
+    /// The `Accept` header (a metadata-only request names
+    /// `as=PartialObjectMetadata` or `as=PartialObjectMetadataList`).
+    pub accept: String,
     pub body: Value,
 }
 
@@ -45,13 +48,17 @@ pub async fn answer(h: &mut ApiHandle, code: u16, body: Value) -> Asked {
         method: parts.method.to_string(),
         path: parts.uri.path().to_string(),
         query: parts.uri.query().unwrap_or_default().to_string(),
-        content_type: parts
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .map(|v| v.to_str().unwrap().to_string())
-            .unwrap_or_default(),
+        content_type: header(&parts.headers, http::header::CONTENT_TYPE),
+        accept: header(&parts.headers, http::header::ACCEPT),
         body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     }
+}
+
+fn header(headers: &http::HeaderMap, name: http::header::HeaderName) -> String {
+    headers
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
 }
 
 /// The task's result, which must come without a further request.

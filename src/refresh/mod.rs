@@ -147,11 +147,7 @@ impl Refresher {
 
     /// One leadership: watches, plans and acts until the Lease is lost.
     async fn lead(&self, leader: &mut watch::Receiver<bool>) -> Result<(), Error> {
-        let pods = watcher(
-            Api::<PartialObjectMeta<Pod>>::all(self.client.clone()),
-            watcher::Config::default().labels(INJECTED_LABEL),
-        )
-        .default_backoff();
+        let pods = pod_watch(self.client.clone()).default_backoff();
         let cms = watcher(
             self.inventory.api().clone(),
             watcher::Config::default().labels(inventory::INVENTORY_OF),
@@ -307,6 +303,20 @@ impl Refresher {
             .refresh_gauges(g.in_use, g.failing, g.revoked, g.oldest_due);
         d.next_wake
     }
+}
+
+/// The pods the webhook labelled ([`INJECTED_LABEL`], selected by the API
+/// server), their metadata only on the wire (`as=PartialObjectMetadata`,
+/// which kube asks for an `Api<PartialObjectMeta<_>>`; a test holds it): the
+/// record and versions are annotations, so the pods' spec and status are
+/// neither encoded for this watch nor decoded here.
+fn pod_watch(
+    client: kube::Client,
+) -> impl futures::Stream<Item = watcher::Result<watcher::Event<PartialObjectMeta<Pod>>>> {
+    watcher(
+        Api::<PartialObjectMeta<Pod>>::all(client),
+        watcher::Config::default().labels(INJECTED_LABEL),
+    )
 }
 
 impl Refresher {

@@ -219,3 +219,50 @@ async fn a_slow_batch_fails_only_its_own_secrets() {
         matches!(&out[&keys[3]], Err(FetchError::Unreachable(m)) if m.contains("no answer within 5s"))
     );
 }
+
+#[tokio::test]
+async fn the_pod_watch_asks_for_the_labelled_pods_metadata_only() {
+    let (mut h, client) = mock_api::client();
+    let t = tokio::spawn(async move {
+        let mut pods = std::pin::pin!(pod_watch(client));
+        let mut seen = vec![];
+        while let Some(Ok(e)) = pods.next().await {
+            let done = matches!(e, watcher::Event::InitDone);
+            seen.push(e);
+            if done {
+                return seen;
+            }
+        }
+        seen
+    });
+    let meta = json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+        "metadata": {"resourceVersion": "7"},
+        "items": [{"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+            "metadata": {"name": "p", "namespace": "n", "annotations": {"a": "b"}}}]});
+    let asked = mock_api::answer(&mut h, 200, meta).await;
+    assert_eq!(
+        (asked.method.as_str(), asked.path.as_str()),
+        ("GET", "/api/v1/pods")
+    );
+    assert!(
+        asked
+            .query
+            .contains("labelSelector=sm-injector.io%2Finjected"),
+        "selected by the API server: {}",
+        asked.query
+    );
+    assert!(
+        asked.accept.contains("as=PartialObjectMetadataList"),
+        "metadata only on the wire: {:?}",
+        asked.accept
+    );
+    let seen = done(t).await;
+    let applied: Vec<_> = seen
+        .iter()
+        .filter_map(|e| match e {
+            watcher::Event::InitApply(p) => Some(p.metadata.annotations.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(applied, [Some([("a".to_string(), "b".to_string())].into())]);
+}

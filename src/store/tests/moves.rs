@@ -59,3 +59,56 @@ async fn in_sync_with_the_leaders_rotations_what_was_found_is_trusted_until_one(
     tokio::time::sleep(short * 2).await;
     admit(&mut h, &syncer, &plan, true).await;
 }
+
+#[tokio::test]
+async fn the_replicas_watch_asks_for_the_inventories_metadata_only() {
+    let (mut h, client) = mock_api::client();
+    let moves = Moves::default();
+    let before = moves.generation("n");
+    let inventory = Inventory::new(client, "own", "inventory", Duration::from_secs(60));
+    let watch = tokio::spawn(crate::store::moves::watch(
+        inventory.metadata_api().clone(),
+        "inventory".into(),
+        moves.clone(),
+    ));
+    let meta = json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+        "metadata": {"resourceVersion": "7"},
+        "items": [{"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+            "metadata": {"name": "inventory-n", "namespace": "own",
+                "labels": {"sm-injector.io/inventory-of": "n"},
+                "annotations": {"sm-injector.io/moved": "1"}}}]});
+    let asked = mock_api::answer(&mut h, 200, meta).await;
+    assert_eq!(
+        (asked.method.as_str(), asked.path.as_str()),
+        ("GET", "/api/v1/namespaces/own/configmaps")
+    );
+    assert!(
+        asked
+            .query
+            .contains("labelSelector=sm-injector.io%2Finventory-of"),
+        "{}",
+        asked.query
+    );
+    assert!(
+        asked.accept.contains("as=PartialObjectMetadataList"),
+        "metadata only on the wire, not the inventories' data: {:?}",
+        asked.accept
+    );
+    // The watch that follows the list: by then the list is seen.
+    let (watch_req, _pending) = tokio::time::timeout(Duration::from_secs(5), h.next_request())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        watch_req
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .contains("watch=true"),
+        "{:?}",
+        watch_req.uri()
+    );
+    assert!(moves.watching(), "in sync after the list");
+    assert!(moves.generation("n") > before, "the stamp was seen");
+    watch.abort();
+}
