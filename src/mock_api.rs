@@ -54,6 +54,29 @@ pub async fn answer(h: &mut ApiHandle, code: u16, body: Value) -> Asked {
     }
 }
 
+/// Answers the next request, which must list `path`'s objects selected by
+/// the label `selector` (the query's URL-encoded text), their metadata only
+/// (`as=PartialObjectMetadataList`), with objects of these metadata.
+pub async fn answer_metadata_list(h: &mut ApiHandle, path: &str, selector: &str, metas: &[Value]) {
+    let items: Vec<Value> = (metas.iter())
+        .map(|m| serde_json::json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": m}))
+        .collect();
+    let list = serde_json::json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+        "metadata": {"resourceVersion": "7"}, "items": items});
+    let asked = answer(h, 200, list).await;
+    assert_eq!((asked.method.as_str(), asked.path.as_str()), ("GET", path));
+    assert!(
+        asked.query.contains(&format!("labelSelector={selector}")),
+        "selected by the API server: {}",
+        asked.query
+    );
+    assert!(
+        asked.accept.contains("as=PartialObjectMetadataList"),
+        "metadata only on the wire: {:?}",
+        asked.accept
+    );
+}
+
 fn header(headers: &http::HeaderMap, name: http::header::HeaderName) -> String {
     headers
         .get(name)

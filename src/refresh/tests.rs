@@ -235,27 +235,9 @@ async fn the_pod_watch_asks_for_the_labelled_pods_metadata_only() {
         }
         seen
     });
-    let meta = json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
-        "metadata": {"resourceVersion": "7"},
-        "items": [{"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
-            "metadata": {"name": "p", "namespace": "n", "annotations": {"a": "b"}}}]});
-    let asked = mock_api::answer(&mut h, 200, meta).await;
-    assert_eq!(
-        (asked.method.as_str(), asked.path.as_str()),
-        ("GET", "/api/v1/pods")
-    );
-    assert!(
-        asked
-            .query
-            .contains("labelSelector=sm-injector.io%2Finjected"),
-        "selected by the API server: {}",
-        asked.query
-    );
-    assert!(
-        asked.accept.contains("as=PartialObjectMetadataList"),
-        "metadata only on the wire: {:?}",
-        asked.accept
-    );
+    let pod = json!({"name": "p", "namespace": "n", "annotations": {"a": "b"}});
+    let selector = "sm-injector.io%2Finjected";
+    mock_api::answer_metadata_list(&mut h, "/api/v1/pods", selector, &[pod]).await;
     let seen = done(t).await;
     let applied: Vec<_> = seen
         .iter()

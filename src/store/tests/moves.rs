@@ -71,29 +71,15 @@ async fn the_replicas_watch_asks_for_the_inventories_metadata_only() {
         "inventory".into(),
         moves.clone(),
     ));
-    let meta = json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
-        "metadata": {"resourceVersion": "7"},
-        "items": [{"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
-            "metadata": {"name": "inventory-n", "namespace": "own",
-                "labels": {"sm-injector.io/inventory-of": "n"},
-                "annotations": {"sm-injector.io/moved": "1"}}}]});
-    let asked = mock_api::answer(&mut h, 200, meta).await;
-    assert_eq!(
-        (asked.method.as_str(), asked.path.as_str()),
-        ("GET", "/api/v1/namespaces/own/configmaps")
+    let stamped = json!({"name": "inventory-n", "namespace": "own",
+        "labels": {"sm-injector.io/inventory-of": "n"},
+        "annotations": {"sm-injector.io/moved": "1"}});
+    let (path, selector) = (
+        "/api/v1/namespaces/own/configmaps",
+        "sm-injector.io%2Finventory-of",
     );
-    assert!(
-        asked
-            .query
-            .contains("labelSelector=sm-injector.io%2Finventory-of"),
-        "{}",
-        asked.query
-    );
-    assert!(
-        asked.accept.contains("as=PartialObjectMetadataList"),
-        "metadata only on the wire, not the inventories' data: {:?}",
-        asked.accept
-    );
+    // Not the inventories' data.
+    mock_api::answer_metadata_list(&mut h, path, selector, &[stamped]).await;
     // The watch that follows the list: by then the list is seen.
     let (watch_req, _pending) = tokio::time::timeout(Duration::from_secs(5), h.next_request())
         .await
