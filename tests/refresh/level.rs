@@ -202,18 +202,7 @@ async fn a_namespace_made_again_gets_its_backing_secrets_and_hand_deletions_are_
     let _serial = SERIAL.lock().await;
     let bed = testbed();
     let client = bed.client().await;
-    let ns = namespace(&client, "again", &[INJECT]).await;
-    let own = namespace(&client, "again-own", &[]).await;
-    let inj = injector::start(
-        bed,
-        &[&ns],
-        Options {
-            inventory: Some(own.clone()),
-            min_refresh: Duration::from_secs(1),
-            ..Default::default()
-        },
-    )
-    .await;
+    let (ns, own, inj) = tenant_with_inventory(bed, &client, "again").await;
     bed.put_secret(&format!("{ns}/db"), r#"{"pw":"one"}"#).await;
     let uses = json!({"sm-injector.io/env.PW": format!("{ns}/db#pw"),
         "sm-injector.io/refresh-interval": "3s"});

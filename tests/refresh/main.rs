@@ -212,6 +212,29 @@ async fn warning_event(
     .await
 }
 
+/// A tenant namespace `<prefix>-…` opted in, sm-injector's own
+/// `<prefix>-own-…` for its inventory, and a replica serving the tenant that
+/// records there (refresh intervals down to 1 s): (tenant, own, replica).
+async fn tenant_with_inventory(
+    bed: &TestBed,
+    client: &kube::Client,
+    prefix: &str,
+) -> (String, String, injector::Injector) {
+    let ns = namespace(client, prefix, &[INJECT]).await;
+    let own = namespace(client, &format!("{prefix}-own"), &[]).await;
+    let inj = injector::start(
+        bed,
+        &[&ns],
+        Options {
+            inventory: Some(own.clone()),
+            min_refresh: Duration::from_secs(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    (ns, own, inj)
+}
+
 #[tokio::test]
 #[ignore = "needs the test bed: run ./tests/run"]
 async fn rotation_reaches_the_backing_secret_and_unchanged_versions_are_not_rewritten() {

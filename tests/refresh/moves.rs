@@ -11,18 +11,7 @@ async fn a_replica_trusts_what_it_found_until_the_leader_moves_it() {
     let _serial = SERIAL.lock().await;
     let bed = testbed();
     let client = bed.client().await;
-    let ns = namespace(&client, "moves", &[INJECT]).await;
-    let own = namespace(&client, "moves-own", &[]).await;
-    let inj = injector::start(
-        bed,
-        &[&ns],
-        Options {
-            inventory: Some(own.clone()),
-            min_refresh: Duration::from_secs(1),
-            ..Default::default()
-        },
-    )
-    .await;
+    let (ns, own, inj) = tenant_with_inventory(bed, &client, "moves").await;
     let secret = format!("{ns}/db");
     bed.put_secret(&secret, r#"{"pw":"v1"}"#).await;
     let uses = json!({"sm-injector.io/env.PW": format!("{secret}#pw"),
