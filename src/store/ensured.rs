@@ -17,27 +17,30 @@ use crate::plan::{Content, Plan};
 /// written again by the first admission after both.
 pub const VOUCHED_FOR: Duration = Duration::from_secs(1);
 
-/// Kept with a decision ([`crate::decisions::Decision`]): until when, and in
+/// Kept with a decision ([`crate::decisions::Decision`]): until when, in
 /// which namespace (its UID, as [`super::Syncer::ensure`] scopes what it
-/// knows), every backing Secret of the decision's plan was last found
-/// holding what the plan fetched and recorded in the inventory. While it
-/// holds, the replicas' admissions skip the two lookups per backing Secret
-/// that tell them so.
+/// knows) and under which of its generations ([`super::moves`]), every
+/// backing Secret of the decision's plan was last found holding what the
+/// plan fetched and recorded in the inventory. While it holds, the replicas'
+/// admissions skip the two lookups per backing Secret that tell them so; a
+/// rotation the leader makes in the namespace ends it at once, as it ends
+/// the trust in what was found.
 #[derive(Debug, Default)]
-pub struct Vouched(Mutex<Option<(Box<str>, Instant)>>);
+pub struct Vouched(Mutex<Option<(Box<str>, u64, Instant)>>);
 
 impl Vouched {
-    /// Whether all was found so in `scope`, trusted until after `now`.
-    pub fn holds(&self, scope: &str, now: Instant) -> bool {
+    /// Whether all was found so in `scope` under `generation`, trusted until
+    /// after `now`.
+    pub fn holds(&self, scope: &str, generation: u64, now: Instant) -> bool {
         let held = self.0.lock().unwrap_or_else(|e| e.into_inner());
         held.as_ref()
-            .is_some_and(|(s, until)| **s == *scope && now < *until)
+            .is_some_and(|(s, g, until)| **s == *scope && *g == generation && now < *until)
     }
 
-    /// All was found so in `scope`: trusted until `until`.
-    pub fn found(&self, scope: &str, until: Instant) {
+    /// All was found so in `scope` under `generation`: trusted until `until`.
+    pub fn found(&self, scope: &str, generation: u64, until: Instant) {
         let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        *held = Some((scope.into(), until));
+        *held = Some((scope.into(), generation, until));
     }
 }
 
@@ -83,19 +86,23 @@ mod tests {
     fn vouched_holds_in_its_namespace_until_its_time() {
         let v = Vouched::default();
         let t = Instant::now();
-        assert!(!v.holds("uid-1", t), "nothing found yet");
-        v.found("uid-1", t + VOUCHED_FOR);
-        assert!(v.holds("uid-1", t));
-        assert!(v.holds("uid-1", t + VOUCHED_FOR - Duration::from_millis(1)));
-        assert!(!v.holds("uid-1", t + VOUCHED_FOR), "past its time");
+        assert!(!v.holds("uid-1", 3, t), "nothing found yet");
+        v.found("uid-1", 3, t + VOUCHED_FOR);
+        assert!(v.holds("uid-1", 3, t));
+        assert!(v.holds("uid-1", 3, t + VOUCHED_FOR - Duration::from_millis(1)));
+        assert!(!v.holds("uid-1", 3, t + VOUCHED_FOR), "past its time");
         assert!(
-            !v.holds("uid-2", t),
+            !v.holds("uid-1", 4, t),
+            "the leader moved a backing Secret of the namespace since"
+        );
+        assert!(
+            !v.holds("uid-2", 3, t),
             "a namespace made again has another UID"
         );
-        v.found("uid-2", t + 2 * VOUCHED_FOR);
-        assert!(v.holds("uid-2", t + VOUCHED_FOR));
+        v.found("uid-2", 3, t + 2 * VOUCHED_FOR);
+        assert!(v.holds("uid-2", 3, t + VOUCHED_FOR));
         assert!(
-            !v.holds("uid-1", t + VOUCHED_FOR),
+            !v.holds("uid-1", 3, t + VOUCHED_FOR),
             "found in the other only"
         );
     }

@@ -196,8 +196,10 @@ impl Syncer {
             Some(u) => u.into(),
             None => format!("/{namespace}").into(),
         };
-        // The clock is read for a kept decision's admissions only.
-        if vouched.is_some_and(|v| v.holds(&scope, std::time::Instant::now())) {
+        // The generation before anything is looked at: a move meanwhile is
+        // not missed. The clock is read for a kept decision's admissions only.
+        let generation = self.moves.generation(namespace);
+        if vouched.is_some_and(|v| v.holds(&scope, generation, std::time::Instant::now())) {
             return Ok(Ensured::default());
         }
         let mut out = Ensured::default();
@@ -223,7 +225,6 @@ impl Syncer {
         // The warm path: every value fetched, and each backing Secret known to
         // hold it (or nothing to write on a dry run). Answered here, without
         // building a write for each.
-        let generation = self.moves.generation(namespace);
         let mut warm = true;
         for b in &plan.backing {
             warm = match &b.content {
@@ -243,7 +244,11 @@ impl Syncer {
         }
         if warm {
             if let Some(v) = vouched.filter(|_| !dry_run && out.warnings.is_empty()) {
-                v.found(&scope, std::time::Instant::now() + self.vouch_for);
+                v.found(
+                    &scope,
+                    generation,
+                    std::time::Instant::now() + self.vouch_for,
+                );
             }
             return Ok(out);
         }

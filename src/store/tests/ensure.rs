@@ -174,17 +174,17 @@ async fn a_kept_decision_trusts_what_its_warm_path_found_in_that_namespace_only(
     answer(&mut h, 404, status(404, "NotFound")).await;
     answer(&mut h, 201, held("v1", true)).await;
     done(t).await.unwrap();
-    assert!(!vouched.holds("uid-1", Instant::now()));
+    assert!(!vouched.holds("uid-1", syncer.moves.generation("n"), Instant::now()));
     // A dry run finds nothing: it does not vouch either.
     done(ensure("uid-1", true, Some(vouched.clone())))
         .await
         .unwrap();
-    assert!(!vouched.holds("uid-1", Instant::now()));
+    assert!(!vouched.holds("uid-1", syncer.moves.generation("n"), Instant::now()));
     // Warm, no request: vouched for.
     done(ensure("uid-1", false, Some(vouched.clone())))
         .await
         .unwrap();
-    assert!(vouched.holds("uid-1", Instant::now()));
+    assert!(vouched.holds("uid-1", syncer.moves.generation("n"), Instant::now()));
     // What the process knew is forgotten: without the memo, read again...
     syncer.known.invalidate_all();
     let t = ensure("uid-1", false, None);

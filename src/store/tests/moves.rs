@@ -4,6 +4,7 @@
 use super::ensure::{config_map, plan_for};
 use super::*;
 use crate::store::moves::Moves;
+use std::sync::Arc;
 
 /// An admission of `plan` in namespace `n`: the read it makes, if any.
 async fn admit(h: &mut H, syncer: &Syncer, plan: &Plan, reads: bool) {
@@ -58,6 +59,37 @@ async fn in_sync_with_the_leaders_rotations_what_was_found_is_trusted_until_one(
     moves.lost();
     tokio::time::sleep(short * 2).await;
     admit(&mut h, &syncer, &plan, true).await;
+}
+
+#[tokio::test]
+async fn a_rotation_ends_what_a_kept_decision_vouched_for_at_once() {
+    let (mut h, client) = mock_api::client();
+    let moves = Moves::default();
+    let syncer =
+        Syncer::new(client, Duration::from_secs(60), Metrics::new()).with_moves(moves.clone());
+    moves.synced();
+    let plan = Arc::new(plan_for("v1"));
+    let vouched = Arc::new(Vouched::default());
+    let ensure = || {
+        let (s, p, v) = (syncer.clone(), plan.clone(), vouched.clone());
+        tokio::spawn(async move { s.ensure("n", Some("uid-1"), &p, false, Some(&v)).await })
+    };
+    // Found by a read, then vouched for by the warm path.
+    let t = ensure();
+    answer(&mut h, 200, held("v1", true)).await;
+    done(t).await.unwrap();
+    done(ensure()).await.unwrap();
+    // Vouched for: no request even with the memory of the finding gone.
+    syncer.known.invalidate_all();
+    done(ensure()).await.unwrap();
+    // The leader moves a backing Secret of the namespace within the
+    // vouched-for second: the next admission reads it again, and what it
+    // finds is trusted again (no request).
+    moves.saw("n", Some("1"));
+    let t = ensure();
+    answer(&mut h, 200, held("v1", true)).await;
+    done(t).await.unwrap();
+    done(ensure()).await.unwrap();
 }
 
 #[tokio::test]
