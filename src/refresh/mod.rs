@@ -68,6 +68,9 @@ pub struct Refresher {
     /// ServiceAccounts' roles and the cluster's default mode, for namespaces
     /// that read with each workload's identity.
     identities: Option<(ServiceAccounts, Mode)>,
+    /// Namespaces whose replicas could not be told of a rotation
+    /// ([`Refresher::stamp_moved`]): told at the next passes until they are.
+    unstamped: std::sync::Mutex<BTreeSet<String>>,
 }
 
 impl Refresher {
@@ -95,6 +98,7 @@ impl Refresher {
             settings,
             recorder,
             identities: None,
+            unstamped: Default::default(),
         }
     }
 
@@ -322,25 +326,38 @@ fn pod_watch(
 impl Refresher {
     /// Tells every replica's admissions that backing Secrets of these
     /// namespaces have just moved ([`crate::store::moves`]): they read them
-    /// again rather than trust what they found before. A stamp that fails
-    /// leaves them trusting it for at most the value cache's TTL.
+    /// again rather than trust what they found before. A stamp that fails is
+    /// made again at the next passes (at most `tick` apart) until it is
+    /// made; meanwhile the replicas trust what they found for at most the
+    /// value cache's TTL.
     async fn stamp_moved(&self, rotated: &BTreeSet<Key>) {
-        let namespaces: BTreeSet<String> = rotated.iter().map(|k| k.namespace.clone()).collect();
+        let mut namespaces = std::mem::take(&mut *self.unstamped());
+        namespaces.extend(rotated.iter().map(|k| k.namespace.clone()));
         let stamps: Vec<_> = namespaces
             .into_iter()
             .map(|ns| {
                 let inventory = self.inventory.clone();
                 async move {
-                    if let Err(e) = inventory.stamp_moved(&ns).await {
-                        tracing::warn!(namespace = %ns, error = %e, "could not tell the replicas of a rotation; their admissions trust what they found for up to the cache TTL");
-                    }
+                    let r = inventory.stamp_moved(&ns).await;
+                    (ns, r)
                 }
             })
             .collect();
-        futures::stream::iter(stamps)
+        let failed: Vec<(String, Result<(), String>)> = futures::stream::iter(stamps)
             .buffer_unordered(self.settings.concurrency.max(1))
-            .collect::<Vec<()>>()
+            .filter(|(_, r)| std::future::ready(r.is_err()))
+            .collect()
             .await;
+        for (ns, r) in failed {
+            if let Err(e) = r {
+                tracing::warn!(namespace = %ns, error = %e, "could not tell the replicas of a rotation (trying again at the next pass); their admissions trust what they found for up to the cache TTL meanwhile");
+            }
+            self.unstamped().insert(ns);
+        }
+    }
+
+    fn unstamped(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.unstamped.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -248,3 +248,64 @@ async fn the_pod_watch_asks_for_the_labelled_pods_metadata_only() {
         .collect();
     assert_eq!(applied, [Some([("a".to_string(), "b".to_string())].into())]);
 }
+
+#[tokio::test]
+async fn a_stamp_that_fails_is_made_at_the_next_pass_until_it_is_made() {
+    let (mut h, client) = mock_api::client();
+    // The Namespace watch asks another API server, which never answers.
+    let (_quiet, other) = mock_api::client();
+    let r = Refresher::new(
+        client.clone(),
+        std::sync::Arc::new(Slow),
+        Namespaces::start(other),
+        Metrics::new(),
+        Inventory::new(client, "own", "inventory", Duration::from_secs(60)),
+        Settings {
+            tick: Duration::from_secs(30),
+            limits: Limits {
+                max_entries: 10,
+                min_interval: Duration::from_secs(60),
+                max_calls: 10,
+                max_records_per_namespace: 10,
+                max_secrets_per_namespace: 10,
+            },
+            aws_deadline: Duration::from_secs(3),
+            gc_grace: None,
+            concurrency: 4,
+        },
+    );
+    let r = std::sync::Arc::new(r);
+    let pass = |rotated: &[&str]| {
+        let (r, rotated): (_, BTreeSet<Key>) = (
+            r.clone(),
+            rotated
+                .iter()
+                .map(|ns| Key {
+                    namespace: ns.to_string(),
+                    backing: "sm-db".into(),
+                })
+                .collect(),
+        );
+        tokio::spawn(async move { r.stamp_moved(&rotated).await })
+    };
+    let stamp = |a: &mock_api::Asked| {
+        assert_eq!(a.method, "PATCH");
+        a.path.clone()
+    };
+    // The API server refuses the stamp of a rotation in n.
+    let t = pass(&["n"]);
+    let a = mock_api::answer(&mut h, 500, json!({"kind": "Status", "code": 500})).await;
+    assert_eq!(stamp(&a), "/api/v1/namespaces/own/configmaps/inventory-n");
+    done(t).await;
+    // The next pass, with nothing rotated, stamps n again; then nothing is owed.
+    let t = pass(&[]);
+    let a = mock_api::answer(&mut h, 200, json!({})).await;
+    assert_eq!(stamp(&a), "/api/v1/namespaces/own/configmaps/inventory-n");
+    assert!(
+        a.body["metadata"]["annotations"]["sm-injector.io/moved"].is_string(),
+        "{:?}",
+        a.body
+    );
+    done(t).await;
+    done(pass(&[])).await;
+}
