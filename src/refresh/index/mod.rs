@@ -274,9 +274,16 @@ impl Index {
     }
 
     /// Every backing Secret in use, with the shortest interval among its pods.
+    /// Pods of one namespace that share a record (a workload's replicas) are
+    /// counted once: a planning costs a hash per pod and a map entry per
+    /// backing Secret and record, not one per pod and entry.
     pub fn in_use(&self) -> BTreeMap<Key, Want> {
         let mut out: BTreeMap<Key, Want> = BTreeMap::new();
+        let mut seen: HashSet<(&str, *const Checked)> = HashSet::new();
         for ((ns, _), p) in &self.pods {
+            if !seen.insert((ns.as_str(), Arc::as_ptr(&p.record))) {
+                continue;
+            }
             let interval = p.record.interval;
             for e in &p.record.entries {
                 let key = Key {
@@ -307,17 +314,34 @@ impl Index {
         holds: &HashMap<&Key, &str>,
         rotated: &BTreeSet<Key>,
     ) -> BTreeMap<(String, Workload), Behind> {
-        let mut out: BTreeMap<(String, Workload), Behind> = BTreeMap::new();
+        // Pods of one workload that share a record and versions (its
+        // replicas) are behind on the same: looked at once, with the owners
+        // they name.
+        type Group<'a> = (&'a str, &'a Workload, *const Checked, *const Versions);
+        let mut groups: HashMap<Group, (&PodUse, BTreeMap<&str, &str>)> = HashMap::new();
         for ((ns, _), p) in &self.pods {
             let Some(w) = p.workload.as_ref().filter(|w| w.kind != "Pod") else {
                 continue;
             };
+            let group = (
+                ns.as_str(),
+                w,
+                Arc::as_ptr(&p.record),
+                Arc::as_ptr(&p.versions),
+            );
+            let (_, owners) = groups.entry(group).or_insert((p, BTreeMap::new()));
+            if let Some((uid, name)) = &p.owner {
+                owners.insert(uid, name);
+            }
+        }
+        let mut out: BTreeMap<(String, Workload), Behind> = BTreeMap::new();
+        for ((ns, w, ..), (p, owners)) in groups {
             let mut stale = BTreeSet::new();
             let mut secrets = BTreeSet::new();
             let mut wanted = BTreeMap::new();
             for (i, e) in p.record.entries.iter().enumerate() {
                 let key = Key {
-                    namespace: ns.clone(),
+                    namespace: ns.to_string(),
                     backing: e.backing.clone(),
                 };
                 let Some(held) = holds.get(&key) else {
@@ -335,11 +359,15 @@ impl Index {
             }
             // Every pod's backing Secrets, so that the template's record names
             // them all; only pods that are behind make it a candidate.
-            let b = out.entry((ns.clone(), w.clone())).or_default();
+            let b = out.entry((ns.to_string(), w.clone())).or_default();
             b.wanted.extend(wanted);
             b.stale.extend(stale);
             b.secrets.extend(secrets);
-            b.owners.extend(p.owner.clone());
+            b.owners.extend(
+                owners
+                    .into_iter()
+                    .map(|(u, n)| (u.to_string(), n.to_string())),
+            );
         }
         out.retain(|_, b| !b.stale.is_empty());
         out

@@ -99,3 +99,62 @@ fn workloads_are_behind_when_their_pods_ran_another_version() {
         BTreeSet::from([x.clone()])
     );
 }
+
+#[test]
+fn replicas_that_share_a_record_are_looked_at_once_and_still_each_counted() {
+    use crate::annotations::VERSIONS;
+    let mut ix = Index::new(LIMITS);
+    let rec = record_for("1h", &[("shared/db", cur(), Form::Keys, None)]);
+    let db = backing::name("shared/db", &cur(), Form::Keys);
+    // Two ReplicaSets of one Deployment in n, their pods with the same record
+    // and versions text (so sharing one copy of each), and a namespace m
+    // whose pods carry the same record text too.
+    let replica = |ns: &str, name: &str, rs: &str, version: &str| {
+        let extra = json!({
+            "labels": {"pod-template-hash": rs},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("web-{rs}"), "uid": format!("uid-{rs}"), "controller": true}],
+            "annotations": {INJECTED: rec, VERSIONS: format!(r#"["{version}"]"#)},
+        });
+        pod(ns, name, Some(rec.clone()), extra)
+    };
+    for (ns, name, rs, version) in [
+        ("n", "web-a-1", "a", "v1"),
+        ("n", "web-a-2", "a", "v1"),
+        ("n", "web-b-1", "b", "v1"),
+        ("n", "web-b-2", "b", "v2"),
+        ("m", "web-a-1", "a", "v2"),
+    ] {
+        ix.apply(&replica(ns, name, rs, version));
+    }
+    let k = |ns: &str| Key {
+        namespace: ns.into(),
+        backing: db.clone(),
+    };
+    let in_use = ix.in_use();
+    assert_eq!(in_use.keys().cloned().collect::<Vec<_>>(), [k("m"), k("n")]);
+    let (kn, km) = (k("n"), k("m"));
+    let holds = HashMap::from([(&kn, "v2"), (&km, "v2")]);
+    let b = ix.behind(&holds, &BTreeSet::new());
+    // m's pod runs what its Secret holds; in n both ReplicaSets have a pod
+    // behind, and the Deployment is named with both as owners.
+    let web = Workload {
+        kind: "Deployment",
+        name: "web".into(),
+    };
+    assert_eq!(b.keys().collect::<Vec<_>>(), [&("n".to_string(), web)]);
+    let behind = b.values().next().unwrap();
+    assert_eq!(behind.stale, BTreeSet::from([db.clone()]));
+    assert_eq!(
+        behind.owners,
+        BTreeMap::from([
+            ("uid-a".to_string(), "web-a".to_string()),
+            ("uid-b".to_string(), "web-b".to_string())
+        ])
+    );
+    // The last pod behind in n goes: nothing is.
+    for name in ["web-a-1", "web-a-2", "web-b-1"] {
+        ix.delete(&replica("n", name, "a", "v1"));
+    }
+    assert!(ix.behind(&holds, &BTreeSet::new()).is_empty());
+    assert_eq!(ix.in_use().len(), 2, "web-b-2 and m's pod still use theirs");
+}
