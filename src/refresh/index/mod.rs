@@ -30,6 +30,7 @@ use read::{check_record, read_versions};
 pub use read::{owner, read_record, workload};
 
 mod bounds;
+mod groups;
 mod read;
 mod shared;
 #[cfg(test)]
@@ -142,6 +143,8 @@ pub struct Index {
     dropped: usize,
     /// What each namespace's records hold, to bound it.
     namespaces: bounds::Namespaces,
+    /// The pods as a planning reads them.
+    groups: groups::Groups,
 }
 
 impl Index {
@@ -154,6 +157,7 @@ impl Index {
             versions: Shared::default(),
             dropped: 0,
             namespaces: bounds::Namespaces::default(),
+            groups: groups::Groups::default(),
         }
     }
 
@@ -162,6 +166,7 @@ impl Index {
     fn remove(&mut self, key: &(String, String)) {
         if let Some(p) = self.pods.remove(key) {
             self.namespaces.count(&key.0, &p.record.entries, false);
+            self.groups.remove(&key.0, &p);
             self.forget_one();
         }
     }
@@ -225,6 +230,7 @@ impl Index {
         // The pod's own earlier record does not count against it.
         if let Some(old) = self.pods.remove(&key) {
             self.namespaces.count(&key.0, &old.record.entries, false);
+            self.groups.remove(&key.0, &old);
             self.forget_one();
         }
         let checked = self.checked(text).and_then(|record| {
@@ -244,6 +250,7 @@ impl Index {
                     owner: read::owner(m),
                     versions,
                 };
+                self.groups.add(&key.0, &pod);
                 self.pods.insert(key, pod);
                 None
             }
@@ -269,36 +276,33 @@ impl Index {
     pub fn restart(&mut self) {
         self.pods.clear();
         self.namespaces.clear();
+        self.groups.clear();
         self.records.prune();
         self.versions.prune();
     }
 
     /// Every backing Secret in use, with the shortest interval among its pods.
     /// Pods of one namespace that share a record (a workload's replicas) are
-    /// counted once: a planning costs a hash per pod and a map entry per
-    /// backing Secret and record, not one per pod and entry.
+    /// looked at once ([`groups`]): a planning costs a step per backing
+    /// Secret and record of a namespace, not one per pod and entry.
     pub fn in_use(&self) -> BTreeMap<Key, Want> {
         let mut out: BTreeMap<Key, Want> = BTreeMap::new();
-        let mut seen: HashSet<(&str, *const Checked)> = HashSet::new();
-        for ((ns, _), p) in &self.pods {
-            if !seen.insert((ns.as_str(), Arc::as_ptr(&p.record))) {
-                continue;
-            }
-            let interval = p.record.interval;
-            for e in &p.record.entries {
+        for (ns, uses) in self.groups.uses() {
+            let record = &uses.record;
+            for e in &record.entries {
                 let key = Key {
-                    namespace: ns.clone(),
+                    namespace: ns.to_string(),
                     backing: e.backing.clone(),
                 };
                 let want = out.entry(key).or_insert_with(|| Want {
                     secret: e.secret.clone(),
                     fetch: e.fetch.clone(),
                     form: e.form,
-                    interval,
+                    interval: record.interval,
                     readers: BTreeSet::new(),
                 });
-                want.interval = want.interval.min(interval);
-                want.readers.insert(p.record.account.clone());
+                want.interval = want.interval.min(record.interval);
+                want.readers.insert(record.account.clone());
             }
         }
         out
@@ -315,31 +319,14 @@ impl Index {
         rotated: &BTreeSet<Key>,
     ) -> BTreeMap<(String, Workload), Behind> {
         // Pods of one workload that share a record and versions (its
-        // replicas) are behind on the same: looked at once, with the owners
-        // they name.
-        type Group<'a> = (&'a str, &'a Workload, *const Checked, *const Versions);
-        let mut groups: HashMap<Group, (&PodUse, BTreeMap<&str, &str>)> = HashMap::new();
-        for ((ns, _), p) in &self.pods {
-            let Some(w) = p.workload.as_ref().filter(|w| w.kind != "Pod") else {
-                continue;
-            };
-            let group = (
-                ns.as_str(),
-                w,
-                Arc::as_ptr(&p.record),
-                Arc::as_ptr(&p.versions),
-            );
-            let (_, owners) = groups.entry(group).or_insert((p, BTreeMap::new()));
-            if let Some((uid, name)) = &p.owner {
-                owners.insert(uid, name);
-            }
-        }
+        // replicas) are behind on the same: looked at once ([`groups`]), with
+        // the owners they name.
         let mut out: BTreeMap<(String, Workload), Behind> = BTreeMap::new();
-        for ((ns, w, ..), (p, owners)) in groups {
+        for (ns, w, g) in self.groups.workloads() {
             let mut stale = BTreeSet::new();
             let mut secrets = BTreeSet::new();
             let mut wanted = BTreeMap::new();
-            for (i, e) in p.record.entries.iter().enumerate() {
+            for (i, e) in g.record.entries.iter().enumerate() {
                 let key = Key {
                     namespace: ns.to_string(),
                     backing: e.backing.clone(),
@@ -348,7 +335,7 @@ impl Index {
                     continue;
                 };
                 wanted.insert(e.backing.clone(), held.to_string());
-                let behind = match p.versions.get(i).and_then(Option::as_deref) {
+                let behind = match g.versions.get(i).and_then(Option::as_deref) {
                     Some(ran) => ran != *held,
                     None => rotated.contains(&key),
                 };
@@ -363,11 +350,7 @@ impl Index {
             b.wanted.extend(wanted);
             b.stale.extend(stale);
             b.secrets.extend(secrets);
-            b.owners.extend(
-                owners
-                    .into_iter()
-                    .map(|(u, n)| (u.to_string(), n.to_string())),
-            );
+            b.owners.extend(g.owners().cloned());
         }
         out.retain(|_, b| !b.stale.is_empty());
         out

@@ -157,4 +157,17 @@ fn replicas_that_share_a_record_are_looked_at_once_and_still_each_counted() {
     }
     assert!(ix.behind(&holds, &BTreeSet::new()).is_empty());
     assert_eq!(ix.in_use().len(), 2, "web-b-2 and m's pod still use theirs");
+    // A pod whose versions change moves to the pods that recorded those.
+    ix.apply(&replica("n", "web-b-2", "b", "v1"));
+    let b = ix.behind(&holds, &BTreeSet::new());
+    assert_eq!(
+        b.values().next().unwrap().owners,
+        BTreeMap::from([("uid-b".to_string(), "web-b".to_string())])
+    );
+    // The watch starts over: nothing until the pods come again.
+    ix.restart();
+    assert!(ix.in_use().is_empty() && ix.behind(&holds, &BTreeSet::new()).is_empty());
+    ix.apply(&replica("m", "web-a-1", "a", "v1"));
+    assert_eq!(ix.in_use().keys().cloned().collect::<Vec<_>>(), [k("m")]);
+    assert_eq!(ix.behind(&holds, &BTreeSet::new()).len(), 1);
 }
