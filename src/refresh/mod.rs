@@ -331,7 +331,8 @@ impl Refresher {
     /// made; meanwhile the replicas trust what they found for at most the
     /// value cache's TTL.
     async fn stamp_moved(&self, rotated: &BTreeSet<Key>) {
-        let mut namespaces = std::mem::take(&mut *self.unstamped());
+        let pending = std::mem::take(&mut *self.unstamped());
+        let mut namespaces = pending.clone();
         namespaces.extend(rotated.iter().map(|k| k.namespace.clone()));
         let stamps: Vec<_> = namespaces
             .into_iter()
@@ -349,8 +350,11 @@ impl Refresher {
             .collect()
             .await;
         for (ns, r) in failed {
-            if let Err(e) = r {
-                tracing::warn!(namespace = %ns, error = %e, "could not tell the replicas of a rotation (trying again at the next pass); their admissions trust what they found for up to the cache TTL meanwhile");
+            // Logged once per failing spell, not at every pass.
+            if let Err(e) = r
+                && !pending.contains(&ns)
+            {
+                tracing::warn!(namespace = %ns, error = %e, "could not tell the replicas of a rotation (trying again at each pass until it works); their admissions trust what they found for up to the cache TTL meanwhile");
             }
             self.unstamped().insert(ns);
         }
