@@ -283,7 +283,7 @@ impl Index {
 
     /// Every backing Secret in use, with the shortest interval among its pods.
     /// Pods of one namespace that share a record (a workload's replicas) are
-    /// looked at once ([`groups`]): a planning costs a step per backing
+    /// looked at once (`groups.rs`): a planning costs a step per backing
     /// Secret and record of a namespace, not one per pod and entry.
     pub fn in_use(&self) -> BTreeMap<Key, Want> {
         let mut out: BTreeMap<Key, Want> = BTreeMap::new();
@@ -319,7 +319,7 @@ impl Index {
         rotated: &BTreeSet<Key>,
     ) -> BTreeMap<(String, Workload), Behind> {
         // Pods of one workload that share a record and versions (its
-        // replicas) are behind on the same: looked at once ([`groups`]), with
+        // replicas) are behind on the same: looked at once (`groups.rs`), with
         // the owners they name.
         let mut out: BTreeMap<(String, Workload), Behind> = BTreeMap::new();
         for (ns, w, g) in self.groups.workloads() {
