@@ -344,16 +344,14 @@ impl Refresher {
                 }
             })
             .collect();
-        let failed: Vec<(String, Result<(), String>)> = futures::stream::iter(stamps)
+        let failed: Vec<(String, String)> = futures::stream::iter(stamps)
             .buffer_unordered(self.settings.concurrency.max(1))
-            .filter(|(_, r)| std::future::ready(r.is_err()))
+            .filter_map(|(ns, r)| std::future::ready(r.err().map(|e| (ns, e))))
             .collect()
             .await;
-        for (ns, r) in failed {
+        for (ns, e) in failed {
             // Logged once per failing spell, not at every pass.
-            if let Err(e) = r
-                && !pending.contains(&ns)
-            {
+            if !pending.contains(&ns) {
                 tracing::warn!(namespace = %ns, error = %e, "could not tell the replicas of a rotation (trying again at each pass until it works); their admissions trust what they found for up to the cache TTL meanwhile");
             }
             self.unstamped().insert(ns);

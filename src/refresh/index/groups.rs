@@ -36,26 +36,36 @@ impl Group {
     }
 }
 
+/// A namespace and a record's address.
+type UsesKey = (String, usize);
+/// A namespace, a workload, and its pods' record's and versions' addresses.
+type GroupKey = (String, Workload, usize, usize);
+
 #[derive(Default)]
 pub struct Groups {
-    uses: HashMap<(String, usize), Uses>,
-    groups: HashMap<(String, Workload, usize, usize), Group>,
+    uses: HashMap<UsesKey, Uses>,
+    groups: HashMap<GroupKey, Group>,
 }
 
 impl Groups {
+    /// The pod's keys: its namespace's and record's, and its workload's
+    /// (none for a bare pod, which no rollout concerns).
+    fn keys(ns: &str, p: &PodUse) -> (UsesKey, Option<GroupKey>) {
+        let w = p.workload.as_ref().filter(|w| w.kind != "Pod");
+        (
+            (ns.to_string(), at(&p.record)),
+            w.map(|w| (ns.to_string(), w.clone(), at(&p.record), at(&p.versions))),
+        )
+    }
+
     pub fn add(&mut self, ns: &str, p: &PodUse) {
-        let uses = self
-            .uses
-            .entry((ns.to_string(), at(&p.record)))
-            .or_insert_with(|| Uses {
-                record: p.record.clone(),
-                pods: 0,
-            });
+        let (uses, group) = Self::keys(ns, p);
+        let uses = self.uses.entry(uses).or_insert_with(|| Uses {
+            record: p.record.clone(),
+            pods: 0,
+        });
         uses.pods += 1;
-        let Some(w) = p.workload.as_ref().filter(|w| w.kind != "Pod") else {
-            return;
-        };
-        let key = (ns.to_string(), w.clone(), at(&p.record), at(&p.versions));
+        let Some(key) = group else { return };
         let g = self.groups.entry(key).or_insert_with(|| Group {
             record: p.record.clone(),
             versions: p.versions.clone(),
@@ -69,17 +79,14 @@ impl Groups {
     }
 
     pub fn remove(&mut self, ns: &str, p: &PodUse) {
-        let key = (ns.to_string(), at(&p.record));
-        if let Some(uses) = self.uses.get_mut(&key) {
-            uses.pods -= 1;
-            if uses.pods == 0 {
-                self.uses.remove(&key);
+        let (uses, group) = Self::keys(ns, p);
+        if let Some(u) = self.uses.get_mut(&uses) {
+            u.pods -= 1;
+            if u.pods == 0 {
+                self.uses.remove(&uses);
             }
         }
-        let Some(w) = p.workload.as_ref().filter(|w| w.kind != "Pod") else {
-            return;
-        };
-        let key = (ns.to_string(), w.clone(), at(&p.record), at(&p.versions));
+        let Some(key) = group else { return };
         let Some(g) = self.groups.get_mut(&key) else {
             return;
         };
