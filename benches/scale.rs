@@ -7,7 +7,9 @@
 //! answering sm-injector's patch and with sm-injector (`scale/ways.rs`,
 //! `scale/cost.rs`: latency, CPU by process, API requests, etcd
 //! bytes, watch events, Secrets Manager calls; first pods of a namespace
-//! apart), Secrets Manager calls per refresh interval, the time a rotation of every secret
+//! apart), each way against the no-op round by round (`scale/paired.rs`),
+//! the latencies of (P-1)/2 more warm pods a namespace with every way's pods
+//! in one stream (`scale/mixed.rs`), Secrets Manager calls per refresh interval, the time a rotation of every secret
 //! takes to reach every backing Secret, the API requests on pods, secrets,
 //! configmaps and namespaces during an idle minute (from the API server's own
 //! `apiserver_request_total`), and sm-injector's RSS. The first line names how
@@ -23,10 +25,14 @@
 mod cost;
 #[path = "admission/halt_poll.rs"]
 mod halt_poll;
+#[path = "scale/mixed.rs"]
+mod mixed;
 #[path = "scale/order.rs"]
 mod order;
 #[path = "scale/own.rs"]
 mod own;
+#[path = "scale/paired.rs"]
+mod paired;
 #[path = "scale/pprof.rs"]
 mod pprof;
 // Only the review's envelope is used here.
@@ -266,6 +272,14 @@ async fn main() {
         }
         rows.extend(wave_rows.into_iter().flatten());
     }
+    // Then half as many warm pods again, every way's in one stream.
+    let more = per_ns..per_ns + per_ns.saturating_sub(1) / 2;
+    let mixed = mixed::wave(
+        &client,
+        WAYS.iter().map(|w| pods_of(w, more.clone())).collect(),
+        CLIENTS,
+    )
+    .await;
     let aws_admission: f64 = rows
         .iter()
         .filter(|r| r.way == "sm-injector")
@@ -349,12 +363,15 @@ async fn main() {
     let (rss_now, rss_peak) = cost::rss_mib(server.pid);
 
     println!(
-        "sm-injector scale benchmark: {n_ns} namespaces x {per_ns} pods = {} pods, {n_secrets} secrets, {PER_NS} per namespace = {backing_total} backing Secrets, refresh-interval {INTERVAL}",
-        n_ns * per_ns
+        "sm-injector scale benchmark: {n_ns} namespaces x {per_ns} pods = {} pods, then {} more a namespace in one stream of every way's, {n_secrets} secrets, {PER_NS} per namespace = {backing_total} backing Secrets, refresh-interval {INTERVAL}",
+        n_ns * per_ns,
+        more.len()
     );
     println!("{}", order.describe());
     println!("{}", sized::describe());
     cost::print(&procs, &rows, CLIENTS);
+    paired::print(&rows);
+    mixed::print(&ways::WAYS, &mixed, "no-op", CLIENTS);
     println!("Secrets Manager calls during admission: {aws_admission}");
     println!(
         "rotation of all {n_secrets} secrets reached all {backing_total} backing Secrets in {rotated:.1} s (interval 60 s)"

@@ -61,6 +61,8 @@ pub struct Row {
     pub way: &'static str,
     pub wave: &'static str,
     pub latencies: Vec<f64>,
+    /// Each chunk's latencies, in the order the chunks ran (`paired.rs`).
+    pub chunks: Vec<Vec<f64>>,
     cpu: Vec<f64>,
     requests: BTreeMap<(String, String), f64>,
     watch_events: f64,
@@ -74,6 +76,7 @@ impl Row {
     /// Adds a further chunk of the same way and wave.
     pub fn absorb(&mut self, other: Row) {
         self.latencies.extend(other.latencies);
+        self.chunks.extend(other.chunks);
         for (a, b) in self.cpu.iter_mut().zip(other.cpu) {
             *a += b;
         }
@@ -233,6 +236,7 @@ pub async fn wave(
     Row {
         way,
         wave,
+        chunks: vec![latencies.clone()],
         latencies,
         cpu: after
             .cpu

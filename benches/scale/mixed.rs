@@ -1,0 +1,85 @@
+//! More warm pods, every way's in one stream: the 16 creators take the ways'
+//! pods in turn, pod by pod (`order::turns`), so that each way's pods wait on
+//! the same machine at the same moments as the others'. The chunked waves
+//! (`cost.rs`) tell each way's whole cost (its CPU, its requests, its bytes
+//! in etcd) apart, but a way's chunks run seconds apart from the others', and
+//! this shared 2-core machine's speed moves by a third from one minute to the
+//! next; here a slow spell falls on every way's pods alike, which is what a
+//! comparison of their latencies needs. What one way's pods cost the API
+//! server slows the others' pods here too: these rows tell what a way adds to
+//! its own pods' creation, the chunked rows what it costs the cluster.
+
+use std::time::Instant;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
+
+use super::cost::pct;
+use super::order;
+
+/// Creates every way's pods (`by_way`, in the ways' order) with `clients`
+/// concurrent creators, the ways taking turns pod by pod; each way's
+/// latencies in ms.
+pub async fn wave(
+    client: &kube::Client,
+    by_way: Vec<Vec<(String, Pod)>>,
+    clients: usize,
+) -> Vec<Vec<f64>> {
+    let ways = by_way.len();
+    let mut left: Vec<_> = by_way.into_iter().map(Vec::into_iter).collect();
+    let mut stream = vec![];
+    for turn in 0.. {
+        let before = stream.len();
+        for w in order::turns(turn, ways) {
+            stream.extend(left[w].next().map(|pod| (w, pod)));
+        }
+        if stream.len() == before {
+            break;
+        }
+    }
+    let done: Vec<(usize, f64)> = futures::stream::iter(stream)
+        .map(|(w, (ns, p))| {
+            let api = Api::<Pod>::namespaced(client.clone(), &ns);
+            async move {
+                let t = Instant::now();
+                api.create(&PostParams::default(), &p)
+                    .await
+                    .expect("pod created");
+                (w, t.elapsed().as_secs_f64() * 1000.0)
+            }
+        })
+        .buffer_unordered(clients)
+        .collect()
+        .await;
+    let mut out = vec![vec![]; ways];
+    for (w, ms) in done {
+        out[w].push(ms);
+    }
+    out
+}
+
+/// Each way's p50 and p99, and their ratios to `base`'s.
+pub fn print(ways: &[&str], latencies: &[Vec<f64>], base: &str, clients: usize) {
+    println!(
+        "\nwarm pods again, every way's in one stream ({clients} concurrent creators, the ways taking turns pod by pod)"
+    );
+    let at = |w: usize, p: f64| pct(latencies[w].clone(), p);
+    let b = ways.iter().position(|w| *w == base).expect("the base way");
+    for (w, way) in ways.iter().enumerate() {
+        let (p50, p99) = (at(w, 0.5), at(w, 0.99));
+        let against = if w == b {
+            String::new()
+        } else {
+            format!(
+                ", against the {base} {:.2}x, {:.2}x",
+                p50 / at(b, 0.5),
+                p99 / at(b, 0.99)
+            )
+        };
+        println!(
+            "  {way:<13} {:>5} pods  p50 {p50:>6.1} ms  p99 {p99:>6.1} ms{against}",
+            latencies[w].len()
+        );
+    }
+}
