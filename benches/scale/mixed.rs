@@ -18,14 +18,21 @@ use kube::api::{Api, PostParams};
 use super::cost::pct;
 use super::order;
 
+/// How many parts of the stream the ratios are also given for, each its own
+/// stretch of time: their spread tells how far one run's ratio can be
+/// trusted.
+const PARTS: usize = 4;
+
+/// Each way's latencies in ms, in the order their pods were taken.
+pub type Latencies = Vec<Vec<f64>>;
+
 /// Creates every way's pods (`by_way`, in the ways' order) with `clients`
-/// concurrent creators, the ways taking turns pod by pod; each way's
-/// latencies in ms.
+/// concurrent creators, the ways taking turns pod by pod.
 pub async fn wave(
     client: &kube::Client,
     by_way: Vec<Vec<(String, Pod)>>,
     clients: usize,
-) -> Vec<Vec<f64>> {
+) -> Latencies {
     let ways = by_way.len();
     let mut left: Vec<_> = by_way.into_iter().map(Vec::into_iter).collect();
     let mut stream = vec![];
@@ -38,29 +45,38 @@ pub async fn wave(
             break;
         }
     }
-    let done: Vec<(usize, f64)> = futures::stream::iter(stream)
-        .map(|(w, (ns, p))| {
+    let mut done: Vec<(usize, usize, f64)> = futures::stream::iter(stream.into_iter().enumerate())
+        .map(|(taken, (w, (ns, p)))| {
             let api = Api::<Pod>::namespaced(client.clone(), &ns);
             async move {
                 let t = Instant::now();
                 api.create(&PostParams::default(), &p)
                     .await
                     .expect("pod created");
-                (w, t.elapsed().as_secs_f64() * 1000.0)
+                (taken, w, t.elapsed().as_secs_f64() * 1000.0)
             }
         })
         .buffer_unordered(clients)
         .collect()
         .await;
+    // Each way's latencies in the order its pods were taken, so that the
+    // stream's parts are stretches of time.
+    done.sort_by_key(|(taken, _, _)| *taken);
     let mut out = vec![vec![]; ways];
-    for (w, ms) in done {
+    for (_, w, ms) in done {
         out[w].push(ms);
     }
     out
 }
 
+/// `p`'s percentile of `v`'s `part`-th of [`PARTS`].
+fn part(v: &[f64], part: usize, p: f64) -> f64 {
+    let len = v.len().div_ceil(PARTS);
+    pct(v.chunks(len.max(1)).nth(part).unwrap_or(&[]).to_vec(), p)
+}
+
 /// Each way's p50 and p99, and their ratios to `base`'s.
-pub fn print(ways: &[&str], latencies: &[Vec<f64>], base: &str, clients: usize) {
+pub fn print(ways: &[&str], latencies: &Latencies, base: &str, clients: usize) {
     println!(
         "\nwarm pods again, every way's in one stream ({clients} concurrent creators, the ways taking turns pod by pod)"
     );
@@ -71,10 +87,17 @@ pub fn print(ways: &[&str], latencies: &[Vec<f64>], base: &str, clients: usize) 
         let against = if w == b {
             String::new()
         } else {
+            let parts: Vec<String> = (0..PARTS)
+                .map(|i| {
+                    let r = |p| part(&latencies[w], i, p) / part(&latencies[b], i, p);
+                    format!("{:.2}/{:.2}", r(0.5), r(0.99))
+                })
+                .collect();
             format!(
-                ", against the {base} {:.2}x, {:.2}x",
+                ", against the {base} {:.2}x, {:.2}x (by quarter of the stream, p50/p99: {})",
                 p50 / at(b, 0.5),
-                p99 / at(b, 0.99)
+                p99 / at(b, 0.99),
+                parts.join(" ")
             )
         };
         println!(
