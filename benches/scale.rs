@@ -278,6 +278,7 @@ async fn main() {
         &client,
         WAYS.iter().map(|w| pods_of(w, more.clone())).collect(),
         CLIENTS,
+        (server.probe, server.pid),
     )
     .await;
     let aws_admission: f64 = rows

@@ -116,7 +116,7 @@ pub fn rss_mib(pid: u32) -> (f64, f64) {
 }
 
 /// CPU seconds (user + system) `pid` has used.
-fn cpu_seconds(pid: u32) -> f64 {
+pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command's closing parenthesis: state is the 3rd field,
     // utime the 14th and stime the 15th.

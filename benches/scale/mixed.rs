@@ -26,13 +26,41 @@ const PARTS: usize = 4;
 /// Each way's latencies in ms, in the order their pods were taken.
 pub type Latencies = Vec<Vec<f64>>;
 
+/// What sm-injector's process did in each quarter of the stream: its reads
+/// of backing Secrets (the refresher's checks: an admission makes none on a
+/// warm pod) and its CPU seconds, taken as each quarter's first pod starts.
+pub struct Busy(Vec<(f64, f64, Instant)>);
+
+impl Busy {
+    fn describe(&self) -> String {
+        let parts: Vec<String> = self
+            .0
+            .windows(2)
+            .map(|w| {
+                let (reads, cpu) = (w[1].0 - w[0].0, w[1].1 - w[0].1);
+                let secs = w[1].2.duration_since(w[0].2).as_secs_f64();
+                format!("{reads:.0} reads, {cpu:.2} CPU s in {secs:.1} s")
+            })
+            .collect();
+        parts.join("; ")
+    }
+}
+
+/// sm-injector's backing Secret reads and CPU seconds now.
+async fn busy_now(probe: u16, pid: u32) -> (f64, f64, Instant) {
+    let reads =
+        super::support::injector::metric_sum(probe, "sm_injector_backing_secret_reads_total").await;
+    (reads, super::cost::cpu_seconds(pid), Instant::now())
+}
+
 /// Creates every way's pods (`by_way`, in the ways' order) with `clients`
 /// concurrent creators, the ways taking turns pod by pod.
 pub async fn wave(
     client: &kube::Client,
     by_way: Vec<Vec<(String, Pod)>>,
     clients: usize,
-) -> Latencies {
+    (probe, pid): (u16, u32),
+) -> (Latencies, Busy) {
     let ways = by_way.len();
     let mut left: Vec<_> = by_way.into_iter().map(Vec::into_iter).collect();
     let mut stream = vec![];
@@ -45,10 +73,17 @@ pub async fn wave(
             break;
         }
     }
+    let quarter = stream.len().div_ceil(PARTS).max(1);
+    let marks = std::sync::Mutex::new(vec![]);
+    let marks = &marks;
     let mut done: Vec<(usize, usize, f64)> = futures::stream::iter(stream.into_iter().enumerate())
         .map(|(taken, (w, (ns, p)))| {
             let api = Api::<Pod>::namespaced(client.clone(), &ns);
             async move {
+                if taken % quarter == 0 {
+                    let now = busy_now(probe, pid).await;
+                    marks.lock().unwrap().push((taken, now));
+                }
                 let t = Instant::now();
                 api.create(&PostParams::default(), &p)
                     .await
@@ -66,7 +101,11 @@ pub async fn wave(
     for (_, w, ms) in done {
         out[w].push(ms);
     }
-    out
+    let mut marks = std::mem::take(&mut *marks.lock().unwrap());
+    marks.sort_by_key(|(taken, _)| *taken);
+    let mut busy: Vec<(f64, f64, Instant)> = marks.into_iter().map(|(_, b)| b).collect();
+    busy.push(busy_now(probe, pid).await);
+    (out, Busy(busy))
 }
 
 /// `p`'s percentile of `v`'s `part`-th of [`PARTS`].
@@ -76,7 +115,7 @@ fn part(v: &[f64], part: usize, p: f64) -> f64 {
 }
 
 /// Each way's p50 and p99, and their ratios to `base`'s.
-pub fn print(ways: &[&str], latencies: &Latencies, base: &str, clients: usize) {
+pub fn print(ways: &[&str], (latencies, busy): &(Latencies, Busy), base: &str, clients: usize) {
     println!(
         "\nwarm pods again, every way's in one stream ({clients} concurrent creators, the ways taking turns pod by pod)"
     );
@@ -105,4 +144,8 @@ pub fn print(ways: &[&str], latencies: &Latencies, base: &str, clients: usize) {
             latencies[w].len()
         );
     }
+    println!(
+        "  sm-injector's process in each quarter of the stream (its reads of backing Secrets, the refresher's; its CPU): {}",
+        busy.describe()
+    );
 }
