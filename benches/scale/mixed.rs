@@ -28,8 +28,13 @@ pub type Latencies = Vec<Vec<f64>>;
 
 /// What sm-injector's process did in each quarter of the stream: its reads
 /// of backing Secrets (the refresher's checks: an admission makes none on a
-/// warm pod) and its CPU seconds, taken as each quarter's first pod starts.
-pub struct Busy(Vec<(f64, f64, Instant)>);
+/// warm pod), its Secrets Manager calls (values past `--cache-ttl` fetched
+/// again) and its CPU seconds, taken as each quarter's first pod starts.
+pub struct Busy(Vec<Mark>);
+
+/// sm-injector's counters at one moment: backing Secret reads, Secrets
+/// Manager calls, CPU seconds.
+type Mark = (f64, f64, f64, Instant);
 
 impl Busy {
     fn describe(&self) -> String {
@@ -37,20 +42,21 @@ impl Busy {
             .0
             .windows(2)
             .map(|w| {
-                let (reads, cpu) = (w[1].0 - w[0].0, w[1].1 - w[0].1);
-                let secs = w[1].2.duration_since(w[0].2).as_secs_f64();
-                format!("{reads:.0} reads, {cpu:.2} CPU s in {secs:.1} s")
+                let (reads, aws, cpu) = (w[1].0 - w[0].0, w[1].1 - w[0].1, w[1].2 - w[0].2);
+                let secs = w[1].3.duration_since(w[0].3).as_secs_f64();
+                format!("{reads:.0} reads, {aws:.0} AWS calls, {cpu:.2} CPU s in {secs:.1} s")
             })
             .collect();
         parts.join("; ")
     }
 }
 
-/// sm-injector's backing Secret reads and CPU seconds now.
-async fn busy_now(probe: u16, pid: u32) -> (f64, f64, Instant) {
-    let reads =
-        super::support::injector::metric_sum(probe, "sm_injector_backing_secret_reads_total").await;
-    (reads, super::cost::cpu_seconds(pid), Instant::now())
+/// sm-injector's counters now.
+async fn busy_now(probe: u16, pid: u32) -> Mark {
+    use super::support::injector::metric_sum;
+    let reads = metric_sum(probe, "sm_injector_backing_secret_reads_total").await;
+    let aws = metric_sum(probe, "sm_injector_secretsmanager_calls_total").await;
+    (reads, aws, super::cost::cpu_seconds(pid), Instant::now())
 }
 
 /// Creates every way's pods (`by_way`, in the ways' order) with `clients`
@@ -103,7 +109,7 @@ pub async fn wave(
     }
     let mut marks = std::mem::take(&mut *marks.lock().unwrap());
     marks.sort_by_key(|(taken, _)| *taken);
-    let mut busy: Vec<(f64, f64, Instant)> = marks.into_iter().map(|(_, b)| b).collect();
+    let mut busy: Vec<Mark> = marks.into_iter().map(|(_, b)| b).collect();
     busy.push(busy_now(probe, pid).await);
     (out, Busy(busy))
 }
@@ -145,7 +151,7 @@ pub fn print(ways: &[&str], (latencies, busy): &(Latencies, Busy), base: &str, c
         );
     }
     println!(
-        "  sm-injector's process in each quarter of the stream (its reads of backing Secrets, the refresher's; its CPU): {}",
+        "  sm-injector's process in each quarter of the stream (its reads of backing Secrets, the refresher's; its Secrets Manager calls; its CPU): {}",
         busy.describe()
     );
 }
