@@ -29,12 +29,21 @@ pub type Latencies = Vec<Vec<f64>>;
 /// What sm-injector's process did in each quarter of the stream: its reads
 /// of backing Secrets (the refresher's checks: an admission makes none on a
 /// warm pod), its Secrets Manager calls (values past `--cache-ttl` fetched
-/// again) and its CPU seconds, taken as each quarter's first pod starts.
+/// again), its inventory writes (`PATCH configmaps`, from the API server's
+/// counts: only sm-injector patches ConfigMaps here, its admissions and its
+/// leader's collector alike; an admission writes the namespace's inventory
+/// again once `--cache-ttl` has passed since this process last did) and its
+/// CPU seconds, taken as each quarter's first pod starts.
 pub struct Busy(Vec<Mark>);
 
-/// sm-injector's counters at one moment: backing Secret reads, Secrets
-/// Manager calls, CPU seconds.
-type Mark = (f64, f64, f64, Instant);
+/// sm-injector's counters at one moment.
+struct Mark {
+    reads: f64,
+    aws: f64,
+    inventory: f64,
+    cpu: f64,
+    at: Instant,
+}
 
 impl Busy {
     fn describe(&self) -> String {
@@ -42,9 +51,15 @@ impl Busy {
             .0
             .windows(2)
             .map(|w| {
-                let (reads, aws, cpu) = (w[1].0 - w[0].0, w[1].1 - w[0].1, w[1].2 - w[0].2);
-                let secs = w[1].3.duration_since(w[0].3).as_secs_f64();
-                format!("{reads:.0} reads, {aws:.0} AWS calls, {cpu:.2} CPU s in {secs:.1} s")
+                let (a, b) = (&w[0], &w[1]);
+                format!(
+                    "{:.0} reads, {:.0} AWS calls, {:.0} inventory writes, {:.2} CPU s in {:.1} s",
+                    b.reads - a.reads,
+                    b.aws - a.aws,
+                    b.inventory - a.inventory,
+                    b.cpu - a.cpu,
+                    b.at.duration_since(a.at).as_secs_f64()
+                )
             })
             .collect();
         parts.join("; ")
@@ -52,11 +67,21 @@ impl Busy {
 }
 
 /// sm-injector's counters now.
-async fn busy_now(probe: u16, pid: u32) -> Mark {
+async fn busy_now(client: &kube::Client, probe: u16, pid: u32) -> Mark {
     use super::support::injector::metric_sum;
-    let reads = metric_sum(probe, "sm_injector_backing_secret_reads_total").await;
-    let aws = metric_sum(probe, "sm_injector_secretsmanager_calls_total").await;
-    (reads, aws, super::cost::cpu_seconds(pid), Instant::now())
+    let req = http::Request::get("/metrics").body(vec![]).unwrap();
+    let api = client.request_text(req).await.unwrap();
+    let requests = super::cost::samples(&api, "apiserver_request_total", &["verb", "resource"]);
+    Mark {
+        reads: metric_sum(probe, "sm_injector_backing_secret_reads_total").await,
+        aws: metric_sum(probe, "sm_injector_secretsmanager_calls_total").await,
+        inventory: requests
+            .get(&vec!["PATCH".to_string(), "configmaps".to_string()])
+            .copied()
+            .unwrap_or(0.0),
+        cpu: super::cost::cpu_seconds(pid),
+        at: Instant::now(),
+    }
 }
 
 /// Creates every way's pods (`by_way`, in the ways' order) with `clients`
@@ -87,7 +112,7 @@ pub async fn wave(
             let api = Api::<Pod>::namespaced(client.clone(), &ns);
             async move {
                 if taken % quarter == 0 {
-                    let now = busy_now(probe, pid).await;
+                    let now = busy_now(client, probe, pid).await;
                     marks.lock().unwrap().push((taken, now));
                 }
                 let t = Instant::now();
@@ -110,7 +135,7 @@ pub async fn wave(
     let mut marks = std::mem::take(&mut *marks.lock().unwrap());
     marks.sort_by_key(|(taken, _)| *taken);
     let mut busy: Vec<Mark> = marks.into_iter().map(|(_, b)| b).collect();
-    busy.push(busy_now(probe, pid).await);
+    busy.push(busy_now(client, probe, pid).await);
     (out, Busy(busy))
 }
 
@@ -151,7 +176,7 @@ pub fn print(ways: &[&str], (latencies, busy): &(Latencies, Busy), base: &str, c
         );
     }
     println!(
-        "  sm-injector's process in each quarter of the stream (its reads of backing Secrets, the refresher's; its Secrets Manager calls; its CPU): {}",
+        "  sm-injector's process in each quarter of the stream (its reads of backing Secrets, the refresher's; its Secrets Manager calls; its inventory writes; its CPU): {}",
         busy.describe()
     );
 }
