@@ -60,8 +60,8 @@ struct Snapshot {
 pub struct Row {
     pub way: &'static str,
     pub wave: &'static str,
-    pub latencies: Vec<f64>,
-    /// Each chunk's latencies, in the order the chunks ran (`paired.rs`).
+    /// Each chunk's latencies in ms, in the order the chunks ran
+    /// (`paired.rs`).
     pub chunks: Vec<Vec<f64>>,
     cpu: Vec<f64>,
     requests: BTreeMap<(String, String), f64>,
@@ -75,7 +75,6 @@ pub struct Row {
 impl Row {
     /// Adds a further chunk of the same way and wave.
     pub fn absorb(&mut self, other: Row) {
-        self.latencies.extend(other.latencies);
         self.chunks.extend(other.chunks);
         for (a, b) in self.cpu.iter_mut().zip(other.cpu) {
             *a += b;
@@ -96,8 +95,17 @@ impl Row {
         }
     }
 
+    /// Every chunk's latencies, in ms.
+    pub fn latencies(&self) -> Vec<f64> {
+        self.chunks.concat()
+    }
+
+    fn pods(&self) -> usize {
+        self.chunks.iter().map(Vec::len).sum()
+    }
+
     fn per_pod(&self, total: f64) -> f64 {
-        total / self.latencies.len().max(1) as f64
+        total / self.pods().max(1) as f64
     }
 }
 
@@ -236,8 +244,7 @@ pub async fn wave(
     Row {
         way,
         wave,
-        chunks: vec![latencies.clone()],
-        latencies,
+        chunks: vec![latencies],
         cpu: after
             .cpu
             .iter()
@@ -306,9 +313,9 @@ pub fn print(procs: &Processes, rows: &[Row], clients: usize) {
             "{:<13} {:<18} {:>5} {:>8.1} {:>8.1} {} {:>7.2}s {:>8.2} {:>9.0} {:>8.2} {:>5}",
             r.way,
             r.wave,
-            r.latencies.len(),
-            pct(r.latencies.clone(), 0.5),
-            pct(r.latencies.clone(), 0.99),
+            r.pods(),
+            pct(r.latencies(), 0.5),
+            pct(r.latencies(), 0.99),
             cells.join(" "),
             cpu.iter().sum::<f64>(),
             r.per_pod(r.requests.values().sum::<f64>()),

@@ -69,14 +69,12 @@ impl Busy {
 /// sm-injector's counters now.
 async fn busy_now(client: &kube::Client, probe: u16, pid: u32) -> Mark {
     use super::support::injector::metric_sum;
-    let req = http::Request::get("/metrics").body(vec![]).unwrap();
-    let api = client.request_text(req).await.unwrap();
-    let requests = super::cost::samples(&api, "apiserver_request_total", &["verb", "resource"]);
+    let requests = super::api_requests(client).await;
     Mark {
         reads: metric_sum(probe, "sm_injector_backing_secret_reads_total").await,
         aws: metric_sum(probe, "sm_injector_secretsmanager_calls_total").await,
         inventory: requests
-            .get(&vec!["PATCH".to_string(), "configmaps".to_string()])
+            .get(&("PATCH".to_string(), "configmaps".to_string()))
             .copied()
             .unwrap_or(0.0),
         cpu: super::cost::cpu_seconds(pid),
@@ -105,36 +103,36 @@ pub async fn wave(
         }
     }
     let quarter = stream.len().div_ceil(PARTS).max(1);
-    let marks = std::sync::Mutex::new(vec![]);
-    let marks = &marks;
-    let mut done: Vec<(usize, usize, f64)> = futures::stream::iter(stream.into_iter().enumerate())
-        .map(|(taken, (w, (ns, p)))| {
-            let api = Api::<Pod>::namespaced(client.clone(), &ns);
-            async move {
-                if taken % quarter == 0 {
-                    let now = busy_now(client, probe, pid).await;
-                    marks.lock().unwrap().push((taken, now));
+    // Each pod's place in the stream, its way, its latency, and for each
+    // quarter's first pod sm-injector's counters as it started.
+    let mut done: Vec<(usize, usize, f64, Option<Mark>)> =
+        futures::stream::iter(stream.into_iter().enumerate())
+            .map(|(taken, (w, (ns, p)))| {
+                let api = Api::<Pod>::namespaced(client.clone(), &ns);
+                async move {
+                    let mark = match taken % quarter {
+                        0 => Some(busy_now(client, probe, pid).await),
+                        _ => None,
+                    };
+                    let t = Instant::now();
+                    api.create(&PostParams::default(), &p)
+                        .await
+                        .expect("pod created");
+                    (taken, w, t.elapsed().as_secs_f64() * 1000.0, mark)
                 }
-                let t = Instant::now();
-                api.create(&PostParams::default(), &p)
-                    .await
-                    .expect("pod created");
-                (taken, w, t.elapsed().as_secs_f64() * 1000.0)
-            }
-        })
-        .buffer_unordered(clients)
-        .collect()
-        .await;
-    // Each way's latencies in the order its pods were taken, so that the
-    // stream's parts are stretches of time.
-    done.sort_by_key(|(taken, _, _)| *taken);
+            })
+            .buffer_unordered(clients)
+            .collect()
+            .await;
+    // In the order the pods were taken, so that the stream's parts are
+    // stretches of time.
+    done.sort_by_key(|(taken, ..)| *taken);
     let mut out = vec![vec![]; ways];
-    for (_, w, ms) in done {
+    let mut busy = vec![];
+    for (_, w, ms, mark) in done {
         out[w].push(ms);
+        busy.extend(mark);
     }
-    let mut marks = std::mem::take(&mut *marks.lock().unwrap());
-    marks.sort_by_key(|(taken, _)| *taken);
-    let mut busy: Vec<Mark> = marks.into_iter().map(|(_, b)| b).collect();
     busy.push(busy_now(client, probe, pid).await);
     (out, Busy(busy))
 }
