@@ -59,13 +59,16 @@ const PER_NS: usize = 5;
 const CLIENTS: usize = 16;
 const INTERVAL: &str = "1m";
 
-/// apiserver_request_total by (verb, resource) for the resources sm-injector uses.
+/// apiserver_request_total by (verb, resource) for the resources sm-injector
+/// uses, and the LimitRanges the API server looks up as it admits a pod.
 async fn api_requests(client: &kube::Client) -> BTreeMap<(String, String), f64> {
     let req = http::Request::get("/metrics").body(vec![]).unwrap();
     let text = client.request_text(req).await.unwrap();
     cost::samples(&text, "apiserver_request_total", &["verb", "resource"])
         .into_iter()
-        .filter(|(k, _)| ["pods", "secrets", "configmaps", "namespaces"].contains(&k[1].as_str()))
+        .filter(|(k, _)| {
+            ["pods", "secrets", "configmaps", "namespaces", "limitranges"].contains(&k[1].as_str())
+        })
         .map(|(k, v)| ((k[0].clone(), k[1].clone()), v))
         .collect()
 }
@@ -383,7 +386,7 @@ async fn main() {
             .map(|((v, r), d)| format!("{v} {r}: {d}"))
             .collect();
         println!(
-            "refresh interval {} with nothing rotating: {calls} Secrets Manager calls; API requests on pods/secrets/configmaps/namespaces (all clients): {}",
+            "refresh interval {} with nothing rotating: {calls} Secrets Manager calls; API requests on pods/secrets/configmaps/namespaces/limitranges (all clients): {}",
             i + 1,
             if fmt.is_empty() {
                 "none".into()

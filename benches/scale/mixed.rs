@@ -33,7 +33,10 @@ pub type Latencies = Vec<Vec<f64>>;
 /// counts: only sm-injector patches ConfigMaps here, its admissions and its
 /// leader's collector alike; an admission writes the namespace's inventory
 /// again once `--cache-ttl` has passed since this process last did) and its
-/// CPU seconds, taken as each quarter's first pod starts.
+/// CPU seconds, taken as each quarter's first pod starts; and the API
+/// server's own live lookups of LimitRanges (`LIST limitranges`: its
+/// `LimitRanger` lists a namespace that has none again when its last list
+/// there is 30 s old, and the pod's creation waits on it).
 pub struct Busy(Vec<Mark>);
 
 /// sm-injector's counters at one moment.
@@ -41,6 +44,7 @@ struct Mark {
     reads: f64,
     aws: f64,
     inventory: f64,
+    limitranges: f64,
     cpu: f64,
     at: Instant,
 }
@@ -53,12 +57,13 @@ impl Busy {
             .map(|w| {
                 let (a, b) = (&w[0], &w[1]);
                 format!(
-                    "{:.0} reads, {:.0} AWS calls, {:.0} inventory writes, {:.2} CPU s in {:.1} s",
+                    "{:.0} reads, {:.0} AWS calls, {:.0} inventory writes, {:.2} CPU s in {:.1} s, {:.0} LimitRange lookups",
                     b.reads - a.reads,
                     b.aws - a.aws,
                     b.inventory - a.inventory,
                     b.cpu - a.cpu,
-                    b.at.duration_since(a.at).as_secs_f64()
+                    b.at.duration_since(a.at).as_secs_f64(),
+                    b.limitranges - a.limitranges,
                 )
             })
             .collect();
@@ -70,13 +75,17 @@ impl Busy {
 async fn busy_now(client: &kube::Client, probe: u16, pid: u32) -> Mark {
     use super::support::injector::metric_sum;
     let requests = super::api_requests(client).await;
+    let count = |verb: &str, resource: &str| {
+        requests
+            .get(&(verb.to_string(), resource.to_string()))
+            .copied()
+            .unwrap_or(0.0)
+    };
     Mark {
         reads: metric_sum(probe, "sm_injector_backing_secret_reads_total").await,
         aws: metric_sum(probe, "sm_injector_secretsmanager_calls_total").await,
-        inventory: requests
-            .get(&("PATCH".to_string(), "configmaps".to_string()))
-            .copied()
-            .unwrap_or(0.0),
+        inventory: count("PATCH", "configmaps"),
+        limitranges: count("LIST", "limitranges"),
         cpu: super::cost::cpu_seconds(pid),
         at: Instant::now(),
     }
@@ -174,7 +183,7 @@ pub fn print(ways: &[&str], (latencies, busy): &(Latencies, Busy), base: &str, c
         );
     }
     println!(
-        "  sm-injector's process in each quarter of the stream (its reads of backing Secrets, the refresher's; its Secrets Manager calls; its inventory writes; its CPU): {}",
+        "  sm-injector's process in each quarter of the stream (its reads of backing Secrets, the refresher's; its Secrets Manager calls; its inventory writes; its CPU; and the API server's live LimitRange lookups, for every way's pods): {}",
         busy.describe()
     );
 }
