@@ -58,6 +58,11 @@ use support::injector::metric_sum as metric;
 const PER_NS: usize = 5;
 const CLIENTS: usize = 16;
 const INTERVAL: &str = "1m";
+/// How long the API server's `LimitRanger` trusts its live list of a
+/// namespace's LimitRanges (when its informer knows of none there): a pod
+/// created after that waits on `LIST limitranges` (`liveTTL`, Kubernetes'
+/// `plugin/pkg/admission/limitranger`).
+const LIMIT_RANGER_LIVE_TTL: Duration = Duration::from_secs(30);
 
 /// apiserver_request_total by (verb, resource) for the resources sm-injector
 /// uses, and the LimitRanges the API server looks up as it admits a pod.
@@ -275,7 +280,12 @@ async fn main() {
         }
         rows.extend(wave_rows.into_iter().flatten());
     }
-    // Then half as many warm pods again, every way's in one stream.
+    // Then half as many warm pods again, every way's in one stream, once the
+    // API server's live lookup of every namespace's LimitRanges has lapsed
+    // (its LimitRanger keeps one 30 s): the ways' last chunks ended 0-45 s
+    // apart, so without the wait the first pods of some ways' namespaces
+    // wait on a list that the others' skip.
+    tokio::time::sleep(LIMIT_RANGER_LIVE_TTL + Duration::from_secs(2)).await;
     let more = per_ns..per_ns + per_ns.saturating_sub(1) / 2;
     let mixed = mixed::wave(
         &client,

@@ -7,7 +7,10 @@
 //! next; here a slow spell falls on every way's pods alike, which is what a
 //! comparison of their latencies needs. What one way's pods cost the API
 //! server slows the others' pods here too: these rows tell what a way adds to
-//! its own pods' creation, the chunked rows what it costs the cluster.
+//! its own pods' creation, the chunked rows what it costs the cluster. It
+//! starts 32 s after the last chunk (`LIMIT_RANGER_LIVE_TTL`), so that the
+//! first pod of every way's namespaces waits on the API server's live lookup
+//! of LimitRanges alike.
 
 use std::time::Instant;
 
