@@ -30,8 +30,8 @@ const PARTS: usize = 4;
 pub type Latencies = Vec<Vec<f64>>;
 
 /// What sm-injector's process did in each quarter of the stream: its reads
-/// of backing Secrets (the refresher's checks: an admission makes none on a
-/// warm pod), its Secrets Manager calls (values past `--cache-ttl` fetched
+/// of backing Secrets (the refresher's checks, and an admission's once what
+/// it found is `--cache-ttl` old), its Secrets Manager calls (values past `--cache-ttl` fetched
 /// again), its inventory writes (`PATCH configmaps`, from the API server's
 /// counts: only sm-injector patches ConfigMaps here, its admissions and its
 /// leader's collector alike; an admission writes the namespace's inventory
@@ -186,7 +186,7 @@ pub fn print(ways: &[&str], (latencies, busy): &(Latencies, Busy), base: &str, c
         );
     }
     println!(
-        "  sm-injector's process in each quarter of the stream (its reads of backing Secrets, the refresher's; its Secrets Manager calls; its inventory writes; its CPU; and the API server's live LimitRange lookups, for every way's pods): {}",
+        "  sm-injector's process in each quarter of the stream (its reads of backing Secrets, the refresher's and the admissions'; its Secrets Manager calls; its inventory writes; its CPU; and the API server's live LimitRange lookups, for every way's pods): {}",
         busy.describe()
     );
 }
