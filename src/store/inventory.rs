@@ -115,10 +115,15 @@ impl Inventory {
     /// used, in one write for those not recorded lately. True when that
     /// write made the namespace's inventory: sm-injector has written nothing
     /// in the namespace before, so its backing Secrets are most likely absent.
+    /// `absent` (asked only when there is something to write): whether the
+    /// inventory is believed not to exist yet
+    /// ([`super::moves::Moves::has_inventory`]), so that it is created first
+    /// rather than patched first (and patched after all if it exists).
     pub async fn record<'a>(
         &self,
         namespace: &str,
         backings: impl IntoIterator<Item = &'a str>,
+        absent: impl FnOnce() -> bool,
     ) -> Result<bool, String> {
         let keys: Vec<(String, String)> = backings
             .into_iter()
@@ -132,7 +137,7 @@ impl Inventory {
             .iter()
             .map(|(_, b)| (b.clone(), Some(String::new())))
             .collect();
-        let made = self.mark(namespace, &marks).await?;
+        let made = self.write(namespace, &marks, absent()).await?;
         for k in keys {
             self.recorded.insert(k, ()).await;
         }
@@ -147,6 +152,16 @@ impl Inventory {
         namespace: &str,
         marks: &BTreeMap<String, Option<String>>,
     ) -> Result<Marked, String> {
+        self.write(namespace, marks, false).await
+    }
+
+    /// [`Inventory::mark`], creating the ConfigMap first when `absent`.
+    async fn write(
+        &self,
+        namespace: &str,
+        marks: &BTreeMap<String, Option<String>>,
+        absent: bool,
+    ) -> Result<Marked, String> {
         let name = format!("{}-{namespace}", self.prefix);
         let patch = serde_json::json!({ "data": marks });
         let fail = |e: &kube::Error| {
@@ -155,15 +170,17 @@ impl Inventory {
                 kube_reason(e)
             )
         };
-        for _ in 0..3 {
-            match self
-                .api
-                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => return Ok(Marked::Patched),
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(fail(&e)),
+        for attempt in 0..3 {
+            if attempt > 0 || !absent {
+                match self
+                    .api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(_) => return Ok(Marked::Patched),
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(fail(&e)),
+                }
             }
             let data: BTreeMap<String, String> = marks
                 .iter()

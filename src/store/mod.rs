@@ -206,13 +206,16 @@ impl Syncer {
         // The namespace's first backing Secrets: created without a read first.
         let mut first = false;
         if let Some(inv) = self.inventory.as_ref().filter(|_| !dry_run) {
-            // Recorded before anything is written, all in one write.
+            // Recorded before anything is written, all in one write: a
+            // create where the inventories' watch has seen none (the
+            // namespace's first pod), else a patch.
             let fresh = plan
                 .backing
                 .iter()
                 .filter(|b| matches!(b.content, Content::Fresh { .. }))
                 .map(|b| b.name.as_str());
-            match inv.record(namespace, fresh).await {
+            let absent = || self.moves.has_inventory(namespace) == Some(false);
+            match inv.record(namespace, fresh, absent).await {
                 Ok(made) => first = made,
                 Err(e) => {
                     // The pod is admitted; only a Secret written for a pod that a

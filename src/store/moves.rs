@@ -39,8 +39,19 @@ struct Inner {
     epoch: AtomicU64,
     /// In sync: stamps are seen as they are made.
     watching: AtomicBool,
-    /// Per tenant namespace: the last stamp seen, and how often it changed.
-    seen: Mutex<HashMap<String, (Option<String>, u64)>>,
+    /// Per tenant namespace: what the watch saw of its inventory.
+    seen: Mutex<HashMap<String, Seen>>,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// The last stamp.
+    stamp: Option<String>,
+    /// How often it changed.
+    changes: u64,
+    /// The inventory exists (it was listed or applied since it was last
+    /// deleted).
+    present: bool,
 }
 
 impl Moves {
@@ -53,7 +64,7 @@ impl Moves {
             .lock()
             .expect("never poisoned")
             .get(namespace)
-            .map_or(0, |(_, g)| *g);
+            .map_or(0, |seen| seen.changes);
         self.inner.epoch.load(Ordering::Acquire) + own
     }
 
@@ -62,19 +73,36 @@ impl Moves {
         self.inner.watching.load(Ordering::Acquire)
     }
 
+    /// Whether `namespace` has an inventory ConfigMap, as far as the watch
+    /// has seen: `None` while it is not in sync. A `Some(false)` can lag an
+    /// inventory another replica has just made, so it is a hint for the
+    /// order of requests, never a reason to skip one.
+    pub fn has_inventory(&self, namespace: &str) -> Option<bool> {
+        if !self.watching() {
+            return None;
+        }
+        let seen = self.inner.seen.lock().expect("never poisoned");
+        Some(seen.get(namespace).is_some_and(|s| s.present))
+    }
+
     /// The stamp `namespace`'s inventory carries now (`None`: none).
     pub fn saw(&self, namespace: &str, stamp: Option<&str>) {
-        let mut seen = self.inner.seen.lock().expect("never poisoned");
-        let entry = seen.entry(namespace.to_string()).or_default();
-        if entry.0.as_deref() != stamp {
-            entry.0 = stamp.map(str::to_string);
-            entry.1 += 1;
-        }
+        self.see(namespace, stamp, true);
     }
 
     /// The namespace's inventory is gone (the namespace was deleted).
     pub fn gone(&self, namespace: &str) {
-        self.saw(namespace, None);
+        self.see(namespace, None, false);
+    }
+
+    fn see(&self, namespace: &str, stamp: Option<&str>, present: bool) {
+        let mut seen = self.inner.seen.lock().expect("never poisoned");
+        let entry = seen.entry(namespace.to_string()).or_default();
+        entry.present = present;
+        if entry.stamp.as_deref() != stamp {
+            entry.stamp = stamp.map(str::to_string);
+            entry.changes += 1;
+        }
     }
 
     /// The watch lost its place (an error, a re-list): not in sync until
@@ -172,6 +200,22 @@ mod tests {
         let b = m.generation("b");
         m.gone("b");
         assert!(m.generation("b") > b);
+    }
+
+    #[test]
+    fn which_namespaces_have_an_inventory_is_told_only_in_sync() {
+        let m = Moves::default();
+        m.saw("a", None);
+        assert_eq!(m.has_inventory("a"), None, "not in sync: unknown");
+        m.synced();
+        assert_eq!(m.has_inventory("a"), Some(true));
+        assert_eq!(m.has_inventory("never"), Some(false));
+        m.gone("a");
+        assert_eq!(m.has_inventory("a"), Some(false));
+        m.saw("a", None);
+        assert_eq!(m.has_inventory("a"), Some(true), "made again");
+        m.lost();
+        assert_eq!(m.has_inventory("never"), None);
     }
 
     fn inventory(name: &str, tenant: &str, stamp: Option<&str>) -> PartialObjectMeta<ConfigMap> {

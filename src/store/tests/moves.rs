@@ -18,18 +18,19 @@ async fn admit(h: &mut H, syncer: &Syncer, plan: &Plan, reads: bool) {
     assert!(e.held.is_empty() && e.warnings.is_empty(), "{e:?}");
 }
 
+/// An admission's writer with an inventory, learning of rotations from `moves`.
+fn with_inventory(client: kube::Client, moves: &Moves) -> Syncer {
+    let inventory = Inventory::new(client.clone(), "own", "inventory", Duration::from_secs(60));
+    Syncer::new(client, Duration::from_secs(60), Metrics::new())
+        .with_inventory(inventory)
+        .with_moves(moves.clone())
+}
+
 #[tokio::test]
 async fn in_sync_with_the_leaders_rotations_what_was_found_is_trusted_until_one() {
     let (mut h, client) = mock_api::client();
     let moves = Moves::default();
-    let mut syncer = Syncer::new(client.clone(), Duration::from_secs(60), Metrics::new())
-        .with_inventory(Inventory::new(
-            client,
-            "own",
-            "inventory",
-            Duration::from_secs(60),
-        ))
-        .with_moves(moves.clone());
+    let mut syncer = with_inventory(client, &moves);
     // KNOWN_TTL, made short for the test.
     let short = Duration::from_millis(100);
     syncer.short = short;
@@ -129,4 +130,52 @@ async fn the_replicas_watch_asks_for_the_inventories_metadata_only() {
     assert!(moves.watching(), "in sync after the list");
     assert!(moves.generation("n") > before, "the stamp was seen");
     watch.abort();
+}
+
+/// The inventory's first request for an admission of `plan` in `n`, where the
+/// watch has seen what `moves` says; answered `code`.
+async fn first_inventory_request(moves: &Moves, code: u16) -> (H, String, Ensuring) {
+    let (mut h, client) = mock_api::client();
+    let syncer = with_inventory(client, moves);
+    let plan = plan_for("v1");
+    let t =
+        tokio::spawn(async move { syncer.ensure("n", Some("uid-1"), &plan, false, None).await });
+    let body = match code {
+        409 => status(409, "AlreadyExists"),
+        404 => status(404, "NotFound"),
+        _ => config_map(),
+    };
+    let (method, _, _, _) = answer(&mut h, code, body).await;
+    (h, method, t)
+}
+
+type Ensuring = tokio::task::JoinHandle<Result<Ensured, Vec<String>>>;
+
+#[tokio::test]
+async fn a_namespace_without_an_inventory_has_it_created_without_a_patch_first() {
+    // In sync, none seen for n: created at once, and the Secret after it
+    // without a read (the namespace's first).
+    let moves = Moves::default();
+    moves.synced();
+    let (mut h, method, t) = first_inventory_request(&moves, 201).await;
+    assert_eq!(method, "POST", "the inventory created first");
+    let (method, _, _, _) = answer(&mut h, 201, held("v1", true)).await;
+    assert_eq!(method, "POST", "the backing Secret created without a read");
+    done(t).await.unwrap();
+    // Made meanwhile by another replica (the watch lags): patched after all.
+    let (mut h, method, t) = first_inventory_request(&moves, 409).await;
+    assert_eq!(method, "POST");
+    let (method, _, _, _) = answer(&mut h, 200, config_map()).await;
+    assert_eq!(method, "PATCH", "patched once the create found it");
+    let (method, _, _, _) = answer(&mut h, 200, held("v1", true)).await;
+    assert_eq!(method, "PATCH", "the backing Secret read");
+    done(t).await.unwrap();
+    // Seen by the watch, or not in sync: patched first, as the collector does.
+    moves.saw("n", None);
+    for moves in [moves, Moves::default()] {
+        let (mut h, method, t) = first_inventory_request(&moves, 200).await;
+        assert_eq!(method, "PATCH");
+        answer(&mut h, 200, held("v1", true)).await;
+        done(t).await.unwrap();
+    }
 }
