@@ -142,7 +142,6 @@ async fn first_inventory_request(moves: &Moves, code: u16) -> (H, String, Ensuri
         tokio::spawn(async move { syncer.ensure("n", Some("uid-1"), &plan, false, None).await });
     let body = match code {
         409 => status(409, "AlreadyExists"),
-        404 => status(404, "NotFound"),
         _ => config_map(),
     };
     let (method, _, _, _) = answer(&mut h, code, body).await;
