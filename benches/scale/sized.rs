@@ -53,7 +53,11 @@ pub fn warm_patch(port: u16, ns: &str, pod: &Pod) -> String {
             .to_owned();
     }
     let text = String::from_utf8(STANDARD.decode(&patch).unwrap()).unwrap();
-    let label = "/metadata/labels/sm-injector.io~1injected";
+    let label = format!(
+        "/metadata/labels/{}",
+        sm_injector::annotations::INJECTED_LABEL.replace('/', "~1")
+    );
+    let label = label.as_str();
     assert!(text.contains(label), "the patch adds the label: {text}");
     let text = text.replace(
         label,
