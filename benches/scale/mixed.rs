@@ -31,8 +31,8 @@ pub type Latencies = Vec<Vec<f64>>;
 
 /// What sm-injector's process did in each quarter of the stream: its reads
 /// of backing Secrets (the refresher's checks, and an admission's once what
-/// it found is `--cache-ttl` old), its Secrets Manager calls (values past `--cache-ttl` fetched
-/// again), its inventory writes (`PATCH configmaps`, from the API server's
+/// it found is `--cache-ttl` old), its Secrets Manager calls (values past
+/// `--cache-ttl` fetched again), its inventory writes (`PATCH configmaps`, from the API server's
 /// counts: only sm-injector patches ConfigMaps here, its admissions and its
 /// leader's collector alike; an admission writes the namespace's inventory
 /// again once `--cache-ttl` has passed since this process last did) and its
