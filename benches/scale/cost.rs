@@ -308,14 +308,15 @@ pub fn print(procs: &Processes, rows: &[Row], clients: usize) {
     );
     for r in rows {
         let cpu: Vec<f64> = r.cpu.iter().map(|c| r.per_pod(*c) * 1000.0).collect();
+        let latencies = r.latencies();
         let cells: Vec<String> = cpu.iter().map(|c| format!("{c:>13.2}s")).collect();
         println!(
             "{:<13} {:<18} {:>5} {:>8.1} {:>8.1} {} {:>7.2}s {:>8.2} {:>9.0} {:>8.2} {:>5}",
             r.way,
             r.wave,
             r.pods(),
-            pct(r.latencies(), 0.5),
-            pct(r.latencies(), 0.99),
+            pct(latencies.clone(), 0.5),
+            pct(latencies, 0.99),
             cells.join(" "),
             cpu.iter().sum::<f64>(),
             r.per_pod(r.requests.values().sum::<f64>()),

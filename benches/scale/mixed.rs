@@ -29,17 +29,19 @@ const PARTS: usize = 4;
 /// Each way's latencies in ms, in the order their pods were taken.
 pub type Latencies = Vec<Vec<f64>>;
 
-/// What sm-injector's process did in each quarter of the stream: its reads
-/// of backing Secrets (the refresher's checks, and an admission's once what
-/// it found is `--cache-ttl` old), its Secrets Manager calls (values past
-/// `--cache-ttl` fetched again), its inventory writes (`PATCH configmaps`, from the API server's
-/// counts: only sm-injector patches ConfigMaps here, its admissions and its
-/// leader's collector alike; an admission writes the namespace's inventory
-/// again once `--cache-ttl` has passed since this process last did) and its
-/// CPU seconds, taken as each quarter's first pod starts; and the API
-/// server's own live lookups of LimitRanges (`LIST limitranges`: its
-/// `LimitRanger` lists a namespace that has none again when its last list
-/// there is 30 s old, and the pod's creation waits on it).
+/// What sm-injector's process did in each quarter of the stream, and one
+/// thing the API server did, counted as each quarter's first pod starts:
+/// - its reads of backing Secrets (the refresher's checks, and an
+///   admission's once what it found is `--cache-ttl` old);
+/// - its Secrets Manager calls (values past `--cache-ttl` fetched again);
+/// - its inventory writes (`PATCH configmaps`, from the API server's counts:
+///   only sm-injector patches ConfigMaps here, its admissions and its
+///   leader's collector alike; an admission writes the namespace's inventory
+///   again once `--cache-ttl` has passed since this process last did);
+/// - its CPU seconds;
+/// - the API server's live lookups of LimitRanges (`LIST limitranges`: its
+///   `LimitRanger` lists a namespace that has none again when its last list
+///   there is 30 s old, and the pod's creation waits on it).
 pub struct Busy(Vec<Mark>);
 
 /// sm-injector's counters at one moment.

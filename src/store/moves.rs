@@ -85,7 +85,7 @@ impl Moves {
         Some(seen.get(namespace).is_some_and(|s| s.present))
     }
 
-    /// The stamp `namespace`'s inventory carries now (`None`: none).
+    /// `namespace`'s inventory is there, carrying `stamp` (`None`: none).
     pub fn saw(&self, namespace: &str, stamp: Option<&str>) {
         self.see(namespace, stamp, true);
     }
