@@ -53,16 +53,11 @@ pub fn warm_patch(port: u16, ns: &str, pod: &Pod) -> String {
             .to_owned();
     }
     let text = String::from_utf8(STANDARD.decode(&patch).unwrap()).unwrap();
-    let label = format!(
-        "/metadata/labels/{}",
-        sm_injector::annotations::INJECTED_LABEL.replace('/', "~1")
-    );
-    let label = label.as_str();
-    assert!(text.contains(label), "the patch adds the label: {text}");
-    let text = text.replace(
-        label,
-        &format!("/metadata/labels/{}", LABEL.replace('/', "~1")),
-    );
+    // A label's JSON Pointer (neither label has a `~` to escape).
+    let pointer = |name: &str| format!("/metadata/labels/{}", name.replace('/', "~1"));
+    let label = pointer(sm_injector::annotations::INJECTED_LABEL);
+    assert!(text.contains(&label), "the patch adds the label: {text}");
+    let text = text.replace(&label, &pointer(LABEL));
     STANDARD.encode(if without_annotations_asked() {
         without_annotations(&text)
     } else {
